@@ -1,0 +1,71 @@
+"""The gateway's app factory: one blueprint per resource, errors translated at the edge."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from gateway.auth import Authenticator, EmbeddedTokenAuthenticator
+from sandbox.errors import SandboxError
+from sandbox.services import Services, Settings
+
+log = logging.getLogger("sandbox.gateway")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    authenticator: Authenticator | None = None,
+) -> Flask:
+    if services is None:
+        if settings is None:
+            raise ValueError("create_app needs settings or services")
+        services = Services(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = services.settings.max_upload_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["sandbox"] = services
+    app.extensions["sandbox.auth"] = authenticator or EmbeddedTokenAuthenticator(services.tokens)
+
+    from gateway import blueprints
+
+    for bp in blueprints.all_blueprints():
+        app.register_blueprint(bp)
+
+    @app.errorhandler(SandboxError)
+    def _sandbox_error(exc: SandboxError):  # noqa: ANN202
+        return _error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # noqa: ANN202
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return _error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # noqa: ANN202
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _error_response(500, "internal_error", "the gateway hit an unexpected error; it was logged")
+
+    @app.after_request
+    def _security_headers(resp):  # noqa: ANN001, ANN202
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Referrer-Policy", "same-origin")
+        resp.headers.setdefault(
+            "Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'"
+        )
+        return resp
+
+    return app
+
+
+def _error_response(status: int, code: str, message: str):  # noqa: ANN202
+    wants_html = getattr(g, "wants_html", False)
+    if wants_html:
+        from flask import render_template
+
+        return render_template("error.html", status=status, code=code, message=message), status
+    return jsonify({"error": {"code": code, "message": message}}), status

@@ -1,0 +1,42 @@
+"""Helpers that views use to reach the wired services and the caller's identity."""
+
+from __future__ import annotations
+
+from flask import current_app, g, request
+
+from gateway.auth import Authenticator, Identity
+from sandbox.errors import BadRequest, Forbidden
+from sandbox.services import Services
+
+
+def services() -> Services:
+    return current_app.extensions["sandbox"]
+
+
+def authenticator() -> Authenticator:
+    return current_app.extensions["sandbox.auth"]
+
+
+def identity() -> Identity:
+    """The caller, authenticated once per request (raises Unauthorized)."""
+    if "identity" not in g:
+        g.identity = authenticator().identify(request)
+    return g.identity
+
+
+def require_role(role: str) -> Identity:
+    ident = identity()
+    roles = services().policies.roles()
+    members = {"reviewer": roles.reviewers, "admin": roles.admins}[role]
+    if ident.user not in members:
+        raise Forbidden(f"{ident.user} is not a {role}", code=f"not_{role}")
+    return ident
+
+
+def json_body() -> object:
+    if not request.is_json:
+        raise BadRequest("send Content-Type: application/json", code="bad_content_type")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequest("the body is not valid JSON", code="bad_json")
+    return body

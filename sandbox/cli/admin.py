@@ -1,0 +1,269 @@
+"""`sandbox datasets|grants|budget|audit` — the agency's administration commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from sandbox.cli.common import ACTOR, STATE, cli, fail, services_for, translate_errors
+
+
+# -- datasets --------------------------------------------------------------------------------
+@cli.group()
+def datasets() -> None:
+    """Catalog entries: list, validate against the Parquet, register, import demo data."""
+
+
+@datasets.command("list")
+@STATE
+@translate_errors
+def datasets_list(state_dir):  # noqa: ANN001, ANN201
+    """The catalog in force."""
+    for ds in services_for(state_dir).policies.datasets().values():
+        click.echo(f"{ds.id:20} {ds.classification}  unit={ds.privacy_unit:8} {len(ds.columns):3} columns  {ds.title}")
+
+
+@datasets.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data-root", envvar="SANDBOX_DATA_ROOT", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder with the Parquet files.")
+@translate_errors
+def datasets_validate(paths, data_root):  # noqa: ANN001, ANN201
+    """Check catalog entries (YAML) against the schema of their Parquet files."""
+    from sandbox.catalog_check import check_dataset_against_parquet
+    from sandbox.policy.loader import load_dataset
+
+    failed = False
+    for path in paths:
+        ds = load_dataset(path)
+        problems = check_dataset_against_parquet(ds, data_root)
+        for p in problems:
+            click.echo(f"{path}: {p}", err=True)
+        failed |= bool(problems)
+        click.echo(f"{path}: {'FAILED' if problems else 'ok'}")
+    sys.exit(1 if failed else 0)
+
+
+@datasets.command("register")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@STATE
+@ACTOR
+@translate_errors
+def datasets_register(paths, state_dir, actor):  # noqa: ANN001, ANN201
+    """Register (or update) catalog entries from YAML files."""
+    from sandbox.policy.loader import load_dataset
+
+    store = services_for(state_dir).policies
+    for path in paths:
+        result = store.apply_dataset(load_dataset(path), actor)
+        click.echo(f"{result.grant_id}: {result.outcome}")
+
+
+@datasets.command("import-demo")
+@click.option("--data-root", envvar="SANDBOX_DATA_ROOT", required=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Where the Parquet files are written.")
+@click.option("--force", is_flag=True, help="Re-import even if the files exist.")
+@translate_errors
+def datasets_import_demo(data_root, force):  # noqa: ANN001, ANN201
+    """Convert the bundled demo data (NHANES 2017-2018, UCI Adult) to Parquet."""
+    from sandbox.demo_data import import_demo
+
+    import_demo(data_root, progress=lambda m: click.echo(m, err=True), force=force)
+
+
+# -- grants ----------------------------------------------------------------------------------
+@cli.group()
+def grants() -> None:
+    """Authorizations: apply (idempotent), list, suspend, resume, revoke (final)."""
+
+
+def _provisioner():  # noqa: ANN202
+    """The hub client when the stack is configured (SANDBOX_HUB_URL, SANDBOX_HUB_TOKEN), else None."""
+    try:
+        from sandbox.hub_api import HubClient
+    except ImportError:
+        return None
+    return HubClient.from_env()
+
+
+@grants.command("apply")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@STATE
+@ACTOR
+@click.option("--dry-run", is_flag=True, help="Show the diff against what is in force; change nothing.")
+@translate_errors
+def grants_apply(path, state_dir, actor, dry_run):  # noqa: ANN001, ANN201
+    """Validate PATH, show the diff against what is in force, and apply it."""
+    from sandbox.policy.loader import load_grant
+
+    grant = load_grant(path)
+    store = services_for(state_dir).policies
+    plan = store.plan_grant(grant)
+    for line in plan.changes:
+        click.echo(f"  {line}")
+    if dry_run:
+        click.echo(f"{grant.id}: would be {plan.outcome}")
+        return
+    result = store.apply_grant(grant, actor)
+    click.echo(f"{grant.id}: {result.outcome}")
+    hub = _provisioner()
+    if hub is not None:
+        applied = store.grant(grant.id)
+        hub.provision(applied)
+        if applied.status != "active":
+            hub.stop_servers(applied.members)
+        click.echo(f"{grant.id}: hub users and group provisioned")
+
+
+@grants.command("list")
+@STATE
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@translate_errors
+def grants_list(state_dir, fmt):  # noqa: ANN001, ANN201
+    """Grants in force with their effective status and budget."""
+    from sandbox.policy.rules import effective_status
+
+    s = services_for(state_dir)
+    rows = []
+    for g in s.policies.grants():
+        b = s.ledger.state(g.id)
+        rows.append({
+            "id": g.id, "operator": g.operator, "mode": g.mode, "status": effective_status(g, s.today()),
+            "valid_until": g.valid_until.isoformat(), "members": ",".join(g.members),
+            "epsilon_spent": b.epsilon_spent, "epsilon_total": b.epsilon_total,
+        })
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'ID':16} {'STATUS':10} {'UNTIL':10} {'EPSILON':>13}  OPERATOR")
+    for r in rows:
+        eps = f"{r['epsilon_spent']:.3f}/{r['epsilon_total']:g}"
+        click.echo(f"{r['id']:16} {r['status']:10} {r['valid_until']:10} {eps:>13}  {r['operator']}")
+
+
+def _set_status(grant_id: str, status: str, state_dir: Path, actor: str, reason: str) -> None:
+    s = services_for(state_dir)
+    grant = s.policies.set_status(grant_id, status, actor, reason)
+    click.echo(f"{grant_id}: {status}")
+    if status == "revoked":
+        try:
+            from sandbox.exports.workflow import withdraw_pending_for_grant
+        except ImportError:
+            pass
+        else:
+            n = withdraw_pending_for_grant(s, grant_id, actor)
+            click.echo(f"{grant_id}: {n} pending export request(s) withdrawn")
+    hub = _provisioner()
+    if hub is not None and status != "active":
+        hub.stop_servers(grant.members)
+        click.echo(f"{grant_id}: members' servers stopped")
+
+
+@grants.command("suspend")
+@click.argument("grant_id")
+@STATE
+@ACTOR
+@click.option("--reason", default="", help="Recorded in the audit log.")
+@translate_errors
+def grants_suspend(grant_id, state_dir, actor, reason):  # noqa: ANN001, ANN201
+    """Suspend a grant: every gateway call under it gets 403 until resumed."""
+    _set_status(grant_id, "suspended", state_dir, actor, reason)
+
+
+@grants.command("resume")
+@click.argument("grant_id")
+@STATE
+@ACTOR
+@click.option("--reason", default="", help="Recorded in the audit log.")
+@translate_errors
+def grants_resume(grant_id, state_dir, actor, reason):  # noqa: ANN001, ANN201
+    """Resume a suspended grant (a revoked grant cannot be resumed)."""
+    _set_status(grant_id, "active", state_dir, actor, reason)
+
+
+@grants.command("revoke")
+@click.argument("grant_id")
+@STATE
+@ACTOR
+@click.option("--reason", required=True, help="Why; recorded in the audit log and the public register.")
+@translate_errors
+def grants_revoke(grant_id, state_dir, actor, reason):  # noqa: ANN001, ANN201
+    """Revoke a grant, finally: 403 from now on, servers stopped, pending exports withdrawn."""
+    _set_status(grant_id, "revoked", state_dir, actor, reason)
+
+
+# -- budget ----------------------------------------------------------------------------------
+@cli.group()
+def budget() -> None:
+    """Privacy budgets."""
+
+
+@budget.command("show")
+@click.argument("grant_id", required=False)
+@STATE
+@translate_errors
+def budget_show(grant_id, state_dir):  # noqa: ANN001, ANN201
+    """Epsilon total, spent and remaining, for one grant or all."""
+    s = services_for(state_dir)
+    ids = [grant_id] if grant_id else [g.id for g in s.policies.grants()]
+    for gid in ids:
+        b = s.ledger.state(gid)
+        click.echo(
+            f"{gid}: epsilon total {b.epsilon_total:g}, spent {b.epsilon_spent:g}, remaining {b.epsilon_remaining:g}"
+        )
+
+
+# -- audit -----------------------------------------------------------------------------------
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command("verify")
+@STATE
+@translate_errors
+def audit_verify(state_dir):  # noqa: ANN001, ANN201
+    """Check every link of the chain; exit 1 on any edited, deleted or reordered entry."""
+    result = services_for(state_dir).audit.verify()
+    for problem in result.problems:
+        click.echo(f"TAMPERED: {problem}", err=True)
+    if not result.ok:
+        fail(f"audit log verification failed ({len(result.problems)} problem(s))", 1)
+    click.echo(f"audit log intact: {result.entries} entries, head {result.head}")
+
+
+@audit.command("export")
+@STATE
+@click.option("--since", default=None, help="Only entries on or after this date (YYYY-MM-DD).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to a file instead of standard output.")
+@translate_errors
+def audit_export(state_dir, since, fmt, output):  # noqa: ANN001, ANN201
+    """Export entries (with their hashes, so the chain can be re-verified) for audit authorities."""
+    import datetime as dt
+
+    if since:
+        try:
+            dt.date.fromisoformat(since)
+        except ValueError:
+            fail(f"--since must be a date like 2026-12-01, not {since!r}", 2)
+    entries = services_for(state_dir).audit.entries(since)
+    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for e in entries:
+                out.write(json.dumps(e, ensure_ascii=False) + "\n")
+        else:
+            fields = ["seq", "ts", "actor", "action", "grant_id", "detail", "prev_hash", "hash"]
+            writer = csv.DictWriter(out, fieldnames=fields)
+            writer.writeheader()
+            for e in entries:
+                writer.writerow({**e, "detail": json.dumps(e["detail"], ensure_ascii=False)})
+    finally:
+        if output:
+            out.close()

@@ -1,0 +1,1 @@
+"""Differential privacy: planning (sensitivity, epsilon split), OpenDP noise, accuracy."""

@@ -1,0 +1,53 @@
+"""Noise from OpenDP's integer samplers, and the accuracy statements that go with it.
+
+Only the ``contrib`` feature is enabled: never ``honest-but-curious`` or
+``idealized-numerics``. Values are i64 (OpenDP's default ``int`` is i32).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import opendp.prelude as dp
+
+from sandbox.errors import BadRequest
+
+dp.enable_features("contrib")
+
+I64_GUARD = 2**62  # exact aggregates beyond this are refused before noise is added
+
+
+@lru_cache(maxsize=256)
+def _vector_laplace(scale: float):  # noqa: ANN202
+    return dp.m.make_laplace(
+        dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), scale=scale
+    )
+
+
+def laplace_scale(sensitivity: int, epsilon: float) -> float:
+    """The discrete Laplace scale that gives ``epsilon`` for an L1 ``sensitivity``."""
+    scale = sensitivity / epsilon
+    meas = _vector_laplace(scale)
+    spent = meas.map(sensitivity)
+    if spent > epsilon * (1 + 1e-9):
+        raise BadRequest(f"noise calibration failed: {spent} > {epsilon}", code="calibration_failed")
+    return scale
+
+
+def add_discrete_laplace(values: list[int], sensitivity: int, epsilon: float) -> tuple[list[int], float]:
+    """Release ``values`` (exact i64 aggregates) with discrete Laplace noise; returns (noisy, scale)."""
+    for v in values:
+        if abs(v) >= I64_GUARD:
+            raise BadRequest(
+                "an exact aggregate is too large to release safely; narrow the query",
+                code="aggregate_overflow",
+            )
+    scale = laplace_scale(sensitivity, epsilon)
+    if not values:
+        return [], scale
+    return list(_vector_laplace(scale)(list(values))), scale
+
+
+def halfwidth(scale: float, alpha: float) -> float:
+    """Half-width t with P(|noise| > t) <= alpha for discrete Laplace noise of this scale."""
+    return float(dp.discrete_laplacian_scale_to_accuracy(scale=scale, alpha=alpha))

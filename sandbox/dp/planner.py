@@ -1,0 +1,159 @@
+"""From a :class:`QueryPlan` to noisy released rows.
+
+The neighbouring relation is adding or removing one privacy unit. After the contribution
+bound each unit has at most ``k = max_rows_per_unit`` rows, each in one group, so across
+all groups a count moves by at most k (L1) and a fixed-point sum by at most
+k * max(|low|, |high|) * factor. Each distinct primitive (COUNT(*), COUNT(col), SUM(col))
+is measured once with an equal share of epsilon; AVG reuses COUNT(col) and SUM(col), so it
+is never charged twice. Basic composition: the shares add up to the epsilon charged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from sandbox.dp.noise import add_discrete_laplace, halfwidth
+from sandbox.policy.models import Dataset
+from sandbox.sql.plan import QueryPlan
+
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Primitive:
+    kind: str  # "count" | "sum"
+    column: str | None  # None: COUNT(*)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}({self.column or '*'})"
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    query: QueryPlan
+    dataset: Dataset
+    epsilon: float
+    primitives: tuple[Primitive, ...]
+
+    @property
+    def epsilon_each(self) -> float:
+        return self.epsilon / len(self.primitives)
+
+    def sensitivity(self, prim: Primitive) -> int:
+        k = self.dataset.max_rows_per_unit
+        if prim.kind == "count":
+            return k
+        col = self.dataset.columns[prim.column]
+        low, high = col.bounds
+        return k * int(round(max(abs(low), abs(high)) * col.factor))
+
+    def keys(self) -> list[tuple]:
+        return list(itertools.product(*(k.values for k in self.query.group_keys)))
+
+
+def plan_dp(query: QueryPlan, dataset: Dataset, epsilon: float) -> DPPlan:
+    prims: list[Primitive] = []
+    for agg in query.aggregates:
+        needed = [Primitive("count", agg.column)]
+        if agg.kind == "sum":
+            needed = [Primitive("sum", agg.column)]
+        elif agg.kind == "avg":
+            needed = [Primitive("sum", agg.column), Primitive("count", agg.column)]
+        for p in needed:
+            if p not in prims:
+                prims.append(p)
+    return DPPlan(query, dataset, epsilon, tuple(prims))
+
+
+@dataclass(frozen=True)
+class Release:
+    columns: list[str]
+    rows: list[list]
+    ci_halfwidth: dict[str, float | None]
+    scales: dict[str, float]
+
+
+def release(plan: DPPlan, exact: dict[tuple, dict[Primitive, int]]) -> Release:
+    """Add noise to the exact aggregates of every public key (empty groups included)."""
+    keys = plan.keys()
+    noisy: dict[Primitive, list[int]] = {}
+    scales: dict[Primitive, float] = {}
+    for prim in plan.primitives:
+        values = [int(exact.get(key, {}).get(prim, 0)) for key in keys]
+        noisy[prim], scales[prim] = add_discrete_laplace(
+            values, plan.sensitivity(prim), plan.epsilon_each
+        )
+    return _assemble(plan, keys, noisy, scales)
+
+
+def _factor(plan: DPPlan, column: str | None) -> int:
+    return 1 if column is None else plan.dataset.columns[column].factor
+
+
+def _assemble(plan: DPPlan, keys, noisy, scales) -> Release:  # noqa: ANN001
+    query = plan.query
+    key_index = {k.name: i for i, k in enumerate(query.group_keys)}
+    aggs = {a.name: a for a in query.aggregates}
+    rows: list[list] = []
+    ci: dict[str, float | None] = {}
+    for name in query.columns:
+        if name in aggs:
+            ci[name] = _aggregate_halfwidth(plan, aggs[name], noisy, scales, len(keys))
+    for i, key in enumerate(keys):
+        row = []
+        for name in query.columns:
+            if name in key_index:
+                row.append(key[key_index[name]])
+                continue
+            agg = aggs[name]
+            count = noisy[_count_of(agg)][i]
+            if agg.kind == "count":
+                row.append(count)
+                continue
+            total = noisy[_sum_of(agg)][i] / _factor(plan, agg.column)
+            row.append(total if agg.kind == "sum" else _bounded_avg(plan, agg.column, total, count))
+        rows.append(row)
+    return Release(
+        list(query.columns), rows, ci, {p.label: s for p, s in scales.items()}
+    )
+
+
+def _count_of(agg) -> Primitive:  # noqa: ANN001
+    return Primitive("count", agg.column)
+
+
+def _sum_of(agg) -> Primitive:  # noqa: ANN001
+    return Primitive("sum", agg.column)
+
+
+def _bounded_avg(plan: DPPlan, column: str, total: float, count: int) -> float:
+    low, high = plan.dataset.columns[column].bounds
+    if count <= 0:
+        return (low + high) / 2  # no signal: the midpoint of the public bounds
+    return min(max(total / count, low), high)
+
+
+def _aggregate_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float | None:  # noqa: ANN001
+    if agg.kind == "count":
+        return halfwidth(scales[_count_of(agg)], ALPHA)
+    factor = _factor(plan, agg.column)
+    if agg.kind == "sum":
+        return halfwidth(scales[_sum_of(agg)], ALPHA) / factor
+    # AVG: a conservative interval from each part at alpha/2, worst row reported
+    ts = halfwidth(scales[_sum_of(agg)], ALPHA / 2) / factor
+    tc = halfwidth(scales[_count_of(agg)], ALPHA / 2)
+    low, high = plan.dataset.columns[agg.column].bounds
+    worst = 0.0
+    for i in range(n_keys):
+        s = noisy[_sum_of(agg)][i] / factor
+        c = noisy[_count_of(agg)][i]
+        if c - tc <= 0:
+            return float(high - low)
+        a = s / c
+        hi = max((s + ts) / (c - tc), (s + ts) / (c + tc))
+        lo = min((s - ts) / (c + tc), (s - ts) / (c - tc))
+        worst = max(worst, hi - a, a - lo)
+    return min(worst, float(high - low)) if math.isfinite(worst) else None

@@ -1,0 +1,253 @@
+"""The locked-down DuckDB engine behind the gateway.
+
+``build`` turns the Parquet under the data root into one DuckDB database file that holds,
+per dataset, only the declared columns of the rows kept by the contribution bound (chosen
+per unit by a keyed hash of the row's position, so the choice does not depend on values),
+with numeric columns also carried clamped and in fixed point (``__v_<col>``) so sums are
+exact integers. The id column itself is not copied. The file is then opened read-only with
+external access, extension autoload and autoinstall off and configuration locked.
+
+The engine never sees operator SQL: it runs SQL it builds from the typed plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import duckdb
+from sqlglot import exp
+
+from sandbox.dp.planner import DPPlan, Primitive
+from sandbox.errors import SandboxError
+from sandbox.policy.models import Column, Dataset
+
+LOCKED_CONFIG = {
+    "enable_external_access": False,
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+    "lock_configuration": True,
+}
+
+
+class EngineError(SandboxError):
+    status = 503
+    code = "engine_unavailable"
+
+
+def value_column(name: str) -> str:
+    return f"__v_{name}"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(value: object) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(float(value)) if isinstance(value, float) else str(int(value))
+
+
+def _select_list(ds: Dataset) -> list[str]:
+    items = []
+    for name, col in ds.columns.items():
+        if col.type == "id":
+            continue
+        if col.type == "category":
+            items.append(f"CAST({_q(name)} AS VARCHAR) AS {_q(name)}")
+            continue
+        raw = f"TRY_CAST({_q(name)} AS DOUBLE)"
+        shown = f"CAST(ROUND({raw}) AS BIGINT)" if col.type == "int" else raw
+        items.append(f"{shown} AS {_q(name)}")
+        low, high = col.bounds
+        clamped = f"LEAST(GREATEST({raw}, {_lit(low)}), {_lit(high)})"
+        items.append(f"CAST(ROUND({clamped} * {col.factor}) AS BIGINT) AS {_q(value_column(name))}")
+    return items
+
+
+def _bounded_rows_sql(ds: Dataset, source: Path, salt: str) -> str:
+    src = f"read_parquet({_lit(str(source))}, file_row_number = true)"
+    cols = ", ".join(_select_list(ds))
+    if ds.privacy_unit == "row":
+        return f"SELECT {cols} FROM {src}"
+    unit = _q(ds.privacy_unit)
+    order = f"hash(file_row_number, {_lit(salt)})"
+    return (
+        f"SELECT {cols} FROM {src} WHERE {unit} IS NOT NULL "
+        f"QUALIFY row_number() OVER (PARTITION BY {unit} ORDER BY {order}) <= {ds.max_rows_per_unit}"
+    )
+
+
+def fingerprint(datasets: Mapping[str, Dataset], data_root: Path) -> str:
+    """Changes when a catalog entry or a source file changes: then the engine file is rebuilt."""
+    h = hashlib.sha256()
+    for ds_id in sorted(datasets):
+        ds = datasets[ds_id]
+        h.update(json.dumps(ds.model_dump(mode="json"), sort_keys=True).encode())
+        try:
+            st = (data_root / ds.source).stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(b"missing")
+    return h.hexdigest()[:16]
+
+
+def build(
+    datasets: Mapping[str, Dataset],
+    data_root: Path,
+    target: Path,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, int]:
+    """Write the engine file (atomically); returns rows kept per dataset."""
+    tmp = target.with_suffix(".building")
+    tmp.unlink(missing_ok=True)
+    salt = secrets.token_hex(16)
+    kept: dict[str, int] = {}
+    con = duckdb.connect(str(tmp), config={"autoinstall_known_extensions": False})
+    try:
+        for ds_id, ds in sorted(datasets.items()):
+            source = data_root / ds.source
+            if not source.is_file():
+                progress(f"{ds_id}: source {ds.source} missing under the data root; skipped")
+                continue
+            progress(f"{ds_id}: bounding contributions and fixing point ...")
+            try:
+                con.execute(f"CREATE TABLE {_q(ds_id)} AS {_bounded_rows_sql(ds, source, salt)}")
+            except duckdb.Error as exc:
+                raise EngineError(f"{ds_id}: cannot import {ds.source}: {exc}", code="import_failed") from None
+            kept[ds_id] = con.execute(f"SELECT COUNT(*) FROM {_q(ds_id)}").fetchone()[0]
+            progress(f"{ds_id}: {kept[ds_id]:,} rows kept")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    os.replace(tmp, target)
+    return kept
+
+
+class Engine:
+    """Read-only, locked DuckDB over the engine file; rebuilt when the catalog changes."""
+
+    def __init__(self, data_root: Path, engine_dir: Path, threads: int = 2, memory_limit: str = "1GB") -> None:
+        self.data_root = Path(data_root)
+        self.engine_dir = Path(engine_dir)
+        self.engine_dir.mkdir(parents=True, exist_ok=True)
+        self.config = {**LOCKED_CONFIG, "threads": threads, "memory_limit": memory_limit}
+        self._lock = threading.Lock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._fingerprint: str | None = None
+        self._local = threading.local()
+
+    def ensure(self, datasets: Mapping[str, Dataset], progress: Callable[[str], None] = lambda _m: None) -> None:
+        fp = fingerprint(datasets, self.data_root)
+        if fp == self._fingerprint:
+            return
+        with self._lock:
+            if fp == self._fingerprint:
+                return
+            target = self.engine_dir / f"catalog-{fp}.duckdb"
+            if not target.exists():
+                build(datasets, self.data_root, target, progress)
+            con = duckdb.connect(str(target), read_only=True, config=self.config)
+            old = self._con
+            self._con, self._fingerprint = con, fp
+            self._local = threading.local()
+            for stale in self.engine_dir.glob("catalog-*.duckdb"):
+                if stale != target:
+                    stale.unlink(missing_ok=True)
+            if old is not None:
+                old.close()
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise EngineError("the engine is not ready")
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._con.cursor()
+            self._local.cursor = cur
+        return cur
+
+    def has_table(self, ds_id: str) -> bool:
+        rows = self._cursor().execute(
+            "SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [ds_id]
+        ).fetchall()
+        return bool(rows)
+
+    def exact(self, plan: DPPlan) -> dict[tuple, dict[Primitive, int]]:
+        """Exact bounded aggregates per public key present in the data."""
+        sql = aggregate_sql(plan)
+        try:
+            rows = self._cursor().execute(sql).fetchall()
+        except duckdb.Error as exc:
+            raise EngineError(f"the engine could not run the query: {type(exc).__name__}") from None
+        n_keys = len(plan.query.group_keys)
+        domains = [{v: v for v in k.values} for k in plan.query.group_keys]
+        out: dict[tuple, dict[Primitive, int]] = {}
+        for row in rows:
+            key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
+            if any(k is _MISSING for k in key):
+                continue
+            out[key] = {p: int(row[n_keys + j] or 0) for j, p in enumerate(plan.primitives)}
+        return out
+
+
+_MISSING = object()
+
+
+def _match(value: object, domain: dict) -> object:
+    """The domain's own value for an engine key (10 rather than 10.0), or _MISSING."""
+    try:
+        return domain.get(value, _MISSING)
+    except TypeError:
+        return _MISSING
+
+
+def _key_sql(key, ds: Dataset) -> tuple[str, str]:  # noqa: ANN001
+    col: Column = ds.columns[key.column]
+    ref = _q(key.column)
+    if col.type == "category":
+        values = ", ".join(_lit(v) for v in col.values)
+        return ref, f"{ref} IN ({values})"
+    low, high = col.bounds
+    in_bounds = f"{ref} BETWEEN {_lit(low)} AND {_lit(high)}"
+    if key.bin_width is None:
+        return ref, in_bounds
+    w = _lit(key.bin_width)
+    return f"FLOOR({ref} / {w}) * {w}", in_bounds
+
+
+def aggregate_sql(plan: DPPlan) -> str:
+    ds = plan.dataset
+    select, where, group = [], [], []
+    for i, key in enumerate(plan.query.group_keys):
+        expr, cond = _key_sql(key, ds)
+        select.append(f"{expr} AS k{i}")
+        where.append(cond)
+        group.append(f"k{i}")
+    for j, prim in enumerate(plan.primitives):
+        if prim.kind == "count":
+            arg = "*" if prim.column is None else _q(prim.column)
+            select.append(f"COUNT({arg}) AS a{j}")
+        else:
+            select.append(f"SUM({_q(value_column(prim.column))}) AS a{j}")
+    if plan.query.where is not None:
+        where.append("(" + _where_sql(plan.query.where) + ")")
+    sql = f"SELECT {', '.join(select)} FROM {_q(ds.id)}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    if group:
+        sql += " GROUP BY " + ", ".join(group)
+    return sql
+
+
+def _where_sql(where: exp.Expression) -> str:
+    tree = where.copy()
+    for col in tree.find_all(exp.Column):
+        col.set("table", None)
+        col.set("this", exp.to_identifier(col.name, quoted=True))
+    return tree.sql(dialect="duckdb")

@@ -1,0 +1,191 @@
+"""Pydantic models for the policy files described in DESIGN.md.
+
+Bounds and categories are public knowledge chosen by the admin; nothing here is ever
+computed from the data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+IDENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+GRANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
+
+ColumnType = Literal["id", "category", "int", "float"]
+Classification = Literal["L1", "L2", "L3", "L4"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Column(_Strict):
+    """One column of a dataset: its type and the public domain the admin declared."""
+
+    type: ColumnType
+    values: tuple[str, ...] | None = None
+    bounds: tuple[float, float] | None = None
+    # floats are carried as integers in units of 10**-scale so that sums are exact
+    scale: int = Field(default=2, ge=0, le=6)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _domain_fits_type(self) -> Column:
+        if self.type == "category":
+            if not self.values:
+                raise ValueError("a category column needs a non-empty `values` list")
+            if len(set(self.values)) != len(self.values):
+                raise ValueError("`values` has duplicates")
+            if self.bounds is not None:
+                raise ValueError("a category column takes `values`, not `bounds`")
+        elif self.type in ("int", "float"):
+            if self.bounds is None:
+                raise ValueError(f"an {self.type} column needs `bounds: [low, high]`")
+            low, high = self.bounds
+            if not low < high:
+                raise ValueError("`bounds` must be [low, high] with low < high")
+            if self.type == "int" and (low != int(low) or high != int(high)):
+                raise ValueError("an int column needs whole-number bounds")
+            if max(abs(low), abs(high)) * 10**self.scale > 2**40:
+                raise ValueError("bounds too wide for exact fixed-point sums (|bound| * 10**scale > 2**40)")
+            if self.values is not None:
+                raise ValueError(f"an {self.type} column takes `bounds`, not `values`")
+        elif self.values is not None or self.bounds is not None:
+            raise ValueError("an id column takes neither `values` nor `bounds`")
+        return self
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in ("int", "float")
+
+    @property
+    def factor(self) -> int:
+        """Fixed-point factor: the integer carried for a value v is round(v * factor)."""
+        return 1 if self.type == "int" else 10**self.scale
+
+
+class Dataset(_Strict):
+    id: str
+    title: str
+    source: str
+    classification: Classification
+    privacy_unit: str
+    max_rows_per_unit: int = Field(ge=1, le=1000)
+    columns: dict[str, Column]
+    description: str = ""
+    publisher: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_identifier(cls, v: str) -> str:
+        if not IDENT.match(v):
+            raise ValueError("must be lower-case letters, digits and _ (a SQL identifier)")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_relative(cls, v: str) -> str:
+        if v.startswith("/") or ".." in v.split("/") or not v.endswith(".parquet"):
+            raise ValueError("must be a .parquet path relative to the data root")
+        return v
+
+    @model_validator(mode="after")
+    def _unit_is_declared(self) -> Dataset:
+        for name in self.columns:
+            if not IDENT.match(name):
+                raise ValueError(f"column name {name!r} is not a lower-case SQL identifier")
+        if self.privacy_unit == "row":
+            if self.max_rows_per_unit != 1:
+                raise ValueError("privacy_unit `row` means max_rows_per_unit 1")
+        else:
+            col = self.columns.get(self.privacy_unit)
+            if col is None or col.type != "id":
+                raise ValueError(
+                    f"privacy_unit {self.privacy_unit!r} must be a declared column of type id"
+                )
+        return self
+
+
+class GrantedDataset(_Strict):
+    columns: tuple[str, ...]
+
+
+class Budget(_Strict):
+    epsilon: float = Field(gt=0, le=100)
+    delta: float = Field(default=0.0, ge=0, lt=1e-3)
+
+
+class ExportRules(_Strict):
+    reviewers_required: int = Field(default=2, ge=1, le=2)
+
+
+class Resources(_Strict):
+    cpu: float = Field(default=1.0, gt=0, le=16)
+    memory: str = "2G"
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_has_unit(cls, v: str) -> str:
+        if not re.fullmatch(r"[1-9][0-9]*[KMG]", v):
+            raise ValueError("memory must look like 512M or 2G")
+        return v
+
+
+GrantStatus = Literal["active", "suspended", "revoked"]
+
+
+class Grant(_Strict):
+    id: str
+    operator: str
+    members: tuple[str, ...]
+    mode: Literal["overall", "domain", "scenario"]
+    purpose: str
+    datasets: dict[str, GrantedDataset]
+    valid_from: dt.date
+    valid_until: dt.date
+    budget: Budget
+    max_epsilon_per_query: float = Field(gt=0)
+    exports: ExportRules = ExportRules()
+    resources: Resources = Resources()
+    status: GrantStatus = "active"
+    use: Literal["commercial", "public_welfare"] = "commercial"
+
+    @field_validator("id")
+    @classmethod
+    def _grant_id(cls, v: str) -> str:
+        if not GRANT_ID.match(v):
+            raise ValueError("must be letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("members")
+    @classmethod
+    def _members(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("a grant needs at least one member")
+        for user in v:
+            if not USER.match(user):
+                raise ValueError(f"{user!r} is not a valid user name")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Grant:
+        if self.valid_until < self.valid_from:
+            raise ValueError("valid_until is before valid_from")
+        if self.max_epsilon_per_query > self.budget.epsilon:
+            raise ValueError("max_epsilon_per_query exceeds the whole budget")
+        if not self.datasets:
+            raise ValueError("a grant needs at least one dataset")
+        return self
+
+    def is_in_window(self, today: dt.date) -> bool:
+        return self.valid_from <= today <= self.valid_until
+
+
+class Roles(_Strict):
+    reviewers: tuple[str, ...] = ()
+    admins: tuple[str, ...] = ()

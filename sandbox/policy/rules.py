@@ -1,0 +1,92 @@
+"""Grant policy as ``check_*`` functions that raise and ``can_*`` functions that return bools.
+
+The same checks run when a grant is applied and on every request, so a catalog change or
+a date passing takes effect without any command.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+
+from sandbox.errors import Forbidden, PolicyError
+from sandbox.policy.models import Dataset, Grant
+
+L3_MAX_EPSILON_PER_QUERY = 0.5
+
+
+def check_grant_fits_catalog(grant: Grant, catalog: Mapping[str, Dataset]) -> None:
+    """Classification and column rules: raised as PolicyError at apply time."""
+    problems = []
+    for ds_id, granted in grant.datasets.items():
+        ds = catalog.get(ds_id)
+        if ds is None:
+            problems.append(f"datasets.{ds_id}: no such dataset in the catalog")
+            continue
+        if ds.classification == "L4":
+            problems.append(f"datasets.{ds_id}: L4 (core) data is never granted")
+        if ds.classification == "L3":
+            if grant.exports.reviewers_required < 2:
+                problems.append(f"datasets.{ds_id}: L3 data needs exports.reviewers_required: 2")
+            if grant.max_epsilon_per_query > L3_MAX_EPSILON_PER_QUERY:
+                problems.append(
+                    f"datasets.{ds_id}: L3 data needs max_epsilon_per_query <= {L3_MAX_EPSILON_PER_QUERY}"
+                )
+        for col in granted.columns:
+            spec = ds.columns.get(col)
+            if spec is None:
+                problems.append(f"datasets.{ds_id}.columns: {col!r} is not in the catalog entry")
+            elif spec.type == "id":
+                problems.append(f"datasets.{ds_id}.columns: {col!r} is the privacy unit (type id)")
+    if problems:
+        raise PolicyError(f"grant {grant.id}: " + "; ".join(problems))
+
+
+def can_use_grant(grant: Grant, user: str, today: dt.date) -> bool:
+    try:
+        check_grant_usable(grant, user, today)
+    except Forbidden:
+        return False
+    return True
+
+
+def check_grant_usable(grant: Grant, user: str, today: dt.date) -> None:
+    """Membership, status and validity window; raises Forbidden with a stable code."""
+    if user not in grant.members:
+        raise Forbidden(f"{user} is not a member of grant {grant.id}", code="not_a_member")
+    if grant.status == "revoked":
+        raise Forbidden(f"grant {grant.id} has been revoked", code="grant_revoked")
+    if grant.status == "suspended":
+        raise Forbidden(f"grant {grant.id} is suspended", code="grant_suspended")
+    if today < grant.valid_from:
+        raise Forbidden(
+            f"grant {grant.id} is valid from {grant.valid_from.isoformat()}", code="grant_not_yet_valid"
+        )
+    if today > grant.valid_until:
+        raise Forbidden(
+            f"grant {grant.id} expired on {grant.valid_until.isoformat()}", code="grant_expired"
+        )
+
+
+def granted_columns(grant: Grant, catalog: Mapping[str, Dataset]) -> dict[str, set[str]]:
+    """What the grant allows now: datasets still in the catalog, columns still declared and not ids."""
+    allowed: dict[str, set[str]] = {}
+    for ds_id, granted in grant.datasets.items():
+        ds = catalog.get(ds_id)
+        if ds is None or ds.classification == "L4":
+            continue
+        allowed[ds_id] = {
+            c for c in granted.columns if c in ds.columns and ds.columns[c].type != "id"
+        }
+    return allowed
+
+
+def effective_status(grant: Grant, today: dt.date) -> str:
+    """active | suspended | revoked | expired | pending, as the public register shows it."""
+    if grant.status != "active":
+        return grant.status
+    if today > grant.valid_until:
+        return "expired"
+    if today < grant.valid_from:
+        return "pending"
+    return "active"

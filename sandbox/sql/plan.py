@@ -1,0 +1,53 @@
+"""The typed result of analysing an operator's SQL: everything the DP planner and the engine need.
+
+The engine never sees the operator's text; it builds its own SQL from this plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlglot import exp
+
+AggregateKind = Literal["count", "sum", "avg"]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    kind: AggregateKind
+    column: str | None  # None only for COUNT(*)
+    name: str  # output column name: the alias, or count / count_<col> / sum_<col> / avg_<col>
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    column: str
+    name: str  # output column name: the alias, or the column name
+    bin_width: float | int | None  # FLOOR(col / w) * w  ->  w;  None: the column's own values
+    values: tuple  # the whole public key domain, in a stable order (never read from data)
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    name: str  # an output column name
+    descending: bool = False
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    dataset: str
+    columns: tuple[str, ...]  # output column names in SELECT order
+    aggregates: tuple[Aggregate, ...]
+    group_keys: tuple[GroupKey, ...]
+    where: exp.Expression | None  # validated predicate; unqualified exp.Column nodes only
+    order_by: tuple[OrderItem, ...] = ()
+    limit: int | None = None
+    normalized_sql: str = ""  # canonical text: cache key and audit record
+
+    @property
+    def n_groups(self) -> int:
+        n = 1
+        for key in self.group_keys:
+            n *= len(key.values)
+        return n

@@ -1,0 +1,225 @@
+"""What is in force: the catalog, grants and roles, with history in the audit log.
+
+Policy files are what admins write; this store is what the gateway enforces. A grant's
+status only moves forward through commands (suspend, resume, revoke) or a file that is
+stricter than the state; a revoked grant stays revoked whatever is applied later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+from sandbox.errors import Conflict, NotFound, PolicyError
+from sandbox.policy.models import Dataset, Grant, Roles
+from sandbox.policy.rules import check_grant_fits_catalog
+from sandbox.state.audit import AuditEvent, AuditLog
+from sandbox.state.db import StateDB, register_schema
+from sandbox.state.ledger import Ledger
+
+register_schema(
+    """
+    CREATE TABLE IF NOT EXISTS datasets (
+        id TEXT PRIMARY KEY, body TEXT NOT NULL, applied_at TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS grants (
+        id TEXT PRIMARY KEY, body TEXT NOT NULL, status TEXT NOT NULL,
+        applied_at TEXT NOT NULL, updated_at TEXT NOT NULL, status_reason TEXT
+    );
+    CREATE TABLE IF NOT EXISTS roles (
+        id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL
+    )
+    """
+)
+
+STRICTNESS = {"active": 0, "suspended": 1, "revoked": 2}
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    grant_id: str
+    outcome: str  # created | changed | unchanged
+    changes: tuple[str, ...]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _dump(model: Grant | Dataset | Roles) -> dict:
+    return model.model_dump(mode="json")
+
+
+def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines.extend(diff(a, b, f"{prefix}{key}."))
+        elif a != b:
+            lines.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
+    return lines
+
+
+class PolicyStore:
+    def __init__(self, db: StateDB, audit: AuditLog) -> None:
+        self.db = db
+        self.audit = audit
+
+    # -- catalog ---------------------------------------------------------------------------
+    def apply_dataset(self, dataset: Dataset, actor: str) -> ApplyResult:
+        body = _dump(dataset)
+        with self.db.write() as conn:
+            row = conn.execute("SELECT body FROM datasets WHERE id = ?", (dataset.id,)).fetchone()
+            old = json.loads(row["body"]) if row else None
+            if old == body:
+                return ApplyResult(dataset.id, "unchanged", ())
+            changes = tuple(diff(old or {}, body)) if old else ()
+            conn.execute(
+                "INSERT INTO datasets (id, body, applied_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET body = excluded.body, applied_at = excluded.applied_at",
+                (dataset.id, json.dumps(body), _now()),
+            )
+            outcome = "changed" if old else "created"
+            self.audit.append(
+                conn, AuditEvent(actor, f"dataset.{outcome}", None, {"dataset": dataset.id, "changes": changes})
+            )
+        self.audit.write_head()
+        return ApplyResult(dataset.id, outcome, changes)
+
+    def datasets(self) -> dict[str, Dataset]:
+        return {
+            r["id"]: Dataset.model_validate(json.loads(r["body"]))
+            for r in self.db.read("SELECT id, body FROM datasets ORDER BY id")
+        }
+
+    # -- roles -----------------------------------------------------------------------------
+    def apply_roles(self, roles: Roles, actor: str) -> None:
+        body = json.dumps(_dump(roles))
+        with self.db.write() as conn:
+            row = conn.execute("SELECT body FROM roles WHERE id = 1").fetchone()
+            if row and row["body"] == body:
+                return
+            conn.execute(
+                "INSERT INTO roles (id, body) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+                (body,),
+            )
+            self.audit.append(conn, AuditEvent(actor, "roles.applied", None, _dump(roles)))
+        self.audit.write_head()
+
+    def roles(self) -> Roles:
+        rows = self.db.read("SELECT body FROM roles WHERE id = 1")
+        return Roles.model_validate(json.loads(rows[0]["body"])) if rows else Roles()
+
+    # -- grants ----------------------------------------------------------------------------
+    def plan_grant(self, grant: Grant) -> ApplyResult:
+        """What applying would change, without changing anything (for `grants apply --dry-run`)."""
+        check_grant_fits_catalog(grant, self.datasets())
+        existing = self._get_row(grant.id)
+        if existing is None:
+            return ApplyResult(grant.id, "created", ())
+        new = self._resolve(grant, existing)
+        changes = tuple(diff(json.loads(existing["body"]), _dump(new)))
+        return ApplyResult(grant.id, "changed" if changes else "unchanged", changes)
+
+    def _resolve(self, grant: Grant, existing) -> Grant:  # noqa: ANN001
+        in_force = existing["status"]
+        if in_force == "revoked":
+            raise Conflict(f"grant {grant.id} was revoked; revocation is final", code="grant_revoked")
+        status = grant.status if STRICTNESS[grant.status] > STRICTNESS[in_force] else in_force
+        return grant.model_copy(update={"status": status})
+
+    def apply_grant(self, grant: Grant, actor: str) -> ApplyResult:
+        catalog = self.datasets()
+        check_grant_fits_catalog(grant, catalog)
+        with self.db.write() as conn:
+            existing = conn.execute(
+                "SELECT body, status FROM grants WHERE id = ?", (grant.id,)
+            ).fetchone()
+            if existing is None:
+                new, changes, outcome = grant, (), "created"
+            else:
+                new = self._resolve(grant, existing)
+                changes = tuple(diff(json.loads(existing["body"]), _dump(new)))
+                outcome = "changed" if changes else "unchanged"
+            if outcome == "unchanged":
+                return ApplyResult(grant.id, outcome, ())
+            Ledger.ensure_budget(conn, grant.id, new.budget.epsilon, new.budget.delta)
+            now = _now()
+            conn.execute(
+                "INSERT INTO grants (id, body, status, applied_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET body = excluded.body, status = excluded.status,"
+                " updated_at = excluded.updated_at",
+                (grant.id, json.dumps(_dump(new)), new.status, now, now),
+            )
+            detail = {"changes": list(changes)} if existing else {"grant": _dump(new)}
+            self.audit.append(conn, AuditEvent(actor, f"grant.{outcome}", grant.id, detail))
+        self.audit.write_head()
+        return ApplyResult(grant.id, outcome, changes)
+
+    def set_status(self, grant_id: str, status: str, actor: str, reason: str = "") -> Grant:
+        with self.db.write() as conn:
+            row = conn.execute("SELECT body, status FROM grants WHERE id = ?", (grant_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no grant {grant_id} in force", code="unknown_grant")
+            if row["status"] == "revoked":
+                raise Conflict(f"grant {grant_id} was revoked; revocation is final", code="grant_revoked")
+            grant = Grant.model_validate(json.loads(row["body"])).model_copy(update={"status": status})
+            conn.execute(
+                "UPDATE grants SET body = ?, status = ?, updated_at = ?, status_reason = ? WHERE id = ?",
+                (json.dumps(_dump(grant)), status, _now(), reason or None, grant_id),
+            )
+            action = {"active": "resumed", "suspended": "suspended", "revoked": "revoked"}[status]
+            self.audit.append(
+                conn, AuditEvent(actor, f"grant.{action}", grant_id, {"reason": reason, "from": row["status"]})
+            )
+        self.audit.write_head()
+        return grant
+
+    def _get_row(self, grant_id: str):  # noqa: ANN202
+        rows = self.db.read("SELECT * FROM grants WHERE id = ?", (grant_id,))
+        return rows[0] if rows else None
+
+    def grant(self, grant_id: str) -> Grant:
+        row = self._get_row(grant_id)
+        if row is None:
+            raise NotFound(f"no grant {grant_id}", code="unknown_grant")
+        return Grant.model_validate(json.loads(row["body"]))
+
+    def grants(self) -> list[Grant]:
+        return [
+            Grant.model_validate(json.loads(r["body"]))
+            for r in self.db.read("SELECT body FROM grants ORDER BY id")
+        ]
+
+    def grant_records(self) -> list[dict]:
+        """Grants with when they were applied and last changed (for the register and listings)."""
+        return [
+            {
+                "grant": Grant.model_validate(json.loads(r["body"])),
+                "applied_at": r["applied_at"],
+                "updated_at": r["updated_at"],
+                "status_reason": r["status_reason"],
+            }
+            for r in self.db.read("SELECT * FROM grants ORDER BY applied_at, id")
+        ]
+
+    def grants_for(self, user: str) -> list[Grant]:
+        return [g for g in self.grants() if user in g.members]
+
+
+def apply_policies(store: PolicyStore, policies, actor: str) -> list[ApplyResult]:  # noqa: ANN001
+    """Apply a loaded policies directory: catalog first, then roles, then grants."""
+    results = [store.apply_dataset(ds, actor) for ds in policies.datasets.values()]
+    store.apply_roles(policies.roles, actor)
+    for grant in policies.grants.values():
+        try:
+            results.append(store.apply_grant(grant, actor))
+        except Conflict as exc:
+            if exc.code != "grant_revoked":
+                raise
+            results.append(ApplyResult(grant.id, "kept_revoked", ()))
+        except PolicyError:
+            raise
+    return results
