@@ -35,6 +35,9 @@ LOCKED_CONFIG = {
 }
 
 
+ID_TABLE_PREFIX = "__ids_"
+
+
 class EngineError(SandboxError):
     status = 503
     code = "engine_unavailable"
@@ -122,7 +125,15 @@ def build(
             except duckdb.Error as exc:
                 raise EngineError(f"{ds_id}: cannot import {ds.source}: {exc}", code="import_failed") from None
             kept[ds_id] = con.execute(f"SELECT COUNT(*) FROM {_q(ds_id)}").fetchone()[0]
+            if ds.privacy_unit != "row":
+                # keyed hashes of the unit ids, for the export identifier-leak check only
+                con.execute(
+                    f"CREATE TABLE {_q(ID_TABLE_PREFIX + ds_id)} AS SELECT DISTINCT "
+                    f"hash(TRIM(CAST({_q(ds.privacy_unit)} AS VARCHAR)), {_lit(salt)}) AS h "
+                    f"FROM read_parquet({_lit(str(source))}) WHERE {_q(ds.privacy_unit)} IS NOT NULL"
+                )
             progress(f"{ds_id}: {kept[ds_id]:,} rows kept")
+        con.execute("CREATE TABLE __meta AS SELECT ? AS salt", [salt])
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -178,6 +189,25 @@ class Engine:
         ).fetchall()
         return bool(rows)
 
+    def unit_id_matches(self, ds_id: str, values: list[str]) -> int:
+        """How many of ``values`` are privacy-unit ids of ``ds_id`` (compared as keyed hashes).
+
+        Integral floats such as ``93703.0`` are compared as ``93703``. Reveals a count only.
+        """
+        if not values:
+            return 0
+        table = ID_TABLE_PREFIX + ds_id
+        cur = self._cursor()
+        if not cur.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [table]).fetchall():
+            return 0
+        normalized = [_normalize_id(v) for v in values]
+        row = cur.execute(
+            f"SELECT COUNT(*) FROM (SELECT hash(v, (SELECT salt FROM __meta)) AS h FROM "
+            f"(SELECT UNNEST(?::VARCHAR[]) AS v)) AS f WHERE f.h IN (SELECT h FROM {_q(table)})",
+            [normalized],
+        ).fetchone()
+        return int(row[0])
+
     def exact(self, plan: DPPlan) -> dict[tuple, dict[Primitive, int]]:
         """Exact bounded aggregates per public key present in the data."""
         sql = aggregate_sql(plan)
@@ -197,6 +227,13 @@ class Engine:
 
 
 _MISSING = object()
+
+
+def _normalize_id(value: object) -> str:
+    text = str(value).strip()
+    if text.endswith(".0") and text[:-2].lstrip("-").isdigit():
+        return text[:-2]
+    return text
 
 
 def _match(value: object, domain: dict) -> object:

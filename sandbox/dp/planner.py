@@ -109,12 +109,14 @@ def _assemble(plan: DPPlan, keys, noisy, scales) -> Release:  # noqa: ANN001
                 row.append(key[key_index[name]])
                 continue
             agg = aggs[name]
-            count = noisy[_count_of(agg)][i]
             if agg.kind == "count":
-                row.append(count)
+                row.append(noisy[_count_of(agg)][i])
                 continue
             total = noisy[_sum_of(agg)][i] / _factor(plan, agg.column)
-            row.append(total if agg.kind == "sum" else _bounded_avg(plan, agg.column, total, count))
+            if agg.kind == "sum":
+                row.append(total)
+            else:
+                row.append(_bounded_avg(plan, agg.column, total, noisy[_count_of(agg)][i]))
         rows.append(row)
     return Release(
         list(query.columns), rows, ci, {p.label: s for p, s in scales.items()}

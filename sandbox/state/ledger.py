@@ -253,3 +253,24 @@ class Ledger:
             {**dict(r), "epsilon": from_nano(r["epsilon_nano"])}
             for r in self.db.read(sql + " ORDER BY ts", params)
         ]
+
+    def released_answers(self, grant_id: str, user: str | None = None) -> list[dict]:
+        """Noisy answers already released under a grant (for export provenance and differencing)."""
+        sql = (
+            "SELECT c.query_id, c.user, c.epsilon_nano, c.ts, a.response FROM charges c"
+            " JOIN answers a ON a.query_id = c.query_id AND a.status = 'done' WHERE c.grant_id = ?"
+        )
+        params: tuple = (grant_id,)
+        if user is not None:
+            sql += " AND c.user = ?"
+            params = (grant_id, user)
+        return [
+            {
+                "query_id": r["query_id"],
+                "user": r["user"],
+                "epsilon": from_nano(r["epsilon_nano"]),
+                "ts": r["ts"],
+                "response": json.loads(r["response"]),
+            }
+            for r in self.db.read(sql + " ORDER BY c.ts", params)
+        ]

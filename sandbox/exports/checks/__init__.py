@@ -1,0 +1,101 @@
+"""Automatic checks beside every file. Reviewers decide; checks inform.
+
+Each check is a small pure function returning ``{"rule", "outcome": "pass|review|fail",
+"detail", "cells": [...]}``. :func:`run_all` runs the gates (which refuse a file outright)
+and then every check that applies to the file's kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sandbox.errors import BadRequest, SandboxError
+
+OUTCOMES = ("pass", "review", "fail")
+
+
+def result(rule: str, outcome: str, detail: str, cells: list | None = None, **extra: object) -> dict:
+    assert outcome in OUTCOMES, outcome
+    return {"rule": rule, "outcome": outcome, "detail": detail, "cells": list(cells or []), **extra}
+
+
+def worst(results: Sequence[dict]) -> str:
+    outcomes = {r["outcome"] for r in results}
+    return next((o for o in reversed(OUTCOMES) if o in outcomes), "pass")
+
+
+class FileRefused(BadRequest):
+    """A file failed a gate: it never enters the airlock."""
+
+    code = "file_refused"
+
+    def __init__(self, name: str, results: list[dict]) -> None:
+        failed = [r for r in results if r["outcome"] == "fail"]
+        super().__init__(f"{name}: " + "; ".join(r["detail"] for r in failed))
+        self.results = results
+
+
+@dataclass
+class CheckContext:
+    """What the checks need to know about the grant and the requester, gathered by the workflow."""
+
+    units: Mapping[str, str] = field(default_factory=dict)  # dataset id -> privacy-unit column
+    matcher: Callable[[str, list[str]], int] = lambda _ds, _values: 0
+    answers: Sequence[dict] = ()  # Ledger.released_answers(grant, requester)
+    count_columns: Sequence[str] = ()
+    limits: object = None
+
+
+def run_all(name: str, data: bytes, ctx: CheckContext) -> tuple[str, list[dict]]:
+    """(kind, results) for one file; raises :class:`FileRefused` when a gate fails."""
+    from sandbox.exports.checks import differencing, file_gates, identifiers, provenance, sdc
+    from sandbox.exports.tables import read_table
+
+    limits = ctx.limits or file_gates.DEFAULT_LIMITS
+    kind, results = file_gates.gate(name, data, limits)
+    if kind is None:
+        raise FileRefused(name, results)
+    table = read_table(kind, data, limits.max_rows)
+    matcher = _safe(ctx.matcher)
+    if table is not None:
+        rows = file_gates.row_gate(len(table.rows), len(table.columns), limits)
+        results.append(rows)
+        if rows["outcome"] == "fail":
+            raise FileRefused(name, results)
+        results.append(_guard("identifiers", lambda: identifiers.check_table(table, ctx.units, matcher)))
+        results.extend(sdc.check_table(table, ctx.count_columns))
+        results.append(provenance.check_table(table, ctx.answers))
+        results.append(differencing.check_table(table, ctx.answers, ctx.count_columns))
+    elif kind == "text":
+        text = data.decode("utf-8", errors="replace")
+        results.append(_guard("identifiers", lambda: identifiers.check_text(text, ctx.units, matcher)))
+        results.append(result("sdc.manual", "review", "free text: the reviewer must read every number"))
+        results.append(provenance.check_other(kind, ctx.answers))
+    else:
+        results.append(result("identifiers", "review", f"a {kind} cannot be scanned for ids: look at it"))
+        results.append(result("sdc.manual", "review", f"a {kind} cannot be checked automatically: "
+                                                      "the reviewer must read every number in it"))
+        results.append(provenance.check_other(kind, ctx.answers))
+    return kind, results
+
+
+class _CheckUnavailable(Exception):
+    pass
+
+
+def _safe(matcher: Callable[[str, list[str]], int]) -> Callable[[str, list[str]], int]:
+    def wrapped(ds_id: str, values: list[str]) -> int:
+        try:
+            return matcher(ds_id, values)
+        except SandboxError as exc:
+            raise _CheckUnavailable(exc.message) from None
+
+    return wrapped
+
+
+def _guard(rule: str, fn: Callable[[], dict]) -> dict:
+    try:
+        return fn()
+    except _CheckUnavailable as exc:
+        return result(rule, "review", f"could not run: {exc}")

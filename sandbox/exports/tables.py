@@ -1,0 +1,124 @@
+"""Tables inside export files (CSV and Parquet) as plain Python values, for the checks and previews."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+
+from sandbox.errors import BadRequest
+
+INT_RE = re.compile(r"^[+-]?\d+$")
+FLOAT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
+
+
+@dataclass
+class Table:
+    """Column names, rows of Python values, and per cell the number of decimals written (CSV)."""
+
+    columns: list[str]
+    rows: list[list[object]]
+    decimals: list[list[int | None]] = field(default_factory=list)
+
+    def column(self, name: str) -> list[object]:
+        i = self.columns.index(name)
+        return [r[i] for r in self.rows]
+
+    def is_numeric(self, name: str) -> bool:
+        values = [v for v in self.column(name) if v is not None]
+        return bool(values) and all(_is_number(v) for v in values)
+
+    def is_integral(self, name: str) -> bool:
+        values = [v for v in self.column(name) if v is not None]
+        return self.is_numeric(name) and all(float(v) == int(float(v)) for v in values)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def parse_cell(text: str) -> tuple[object, int | None]:
+    """A CSV cell as int, float, str or None, with the decimals it was written with."""
+    t = text.strip()
+    if t == "" or t.upper() in ("NA", "NAN", "NULL", "NONE"):
+        return None, None
+    if INT_RE.match(t):
+        return int(t), 0
+    if FLOAT_RE.match(t):
+        mantissa = t.split("e")[0].split("E")[0]
+        decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        return float(t), decimals
+    return t, None
+
+
+def read_csv(data: bytes, max_rows: int | None = None) -> Table:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadRequest("the CSV file is not UTF-8 text", code="bad_table") from None
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text), dialect)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return Table([], [], [])
+    except csv.Error as exc:
+        raise BadRequest(f"the CSV file cannot be read: {exc}", code="bad_table") from None
+    columns = [h.strip() for h in header]
+    rows: list[list[object]] = []
+    decimals: list[list[int | None]] = []
+    try:
+        for raw in reader:
+            if not raw or all(not c.strip() for c in raw):
+                continue
+            cells = [parse_cell(c) for c in raw[: len(columns)]]
+            cells += [(None, None)] * (len(columns) - len(cells))
+            rows.append([c[0] for c in cells])
+            decimals.append([c[1] for c in cells])
+            if max_rows is not None and len(rows) > max_rows:
+                break
+    except csv.Error as exc:
+        raise BadRequest(f"the CSV file cannot be read: {exc}", code="bad_table") from None
+    return Table(columns, rows, decimals)
+
+
+def read_parquet(data: bytes, max_rows: int | None = None) -> Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(io.BytesIO(data))
+        table = pf.read()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise BadRequest(f"the Parquet file cannot be read: {exc}", code="bad_table") from None
+    if max_rows is not None and table.num_rows > max_rows:
+        table = table.slice(0, max_rows + 1)
+    columns = [str(n) for n in table.column_names]
+    pylists = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    rows = [[_plain(col[r]) for col in pylists] for r in range(table.num_rows)]
+    decimals = [[None] * len(columns) for _ in rows]
+    return Table(columns, rows, decimals)
+
+
+def _plain(v: object) -> object:
+    if isinstance(v, bool):
+        return int(v)
+    if v is None or isinstance(v, int | float | str):
+        return v
+    try:
+        return float(v)  # Decimal and friends
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def read_table(kind: str, data: bytes, max_rows: int | None = None) -> Table | None:
+    """The table in a csv/parquet file, or None for other kinds."""
+    if kind == "csv":
+        return read_csv(data, max_rows)
+    if kind == "parquet":
+        return read_parquet(data, max_rows)
+    return None

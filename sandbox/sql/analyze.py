@@ -1,0 +1,376 @@
+"""Analyse an operator's SQL into a :class:`QueryPlan`, accepting only an allow-listed subset.
+
+The subset: one plain SELECT over one granted dataset, with COUNT(*), COUNT(col), SUM(col)
+and AVG(col); an optional WHERE of comparisons over granted columns and literals; an
+optional GROUP BY of keys with public domains (categories, small int ranges, bins); and
+ORDER BY / LIMIT, which only post-process the noisy output. Everything else is refused with
+a :class:`~sandbox.errors.BadRequest` (400) or :class:`~sandbox.errors.Forbidden` (403)
+carrying a stable ``code`` and a message that says what would work.
+
+The checks run on sqlglot's syntax tree, never on the text, in this order: parse
+(``_parse``), constructs that reach rows and clauses (``_allow``), node types per clause
+(``_allow``), FROM and column names (``_scope``), then the shapes of SELECT items, GROUP BY
+keys (``_keys``), ORDER BY and LIMIT here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+
+from sqlglot import exp
+
+from sandbox.errors import BadRequest
+from sandbox.policy.models import IDENT, Dataset
+from sandbox.sql._allow import check_clauses, check_nodes, check_structure
+from sandbox.sql._hints import (
+    AGGREGATES_HINT,
+    GROUP_HINT,
+    LIMIT_HINT,
+    ORDER_HINT,
+    SELECT_HINT,
+    show,
+)
+from sandbox.sql._keys import MAX_GROUPS, KeySpec, domain_size, domain_values, key_spec, unwrap
+from sandbox.sql._parse import DIALECT, parse_select
+from sandbox.sql._scope import Scope, fold, resolve_columns, resolve_from
+from sandbox.sql.plan import Aggregate, AggregateKind, GroupKey, OrderItem, QueryPlan
+
+__all__ = ["analyze"]
+
+_KINDS: dict[type[exp.Expression], AggregateKind] = {
+    exp.Count: "count",
+    exp.Sum: "sum",
+    exp.Avg: "avg",
+}
+
+
+def analyze(
+    sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Collection[str]]
+) -> QueryPlan:
+    """Check ``sql`` against the accepted subset and return its plan.
+
+    ``datasets`` is the whole catalog; ``granted`` maps each dataset id the caller's grant
+    covers to the column names it allows.
+    """
+    try:
+        return _analyze(sql, datasets, granted)
+    except RecursionError:
+        raise BadRequest(
+            "the query is nested too deeply; write a flatter predicate", "parse_error"
+        ) from None
+
+
+def _analyze(
+    sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Collection[str]]
+) -> QueryPlan:
+    select = parse_select(sql)
+    check_structure(select)
+    check_clauses(select)
+    check_nodes(select)
+    scope = resolve_from(select, datasets, granted)
+    aliases = _aliases(select)
+    resolve_columns(select, scope, set(aliases) - {None})
+    _check_where(select)
+    items = [_classify(unwrap(_unalias(e)), scope) for e in select.expressions]
+    if not any(isinstance(item, Aggregate) for item in items):
+        raise BadRequest(
+            f"the query has no aggregate; results are only ever aggregates: {AGGREGATES_HINT}, "
+            "e.g. SELECT sex, COUNT(*) FROM nhanes_2017 GROUP BY sex",
+            "not_aggregate",
+        )
+    names = _output_names(items, aliases)
+    specs = _group_specs(select, items, aliases, scope)
+    group_keys = _group_keys(specs, items, names, scope)
+    aggregates = tuple(
+        Aggregate(kind=item.kind, column=item.column, name=name)
+        for item, name in zip(items, names, strict=True)
+        if isinstance(item, Aggregate)
+    )
+    order_by = _order_by(select, names)
+    limit = _limit(select)
+    normalized = _canonicalize(select, scope)
+    where = select.args.get("where")
+    return QueryPlan(
+        dataset=scope.dataset.id,
+        columns=tuple(names),
+        aggregates=aggregates,
+        group_keys=group_keys,
+        where=where.this.copy() if where is not None else None,
+        order_by=order_by,
+        limit=limit,
+        normalized_sql=normalized,
+    )
+
+
+def _unalias(node: exp.Expression) -> exp.Expression:
+    return node.this if isinstance(node, exp.Alias) else node
+
+
+def _aliases(select: exp.Select) -> list[str | None]:
+    """The folded AS name of each SELECT item (None without one); names must be identifiers."""
+    names: list[str | None] = []
+    for item in select.expressions:
+        if not isinstance(item, exp.Alias):
+            names.append(None)
+            continue
+        identifier = item.args.get("alias")
+        name = fold(identifier) if isinstance(identifier, exp.Identifier) else ""
+        if not IDENT.match(name):
+            raise BadRequest(
+                f"output name {show(name)} is not accepted; names are lower-case letters, "
+                "digits and _ starting with a letter, e.g. AS mean_age",
+                "unsupported_expression",
+            )
+        names.append(name)
+    return names
+
+
+def _check_where(select: exp.Select) -> None:
+    """Shapes inside WHERE that node types alone do not pin down."""
+    where = select.args.get("where")
+    if where is None:
+        return
+    for node in where.walk():
+        if isinstance(node, exp.In) and not (
+            node.expressions and all(_is_literal(v) for v in node.expressions)
+        ):
+            raise BadRequest(
+                "IN takes a non-empty list of literals, e.g. sex IN ('male', 'female')",
+                "unsupported_expression",
+            )
+        if isinstance(node, exp.Is) and not isinstance(node.expression, exp.Null):
+            raise BadRequest(
+                "IS only takes NULL here: write col IS NULL or col IS NOT NULL "
+                "(for booleans, col = TRUE)",
+                "unsupported_expression",
+            )
+        if isinstance(node, exp.Literal) and not node.is_string and not _finite(node.this):
+            raise BadRequest(
+                f"{show(str(node.this))} is not a finite number; compare with ordinary numbers",
+                "unsupported_expression",
+            )
+
+
+def _is_literal(node: exp.Expression) -> bool:
+    node = unwrap(node)
+    if isinstance(node, exp.Neg):
+        node = unwrap(node.this)
+        return isinstance(node, exp.Literal) and not node.is_string
+    return isinstance(node, (exp.Literal, exp.Boolean, exp.Null))
+
+
+def _finite(text: object) -> bool:
+    try:
+        return math.isfinite(float(str(text)))
+    except ValueError:
+        return False
+
+
+def _classify(node: exp.Expression, scope: Scope) -> Aggregate | KeySpec:
+    """A SELECT item without alias and parentheses: an aggregate (unnamed yet) or a key."""
+    kind = _KINDS.get(type(node))
+    if kind is not None:
+        return Aggregate(kind=kind, column=_aggregate_column(node, kind, scope), name="")
+    if node.find(exp.AggFunc) is not None:
+        raise BadRequest(ARITHMETIC_ON_AGGREGATES, "unsupported_expression")
+    if node.find(exp.Column) is None:
+        raise BadRequest(
+            f"{_describe(node)} is not an aggregate: constant columns are not returned. "
+            f"{SELECT_HINT}",
+            "not_aggregate",
+        )
+    spec = key_spec(node)
+    if spec is None:
+        raise BadRequest(
+            f"{_describe(node)} is neither an aggregate nor a GROUP BY key. {SELECT_HINT}",
+            "unsupported_expression",
+        )
+    return spec
+
+
+def _aggregate_column(node: exp.Expression, kind: AggregateKind, scope: Scope) -> str | None:
+    name = kind.upper()
+    arg = node.this
+    arg = unwrap(arg) if arg is not None else None
+    if kind == "count" and isinstance(arg, exp.Star):
+        return None
+    if not isinstance(arg, exp.Column):
+        what = "COUNT(*) counts rows" if kind == "count" else f"e.g. {name}(age)"
+        raise BadRequest(
+            f"{name} takes one plain column ({what}); compute expressions of aggregates "
+            "client-side and bin values with GROUP BY FLOOR(col / w) * w",
+            "unsupported_expression",
+        )
+    column = arg.name
+    if kind != "count" and not scope.dataset.columns[column].numeric:
+        raise BadRequest(
+            f"{name} needs an int or float column; {column} is a category: count its values "
+            f"with SELECT {column}, COUNT(*) ... GROUP BY {column}",
+            "not_numeric",
+        )
+    return column
+
+
+def _output_names(items: list[Aggregate | KeySpec], aliases: list[str | None]) -> list[str]:
+    names = [alias or _default_name(item) for item, alias in zip(items, aliases, strict=True)]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise BadRequest(
+                f"the output column name {name} appears twice; give one of them another name "
+                f"with AS, e.g. AS {name}_2",
+                "duplicate_column_name",
+            )
+    return names
+
+
+def _default_name(item: Aggregate | KeySpec) -> str:
+    if isinstance(item, KeySpec):
+        return item.default_name
+    return item.kind if item.column is None else f"{item.kind}_{item.column}"
+
+
+def _group_specs(
+    select: exp.Select, items: list[Aggregate | KeySpec], aliases: list[str | None], scope: Scope
+) -> list[KeySpec]:
+    group = select.args.get("group")
+    specs: list[KeySpec] = []
+    for node in group.expressions if group is not None else []:
+        spec = _group_item(unwrap(node), items, aliases, scope)
+        if spec in specs:
+            raise BadRequest(
+                f"{spec.label} appears twice in GROUP BY; list each key once",
+                "duplicate_column_name",
+            )
+        specs.append(spec)
+    return specs
+
+
+def _group_item(
+    node: exp.Expression,
+    items: list[Aggregate | KeySpec],
+    aliases: list[str | None],
+    scope: Scope,
+) -> KeySpec:
+    target: int | None = None
+    if isinstance(node, exp.Literal):
+        text = str(node.this)
+        if node.is_string or not text.isdigit() or not 1 <= int(text) <= len(items):
+            raise BadRequest(
+                f"GROUP BY {show(text)} is not a key; a position must be a whole number "
+                f"from 1 to {len(items)}. {GROUP_HINT}",
+                "unbounded_group_keys",
+            )
+        target = int(text) - 1
+    elif isinstance(node, exp.Column) and node.name not in scope.dataset.columns:
+        target = aliases.index(node.name)  # resolve_columns let only SELECT aliases through
+    if target is not None:
+        item = items[target]
+        if isinstance(item, Aggregate):
+            raise BadRequest(
+                f"GROUP BY refers to SELECT item {target + 1}, an aggregate; group by a key. "
+                f"{GROUP_HINT}",
+                "unbounded_group_keys",
+            )
+        return item
+    spec = key_spec(node)
+    if spec is None:
+        raise BadRequest(
+            f"{_describe(node)} cannot be a GROUP BY key. {GROUP_HINT}", "unbounded_group_keys"
+        )
+    return spec
+
+
+def _group_keys(
+    specs: list[KeySpec], items: list[Aggregate | KeySpec], names: list[str], scope: Scope
+) -> tuple[GroupKey, ...]:
+    """Match GROUP BY keys with SELECT items and attach each key's public domain."""
+    columns = scope.dataset.columns
+    sizes = [domain_size(spec, columns[spec.column]) for spec in specs]
+    if math.prod(sizes) > MAX_GROUPS:
+        detail = " x ".join(f"{s.label} ({n})" for s, n in zip(specs, sizes, strict=True))
+        raise BadRequest(
+            f"{detail} = {math.prod(sizes)} groups; at most {MAX_GROUPS} are accepted. "
+            "Use fewer keys or wider bins",
+            "too_many_groups",
+        )
+    for item in items:
+        if isinstance(item, KeySpec) and item not in specs:
+            raise BadRequest(
+                f"{item.label} is neither aggregated nor in GROUP BY; add GROUP BY "
+                f"{item.label}, or aggregate it with COUNT/SUM/AVG",
+                "not_aggregate",
+            )
+    keys = []
+    for spec in specs:
+        selected = [name for item, name in zip(items, names, strict=True) if item == spec]
+        if not selected:
+            raise BadRequest(
+                f"GROUP BY {spec.label} is not selected; add it to the SELECT list so that "
+                "each output row is labelled",
+                "group_key_not_selected",
+            )
+        if len(selected) > 1:
+            raise BadRequest(
+                f"{spec.label} is selected twice ({', '.join(selected)}); select each key once",
+                "duplicate_column_name",
+            )
+        values = domain_values(spec, columns[spec.column])
+        keys.append(GroupKey(spec.column, selected[0], spec.bin_width, values))
+    return tuple(keys)
+
+
+def _order_by(select: exp.Select, names: list[str]) -> tuple[OrderItem, ...]:
+    order = select.args.get("order")
+    result = []
+    for ordered in order.expressions if order is not None else []:
+        name = _order_target(ordered.this, names)
+        result.append(OrderItem(name=name, descending=bool(ordered.args.get("desc"))))
+    return tuple(result)
+
+
+def _order_target(node: exp.Expression, names: list[str]) -> str:
+    outputs = f"{ORDER_HINT}. Output columns: {', '.join(names)}"
+    if isinstance(node, exp.Literal) and not node.is_string and str(node.this).isdigit():
+        position = int(node.this)
+        if 1 <= position <= len(names):
+            return names[position - 1]
+    if isinstance(node, exp.Column) and node.args.get("table") is None:
+        name = fold(node.this)
+        if name in names:
+            return name
+        raise BadRequest(
+            f"{show(name)} is not an output column; {outputs}",
+            "unknown_column",
+        )
+    raise BadRequest(
+        f"ORDER BY {_describe(node)} is not accepted; {outputs}",
+        "unsupported_expression",
+    )
+
+
+def _limit(select: exp.Select) -> int | None:
+    limit = select.args.get("limit")
+    if limit is None:
+        return None
+    value = limit.expression
+    if isinstance(value, exp.Literal) and not value.is_string and str(value.this).isdigit():
+        return int(value.this)
+    raise BadRequest(
+        f"LIMIT {_describe(value)} is not accepted; {LIMIT_HINT}", "unsupported_expression"
+    )
+
+
+def _canonicalize(select: exp.Select, scope: Scope) -> str:
+    """Rewrite the accepted tree to canonical names and render it (cache key, audit record)."""
+    select.set("from_", exp.From(this=exp.table_(scope.dataset.id)))
+    for item in select.expressions:
+        if isinstance(item, exp.Alias):
+            item.set("alias", exp.to_identifier(fold(item.args["alias"])))
+    order = select.args.get("order")
+    for ordered in order.expressions if order is not None else []:
+        if isinstance(ordered.this, exp.Column):
+            ordered.set("this", exp.column(fold(ordered.this.this)))
+    for node in select.walk():
+        node.comments = None
+    return select.sql(dialect=DIALECT, comments=False)
