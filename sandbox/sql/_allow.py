@@ -128,9 +128,7 @@ _ALLOWED_ARGS: dict[type[exp.Expression], tuple[str, ...]] = {
 _VALUE_NODES = {exp.Column, exp.Identifier, exp.Literal, exp.Paren}
 _CLAUSE_NODES: dict[str, frozenset[type[exp.Expression]]] = {
     "expressions": frozenset(
-        _VALUE_NODES
-        | {exp.Alias, exp.Count, exp.Sum, exp.Avg, exp.Star, exp.Floor}
-        | {exp.Div, exp.Mul}
+        _VALUE_NODES | {exp.Alias, exp.Count, exp.Sum, exp.Avg, exp.Star, exp.Floor} | {exp.Div, exp.Mul}
     ),
     "where": frozenset(
         _VALUE_NODES
@@ -197,9 +195,7 @@ def _as_list(value: object) -> list[exp.Expression]:
 
 
 def _check_node(node: exp.Expression, clause: str, allowed: frozenset[type]) -> None:
-    if isinstance(node, exp.Star) and (
-        _unexpected_args(node) or not isinstance(node.parent, exp.Count)
-    ):
+    if isinstance(node, exp.Star) and (_unexpected_args(node) or not isinstance(node.parent, exp.Count)):
         raise BadRequest(
             "* selects raw rows, which are never returned; select aggregates instead, "
             "e.g. SELECT COUNT(*) ... or SELECT sex, COUNT(*) ... GROUP BY sex",
@@ -213,9 +209,7 @@ def _check_node(node: exp.Expression, clause: str, allowed: frozenset[type]) -> 
         code = "unbounded_group_keys" if clause == "group" else "unsupported_expression"
         if isinstance(node, (exp.Group, exp.Limit, exp.Ordered)):
             code = "unsupported_clause"
-        raise BadRequest(
-            f"{name} is not available in {CLAUSE_NAMES[clause]}; {CLAUSE_HINTS[clause]}", code
-        )
+        raise BadRequest(f"{name} is not available in {CLAUSE_NAMES[clause]}; {CLAUSE_HINTS[clause]}", code)
 
 
 def _unexpected_args(node: exp.Expression) -> str | None:
@@ -232,22 +226,17 @@ def refuse_node(node: exp.Expression, clause: str) -> NoReturn:
     hint = CLAUSE_HINTS.get(clause, SELECT_HINT)
     if clause == "group":
         raise BadRequest(
-            f"{describe(node)} cannot be a GROUP BY key: its values are not a public, bounded "
-            f"domain. {hint}",
+            f"{describe(node)} cannot be a GROUP BY key: its values are not a public, bounded domain. {hint}",
             "unbounded_group_keys",
         )
     if isinstance(node, exp.Fetch):
         raise BadRequest("FETCH FIRST is not available; write LIMIT n", "unsupported_clause")
     if clause in ("order", "limit"):
-        raise BadRequest(
-            f"{describe(node)} is not available in {where}; {hint}", "unsupported_expression"
-        )
+        raise BadRequest(f"{describe(node)} is not available in {where}; {hint}", "unsupported_expression")
     if isinstance(node, _WRAPPERS) and isinstance(node.this, exp.Func):
         node = node.this  # ANY_VALUE(x) arrives as IgnoreNulls(AnyValue(x))
     if isinstance(node, exp.Func):
         raise BadRequest(function_message(node, clause), "unsupported_function")
     if isinstance(node, _ARITHMETIC) and node.find(exp.AggFunc) is not None:
         raise BadRequest(ARITHMETIC_ON_AGGREGATES, "unsupported_expression")
-    raise BadRequest(
-        f"{describe(node)} is not available in {where}; {hint}", "unsupported_expression"
-    )
+    raise BadRequest(f"{describe(node)} is not available in {where}; {hint}", "unsupported_expression")

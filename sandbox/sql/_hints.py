@@ -142,10 +142,7 @@ def function_message(node: exp.Func, clause: str) -> str:
             "COUNT(col), SUM(col) or AVG(col) (a bounded quantile may come later)"
         )
     if isinstance(node, _ONE_ROW) or lower in _ONE_ROW_NAMES:
-        return (
-            f"{name} is not available: it returns one row's value. "
-            "Use AVG(col) or COUNT(*) per group"
-        )
+        return f"{name} is not available: it returns one row's value. Use AVG(col) or COUNT(*) per group"
     if isinstance(node, _VALUES) or lower in _VALUE_NAMES:
         return (
             f"{name} is not available: it returns the rows' values themselves. "
@@ -156,11 +153,7 @@ def function_message(node: exp.Func, clause: str) -> str:
             f"{name} is not available yet: exact order statistics reveal single rows. "
             "Use AVG(col), or COUNT(*) per bin: GROUP BY FLOOR(col / w) * w"
         )
-    if (
-        lower.startswith(_SYSTEM_PREFIXES)
-        or lower in _SYSTEM_NAMES
-        or isinstance(node, (exp.ReadParquet, exp.ReadCSV))
-    ):
+    if lower.startswith(_SYSTEM_PREFIXES) or lower in _SYSTEM_NAMES or isinstance(node, (exp.ReadParquet, exp.ReadCSV)):
         return (
             f"{name} is not available: queries cannot read files, settings or system state. "
             f"Query a dataset from the catalog with COUNT/SUM/AVG, {AGGREGATES_HINT}"

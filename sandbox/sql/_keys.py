@@ -7,9 +7,9 @@ the catalog, never from the data, so the set of output rows reveals nothing.
 
 from __future__ import annotations
 
-import decimal
+import math
 from dataclasses import dataclass, field
-from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 from sqlglot import exp
 
@@ -96,8 +96,7 @@ def domain_size(spec: KeySpec, column: Column) -> int:
         return _plain_size(spec.column, column)
     if not column.numeric:
         raise BadRequest(
-            f"a bin needs an int or float column; {spec.column} is a category: "
-            f"GROUP BY {spec.column} itself",
+            f"a bin needs an int or float column; {spec.column} is a category: GROUP BY {spec.column} itself",
             "not_numeric",
         )
     low, high = _bin_range(spec.width, column)
@@ -128,20 +127,28 @@ def _plain_size(name: str, column: Column) -> int:
 
 
 def _bin_range(width: Decimal, column: Column) -> tuple[int, int]:
-    """First and last bin index k (the bin is k * width) covering the column's bounds."""
+    """First and last bin index k covering the column's bounds.
+
+    Computed in binary floating point exactly as the engine evaluates FLOOR(col / w) * w in
+    DuckDB (DOUBLE arithmetic), so that every key the engine produces is in the domain.
+    """
     assert column.bounds is not None
-    with decimal.localcontext() as ctx:
-        ctx.prec = 60
-        low = Decimal(repr(float(column.bounds[0]))) / width
-        high = Decimal(repr(float(column.bounds[1]))) / width
-        return (
-            int(low.to_integral_value(rounding=ROUND_FLOOR)),
-            int(high.to_integral_value(rounding=ROUND_FLOOR)),
+    w = float(width)
+    low, high = column.bounds[0] / w, column.bounds[1] / w
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise BadRequest(
+            f"the bin width {width} is far too small for {column.bounds}; use a wider bin",
+            "too_many_groups",
         )
+    return math.floor(low), math.floor(high)
 
 
 def domain_values(spec: KeySpec, column: Column) -> tuple:
-    """Every key, ascending (a category keeps its declared order). Call after domain_size."""
+    """Every key, ascending (a category keeps its declared order). Call after domain_size.
+
+    Bins of an int column by a whole width are ints; other bins are the floats k * w, e.g.
+    0.30000000000000004 for k = 3 and w = 0.1, which is the value the engine computes.
+    """
     if spec.width is None:
         if column.type == "category":
             return tuple(column.values or ())
@@ -151,6 +158,5 @@ def domain_values(spec: KeySpec, column: Column) -> tuple:
     if column.type == "int" and spec.whole_width:
         step = int(spec.width)
         return tuple(range(first * step, last * step + 1, step))
-    with decimal.localcontext() as ctx:
-        ctx.prec = 60
-        return tuple(float(k * spec.width) for k in range(first, last + 1))
+    w = float(spec.width)
+    return tuple(k * w for k in range(first, last + 1))  # k * w as the engine's DOUBLE product

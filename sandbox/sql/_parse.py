@@ -20,24 +20,19 @@ MAX_SQL_CHARS = 10_000
 def parse_select(sql: str) -> exp.Select:
     """Parse ``sql`` and return its single top-level SELECT."""
     if not isinstance(sql, str) or not sql.strip():
-        raise BadRequest(
-            f"the query is empty; write one SELECT of aggregates, {EXAMPLE}", "empty_query"
-        )
+        raise BadRequest(f"the query is empty; write one SELECT of aggregates, {EXAMPLE}", "empty_query")
     if len(sql) > MAX_SQL_CHARS:
         raise BadRequest(
             f"the query has {len(sql)} characters; at most {MAX_SQL_CHARS} are accepted. "
             "Aggregate queries are short: one SELECT over one dataset",
-            "query_too_long",
+            "sql_too_long",
         )
     statements = [s for s in _parse(sql) if s is not None]
     if not statements:
-        raise BadRequest(
-            f"the query holds no statement (only comments or ';'); {EXAMPLE}", "empty_query"
-        )
+        raise BadRequest(f"the query holds no statement (only comments or ';'); {EXAMPLE}", "empty_query")
     if len(statements) > 1:
         raise BadRequest(
-            f"the query holds {len(statements)} statements; send exactly one SELECT "
-            "(a ';' may only end it)",
+            f"the query holds {len(statements)} statements; send exactly one SELECT (a ';' may only end it)",
             "multiple_statements",
         )
     return _as_select(statements[0])
@@ -55,9 +50,7 @@ def _parse(sql: str) -> list[exp.Expression | None]:
             "parse_error",
         ) from None
     except RecursionError:
-        raise BadRequest(
-            "the SQL is nested too deeply to read; write a flatter predicate", "parse_error"
-        ) from None
+        raise BadRequest("the SQL is nested too deeply to read; write a flatter predicate", "parse_error") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         # sqlglot occasionally fails on garbage with a plain Python error: still a parse error
         raise BadRequest(
@@ -75,10 +68,7 @@ def _parse_error_message(exc: ParseError) -> str:
     near = first.get("highlight") or ""
     near_text = f" near {show(near, 30)}" if near else ""
     description = first.get("description") or "invalid SQL"
-    return (
-        f"the SQL could not be parsed: {description}{where}{near_text}. "
-        f"Write one SELECT of aggregates, {EXAMPLE}"
-    )
+    return f"the SQL could not be parsed: {description}{where}{near_text}. Write one SELECT of aggregates, {EXAMPLE}"
 
 
 def _as_select(statement: exp.Expression) -> exp.Select:

@@ -15,8 +15,7 @@ from sqlglot import exp
 
 from sandbox.errors import BadRequest, Forbidden
 from sandbox.policy.models import Dataset
-from sandbox.sql._allow import describe, function_name
-from sandbox.sql._hints import show
+from sandbox.sql._hints import describe, function_name, show
 
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
@@ -41,9 +40,7 @@ class Scope:
         return ", ".join(names) or "(none)"
 
 
-def resolve_from(
-    select: exp.Select, datasets: Mapping[str, Dataset], granted: Mapping[str, Collection[str]]
-) -> Scope:
+def resolve_from(select: exp.Select, datasets: Mapping[str, Dataset], granted: Mapping[str, Collection[str]]) -> Scope:
     """Check that FROM names exactly one granted dataset, and return the query's scope."""
     from_ = select.args.get("from_")
     if from_ is None:
@@ -69,13 +66,10 @@ def resolve_from(
     name = fold(table.this)
     dataset = datasets.get(name)
     if dataset is None:
-        raise BadRequest(
-            _unknown_dataset_message(name, table.this.quoted, datasets, granted), "unknown_dataset"
-        )
+        raise BadRequest(_unknown_dataset_message(name, table.this.quoted, datasets, granted), "unknown_dataset")
     if name not in granted:
         raise Forbidden(
-            f"dataset {name} is not in your grant; your grant covers: "
-            f"{', '.join(sorted(granted)) or '(none)'}",
+            f"dataset {name} is not in your grant; your grant covers: {', '.join(sorted(granted)) or '(none)'}",
             "dataset_not_granted",
         )
     alias = table.args.get("alias")
@@ -156,9 +150,7 @@ def _is_alias_reference(column: exp.Column, scope: Scope, aliases: Collection[st
 def resolve_column(column: exp.Column, scope: Scope) -> str:
     """The declared name a column reference stands for; refuses anything not usable."""
     if not isinstance(column.this, exp.Identifier):
-        raise BadRequest(
-            f"{describe(column)} is not a column; name one column", "unsupported_expression"
-        )
+        raise BadRequest(f"{describe(column)} is not a column; name one column", "unsupported_expression")
     if column.args.get("db") is not None or column.args.get("catalog") is not None:
         raise BadRequest(
             f"{show(column.sql(dialect='duckdb', comments=False))} is not a column of this "
@@ -168,8 +160,7 @@ def resolve_column(column: exp.Column, scope: Scope) -> str:
     table = column.args.get("table")
     if table is not None and fold(table) != scope.qualifier:
         raise BadRequest(
-            f"no table {show(fold(table))} in this query; qualify columns with "
-            f"{scope.qualifier} or not at all",
+            f"no table {show(fold(table))} in this query; qualify columns with {scope.qualifier} or not at all",
             "unknown_column",
         )
     name = fold(column.this)
@@ -184,8 +175,7 @@ def resolve_column(column: exp.Column, scope: Scope) -> str:
         )
     if name not in scope.granted:
         raise Forbidden(
-            f"column {name} of {scope.dataset.id} is not in your grant; granted columns: "
-            f"{scope.granted_list()}",
+            f"column {name} of {scope.dataset.id} is not in your grant; granted columns: {scope.granted_list()}",
             "column_not_granted",
         )
     return name
@@ -199,10 +189,7 @@ def _unknown_column_message(name: str, quoted: bool, scope: Scope) -> str:
         value = _matching_value(name, scope)
         if value is not None:
             hint = f" To compare with a value, quote it as a string: '{value}'."
-    return (
-        f"no column named {show(name)} in {scope.dataset.id}.{hint} "
-        f"Granted columns: {scope.granted_list()}"
-    )
+    return f"no column named {show(name)} in {scope.dataset.id}.{hint} Granted columns: {scope.granted_list()}"
 
 
 def _matching_value(name: str, scope: Scope) -> str | None:

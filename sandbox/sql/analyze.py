@@ -25,15 +25,18 @@ from sandbox.policy.models import IDENT, Dataset
 from sandbox.sql._allow import check_clauses, check_nodes, check_structure
 from sandbox.sql._hints import (
     AGGREGATES_HINT,
+    ARITHMETIC_ON_AGGREGATES,
     GROUP_HINT,
     LIMIT_HINT,
     ORDER_HINT,
     SELECT_HINT,
     show,
 )
+from sandbox.sql._hints import describe as _describe
 from sandbox.sql._keys import MAX_GROUPS, KeySpec, domain_size, domain_values, key_spec, unwrap
 from sandbox.sql._parse import DIALECT, parse_select
 from sandbox.sql._scope import Scope, fold, resolve_columns, resolve_from
+from sandbox.sql._where import check_where
 from sandbox.sql.plan import Aggregate, AggregateKind, GroupKey, OrderItem, QueryPlan
 
 __all__ = ["analyze"]
@@ -45,9 +48,7 @@ _KINDS: dict[type[exp.Expression], AggregateKind] = {
 }
 
 
-def analyze(
-    sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Collection[str]]
-) -> QueryPlan:
+def analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Collection[str]]) -> QueryPlan:
     """Check ``sql`` against the accepted subset and return its plan.
 
     ``datasets`` is the whole catalog; ``granted`` maps each dataset id the caller's grant
@@ -56,14 +57,10 @@ def analyze(
     try:
         return _analyze(sql, datasets, granted)
     except RecursionError:
-        raise BadRequest(
-            "the query is nested too deeply; write a flatter predicate", "parse_error"
-        ) from None
+        raise BadRequest("the query is nested too deeply; write a flatter predicate", "parse_error") from None
 
 
-def _analyze(
-    sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Collection[str]]
-) -> QueryPlan:
+def _analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Collection[str]]) -> QueryPlan:
     select = parse_select(sql)
     check_structure(select)
     check_clauses(select)
@@ -71,7 +68,9 @@ def _analyze(
     scope = resolve_from(select, datasets, granted)
     aliases = _aliases(select)
     resolve_columns(select, scope, set(aliases) - {None})
-    _check_where(select)
+    where = select.args.get("where")
+    if where is not None:
+        check_where(where, scope)
     items = [_classify(unwrap(_unalias(e)), scope) for e in select.expressions]
     if not any(isinstance(item, Aggregate) for item in items):
         raise BadRequest(
@@ -90,7 +89,6 @@ def _analyze(
     order_by = _order_by(select, names)
     limit = _limit(select)
     normalized = _canonicalize(select, scope)
-    where = select.args.get("where")
     return QueryPlan(
         dataset=scope.dataset.id,
         columns=tuple(names),
@@ -126,47 +124,6 @@ def _aliases(select: exp.Select) -> list[str | None]:
     return names
 
 
-def _check_where(select: exp.Select) -> None:
-    """Shapes inside WHERE that node types alone do not pin down."""
-    where = select.args.get("where")
-    if where is None:
-        return
-    for node in where.walk():
-        if isinstance(node, exp.In) and not (
-            node.expressions and all(_is_literal(v) for v in node.expressions)
-        ):
-            raise BadRequest(
-                "IN takes a non-empty list of literals, e.g. sex IN ('male', 'female')",
-                "unsupported_expression",
-            )
-        if isinstance(node, exp.Is) and not isinstance(node.expression, exp.Null):
-            raise BadRequest(
-                "IS only takes NULL here: write col IS NULL or col IS NOT NULL "
-                "(for booleans, col = TRUE)",
-                "unsupported_expression",
-            )
-        if isinstance(node, exp.Literal) and not node.is_string and not _finite(node.this):
-            raise BadRequest(
-                f"{show(str(node.this))} is not a finite number; compare with ordinary numbers",
-                "unsupported_expression",
-            )
-
-
-def _is_literal(node: exp.Expression) -> bool:
-    node = unwrap(node)
-    if isinstance(node, exp.Neg):
-        node = unwrap(node.this)
-        return isinstance(node, exp.Literal) and not node.is_string
-    return isinstance(node, (exp.Literal, exp.Boolean, exp.Null))
-
-
-def _finite(text: object) -> bool:
-    try:
-        return math.isfinite(float(str(text)))
-    except ValueError:
-        return False
-
-
 def _classify(node: exp.Expression, scope: Scope) -> Aggregate | KeySpec:
     """A SELECT item without alias and parentheses: an aggregate (unnamed yet) or a key."""
     kind = _KINDS.get(type(node))
@@ -176,8 +133,7 @@ def _classify(node: exp.Expression, scope: Scope) -> Aggregate | KeySpec:
         raise BadRequest(ARITHMETIC_ON_AGGREGATES, "unsupported_expression")
     if node.find(exp.Column) is None:
         raise BadRequest(
-            f"{_describe(node)} is not an aggregate: constant columns are not returned. "
-            f"{SELECT_HINT}",
+            f"{_describe(node)} is not an aggregate: constant columns are not returned. {SELECT_HINT}",
             "not_aggregate",
         )
     spec = key_spec(node)
@@ -217,8 +173,7 @@ def _output_names(items: list[Aggregate | KeySpec], aliases: list[str | None]) -
     for index, name in enumerate(names):
         if name in names[:index]:
             raise BadRequest(
-                f"the output column name {name} appears twice; give one of them another name "
-                f"with AS, e.g. AS {name}_2",
+                f"the output column name {name} appears twice; give one of them another name with AS, e.g. AS {name}_2",
                 "duplicate_column_name",
             )
     return names
@@ -268,16 +223,13 @@ def _group_item(
         item = items[target]
         if isinstance(item, Aggregate):
             raise BadRequest(
-                f"GROUP BY refers to SELECT item {target + 1}, an aggregate; group by a key. "
-                f"{GROUP_HINT}",
+                f"GROUP BY refers to SELECT item {target + 1}, an aggregate; group by a key. {GROUP_HINT}",
                 "unbounded_group_keys",
             )
         return item
     spec = key_spec(node)
     if spec is None:
-        raise BadRequest(
-            f"{_describe(node)} cannot be a GROUP BY key. {GROUP_HINT}", "unbounded_group_keys"
-        )
+        raise BadRequest(f"{_describe(node)} cannot be a GROUP BY key. {GROUP_HINT}", "unbounded_group_keys")
     return spec
 
 
@@ -290,8 +242,7 @@ def _group_keys(
     if math.prod(sizes) > MAX_GROUPS:
         detail = " x ".join(f"{s.label} ({n})" for s, n in zip(specs, sizes, strict=True))
         raise BadRequest(
-            f"{detail} = {math.prod(sizes)} groups; at most {MAX_GROUPS} are accepted. "
-            "Use fewer keys or wider bins",
+            f"{detail} = {math.prod(sizes)} groups; at most {MAX_GROUPS} are accepted. Use fewer keys or wider bins",
             "too_many_groups",
         )
     for item in items:
@@ -306,8 +257,7 @@ def _group_keys(
         selected = [name for item, name in zip(items, names, strict=True) if item == spec]
         if not selected:
             raise BadRequest(
-                f"GROUP BY {spec.label} is not selected; add it to the SELECT list so that "
-                "each output row is labelled",
+                f"GROUP BY {spec.label} is not selected; add it to the SELECT list so that each output row is labelled",
                 "group_key_not_selected",
             )
         if len(selected) > 1:
@@ -356,9 +306,7 @@ def _limit(select: exp.Select) -> int | None:
     value = limit.expression
     if isinstance(value, exp.Literal) and not value.is_string and str(value.this).isdigit():
         return int(value.this)
-    raise BadRequest(
-        f"LIMIT {_describe(value)} is not accepted; {LIMIT_HINT}", "unsupported_expression"
-    )
+    raise BadRequest(f"LIMIT {_describe(value)} is not accepted; {LIMIT_HINT}", "unsupported_expression")
 
 
 def _canonicalize(select: exp.Select, scope: Scope) -> str:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ register_schema(
 )
 
 GENESIS = "0" * 64
+_HEAD_LOCK = threading.Lock()
 HEAD_FILE = "audit.head"
 
 
@@ -89,12 +92,20 @@ class AuditLog:
         return seq
 
     def write_head(self) -> None:
-        row = self.db.conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        if row is None:
-            return
-        tmp = self.head_path.with_suffix(".tmp")
-        tmp.write_text(f"{row['seq']} {row['hash']}\n", encoding="utf-8")
-        tmp.replace(self.head_path)
+        """Record the newest committed entry in ``audit.head``; it only ever moves forward."""
+        with _HEAD_LOCK:
+            row = self.db.conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            if row is None or row["seq"] <= self._recorded_seq():
+                return
+            tmp = self.head_path.with_name(f"{HEAD_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(f"{row['seq']} {row['hash']}\n", encoding="utf-8")
+            tmp.replace(self.head_path)
+
+    def _recorded_seq(self) -> int:
+        try:
+            return int(self.head_path.read_text(encoding="utf-8").split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
 
     def entries(self, since: str | None = None) -> Iterator[dict]:
         sql = "SELECT * FROM audit"

@@ -42,7 +42,8 @@ class CheckContext:
 
     units: Mapping[str, str] = field(default_factory=dict)  # dataset id -> privacy-unit column
     matcher: Callable[[str, list[str]], int] = lambda _ds, _values: 0
-    answers: Sequence[dict] = ()  # Ledger.released_answers(grant, requester)
+    answers: Sequence[dict] = ()  # Ledger.released_answers(grant, requester): provenance
+    released: Sequence[dict] | None = None  # everything the grant released: differencing
     count_columns: Sequence[str] = ()
     limits: object = None
 
@@ -66,7 +67,8 @@ def run_all(name: str, data: bytes, ctx: CheckContext) -> tuple[str, list[dict]]
         results.append(_guard("identifiers", lambda: identifiers.check_table(table, ctx.units, matcher)))
         results.extend(sdc.check_table(table, ctx.count_columns))
         results.append(provenance.check_table(table, ctx.answers))
-        results.append(differencing.check_table(table, ctx.answers, ctx.count_columns))
+        results.append(differencing.check_table(table, ctx.answers if ctx.released is None else ctx.released,
+                                                  ctx.count_columns))
     elif kind == "text":
         text = data.decode("utf-8", errors="replace")
         results.append(_guard("identifiers", lambda: identifiers.check_text(text, ctx.units, matcher)))

@@ -1,0 +1,102 @@
+"""What each caller may see of export requests: the JSON the API returns and the pages render.
+
+Requesters see their own requests; reviewers and admins see all. Reviews of a round become
+visible once the round is complete; until then a reviewer sees only their own vote.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from sandbox.errors import NotFound
+from sandbox.exports import store
+from sandbox.exports.checks import worst
+from sandbox.exports.workflow import OPEN, can_review, can_transition, reviewers_required
+from sandbox.services import Services
+
+
+def _may_view(services: Services, row: sqlite3.Row | dict, user: str) -> bool:
+    roles = services.policies.roles()
+    return row["requester"] == user or user in roles.reviewers or user in roles.admins
+
+
+def load(services: Services, request_id: str, user: str) -> sqlite3.Row:
+    row = store.request_row(services.db.conn, request_id)
+    if not _may_view(services, row, user):
+        raise NotFound(f"no export request {request_id}", code="unknown_export")
+    return row
+
+
+def file_view(f: dict) -> dict:
+    return {"name": f["name"], "sha256": f["sha256"], "size": f["size"], "kind": f["kind"],
+            "outcome": worst(f["checks"]), "checks": f["checks"], "added_round": f["added_round"]}
+
+
+def request_view(services: Services, request_id: str, user: str) -> dict:
+    """The request with its files, checks, visible reviews, history and what ``user`` may do."""
+    row = load(services, request_id, user)
+    conn = services.db.conn
+    roles = services.policies.roles()
+    complete = row["status"] not in OPEN
+    reviews = [
+        {"reviewer": r["reviewer"], "decision": r["decision"], "comment": r["comment"],
+         "round": r["round"], "ts": r["ts"]}
+        for r in store.reviews(conn, request_id)
+        if r["round"] < row["round"] or complete or r["reviewer"] == user
+    ]
+    votes = len(store.reviews(conn, request_id, row["round"]))
+    is_requester = row["requester"] == user
+    status = row["status"]
+    return {
+        "id": row["id"], "grant": row["grant_id"], "requester": row["requester"], "title": row["title"],
+        "justification": row["justification"], "status": status, "round": row["round"],
+        "count_columns": json.loads(row["count_columns"]),
+        "created_at": row["created_at"], "updated_at": row["updated_at"],
+        "reviewers_required": reviewers_required(services, row["grant_id"]),
+        "votes_this_round": votes if status in OPEN else None,
+        "files": [file_view(f) for f in store.current_files(conn, request_id)],
+        "reviews": reviews,
+        "history": [{k: e[k] for k in ("ts", "actor", "action", "from_status", "to_status", "comment")}
+                    for e in store.events(conn, request_id)],
+        "can": {
+            "review": can_review(conn, roles, row, user),
+            "withdraw": is_requester and can_transition(status, "withdraw"),
+            "change_files": is_requester and can_transition(status, "change_files"),
+            "resubmit": is_requester and can_transition(status, "resubmit"),
+            "download": is_requester and status in ("approved", "released"),
+        },
+    }
+
+
+def summary(conn: sqlite3.Connection, row: dict) -> dict:
+    files = store.current_files(conn, row["id"])
+    return {"id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
+            "title": row["title"], "status": row["status"], "round": row["round"],
+            "created_at": row["created_at"], "updated_at": row["updated_at"],
+            "files": [f["name"] for f in files],
+            "outcome": worst([c for f in files for c in f["checks"]])}
+
+
+def mine(services: Services, user: str) -> list[dict]:
+    conn = services.db.conn
+    return [summary(conn, r) for r in store.list_requests(conn, requester=user)]
+
+
+def queue(services: Services, user: str) -> list[dict]:
+    """Open requests awaiting this reviewer's vote (never their own); empty for non-reviewers."""
+    conn = services.db.conn
+    roles = services.policies.roles()
+    if user not in roles.reviewers:
+        return []
+    return [summary(conn, r) for r in reversed(store.list_requests(conn, statuses=OPEN, limit=1000))
+            if can_review(conn, roles, r, user)]
+
+
+def recent(services: Services, user: str, limit: int = 50) -> list[dict]:
+    """Every request a reviewer or admin may see, newest first (not the queue)."""
+    roles = services.policies.roles()
+    if user not in roles.reviewers and user not in roles.admins:
+        return []
+    conn = services.db.conn
+    return [summary(conn, r) for r in store.list_requests(conn, limit=limit)]

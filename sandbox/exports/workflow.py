@@ -1,0 +1,405 @@
+"""The export workflow: ONE transition table, the policy checks, and every operation on a request.
+
+Every transition runs in one IMMEDIATE write transaction that re-reads the request, checks the
+transition against :data:`TRANSITIONS`, updates the state, writes an ``export_events`` row and
+appends its audit event to the hash-chained log; the audit head is written after the commit.
+
+Review model: each required reviewer casts an independent vote (approve, reject or return).
+A vote that leaves votes missing is the ``vote`` action (-> partially_reviewed); the vote that
+completes the round decides: all approve -> ``approve``; any reject -> ``reject``; otherwise
+``return``. Until the round is complete each reviewer sees only their own vote. ``resubmit``
+opens a new round, so changing files on a returned request always resets its reviews.
+``released`` is the state after the requester's first download of an approved request.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound
+from sandbox.exports import store
+from sandbox.exports.checks import CheckContext, run_all, worst
+from sandbox.exports.checks.file_gates import DEFAULT_LIMITS, NAME_RE
+from sandbox.exports.tables import read_table
+from sandbox.policy.models import Grant, Roles
+from sandbox.policy.rules import check_grant_usable
+from sandbox.services import Services
+from sandbox.state.audit import AuditEvent
+
+STATES = ("submitted", "partially_reviewed", "approved", "rejected", "returned", "withdrawn", "released")
+OPEN = ("submitted", "partially_reviewed")
+PENDING = (*OPEN, "returned", "approved")  # what a revoked grant's withdrawal sweeps
+ACTIONS = ("submit", "vote", "approve", "reject", "return", "withdraw", "change_files", "resubmit",
+           "release")
+DECISIONS = ("approve", "reject", "return")
+
+TRANSITIONS: dict[tuple[str | None, str], str] = {
+    (None, "submit"): "submitted",
+    ("submitted", "vote"): "partially_reviewed",
+    ("submitted", "approve"): "approved",
+    ("submitted", "reject"): "rejected",
+    ("submitted", "return"): "returned",
+    ("submitted", "withdraw"): "withdrawn",
+    ("partially_reviewed", "vote"): "partially_reviewed",
+    ("partially_reviewed", "approve"): "approved",
+    ("partially_reviewed", "reject"): "rejected",
+    ("partially_reviewed", "return"): "returned",
+    ("partially_reviewed", "withdraw"): "withdrawn",
+    ("returned", "change_files"): "returned",
+    ("returned", "resubmit"): "submitted",
+    ("returned", "withdraw"): "withdrawn",
+    ("approved", "release"): "released",
+    ("approved", "withdraw"): "withdrawn",
+}
+AUDIT_ACTIONS = {
+    "submit": "export.submitted", "vote": "export.reviewed", "approve": "export.approved",
+    "reject": "export.rejected", "return": "export.returned", "withdraw": "export.withdrawn",
+    "change_files": "export.files_changed", "resubmit": "export.resubmitted", "release": "export.released",
+}
+MAX_TITLE = 200
+MAX_TEXT = 5000
+
+
+class IntegrityError(Conflict):
+    """Stored bytes differ from what was approved: nothing is sent."""
+
+    code = "integrity_failed"
+
+
+# -- policy: check_* raise, can_* return bools ---------------------------------------------------
+def next_state(status: str | None, action: str) -> str:
+    try:
+        return TRANSITIONS[(status, action)]
+    except KeyError:
+        raise Conflict(f"cannot {action.replace('_', ' ')} a request that is {status or 'new'}",
+                       code="illegal_transition") from None
+
+
+def can_transition(status: str | None, action: str) -> bool:
+    return (status, action) in TRANSITIONS
+
+
+def check_reviewer(roles: Roles, user: str) -> None:
+    if user not in roles.reviewers:
+        raise Forbidden(f"{user} is not a reviewer", code="not_reviewer")
+
+
+def check_not_own(row: sqlite3.Row | dict, user: str) -> None:
+    if row["requester"] == user:
+        raise Forbidden("reviewers never review their own request", code="self_review")
+
+
+def check_requester(row: sqlite3.Row | dict, user: str) -> None:
+    if row["requester"] != user:
+        raise Forbidden("only the requester may do this", code="not_requester")
+
+
+def check_not_voted(conn: sqlite3.Connection, row: sqlite3.Row | dict, user: str) -> None:
+    if any(r["reviewer"] == user for r in store.reviews(conn, row["id"], row["round"])):
+        raise Conflict("you already reviewed this round; reviews are independent and final",
+                       code="already_reviewed")
+
+
+def can_review(conn: sqlite3.Connection, roles: Roles, row: sqlite3.Row | dict, user: str) -> bool:
+    try:
+        check_reviewer(roles, user)
+        check_not_own(row, user)
+        check_not_voted(conn, row, user)
+    except (Forbidden, Conflict):
+        return False
+    return row["status"] in OPEN
+
+
+def reviewers_required(services: Services, grant_id: str) -> int:
+    try:
+        return services.policies.grant(grant_id).exports.reviewers_required
+    except NotFound:
+        return 2
+
+
+def outcome_of(decisions: list[str]) -> str:
+    if "reject" in decisions:
+        return "reject"
+    if "return" in decisions:
+        return "return"
+    return "approve"
+
+
+# -- the one place a state changes ----------------------------------------------------------------
+def transition(services: Services, conn: sqlite3.Connection, row: sqlite3.Row | dict | None,
+               action: str, actor: str, *, request_id: str | None = None, grant_id: str | None = None,
+               comment: str = "", detail: dict | None = None) -> str:
+    """Apply ``action`` inside the caller's write transaction; returns the new state."""
+    status = row["status"] if row is not None else None
+    new = next_state(status, action)
+    rid = row["id"] if row is not None else request_id
+    gid = row["grant_id"] if row is not None else grant_id
+    ts = store.now()
+    if row is not None:
+        bump = 1 if action == "resubmit" else 0
+        conn.execute("UPDATE export_requests SET status = ?, round = round + ?, updated_at = ? WHERE id = ?",
+                     (new, bump, ts, rid))
+    seq = services.audit.append(conn, AuditEvent(actor, AUDIT_ACTIONS[action], gid, {
+        "request": rid, "from": status, "to": new, **({"comment": comment} if comment else {}),
+        **(detail or {}),
+    }))
+    conn.execute(
+        "INSERT INTO export_events (request_id, ts, actor, action, from_status, to_status, comment, audit_seq)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (rid, ts, actor, action, status, new, comment, seq))
+    return new
+
+
+# -- operations -------------------------------------------------------------------------------
+def _text(value: object, field: str, limit: int, required: bool = True) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if required and not text:
+        raise BadRequest(f"`{field}` is required", code=f"missing_{field}")
+    if len(text) > limit:
+        raise BadRequest(f"`{field}` is longer than {limit} characters", code=f"bad_{field}")
+    return text
+
+
+def _usable_grant(services: Services, grant_id: object, user: str) -> Grant:
+    if not isinstance(grant_id, str) or not grant_id:
+        raise BadRequest("`grant` is required", code="missing_grant")
+    try:
+        grant = services.policies.grant(grant_id)
+    except NotFound:
+        raise Forbidden(f"no grant {grant_id} for {user}", code="not_a_member") from None
+    check_grant_usable(grant, user, services.today())
+    return grant
+
+
+def check_context(services: Services, grant: Grant, user: str, count_columns: list[str]) -> CheckContext:
+    """What the checks need: unit columns, the id matcher, released answers, released exports."""
+    catalog = services.policies.datasets()
+    units = {ds: catalog[ds].privacy_unit for ds in grant.datasets
+             if ds in catalog and catalog[ds].privacy_unit != "row"}
+
+    def matcher(ds_id: str, values: list[str]) -> int:
+        services.engine.ensure(catalog)
+        return services.engine.unit_id_matches(ds_id, values)
+
+    mine = services.ledger.released_answers(grant.id, user)
+    released = services.ledger.released_answers(grant.id) + _released_exports(services, grant.id)
+    return CheckContext(units=units, matcher=matcher, answers=mine, released=released,
+                        count_columns=tuple(count_columns), limits=DEFAULT_LIMITS)
+
+
+def _released_exports(services: Services, grant_id: str) -> list[dict]:
+    """Tables of the grant's approved/released exports, shaped like released answers."""
+    blobs = store.BlobStore(services.db)
+    out = []
+    conn = services.db.conn
+    for req in store.list_requests(conn, grant_id=grant_id, statuses=("approved", "released")):
+        for f in store.current_files(conn, req["id"]):
+            data = blobs.get(req["id"], f["sha256"])
+            if data is None or f["kind"] not in ("csv", "parquet"):
+                continue
+            table = read_table(f["kind"], data)
+            out.append({"query_id": f"{req['id']}/{f['name']}", "epsilon": 0.0,
+                        "response": {"columns": table.columns, "rows": table.rows}})
+    return out
+
+
+def _checked_files(services: Services, ctx: CheckContext, files: list[tuple[str, bytes]]) -> list[dict]:
+    names = [n for n, _ in files]
+    if len(set(names)) != len(names):
+        raise BadRequest("two files have the same name", code="duplicate_file")
+    out = []
+    for name, data in files:
+        kind, checks = run_all(name, data, ctx)
+        out.append({"name": name, "data": data, "sha256": store.sha256(data), "size": len(data),
+                    "kind": kind, "checks": checks})
+    return out
+
+
+def parse_count_columns(value: object) -> list[str]:
+    items = value if isinstance(value, list) else str(value or "").split(",")
+    return [c.strip() for c in items if isinstance(c, str) and c.strip()][:200]
+
+
+def submit(services: Services, user: str, *, grant_id: object, title: object, justification: object,
+           files: list[tuple[str, bytes]], count_columns: list[str] | None = None) -> str:
+    """Create a request in ``submitted``; returns its id. Gate failures refuse the whole request."""
+    title_s = _text(title, "title", MAX_TITLE)
+    justification_s = _text(justification, "justification", MAX_TEXT)
+    if not files:
+        raise BadRequest("attach at least one file as `files`", code="no_files")
+    if len(files) > DEFAULT_LIMITS.max_files:
+        raise BadRequest(f"at most {DEFAULT_LIMITS.max_files} files per request", code="too_many_files")
+    grant = _usable_grant(services, grant_id, user)
+    counts = count_columns or []
+    checked = _checked_files(services, check_context(services, grant, user, counts), files)
+    rid = store.new_request_id()
+    blobs = store.BlobStore(services.db)
+    for f in checked:
+        blobs.put(rid, f["data"])
+    with services.db.write() as conn:
+        ts = store.now()
+        conn.execute(
+            "INSERT INTO export_requests (id, grant_id, requester, title, justification, status, round,"
+            " count_columns, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'submitted', 1, ?, ?, ?)",
+            (rid, grant.id, user, title_s, justification_s, json.dumps(counts), ts, ts))
+        for f in checked:
+            store.insert_file(conn, rid, f["name"], f["sha256"], f["size"], f["kind"], f["checks"], 1)
+        transition(services, conn, None, "submit", user, request_id=rid, grant_id=grant.id,
+                   detail={"title": title_s, "files": {f["name"]: f["sha256"] for f in checked}})
+    services.audit.write_head()
+    return rid
+
+
+def review(services: Services, request_id: str, reviewer: str, decision: object, comment: object) -> str:
+    """Cast one reviewer's vote; returns the request's new state."""
+    if decision not in DECISIONS:
+        raise BadRequest("`decision` must be approve, reject or return", code="bad_decision")
+    text = _text(comment, "comment", MAX_TEXT, required=decision != "approve")
+    roles = services.policies.roles()
+    check_reviewer(roles, reviewer)
+    with services.db.write() as conn:
+        row = store.request_row(conn, request_id)
+        check_not_own(row, reviewer)
+        if row["status"] not in OPEN:
+            next_state(row["status"], "vote")  # raises illegal_transition
+        check_not_voted(conn, row, reviewer)
+        files = store.current_files(conn, request_id)
+        if decision == "approve" and not text and any(worst(f["checks"]) == "fail" for f in files):
+            raise BadRequest("a check failed: approving it needs a comment that says why",
+                             code="comment_required")
+        conn.execute(
+            "INSERT INTO export_reviews (request_id, round, reviewer, decision, comment, ts)"
+            " VALUES (?, ?, ?, ?, ?, ?)", (request_id, row["round"], reviewer, decision, text, store.now()))
+        votes = store.reviews(conn, request_id, row["round"])
+        needed = reviewers_required(services, row["grant_id"])
+        detail = {"round": row["round"], "decision": decision, "votes": len(votes), "required": needed}
+        if len(votes) < needed:
+            new = transition(services, conn, row, "vote", reviewer, detail=detail)
+        else:
+            action = outcome_of([v["decision"] for v in votes])
+            detail["files"] = {f["name"]: f["sha256"] for f in files}
+            detail["reviewers"] = [v["reviewer"] for v in votes]
+            new = transition(services, conn, row, action, reviewer, detail=detail)
+    services.audit.write_head()
+    return new
+
+
+def withdraw(services: Services, request_id: str, user: str, reason: str = "") -> str:
+    with services.db.write() as conn:
+        row = store.request_row(conn, request_id)
+        check_requester(row, user)
+        new = transition(services, conn, row, "withdraw", user, comment=_text(reason, "reason", MAX_TEXT,
+                                                                             required=False))
+    services.audit.write_head()
+    return new
+
+
+def withdraw_pending_for_grant(services: Services, grant_id: str, actor: str) -> int:
+    """Withdraw every pending (open, returned or approved-not-downloaded) request of a grant."""
+    count = 0
+    with services.db.write() as conn:
+        for row in store.list_requests(conn, grant_id=grant_id, statuses=PENDING, limit=1_000_000):
+            transition(services, conn, row, "withdraw", actor, comment="grant revoked",
+                       detail={"reason": "grant_revoked"})
+            count += 1
+    if count:
+        services.audit.write_head()
+    return count
+
+
+def change_files(services: Services, request_id: str, user: str, files: list[tuple[str, bytes]],
+                 remove: list[str] | None = None) -> str:
+    """Add or replace files (same name replaces) and remove files on a returned request."""
+    remove = remove or []
+    if not files and not remove:
+        raise BadRequest("attach files as `files` or name files to `remove`", code="no_files")
+    conn = services.db.conn
+    row = store.request_row(conn, request_id)
+    check_requester(row, user)
+    next_state(row["status"], "change_files")
+    grant = _usable_grant(services, row["grant_id"], user)
+    ctx = check_context(services, grant, user, json.loads(row["count_columns"]))
+    checked = _checked_files(services, ctx, files)
+    blobs = store.BlobStore(services.db)
+    for f in checked:
+        blobs.put(request_id, f["data"])
+    with services.db.write() as conn:
+        row = store.request_row(conn, request_id)
+        for name in remove:
+            if not isinstance(name, str) or not store.remove_file(conn, request_id, name):
+                raise NotFound(f"no file {name!r} on this request", code="unknown_file")
+        for f in checked:
+            store.insert_file(conn, request_id, f["name"], f["sha256"], f["size"], f["kind"], f["checks"],
+                              row["round"] + 1)
+        if not store.current_files(conn, request_id):
+            raise BadRequest("a request needs at least one file", code="no_files")
+        new = transition(services, conn, row, "change_files", user, detail={
+            "added": {f["name"]: f["sha256"] for f in checked}, "removed": remove})
+    services.audit.write_head()
+    return new
+
+
+def resubmit(services: Services, request_id: str, user: str, comment: str = "") -> str:
+    with services.db.write() as conn:
+        row = store.request_row(conn, request_id)
+        check_requester(row, user)
+        next_state(row["status"], "resubmit")
+        _usable_grant(services, row["grant_id"], user)
+        files = store.current_files(conn, request_id)
+        new = transition(services, conn, row, "resubmit", user,
+                         comment=_text(comment, "comment", MAX_TEXT, required=False),
+                         detail={"round": row["round"] + 1, "files": {f["name"]: f["sha256"] for f in files}})
+    services.audit.write_head()
+    return new
+
+
+def _approved_digests(conn: sqlite3.Connection, request_id: str) -> dict[str, str]:
+    """The files the approving event recorded in the hash-chained audit log."""
+    ev = conn.execute(
+        "SELECT audit_seq FROM export_events WHERE request_id = ? AND action = 'approve'"
+        " ORDER BY id DESC LIMIT 1", (request_id,)).fetchone()
+    if ev is None:
+        return {}
+    audit = conn.execute("SELECT detail FROM audit WHERE seq = ?", (ev["audit_seq"],)).fetchone()
+    return json.loads(audit["detail"]).get("files", {}) if audit else {}
+
+
+def download(services: Services, request_id: str, name: str, user: str) -> tuple[dict, bytes]:
+    """The approved bytes of one file, to the requester only, sha256-checked; first download releases."""
+    conn = services.db.conn
+    row = store.request_row(conn, request_id)
+    if row["requester"] != user:
+        roles = services.policies.roles()
+        if user in roles.reviewers or user in roles.admins:
+            raise Forbidden("only the requester downloads released files", code="not_requester")
+        raise NotFound(f"no export request {request_id}", code="unknown_export")
+    if row["status"] not in ("approved", "released"):
+        raise Conflict(f"the request is {row['status']}: files leave only once approved",
+                       code="not_released")
+    try:
+        if services.policies.grant(row["grant_id"]).status == "revoked":
+            raise Forbidden(f"grant {row['grant_id']} has been revoked", code="grant_revoked")
+    except NotFound:
+        raise Forbidden(f"grant {row['grant_id']} is not in force", code="grant_revoked") from None
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise NotFound("no such file", code="unknown_file")
+    f = next((f for f in store.current_files(conn, request_id) if f["name"] == name), None)
+    if f is None:
+        raise NotFound(f"no file {name} on this request", code="unknown_file")
+    data = store.BlobStore(services.db).get(request_id, f["sha256"])
+    approved = _approved_digests(conn, request_id).get(name)
+    if data is None or store.sha256(data) != f["sha256"] or approved != f["sha256"]:
+        services.audit.record(AuditEvent(user, "export.integrity_failed", row["grant_id"], {
+            "request": request_id, "file": name, "expected": approved,
+            "found": store.sha256(data) if data is not None else None}))
+        raise IntegrityError(f"{name}: the stored bytes differ from the approved ones; nothing was sent")
+    with services.db.write() as conn:
+        row = store.request_row(conn, request_id)
+        if row["status"] not in ("approved", "released"):
+            raise Conflict(f"the request is {row['status']}", code="not_released")
+        if row["status"] == "approved":
+            transition(services, conn, row, "release", user, detail={"file": name})
+        services.audit.append(conn, AuditEvent(user, "export.downloaded", row["grant_id"],
+                                               {"request": request_id, "file": name, "sha256": f["sha256"]}))
+    services.audit.write_head()
+    return f, data
