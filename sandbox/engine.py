@@ -25,7 +25,7 @@ from sqlglot import exp
 
 from sandbox.dp.planner import DPPlan, Primitive
 from sandbox.errors import SandboxError
-from sandbox.policy.models import Column, Dataset
+from sandbox.policy.models import Dataset
 
 LOCKED_CONFIG = {
     "enable_external_access": False,
@@ -153,6 +153,7 @@ class Engine:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._fingerprint: str | None = None
         self._local = threading.local()
+        self._tables: frozenset[str] = frozenset()
 
     def ensure(self, datasets: Mapping[str, Dataset], progress: Callable[[str], None] = lambda _m: None) -> None:
         fp = fingerprint(datasets, self.data_root)
@@ -165,8 +166,9 @@ class Engine:
             if not target.exists():
                 build(datasets, self.data_root, target, progress)
             con = duckdb.connect(str(target), read_only=True, config=self.config)
+            tables = frozenset(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
             old = self._con
-            self._con, self._fingerprint = con, fp
+            self._con, self._tables, self._fingerprint = con, tables, fp
             self._local = threading.local()
             for stale in self.engine_dir.glob("catalog-*.duckdb"):
                 if stale != target:
@@ -184,10 +186,7 @@ class Engine:
         return cur
 
     def has_table(self, ds_id: str) -> bool:
-        rows = self._cursor().execute(
-            "SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [ds_id]
-        ).fetchall()
-        return bool(rows)
+        return ds_id in self._tables
 
     def unit_id_matches(self, ds_id: str, values: list[str]) -> int:
         """How many of ``values`` are privacy-unit ids of ``ds_id`` (compared as keyed hashes).
@@ -197,9 +196,9 @@ class Engine:
         if not values:
             return 0
         table = ID_TABLE_PREFIX + ds_id
-        cur = self._cursor()
-        if not cur.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [table]).fetchall():
+        if table not in self._tables:
             return 0
+        cur = self._cursor()
         normalized = [_normalize_id(v) for v in values]
         row = cur.execute(
             f"SELECT COUNT(*) FROM (SELECT hash(v, (SELECT salt FROM __meta)) AS h FROM "
@@ -244,27 +243,21 @@ def _match(value: object, domain: dict) -> object:
         return _MISSING
 
 
-def _key_sql(key, ds: Dataset) -> tuple[str, str]:  # noqa: ANN001
-    col: Column = ds.columns[key.column]
+def _key_sql(key) -> str:  # noqa: ANN001
+    """The engine expression of a group key. Keys outside the public domain (values outside
+    the declared categories or bounds) are dropped after aggregation, in :meth:`Engine.exact`."""
     ref = _q(key.column)
-    if col.type == "category":
-        values = ", ".join(_lit(v) for v in col.values)
-        return ref, f"{ref} IN ({values})"
-    low, high = col.bounds
-    in_bounds = f"{ref} BETWEEN {_lit(low)} AND {_lit(high)}"
     if key.bin_width is None:
-        return ref, in_bounds
+        return ref
     w = _lit(key.bin_width)
-    return f"FLOOR({ref} / {w}) * {w}", in_bounds
+    return f"FLOOR({ref} / {w}) * {w}"
 
 
 def aggregate_sql(plan: DPPlan) -> str:
     ds = plan.dataset
     select, where, group = [], [], []
     for i, key in enumerate(plan.query.group_keys):
-        expr, cond = _key_sql(key, ds)
-        select.append(f"{expr} AS k{i}")
-        where.append(cond)
+        select.append(f"{_key_sql(key)} AS k{i}")
         group.append(f"k{i}")
     for j, prim in enumerate(plan.primitives):
         if prim.kind == "count":

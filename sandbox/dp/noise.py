@@ -24,6 +24,7 @@ def _vector_laplace(scale: float):  # noqa: ANN202
     )
 
 
+@lru_cache(maxsize=1024)
 def laplace_scale(sensitivity: int, epsilon: float) -> float:
     """The discrete Laplace scale that gives ``epsilon`` for an L1 ``sensitivity``."""
     scale = sensitivity / epsilon

@@ -63,7 +63,7 @@ def check_table(table: Table, answers: Sequence[dict], declared: Iterable[str] =
     for a in answers:
         resp = a.get("response", {})
         cells = count_cells(list(resp.get("columns", [])), resp.get("rows", []) or [], declared)
-        for key, col, value, _r in cells:
+        for key, _col, value, _r in cells:
             released.setdefault(key, []).append((value, a["query_id"]))
             if not key:
                 totals.append((value, a["query_id"]))

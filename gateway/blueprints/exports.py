@@ -1,0 +1,116 @@
+"""The exports API (the airlock), per DESIGN.md: submit, list, read, review, withdraw, change,
+resubmit, and download of released files. Errors are SandboxErrors translated by the app."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from gateway.context import identity, json_body, services
+from sandbox.errors import BadRequest
+from sandbox.exports import views, workflow
+
+bp = Blueprint("exports", __name__)
+
+MIMETYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "png": "image/png",
+             "pdf": "application/pdf", "text": "text/plain"}
+
+
+def uploaded_files() -> list[tuple[str, bytes]]:
+    """The multipart ``files`` parts as (name, bytes); names are checked by the file gates."""
+    out = []
+    for part in request.files.getlist("files"):
+        name = (part.filename or "").strip()
+        if not name:
+            raise BadRequest("every file part needs a file name", code="bad_file_name")
+        out.append((name, part.read()))
+    return out
+
+
+def _form_or_json() -> dict:
+    if request.is_json:
+        body = json_body()
+        if not isinstance(body, dict):
+            raise BadRequest("send a JSON object", code="bad_json")
+        return body
+    return request.form.to_dict()
+
+
+def export_response(request_id: str, user: str, status: int = 200) -> tuple[Response, int]:
+    return jsonify(views.request_view(services(), request_id, user)), status
+
+
+@bp.post("/v1/exports")
+def submit():  # noqa: ANN201
+    user = identity().user
+    form = request.form
+    counts = form.getlist("count_columns")
+    rid = workflow.submit(
+        services(), user, grant_id=form.get("grant"), title=form.get("title"),
+        justification=form.get("justification"), files=uploaded_files(),
+        count_columns=workflow.parse_count_columns(counts if len(counts) > 1 else (counts or [""])[0]),
+    )
+    return export_response(rid, user, 201)
+
+
+@bp.get("/v1/exports")
+def listing():  # noqa: ANN201
+    user = identity().user
+    s = services()
+    return jsonify({"mine": views.mine(s, user), "queue": views.queue(s, user),
+                    "recent": views.recent(s, user)})
+
+
+@bp.get("/v1/exports/<request_id>")
+def detail(request_id: str):  # noqa: ANN201
+    return export_response(request_id, identity().user)
+
+
+@bp.post("/v1/exports/<request_id>/reviews")
+def review(request_id: str):  # noqa: ANN201
+    user = identity().user
+    body = json_body()
+    if not isinstance(body, dict):
+        raise BadRequest('send {"decision": "approve|reject|return", "comment": "..."}', code="bad_json")
+    workflow.review(services(), request_id, user, body.get("decision"), body.get("comment", ""))
+    return export_response(request_id, user)
+
+
+@bp.post("/v1/exports/<request_id>/withdraw")
+def withdraw(request_id: str):  # noqa: ANN201
+    user = identity().user
+    body = _form_or_json() if request.content_length else {}
+    workflow.withdraw(services(), request_id, user, str(body.get("reason", "")))
+    return export_response(request_id, user)
+
+
+@bp.post("/v1/exports/<request_id>/files")
+def change_files(request_id: str):  # noqa: ANN201
+    user = identity().user
+    remove = [n for n in request.form.getlist("remove") if n]
+    workflow.change_files(services(), request_id, user, uploaded_files(), remove)
+    return export_response(request_id, user)
+
+
+@bp.post("/v1/exports/<request_id>/resubmit")
+def resubmit(request_id: str):  # noqa: ANN201
+    user = identity().user
+    body = _form_or_json() if request.content_length else {}
+    workflow.resubmit(services(), request_id, user, str(body.get("comment", "")))
+    return export_response(request_id, user)
+
+
+@bp.get("/v1/exports/<request_id>/files/<name>")
+def download(request_id: str, name: str):  # noqa: ANN201
+    user = identity().user
+    f, data = workflow.download(services(), request_id, name, user)
+    return file_response(f, data, attachment=True)
+
+
+def file_response(f: dict, data: bytes, attachment: bool) -> Response:
+    resp = Response(data, mimetype=MIMETYPES.get(f["kind"], "application/octet-stream"))
+    disposition = "attachment" if attachment else "inline"
+    resp.headers["Content-Disposition"] = f'{disposition}; filename="{f["name"]}"'
+    resp.headers["X-Content-SHA256"] = f["sha256"]
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; sandbox"
+    return resp

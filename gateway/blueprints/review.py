@@ -1,0 +1,238 @@
+"""The reviewer UI: server-rendered pages under /review/, each with a JSON twin (``?format=json``).
+
+Works without JavaScript: forms POST with a CSRF token and redirect back (303). In embedded
+mode a browser logs in once by pasting its token into /review/login, which sets an HttpOnly,
+SameSite=Strict ``sandbox_token`` cookie that the embedded authenticator reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import quote
+
+from flask import Blueprint, Response, g, jsonify, redirect, render_template, request, url_for
+
+from gateway.auth import bearer_token
+from gateway.blueprints.exports import file_response, uploaded_files
+from gateway.context import authenticator, identity, services
+from sandbox.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from sandbox.exports import store, views, workflow
+from sandbox.exports.tables import read_table
+
+bp = Blueprint("review", __name__, url_prefix="/review")
+COOKIE = "sandbox_token"
+PREVIEW_ROWS = 200
+PREVIEW_TEXT = 20_000
+
+
+@bp.before_request
+def _html_errors() -> None:
+    g.wants_html = request.args.get("format") != "json"
+
+
+@bp.errorhandler(Unauthorized)
+def _login_first(exc: Unauthorized):  # noqa: ANN202
+    if not g.get("wants_html") or request.method != "GET":
+        return jsonify(exc.to_dict()), exc.status
+    hub_login = authenticator().login_url(request)
+    if hub_login:
+        return redirect(hub_login)
+    return redirect(url_for("review.login", next=request.full_path.rstrip("?")))
+
+
+# -- login (embedded mode) ----------------------------------------------------------------------
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/review") and not target.startswith("//"):
+        return target
+    return url_for("review.home")
+
+
+@bp.get("/login")
+def login():  # noqa: ANN201
+    return render_template("review/login.html", next=_safe_next(request.args.get("next")), error=None)
+
+
+@bp.post("/login")
+def login_post():  # noqa: ANN201
+    token = request.form.get("token", "").strip()
+    user = services().tokens.user_for(token) if token else None
+    nxt = _safe_next(request.form.get("next"))
+    if user is None:
+        return render_template("review/login.html", next=nxt, error="unknown or revoked token"), 401
+    resp = redirect(nxt, code=303)
+    resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
+                    path="/", max_age=12 * 3600)
+    return resp
+
+
+@bp.post("/logout")
+def logout():  # noqa: ANN201
+    resp = redirect(url_for("review.login"), code=303)
+    resp.delete_cookie(COOKIE, path="/")
+    return resp
+
+
+# -- CSRF: an HMAC of the user and their credential, with a key kept in the state dir ---------
+def _csrf_key() -> bytes:
+    path: Path = services().db.dir / "review-csrf.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # first writer wins
+        tmp.unlink(missing_ok=True)
+        return path.read_bytes()
+
+
+def csrf_token() -> str:
+    credential = bearer_token(request) or request.cookies.get(COOKIE) or ""
+    msg = f"{identity().user}\x00{hashlib.sha256(credential.encode()).hexdigest()}".encode()
+    return hmac.new(_csrf_key(), msg, hashlib.sha256).hexdigest()
+
+
+def check_csrf() -> None:
+    sent = request.form.get("csrf_token", "")
+    if not hmac.compare_digest(sent, csrf_token()):
+        raise Forbidden("the form is stale or did not come from this site; reload and retry",
+                        code="bad_csrf")
+
+
+def page(template: str, **ctx: object) -> str:
+    user = identity().user
+    roles = services().policies.roles()
+    return render_template(template, user=user, is_reviewer=user in roles.reviewers,
+                           csrf_token=csrf_token(), **ctx)
+
+
+def wants_json() -> bool:
+    return request.args.get("format") == "json"
+
+
+# -- pages ------------------------------------------------------------------------------------
+@bp.get("/")
+def home():  # noqa: ANN201
+    user = identity().user
+    s = services()
+    roles = s.policies.roles()
+    if user not in roles.reviewers and user not in roles.admins:
+        return redirect(url_for("review.mine", **({"format": "json"} if wants_json() else {})))
+    data = {"queue": views.queue(s, user), "recent": views.recent(s, user)}
+    if wants_json():
+        return jsonify(data)
+    return page("review/queue.html", **data)
+
+
+@bp.get("/mine")
+def mine():  # noqa: ANN201
+    user = identity().user
+    s = services()
+    data = {"mine": [{**r, "detail": views.request_view(s, r["id"], user)} for r in views.mine(s, user)]}
+    if wants_json():
+        return jsonify({"mine": [r["detail"] for r in data["mine"]]})
+    return page("review/mine.html", **data)
+
+
+@bp.get("/exports/<request_id>")
+def request_page(request_id: str):  # noqa: ANN201
+    user = identity().user
+    req = views.request_view(services(), request_id, user)
+    if wants_json():
+        return jsonify(req)
+    previews = {f["name"]: _preview(request_id, f) for f in req["files"]}
+    return page("review/request.html", req=req, previews=previews, done=request.args.get("done"))
+
+
+def _preview(request_id: str, f: dict) -> dict:
+    data = store.BlobStore(services().db).get(request_id, f["sha256"]) or b""
+    out: dict = {"kind": f["kind"], "marks": {}, "column_marks": {}}
+    for check in f["checks"]:
+        for cell in check.get("cells", []):
+            if "column" not in cell:
+                continue
+            note = f'{check["rule"]}: {cell.get("reason", "")}'
+            if "row" in cell:
+                out["marks"].setdefault(f'{cell["row"]}:{cell["column"]}', []).append(
+                    (check["outcome"], note))
+            else:
+                out["column_marks"].setdefault(cell["column"], []).append((check["outcome"], note))
+    if f["kind"] in ("csv", "parquet"):
+        try:
+            table = read_table(f["kind"], data, PREVIEW_ROWS)
+        except BadRequest as exc:
+            out["error"] = exc.message
+            return out
+        out["table"] = {"columns": table.columns, "rows": table.rows[:PREVIEW_ROWS],
+                        "truncated": len(table.rows) > PREVIEW_ROWS}
+    elif f["kind"] == "text":
+        text = data.decode("utf-8", errors="replace")
+        out["text"] = text[:PREVIEW_TEXT]
+        out["truncated"] = len(text) > PREVIEW_TEXT
+    return out
+
+
+@bp.get("/exports/<request_id>/files/<name>/preview")
+def preview_file(request_id: str, name: str):  # noqa: ANN201
+    """The stored bytes for reviewers and the requester, inside the review UI (images inline)."""
+    user = identity().user
+    row = views.load(services(), request_id, user)
+    f = next((f for f in store.current_files(services().db.conn, row["id"]) if f["name"] == name), None)
+    if f is None:
+        raise NotFound(f"no file {name} on this request", code="unknown_file")
+    data = store.BlobStore(services().db).get(request_id, f["sha256"])
+    if data is None or store.sha256(data) != f["sha256"]:
+        raise workflow.IntegrityError(f"{name}: the stored bytes do not match their sha256")
+    return file_response(f, data, attachment=f["kind"] != "png")
+
+
+# -- forms ------------------------------------------------------------------------------------
+def _back(request_id: str, done: str) -> Response:
+    return redirect(url_for("review.request_page", request_id=request_id, done=done), code=303)
+
+
+@bp.post("/exports/<request_id>/decision")
+def decide(request_id: str):  # noqa: ANN201
+    user = identity().user
+    check_csrf()
+    new = workflow.review(services(), request_id, user, request.form.get("decision"),
+                          request.form.get("comment", ""))
+    return _back(request_id, new)
+
+
+@bp.post("/exports/<request_id>/withdraw")
+def withdraw(request_id: str):  # noqa: ANN201
+    user = identity().user
+    check_csrf()
+    new = workflow.withdraw(services(), request_id, user, request.form.get("reason", ""))
+    return _back(request_id, new)
+
+
+@bp.post("/exports/<request_id>/files")
+def change_files(request_id: str):  # noqa: ANN201
+    user = identity().user
+    check_csrf()
+    remove = [n for n in request.form.getlist("remove") if n]
+    new = workflow.change_files(services(), request_id, user, uploaded_files(), remove)
+    return _back(request_id, new)
+
+
+@bp.post("/exports/<request_id>/resubmit")
+def resubmit(request_id: str):  # noqa: ANN201
+    user = identity().user
+    check_csrf()
+    new = workflow.resubmit(services(), request_id, user, request.form.get("comment", ""))
+    return _back(request_id, new)
+
+
+@bp.app_template_filter("urlpart")
+def _urlpart(value: str) -> str:
+    return quote(value, safe="")
