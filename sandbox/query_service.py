@@ -13,9 +13,9 @@ import uuid
 from dataclasses import dataclass
 
 from sandbox.dp.planner import ALPHA, plan_dp, release
-from sandbox.errors import BadRequest, Forbidden, NotFound, SandboxError
+from sandbox.errors import BadRequest, Forbidden, NotFound, PolicyError, SandboxError
 from sandbox.policy.models import Grant
-from sandbox.policy.rules import check_grant_usable, granted_columns
+from sandbox.policy.rules import check_grant_fits_catalog, check_grant_usable, granted_columns
 from sandbox.services import Services
 from sandbox.sql.analyze import analyze
 from sandbox.state.audit import AuditEvent
@@ -114,6 +114,10 @@ class QueryService:
 
     def _run(self, user: str, grant: Grant, req: QueryRequest) -> dict:
         catalog = self.s.policies.datasets()
+        try:  # classification rules are enforced at query time too, not only at apply time
+            check_grant_fits_catalog(grant, catalog)
+        except PolicyError as exc:
+            raise Forbidden(f"grant {grant.id} no longer fits the catalog: {exc.message}", code="grant_out_of_policy") from None
         plan = analyze(req.sql, catalog, granted_columns(grant, catalog))
         if req.epsilon > grant.max_epsilon_per_query:
             raise BadRequest(

@@ -12,6 +12,7 @@ from sandbox.state.audit import AuditLog
 from sandbox.state.db import StateDB
 from sandbox.state.grants_store import PolicyStore
 from sandbox.state.ledger import Ledger
+from sandbox.state.sessions import SessionLog
 from sandbox.state.tokens import TokenStore
 
 
@@ -38,6 +39,7 @@ class Services:
         self.policies = PolicyStore(self.db, self.audit)
         self.ledger = Ledger(self.db, self.audit)
         self.tokens = TokenStore(self.db)
+        self.sessions = SessionLog(self.db, self.audit)
         self.engine = Engine(
             settings.data_root,
             settings.state_dir / "engine",

@@ -7,8 +7,8 @@ import hmac
 from flask import Blueprint, jsonify, request
 
 from gateway.auth import bearer_token
-from gateway.context import services
-from sandbox.errors import Forbidden, Unauthorized
+from gateway.context import json_body, services
+from sandbox.errors import BadRequest, Forbidden, Unauthorized
 from sandbox.policy.rules import can_use_grant
 
 bp = Blueprint("internal", __name__)
@@ -38,3 +38,22 @@ def spawn_check(user: str):  # noqa: ANN201
         if can_use_grant(g, user, today)
     ]
     return jsonify({"user": user, "grants": grants})
+
+
+@bp.post("/v1/internal/server-events")
+def server_event():  # noqa: ANN201
+    """The hub reports a notebook server start or stop: {"user", "grant", "event": "started|stopped"}."""
+    _check_internal_token()
+    body = json_body()
+    if not isinstance(body, dict) or body.get("event") not in ("started", "stopped") or not isinstance(
+        body.get("user"), str
+    ):
+        raise BadRequest('send {"user": ..., "grant": ..., "event": "started" | "stopped"}', code="bad_event")
+    s = services()
+    if body["event"] == "started":
+        if not isinstance(body.get("grant"), str):
+            raise BadRequest("a start needs the grant id", code="bad_event")
+        s.sessions.started(body["user"], body["grant"])
+    else:
+        s.sessions.stopped(body["user"])
+    return jsonify({"ok": True})

@@ -54,7 +54,7 @@ class StateDB:
 
     def _ensure_schema(self) -> None:
         # import the modules that register tables, so every StateDB has every table
-        from sandbox.state import audit, grants_store, ledger, tokens  # noqa: F401
+        from sandbox.state import audit, grants_store, ledger, sessions, tokens  # noqa: F401
 
         try:
             import sandbox.exports.store  # noqa: F401

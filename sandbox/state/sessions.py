@@ -1,0 +1,64 @@
+"""Notebook server sessions reported by the hub (start and stop), for usage metering."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sandbox.state.audit import AuditEvent, AuditLog
+from sandbox.state.db import StateDB, register_schema
+
+register_schema(
+    """
+    CREATE TABLE IF NOT EXISTS sessions (
+        id INTEGER PRIMARY KEY,
+        user TEXT NOT NULL,
+        grant_id TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        stopped_at TEXT
+    )
+    """
+)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class SessionLog:
+    def __init__(self, db: StateDB, audit: AuditLog) -> None:
+        self.db = db
+        self.audit = audit
+
+    def started(self, user: str, grant_id: str, at: str | None = None) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE sessions SET stopped_at = ? WHERE user = ? AND stopped_at IS NULL", (at or _now(), user)
+            )
+            conn.execute(
+                "INSERT INTO sessions (user, grant_id, started_at) VALUES (?, ?, ?)", (user, grant_id, at or _now())
+            )
+            self.audit.append(conn, AuditEvent(user, "server.started", grant_id, {}))
+        self.audit.write_head()
+
+    def stopped(self, user: str, at: str | None = None) -> None:
+        with self.db.write() as conn:
+            row = conn.execute(
+                "SELECT grant_id FROM sessions WHERE user = ? AND stopped_at IS NULL", (user,)
+            ).fetchone()
+            conn.execute(
+                "UPDATE sessions SET stopped_at = ? WHERE user = ? AND stopped_at IS NULL", (at or _now(), user)
+            )
+            self.audit.append(conn, AuditEvent(user, "server.stopped", row["grant_id"] if row else None, {}))
+        self.audit.write_head()
+
+    def hours(self, grant_id: str, start: dt.datetime, end: dt.datetime) -> float:
+        """Notebook hours under a grant inside [start, end); a running session counts until now."""
+        now = dt.datetime.now(dt.UTC)
+        total = 0.0
+        for r in self.db.read("SELECT started_at, stopped_at FROM sessions WHERE grant_id = ?", (grant_id,)):
+            a = dt.datetime.fromisoformat(r["started_at"])
+            b = dt.datetime.fromisoformat(r["stopped_at"]) if r["stopped_at"] else now
+            lo, hi = max(a, start), min(b, end)
+            if hi > lo:
+                total += (hi - lo).total_seconds() / 3600
+        return total

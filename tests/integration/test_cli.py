@@ -1,0 +1,146 @@
+"""The `sandbox` CLI through click's runner and its real entry point, against real state files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sandbox.cli import cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def run(state: Path):  # noqa: ANN201
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0) -> str:
+        result = runner.invoke(cli, [*args], env={"SANDBOX_STATE": str(state)}, catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    return invoke
+
+
+@pytest.fixture
+def registered(run) -> None:  # noqa: ANN001
+    run("datasets", "register", *map(str, sorted((REPO / "policies" / "datasets").glob("*.yaml"))))
+
+
+def test_help_on_every_command() -> None:
+    runner = CliRunner()
+    groups = {"": cli}
+    for name, cmd in cli.commands.items():
+        assert runner.invoke(cli, [name, "--help"]).exit_code == 0
+        for sub in getattr(cmd, "commands", {}):
+            result = runner.invoke(cli, [name, sub, "--help"])
+            assert result.exit_code == 0 and "Usage" in result.output, (name, sub)
+    assert groups
+
+
+def test_grants_lifecycle(run, registered, tmp_path: Path) -> None:  # noqa: ANN001
+    path = str(REPO / "policies" / "grants" / "g-2026-001.yaml")
+    assert "g-2026-001: created" in run("grants", "apply", path)
+    assert "g-2026-001: unchanged" in run("grants", "apply", path)
+    changed = yaml.safe_load(Path(path).read_text())
+    changed["purpose"] = "Regional clinic siting"
+    changed_path = tmp_path / "g.yaml"
+    changed_path.write_text(yaml.safe_dump(changed))
+    out = run("grants", "apply", str(changed_path), "--dry-run")
+    assert 'purpose: "Community health service planning" -> "Regional clinic siting"' in out
+    assert "would be changed" in out
+    listing = json.loads(run("grants", "list", "--format", "json"))
+    assert listing[0]["status"] == "active" and listing[0]["epsilon_total"] == 10.0
+    assert "suspended" in run("grants", "suspend", "g-2026-001", "--reason", "check")
+    # a file saying `active` does not resume a suspended grant
+    run("grants", "apply", str(changed_path))
+    assert json.loads(run("grants", "list", "--format", "json"))[0]["status"] == "suspended"
+    run("grants", "resume", "g-2026-001")
+    run("grants", "revoke", "g-2026-001", "--reason", "breach of purpose")
+    out = run("grants", "resume", "g-2026-001", code=1)
+    assert "revocation is final" in out
+    assert "revocation is final" in run("grants", "apply", path, code=1)  # the file cannot undo it
+    assert json.loads(run("grants", "list", "--format", "json"))[0]["status"] == "revoked"
+    out = run("grants", "revoke", "g-2026-001", code=2)  # --reason is required
+    assert "reason" in out.lower()
+
+
+def test_invalid_grant_file_exit_2_with_field(run, registered, tmp_path: Path) -> None:  # noqa: ANN001
+    bad = yaml.safe_load((REPO / "policies" / "grants" / "g-2026-001.yaml").read_text())
+    bad["budget"] = {"epsilon": "lots"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    out = run("grants", "apply", str(path), code=2)
+    assert "budget.epsilon" in out and str(path) in out
+
+
+def test_l4_dataset_never_granted(run, tmp_path: Path) -> None:  # noqa: ANN001
+    ds = yaml.safe_load((REPO / "policies" / "datasets" / "nhanes_2017.yaml").read_text())
+    ds["classification"] = "L4"
+    (tmp_path / "n.yaml").write_text(yaml.safe_dump(ds))
+    run("datasets", "register", str(tmp_path / "n.yaml"))
+    run("datasets", "register", str(REPO / "policies" / "datasets" / "adult_income.yaml"))
+    out = run("grants", "apply", str(REPO / "policies" / "grants" / "g-2026-001.yaml"), code=2)
+    assert "L4" in out
+
+
+def test_budget_show_and_tokens(run, registered) -> None:  # noqa: ANN001
+    run("grants", "apply", str(REPO / "policies" / "grants" / "g-2026-001.yaml"))
+    assert "epsilon total 10, spent 0, remaining 10" in run("budget", "show", "g-2026-001")
+    token = run("tokens", "create", "alice").strip()
+    assert token.startswith("sbx_")
+    assert "no budget for grant nope" in run("budget", "show", "nope", code=1)
+
+
+def test_audit_verify_detects_tampering(run, registered, state: Path) -> None:  # noqa: ANN001
+    run("grants", "apply", str(REPO / "policies" / "grants" / "g-2026-001.yaml"))
+    assert "audit log intact" in run("audit", "verify")
+    import sqlite3
+
+    con = sqlite3.connect(state / "sandbox.db")
+    con.execute("UPDATE audit SET actor = 'someone-else' WHERE seq = 1")
+    con.commit()
+    con.close()
+    out = run("audit", "verify", code=1)
+    assert "TAMPERED: entry 1" in out
+
+
+def test_audit_export_formats(run, registered, tmp_path: Path) -> None:  # noqa: ANN001
+    run("grants", "apply", str(REPO / "policies" / "grants" / "g-2026-001.yaml"))
+    lines = run("audit", "export").strip().splitlines()
+    assert all("hash" in json.loads(line) for line in lines)
+    csv_out = run("audit", "export", "--format", "csv", "--since", "2000-01-01")
+    assert csv_out.splitlines()[0].startswith("seq,ts,actor,action")
+    assert "--since must be a date" in run("audit", "export", "--since", "yesterday", code=2)
+
+
+def test_datasets_validate_against_parquet(run, demo_data_root: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    good = REPO / "policies" / "datasets" / "nhanes_2017.yaml"
+    assert "ok" in run("datasets", "validate", str(good), "--data-root", str(demo_data_root))
+    ds = yaml.safe_load(good.read_text())
+    ds["columns"]["blood_type"] = {"type": "category", "values": ["a", "b"]}
+    ds["columns"]["sex"] = {"type": "int", "bounds": [0, 1]}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(ds))
+    out = run("datasets", "validate", str(tmp_path / "x.yaml"), "--data-root", str(demo_data_root), code=1)
+    assert "columns.blood_type: not in" in out and "columns.sex: declared int" in out
+
+
+def test_real_entry_point(tmp_path: Path) -> None:
+    exe = shutil.which("sandbox") or str(Path(sys.executable).parent / "sandbox")
+    out = subprocess.run([exe, "tokens", "create", "bob", "--state", str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("sbx_")
+    bad = subprocess.run([exe, "grants", "suspend", "nope", "--state", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "no grant nope" in bad.stderr and "Traceback" not in bad.stderr
