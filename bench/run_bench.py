@@ -65,7 +65,7 @@ def synthetic_dataset() -> dict:
 
 
 def generate(path: Path, rows: int) -> None:
-    if path.exists() and duckdb.sql(f"SELECT COUNT(*) FROM '{path}'").fetchone()[0] == rows:
+    if path.exists() and duckdb.sql(f"SELECT COUNT(*) FROM '{path}'").fetchall()[0][0] == rows:
         return
     print(f"generating {rows:,} seeded synthetic rows -> {path.name} ...", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,9 @@ from sandbox.errors import SandboxError
 from sandbox.services import Services, Settings
 
 log = logging.getLogger("sandbox.gateway")
+# sqlglot warns with the operator's SQL text when it falls back to a generic command node;
+# refusals are recorded in the audit log instead
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 
 def create_app(

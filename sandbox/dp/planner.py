@@ -106,7 +106,8 @@ def _assemble(plan: DPPlan, keys, noisy, scales) -> Release:  # noqa: ANN001
         row = []
         for name in query.columns:
             if name in key_index:
-                row.append(key[key_index[name]])
+                value = key[key_index[name]]
+                row.append(round(value, 10) if isinstance(value, float) else value)
                 continue
             agg = aggs[name]
             if agg.kind == "count":

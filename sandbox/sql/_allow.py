@@ -126,7 +126,9 @@ _ALLOWED_ARGS: dict[type[exp.Expression], tuple[str, ...]] = {
 }
 
 _VALUE_NODES = {exp.Column, exp.Identifier, exp.Literal, exp.Paren}
+# GROUP BY is checked first: a key without a public domain is the root problem of a query
 _CLAUSE_NODES: dict[str, frozenset[type[exp.Expression]]] = {
+    "group": frozenset(_VALUE_NODES | {exp.Group, exp.Floor, exp.Div, exp.Mul}),
     "expressions": frozenset(
         _VALUE_NODES | {exp.Alias, exp.Count, exp.Sum, exp.Avg, exp.Star, exp.Floor} | {exp.Div, exp.Mul}
     ),
@@ -136,7 +138,6 @@ _CLAUSE_NODES: dict[str, frozenset[type[exp.Expression]]] = {
         | {exp.Is, exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE}
         | {exp.Neg, exp.Add, exp.Sub, exp.Mul, exp.Div}
     ),
-    "group": frozenset(_VALUE_NODES | {exp.Group, exp.Floor, exp.Div, exp.Mul}),
     "order": frozenset({exp.Order, exp.Ordered, exp.Column, exp.Identifier, exp.Literal}),
     "limit": frozenset({exp.Limit, exp.Literal}),
 }

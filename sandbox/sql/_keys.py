@@ -54,6 +54,14 @@ def unwrap(node: exp.Expression) -> exp.Expression:
     return node
 
 
+def whole_number(node: exp.Expression) -> int | None:
+    """The value of an unsigned whole-number literal (ASCII digits only), else None."""
+    if not isinstance(node, exp.Literal) or node.is_string:
+        return None
+    text = str(node.this)
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def key_spec(node: exp.Expression) -> KeySpec | None:
     """The key a (column-resolved) expression stands for, or None if it is no key shape."""
     node = unwrap(node)
@@ -87,7 +95,7 @@ def _width(node: exp.Expression) -> tuple[Decimal, bool] | None:
         return None
     if not width.is_finite() or width <= 0 or not 0 < float(width) < float("inf"):
         return None
-    return width, text.isdigit()
+    return width, whole_number(node) is not None
 
 
 def domain_size(spec: KeySpec, column: Column) -> int:

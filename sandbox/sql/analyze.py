@@ -9,8 +9,9 @@ carrying a stable ``code`` and a message that says what would work.
 
 The checks run on sqlglot's syntax tree, never on the text, in this order: parse
 (``_parse``), constructs that reach rows and clauses (``_allow``), node types per clause
-(``_allow``), FROM and column names (``_scope``), then the shapes of SELECT items, GROUP BY
-keys (``_keys``), ORDER BY and LIMIT here.
+(``_allow``), FROM and column names (``_scope``), WHERE shapes and types (``_where``), then
+the shapes of SELECT items, GROUP BY keys and their domains (``_keys``), ORDER BY and LIMIT
+here. Finally the tree is rewritten to canonical names for ``normalized_sql``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sandbox.sql._hints import (
     show,
 )
 from sandbox.sql._hints import describe as _describe
-from sandbox.sql._keys import MAX_GROUPS, KeySpec, domain_size, domain_values, key_spec, unwrap
+from sandbox.sql._keys import MAX_GROUPS, KeySpec, domain_size, domain_values, key_spec, unwrap, whole_number
 from sandbox.sql._parse import DIALECT, parse_select
 from sandbox.sql._scope import Scope, fold, resolve_columns, resolve_from
 from sandbox.sql._where import check_where
@@ -209,14 +210,14 @@ def _group_item(
 ) -> KeySpec:
     target: int | None = None
     if isinstance(node, exp.Literal):
-        text = str(node.this)
-        if node.is_string or not text.isdigit() or not 1 <= int(text) <= len(items):
+        position = whole_number(node)
+        if position is None or not 1 <= position <= len(items):
             raise BadRequest(
-                f"GROUP BY {show(text)} is not a key; a position must be a whole number "
+                f"GROUP BY {show(str(node.this))} is not a key; a position must be a whole number "
                 f"from 1 to {len(items)}. {GROUP_HINT}",
                 "unbounded_group_keys",
             )
-        target = int(text) - 1
+        target = position - 1
     elif isinstance(node, exp.Column) and node.name not in scope.dataset.columns:
         target = aliases.index(node.name)  # resolve_columns let only SELECT aliases through
     if target is not None:
@@ -281,10 +282,9 @@ def _order_by(select: exp.Select, names: list[str]) -> tuple[OrderItem, ...]:
 
 def _order_target(node: exp.Expression, names: list[str]) -> str:
     outputs = f"{ORDER_HINT}. Output columns: {', '.join(names)}"
-    if isinstance(node, exp.Literal) and not node.is_string and str(node.this).isdigit():
-        position = int(node.this)
-        if 1 <= position <= len(names):
-            return names[position - 1]
+    position = whole_number(node)
+    if position is not None and 1 <= position <= len(names):
+        return names[position - 1]
     if isinstance(node, exp.Column) and node.args.get("table") is None:
         name = fold(node.this)
         if name in names:
@@ -303,10 +303,10 @@ def _limit(select: exp.Select) -> int | None:
     limit = select.args.get("limit")
     if limit is None:
         return None
-    value = limit.expression
-    if isinstance(value, exp.Literal) and not value.is_string and str(value.this).isdigit():
-        return int(value.this)
-    raise BadRequest(f"LIMIT {_describe(value)} is not accepted; {LIMIT_HINT}", "unsupported_expression")
+    value = whole_number(limit.expression)
+    if value is not None:
+        return value
+    raise BadRequest(f"LIMIT {_describe(limit.expression)} is not accepted; {LIMIT_HINT}", "unsupported_expression")
 
 
 def _canonicalize(select: exp.Select, scope: Scope) -> str:
