@@ -117,7 +117,9 @@ class QueryService:
         try:  # classification rules are enforced at query time too, not only at apply time
             check_grant_fits_catalog(grant, catalog)
         except PolicyError as exc:
-            raise Forbidden(f"grant {grant.id} no longer fits the catalog: {exc.message}", code="grant_out_of_policy") from None
+            raise Forbidden(
+                f"grant {grant.id} no longer fits the catalog: {exc.message}", code="grant_out_of_policy"
+            ) from None
         plan = analyze(req.sql, catalog, granted_columns(grant, catalog))
         if req.epsilon > grant.max_epsilon_per_query:
             raise BadRequest(

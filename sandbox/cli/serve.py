@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import click
 
 from sandbox.cli.common import ACTOR, DATA_ROOT, POLICIES, STATE, cli, services_for, translate_errors
+
+DEMO_SQL = "SELECT sex, COUNT(*) AS n, AVG(age) AS mean_age FROM nhanes_2017 GROUP BY sex"
 
 
 def _build_services(state_dir: Path, data_root: Path, internal_token: str | None, threads: int, memory: str):  # noqa: ANN202
@@ -102,14 +105,15 @@ def demo(data_root, policies_dir, state_dir, host, port, user):  # noqa: ANN001,
     token = services.tokens.create(user)
     reviewer = services.tokens.create("carol")
     url = f"http://{host}:{port}"
+    example = json.dumps({"sql": DEMO_SQL, "epsilon": 0.5, "grant": "g-2026-001"})
     click.echo(
         f"""
 Gateway ready at {url}
   operator {user}: token {token}
-  reviewer carol:  token {reviewer}   (review UI: {url}/review/?token=...)
+  reviewer carol:  token {reviewer}   (review UI: {url}/review/login)
 Try:
   curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
-    -d '{{"sql": "SELECT sex, COUNT(*) AS n, AVG(age) AS mean_age FROM nhanes_2017 GROUP BY sex", "epsilon": 0.5, "grant": "g-2026-001"}}' \\
+    -d '{example}' \\
     {url}/v1/query
   curl -s -H 'Authorization: Bearer {token}' {url}/v1/budget
 Public register: {url}/public/grants

@@ -21,7 +21,7 @@ from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound
 from sandbox.exports import store
 from sandbox.exports.checks import CheckContext, run_all, worst
 from sandbox.exports.checks.file_gates import DEFAULT_LIMITS, NAME_RE
-from sandbox.exports.tables import read_table
+from sandbox.exports.context import check_context
 from sandbox.policy.models import Grant, Roles
 from sandbox.policy.rules import check_grant_usable
 from sandbox.services import Services
@@ -171,38 +171,6 @@ def _usable_grant(services: Services, grant_id: object, user: str) -> Grant:
     return grant
 
 
-def check_context(services: Services, grant: Grant, user: str, count_columns: list[str]) -> CheckContext:
-    """What the checks need: unit columns, the id matcher, released answers, released exports."""
-    catalog = services.policies.datasets()
-    units = {ds: catalog[ds].privacy_unit for ds in grant.datasets
-             if ds in catalog and catalog[ds].privacy_unit != "row"}
-
-    def matcher(ds_id: str, values: list[str]) -> int:
-        services.engine.ensure(catalog)
-        return services.engine.unit_id_matches(ds_id, values)
-
-    mine = services.ledger.released_answers(grant.id, user)
-    released = services.ledger.released_answers(grant.id) + _released_exports(services, grant.id)
-    return CheckContext(units=units, matcher=matcher, answers=mine, released=released,
-                        count_columns=tuple(count_columns), limits=DEFAULT_LIMITS)
-
-
-def _released_exports(services: Services, grant_id: str) -> list[dict]:
-    """Tables of the grant's approved/released exports, shaped like released answers."""
-    blobs = store.BlobStore(services.db)
-    out = []
-    conn = services.db.conn
-    for req in store.list_requests(conn, grant_id=grant_id, statuses=("approved", "released")):
-        for f in store.current_files(conn, req["id"]):
-            data = blobs.get(req["id"], f["sha256"])
-            if data is None or f["kind"] not in ("csv", "parquet"):
-                continue
-            table = read_table(f["kind"], data)
-            out.append({"query_id": f"{req['id']}/{f['name']}", "epsilon": 0.0,
-                        "response": {"columns": table.columns, "rows": table.rows}})
-    return out
-
-
 def _checked_files(services: Services, ctx: CheckContext, files: list[tuple[str, bytes]]) -> list[dict]:
     names = [n for n, _ in files]
     if len(set(names)) != len(names):
@@ -237,6 +205,7 @@ def submit(services: Services, user: str, *, grant_id: object, title: object, ju
     for f in checked:
         blobs.put(rid, f["data"])
     with services.db.write() as conn:
+        _usable_grant(services, grant.id, user)  # again, inside the transaction: a revoke may have won
         ts = store.now()
         conn.execute(
             "INSERT INTO export_requests (id, grant_id, requester, title, justification, status, round,"
@@ -364,6 +333,16 @@ def _approved_digests(conn: sqlite3.Connection, request_id: str) -> dict[str, st
     return json.loads(audit["detail"]).get("files", {}) if audit else {}
 
 
+def _check_grant_not_stopped(services: Services, grant_id: str) -> None:
+    """Downloads stop while a grant is suspended and for good once it is revoked (expiry does not stop them)."""
+    try:
+        status = services.policies.grant(grant_id).status
+    except NotFound:
+        raise Forbidden(f"grant {grant_id} is not in force", code="grant_revoked") from None
+    if status in ("revoked", "suspended"):
+        raise Forbidden(f"grant {grant_id} is {status}: nothing leaves under it", code=f"grant_{status}")
+
+
 def download(services: Services, request_id: str, name: str, user: str) -> tuple[dict, bytes]:
     """The approved bytes of one file, to the requester only, sha256-checked; first download releases."""
     conn = services.db.conn
@@ -376,11 +355,7 @@ def download(services: Services, request_id: str, name: str, user: str) -> tuple
     if row["status"] not in ("approved", "released"):
         raise Conflict(f"the request is {row['status']}: files leave only once approved",
                        code="not_released")
-    try:
-        if services.policies.grant(row["grant_id"]).status == "revoked":
-            raise Forbidden(f"grant {row['grant_id']} has been revoked", code="grant_revoked")
-    except NotFound:
-        raise Forbidden(f"grant {row['grant_id']} is not in force", code="grant_revoked") from None
+    _check_grant_not_stopped(services, row["grant_id"])
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise NotFound("no such file", code="unknown_file")
     f = next((f for f in store.current_files(conn, request_id) if f["name"] == name), None)

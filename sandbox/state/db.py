@@ -6,6 +6,7 @@ transitions are serialized across threads *and* processes.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -56,10 +57,8 @@ class StateDB:
         # import the modules that register tables, so every StateDB has every table
         from sandbox.state import audit, grants_store, ledger, sessions, tokens  # noqa: F401
 
-        try:
+        with contextlib.suppress(ImportError):
             import sandbox.exports.store  # noqa: F401
-        except ImportError:
-            pass
         with self.write() as conn:
             for script in _SCHEMAS:
                 for statement in _split(script):

@@ -46,10 +46,8 @@ def test_exfiltration_attempts_refused_and_free(client, alice, services: Service
 
 def test_repetition_does_not_average_noise_away(client, alice, services: Services) -> None:  # noqa: ANN001
     sql = "SELECT COUNT(*) AS n FROM nhanes_2017 WHERE age = 80 AND sex = 'female'"
-    answers = {
-        client.post("/v1/query", json={"sql": sql, "epsilon": 0.1, "grant": GRANT}, headers=alice).get_json()["rows"][0][0]
-        for _ in range(25)
-    }
+    body = {"sql": sql, "epsilon": 0.1, "grant": GRANT}
+    answers = {client.post("/v1/query", json=body, headers=alice).get_json()["rows"][0][0] for _ in range(25)}
     assert len(answers) == 1  # the same noisy answer, replayed
     assert services.ledger.state(GRANT).epsilon_spent == pytest.approx(0.1)
 

@@ -57,7 +57,10 @@ def test_every_declared_key_is_released_even_when_empty(client, alice) -> None: 
 
 
 def test_bins_order_limit(client, alice) -> None:  # noqa: ANN001
-    sql = "SELECT FLOOR(age / 10) * 10 AS decade, COUNT(*) AS n FROM nhanes_2017 GROUP BY decade ORDER BY n DESC LIMIT 3"
+    sql = (
+        "SELECT FLOOR(age / 10) * 10 AS decade, COUNT(*) AS n FROM nhanes_2017"
+        " GROUP BY decade ORDER BY n DESC LIMIT 3"
+    )
     body = ask(client, alice, sql).get_json()
     assert len(body["rows"]) == 3
     assert body["rows"][0][1] >= body["rows"][1][1] >= body["rows"][2][1]
@@ -125,7 +128,7 @@ def test_bad_parameters_are_400(client, alice, body, code) -> None:  # noqa: ANN
 
 @pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_epsilon_is_400(client, alice, raw) -> None:  # noqa: ANN001
-    data = '{"sql": "SELECT COUNT(*) FROM nhanes_2017", "epsilon": %s, "grant": "g-2026-001"}' % raw
+    data = f'{{"sql": "SELECT COUNT(*) FROM nhanes_2017", "epsilon": {raw}, "grant": "g-2026-001"}}'
     r = client.post("/v1/query", data=data, content_type="application/json", headers=alice)
     assert r.status_code == 400 and r.get_json()["error"]["code"] in ("bad_epsilon", "bad_json")
 

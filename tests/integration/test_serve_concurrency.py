@@ -38,10 +38,11 @@ def served(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path):  # noqa
     token = subprocess.run(cmd + ["tokens", "create", "alice", "--state", str(state)],
                            check=True, capture_output=True, text=True).stdout.strip()
     port = _free_port()
+    log = (tmp_path / "serve.log").open("w")  # noqa: SIM115 - open for the server's lifetime
     proc = subprocess.Popen(
         cmd + ["serve", "--data-root", str(demo_data_root), "--policies", str(policies), "--state", str(state),
                "--port", str(port), "--threads", "16"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"), text=True, env={**os.environ},
+        stdout=subprocess.DEVNULL, stderr=log, text=True, env={**os.environ},
     )
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {token}"}
@@ -53,11 +54,12 @@ def served(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path):  # noqa
         except requests.ConnectionError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail("sandbox serve did not start: " + proc.stderr.read())
+                pytest.fail("sandbox serve did not start: " + (tmp_path / "serve.log").read_text())
             time.sleep(0.2)
     yield url, headers, state
     proc.terminate()
     proc.wait(timeout=30)
+    log.close()
 
 
 def test_fifty_concurrent_queries_never_overspend(served) -> None:  # noqa: ANN001
