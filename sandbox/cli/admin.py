@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from sandbox.cli.common import ACTOR, STATE, cli, fail, services_for, translate_errors
+from sandbox.cli.common import ACTOR, POLICIES, STATE, cli, fail, services_for, translate_errors
 
 
 # -- datasets --------------------------------------------------------------------------------
@@ -267,3 +267,33 @@ def audit_export(state_dir, since, fmt, output):  # noqa: ANN001, ANN201
     finally:
         if output:
             out.close()
+
+
+# -- usage -----------------------------------------------------------------------------------
+@cli.group()
+def usage() -> None:
+    """Usage metering and price statements."""
+
+
+@usage.command("report")
+@STATE
+@POLICIES
+@click.option("--period", required=True, help="Month to report, YYYY-MM (UTC).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@translate_errors
+def usage_report_cmd(state_dir, policies_dir, period, fmt):  # noqa: ANN001, ANN201
+    """Per grant: queries, epsilon, exports, notebook hours, and a statement from policies/prices.yaml."""
+    from sandbox.policy.prices import load_prices
+    from sandbox.usage import format_csv, usage_report
+
+    report = usage_report(services_for(state_dir), period, load_prices(policies_dir / "prices.yaml"))
+    if fmt == "csv":
+        click.echo(format_csv(report), nl=False)
+    elif fmt == "json":
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for g in report:
+            click.echo(
+                f"{g['grant']:16} {g['use']:15} queries {g['queries']:5}  epsilon {g['epsilon']:8.3f}  "
+                f"exports {g['exports']:3}  notebook h {g['notebook_hours']:7.2f}  total {g['total']} {g['currency']}"
+            )

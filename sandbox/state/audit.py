@@ -31,7 +31,9 @@ register_schema(
         detail TEXT NOT NULL,
         prev_hash TEXT NOT NULL,
         hash TEXT NOT NULL
-    )
+    );
+    CREATE INDEX IF NOT EXISTS audit_by_action ON audit(action);
+    CREATE INDEX IF NOT EXISTS audit_by_ts ON audit(ts)
     """
 )
 

@@ -144,3 +144,15 @@ def test_real_entry_point(tmp_path: Path) -> None:
     assert out.stdout.startswith("sbx_")
     bad = subprocess.run([exe, "grants", "suspend", "nope", "--state", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 1 and "no grant nope" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_usage_report_command(run, registered, state: Path) -> None:  # noqa: ANN001
+    import datetime as dt
+
+    run("grants", "apply", str(REPO / "policies" / "grants" / "g-2026-001.yaml"))
+    period = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+    policies = str(REPO / "policies")
+    report = json.loads(run("usage", "report", "--period", period, "--policies", policies, "--format", "json"))
+    assert report[0]["grant"] == "g-2026-001" and report[0]["total"] == "0.00"  # public welfare: free
+    assert run("usage", "report", "--period", period, "--policies", policies, "--format", "csv").startswith("period,")
+    assert "period" in run("usage", "report", "--period", "2026-13", "--policies", policies, code=2)

@@ -1,0 +1,45 @@
+"""The public disclosure register: no login, read-only, nothing but what may be published."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+
+from gateway.context import services
+from sandbox.disclosure import USE_LABELS, parse_year, register, register_csv
+
+bp = Blueprint("public", __name__, url_prefix="/public")
+
+
+def _fresh(resp: Response) -> Response:
+    """A status change must show on the very next request: no stale copies in caches."""
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp
+
+
+@bp.get("/")
+def home():  # noqa: ANN201
+    return redirect(url_for("public.grants_html"))
+
+
+@bp.get("/grants")
+def grants_html():  # noqa: ANN201
+    s = services()
+    data = register(s)
+    html = render_template(
+        "public/grants.html", register=data, use_labels=USE_LABELS, year=s.today().year
+    )
+    return _fresh(Response(html, mimetype="text/html"))
+
+
+@bp.get("/grants.json")
+def grants_json():  # noqa: ANN201
+    return _fresh(jsonify(register(services())))
+
+
+@bp.get("/grants.csv")
+def grants_csv():  # noqa: ANN201
+    s = services()
+    year = parse_year(request.args.get("year"), s.today().year)
+    resp = Response(register_csv(s, year), mimetype="text/csv")
+    resp.headers["Content-Disposition"] = f'attachment; filename="grants-{year}.csv"'
+    return _fresh(resp)

@@ -1,0 +1,148 @@
+"""The public disclosure register: who holds which grant, for what, until when, and what was released.
+
+Everything here is safe to publish: the operator institution (never members' user names), mode, purpose,
+datasets and columns, validity, status and released data-product titles. No budgets, no data values, no
+status reasons (they are free text and may name people).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import sqlite3
+
+from sandbox.errors import BadRequest
+from sandbox.policy.rules import effective_status
+from sandbox.services import Services
+
+STATUS_ACTIONS = ("grant.created", "grant.changed", "grant.suspended", "grant.revoked", "grant.resumed")
+CSV_FIELDS = ("grant", "operator", "use", "mode", "purpose", "datasets", "valid_from", "valid_until", "status",
+              "status_changed", "reviewers_required", "applied", "released_products")
+USE_LABELS = {"commercial": "Commercial", "public_welfare": "Public welfare"}
+
+
+def status_changes(services: Services) -> dict[str, dt.datetime]:
+    """When each grant's stored status (active/suspended/revoked) last changed, from the audit log."""
+    marks = ", ".join("?" for _ in STATUS_ACTIONS)
+    rows = services.db.read(
+        f"SELECT grant_id, action, ts, detail FROM audit WHERE action IN ({marks}) ORDER BY seq", STATUS_ACTIONS
+    )
+    changed: dict[str, dt.datetime] = {}
+    for row in rows:
+        detail = json.loads(row["detail"])
+        if row["action"] == "grant.created":
+            moved = detail.get("grant", {}).get("status", "active") != "active"
+        elif row["action"] == "grant.changed":
+            moved = any(str(c).startswith("status:") for c in detail.get("changes", ()))
+        else:
+            moved = True
+        if moved and row["grant_id"]:
+            changed[row["grant_id"]] = dt.datetime.fromisoformat(row["ts"])
+    return changed
+
+
+def grant_entries(services: Services) -> list[dict]:
+    """Every grant ever applied, as the register shows it (status as of ``services.today()``)."""
+    today = services.today()
+    titles = {ds_id: ds.title for ds_id, ds in services.policies.datasets().items()}
+    changed = status_changes(services)
+    entries = []
+    for record in services.policies.grant_records():
+        grant = record["grant"]
+        status = effective_status(grant, today)
+        status_changed = None
+        if status in ("revoked", "suspended"):
+            when = changed.get(grant.id)
+            status_changed = when.date().isoformat() if when else record["updated_at"][:10]
+        entries.append({
+            "id": grant.id,
+            "operator": grant.operator,
+            "use": grant.use,
+            "mode": grant.mode,
+            "purpose": grant.purpose,
+            "datasets": [
+                {"id": ds_id, "title": titles.get(ds_id, ds_id), "columns": list(granted.columns)}
+                for ds_id, granted in sorted(grant.datasets.items())
+            ],
+            "valid_from": grant.valid_from.isoformat(),
+            "valid_until": grant.valid_until.isoformat(),
+            "status": status,
+            "status_changed": status_changed,
+            "reviewers_required": grant.exports.reviewers_required,
+            "applied": record["applied_at"][:10],
+        })
+    return entries
+
+
+def released_products(services: Services) -> list[dict]:
+    """Data products released through the export airlock: ``title``, ``date`` (YYYY-MM-DD), ``grant``.
+
+    Returns [] when the exports module is not installed or nothing has been released yet.
+    """
+    try:
+        from sandbox.exports import store
+    except ImportError:
+        return []
+    conn = services.db.conn
+    try:
+        requests = store.list_requests(conn, statuses=("released",), limit=1_000_000)
+        products = []
+        for req in requests:
+            released = [e["ts"] for e in store.events(conn, req["id"]) if e["to_status"] == "released"]
+            when = released[0] if released else req["updated_at"]
+            products.append({"title": req["title"], "date": when[:10], "grant": req["grant_id"]})
+    except (sqlite3.Error, AttributeError, KeyError, TypeError):
+        return []
+    return sorted(products, key=lambda p: (p["date"], p["grant"], p["title"]))
+
+
+def register(services: Services) -> dict:
+    """The whole register, as ``/public/grants.json`` serves it."""
+    return {
+        "as_of": services.today().isoformat(),
+        "grants": grant_entries(services),
+        "released_products": released_products(services),
+    }
+
+
+def parse_year(value: str | None, default: int) -> int:
+    """A ``?year=`` parameter; raises BadRequest(bad_year) unless it is a four-digit year."""
+    if value is None or value == "":
+        return default
+    if not (value.isdigit() and len(value) == 4 and int(value) >= 1970):
+        raise BadRequest(f"year must be a four-digit year such as 2026 (got {value!r})", code="bad_year")
+    return int(value)
+
+
+def in_force_during(entry: dict, year: int) -> bool:
+    """The grant's window overlaps ``year`` and it was not already suspended/revoked before the year began."""
+    first, last = f"{year}-01-01", f"{year}-12-31"
+    overlaps = entry["valid_from"] <= last and entry["valid_until"] >= first
+    stopped_before = entry["status"] in ("revoked", "suspended") and (entry["status_changed"] or last) < first
+    return overlaps and not stopped_before
+
+
+def _cell(value: object) -> str:
+    """Text safe to open in a spreadsheet: a leading =, +, -, @ is not read as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def register_csv(services: Services, year: int) -> str:
+    """The yearly disclosure export: grants in force at any time during ``year``, one row each."""
+    products = [p for p in released_products(services) if p["date"].startswith(f"{year}-")]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for e in grant_entries(services):
+        if not in_force_during(e, year):
+            continue
+        datasets = "; ".join(f"{d['title']} ({d['id']}): {', '.join(d['columns'])}" for d in e["datasets"])
+        released = "; ".join(f"{p['date']} {p['title']}" for p in products if p["grant"] == e["id"])
+        row = (e["id"], e["operator"], USE_LABELS.get(e["use"], e["use"]), e["mode"], e["purpose"], datasets,
+               e["valid_from"], e["valid_until"], e["status"], e["status_changed"], e["reviewers_required"],
+               e["applied"], released)
+        writer.writerow([_cell(v) for v in row])
+    return out.getvalue()
