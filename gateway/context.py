@@ -36,7 +36,10 @@ def require_role(role: str) -> Identity:
 def json_body() -> object:
     if not request.is_json:
         raise BadRequest("send Content-Type: application/json", code="bad_content_type")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        body = None
     if body is None:
         raise BadRequest("the body is not valid JSON", code="bad_json")
     return body

@@ -66,11 +66,16 @@ def _select_list(ds: Dataset) -> list[str]:
             items.append(f"CAST({_q(name)} AS VARCHAR) AS {_q(name)}")
             continue
         raw = f"TRY_CAST({_q(name)} AS DOUBLE)"
-        shown = f"CAST(ROUND({raw}) AS BIGINT)" if col.type == "int" else raw
+        shown = f"TRY_CAST(ROUND({raw}) AS BIGINT)" if col.type == "int" else raw
         items.append(f"{shown} AS {_q(name)}")
         low, high = col.bounds
-        clamped = f"LEAST(GREATEST({raw}, {_lit(low)}), {_lit(high)})"
-        items.append(f"CAST(ROUND({clamped} * {col.factor}) AS BIGINT) AS {_q(value_column(name))}")
+        lo_fixed, hi_fixed = col.fixed_bounds
+        # clamp in DOUBLE first (so the cast cannot overflow), then in the integer range the
+        # planner's sensitivity is computed from; NULL stays NULL (GREATEST would drop it)
+        in_bounds = f"LEAST(GREATEST({raw}, {_lit(float(low))}), {_lit(float(high))})"
+        clamped = f"CAST(ROUND({in_bounds} * {col.factor}) AS BIGINT)"
+        fixed = f"LEAST(GREATEST({clamped}, {lo_fixed}), {hi_fixed})"
+        items.append(f"CASE WHEN {raw} IS NULL THEN NULL ELSE {fixed} END AS {_q(value_column(name))}")
     return items
 
 
@@ -266,7 +271,7 @@ def aggregate_sql(plan: DPPlan) -> str:
         else:
             select.append(f"SUM({_q(value_column(prim.column))}) AS a{j}")
     if plan.query.where is not None:
-        where.append("(" + _where_sql(plan.query.where) + ")")
+        where.append(_where_sql(plan.query.where, ds))
     sql = f"SELECT {', '.join(select)} FROM {_q(ds.id)}"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -275,9 +280,20 @@ def aggregate_sql(plan: DPPlan) -> str:
     return sql
 
 
-def _where_sql(where: exp.Expression) -> str:
+def _where_sql(where: exp.Expression, ds: Dataset) -> str:
+    """Render the operator's predicate so that evaluating it can never fail on some rows only.
+
+    Numeric columns and literals become DOUBLE (arithmetic overflows to inf instead of raising)
+    and the whole predicate is wrapped in TRY(...): a row whose predicate errors is simply not
+    selected. Otherwise an error raised only by the targeted rows would answer, without noise,
+    whether they exist.
+    """
     tree = where.copy()
-    for col in tree.find_all(exp.Column):
-        col.set("table", None)
-        col.set("this", exp.to_identifier(col.name, quoted=True))
-    return tree.sql(dialect="duckdb")
+    for col in list(tree.find_all(exp.Column)):
+        ref = exp.column(exp.to_identifier(col.name, quoted=True))
+        spec = ds.columns.get(col.name)
+        col.replace(exp.cast(ref, "DOUBLE") if spec is not None and spec.numeric else ref)
+    for lit in list(tree.find_all(exp.Literal)):
+        if not lit.is_string:
+            lit.replace(exp.cast(lit.copy(), "DOUBLE"))
+    return f"COALESCE(TRY({tree.sql(dialect='duckdb')}), FALSE)"

@@ -21,6 +21,9 @@ from sandbox.sql.analyze import analyze
 from sandbox.state.audit import AuditEvent
 from sandbox.state.ledger import from_nano, to_nano
 
+MIN_EPSILON = 0.001
+MAX_EPSILON = 100.0
+
 
 @dataclass(frozen=True)
 class QueryRequest:
@@ -37,22 +40,46 @@ def parse_request(body: object, max_sql_chars: int) -> QueryRequest:
         raise BadRequest("`sql` must be a non-empty string", code="empty_query")
     if len(sql) > max_sql_chars:
         raise BadRequest(f"`sql` is longer than {max_sql_chars} characters", code="sql_too_long")
-    epsilon = body.get("epsilon")
+    _check_text(sql, "sql")
+    epsilon = _parse_epsilon(body.get("epsilon"))
+    grant = body.get("grant")
+    if grant is not None and not isinstance(grant, str):
+        raise BadRequest("`grant` must be a grant id string", code="bad_grant")
+    if grant is not None:
+        _check_text(grant, "grant")
+    unknown = set(body) - {"sql", "epsilon", "grant"}
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}", code="unknown_field")
+    return QueryRequest(sql=sql, epsilon=epsilon, grant=grant)
+
+
+def _check_text(value: str, field: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"`{field}` is not valid Unicode text", code="bad_text") from None
+
+
+def _parse_epsilon(epsilon: object) -> float:
     if epsilon is None:
         raise BadRequest("`epsilon` is required: the privacy loss you choose to spend, e.g. 0.1", code="bad_epsilon")
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
         raise BadRequest("`epsilon` must be a number", code="bad_epsilon")
-    if not math.isfinite(epsilon) or epsilon <= 0:
+    try:
+        value = float(epsilon)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value) or value <= 0:
         raise BadRequest("`epsilon` must be a finite number above 0", code="bad_epsilon")
-    if to_nano(epsilon) <= 0:
-        raise BadRequest("`epsilon` is below the smallest unit (1e-9)", code="bad_epsilon")
-    grant = body.get("grant")
-    if grant is not None and not isinstance(grant, str):
-        raise BadRequest("`grant` must be a grant id string", code="bad_grant")
-    unknown = set(body) - {"sql", "epsilon", "grant"}
-    if unknown:
-        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}", code="unknown_field")
-    return QueryRequest(sql=sql, epsilon=float(epsilon), grant=grant)
+    if value < MIN_EPSILON:
+        raise BadRequest(
+            f"`epsilon` below {MIN_EPSILON} is refused: such answers are pure noise, and dust-sized "
+            "queries would let one grant ask billions of questions",
+            code="bad_epsilon",
+        )
+    if value > MAX_EPSILON:
+        raise BadRequest(f"`epsilon` above {MAX_EPSILON} is over any grant's cap", code="epsilon_over_cap")
+    return value
 
 
 def resolve_grant(services: Services, user: str, grant_id: str | None) -> Grant:
@@ -104,13 +131,17 @@ class QueryService:
             grant_id = grant.id
             return self._run(user, grant, req)
         except SandboxError as exc:
-            self.s.audit.record(
-                AuditEvent(
-                    user, "query.refused", grant_id,
-                    {"sql": (sql or "")[:2000], "code": exc.code, "status": exc.status},
-                )
-            )
+            self._audit_refusal(user, grant_id, sql, exc.code, exc.status)
             raise
+        except Exception:
+            self._audit_refusal(user, grant_id, sql, "internal_error", 500)
+            raise
+
+    def _audit_refusal(self, user: str, grant_id: str | None, sql: str | None, code: str, status: int) -> None:
+        detail = {"sql": (sql or "")[:2000], "code": code, "status": status}
+        if grant_id is not None:  # a hostile id may hold text SQLite cannot store as UTF-8
+            grant_id = grant_id[:100].encode("utf-8", "backslashreplace").decode("utf-8")
+        self.s.audit.record(AuditEvent(user, "query.refused", grant_id, detail))
 
     def _run(self, user: str, grant: Grant, req: QueryRequest) -> dict:
         catalog = self.s.policies.datasets()

@@ -227,12 +227,14 @@ def audit() -> None:
 @STATE
 @translate_errors
 def audit_verify(state_dir):  # noqa: ANN001, ANN201
-    """Check every link of the chain; exit 1 on any edited, deleted or reordered entry."""
-    result = services_for(state_dir).audit.verify()
-    for problem in result.problems:
+    """Check every link of the chain and that budgets match the charges it records; exit 1 on any problem."""
+    s = services_for(state_dir)
+    result = s.audit.verify()
+    problems = [*result.problems, *s.ledger.reconcile()]
+    for problem in problems:
         click.echo(f"TAMPERED: {problem}", err=True)
-    if not result.ok:
-        fail(f"audit log verification failed ({len(result.problems)} problem(s))", 1)
+    if problems:
+        fail(f"audit log verification failed ({len(problems)} problem(s))", 1)
     click.echo(f"audit log intact: {result.entries} entries, head {result.head}")
 
 

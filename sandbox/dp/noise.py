@@ -14,7 +14,7 @@ from sandbox.errors import BadRequest
 
 dp.enable_features("contrib")
 
-I64_GUARD = 2**62  # exact aggregates beyond this are refused before noise is added
+I64_GUARD = 2**62  # exact aggregates are saturated here so that noise addition cannot overflow i64
 
 
 @lru_cache(maxsize=256)
@@ -37,12 +37,10 @@ def laplace_scale(sensitivity: int, epsilon: float) -> float:
 
 def add_discrete_laplace(values: list[int], sensitivity: int, epsilon: float) -> tuple[list[int], float]:
     """Release ``values`` (exact i64 aggregates) with discrete Laplace noise; returns (noisy, scale)."""
-    for v in values:
-        if abs(v) >= I64_GUARD:
-            raise BadRequest(
-                "an exact aggregate is too large to release safely; narrow the query",
-                code="aggregate_overflow",
-            )
+    if sensitivity < 1:
+        raise BadRequest("a measurement needs a sensitivity of at least 1", code="calibration_failed")
+    # saturate rather than refuse: refusing after the charge would depend on the data
+    values = [max(-I64_GUARD, min(I64_GUARD, int(v))) for v in values]
     scale = laplace_scale(sensitivity, epsilon)
     if not values:
         return [], scale

@@ -46,9 +46,8 @@ class DPPlan:
         k = self.dataset.max_rows_per_unit
         if prim.kind == "count":
             return k
-        col = self.dataset.columns[prim.column]
-        low, high = col.bounds
-        return k * int(round(max(abs(low), abs(high)) * col.factor))
+        low, high = self.dataset.columns[prim.column].fixed_bounds
+        return k * max(abs(low), abs(high), 1)
 
     def keys(self) -> list[tuple]:
         return list(itertools.product(*(k.values for k in self.query.group_keys)))

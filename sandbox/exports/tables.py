@@ -44,7 +44,8 @@ def parse_cell(text: str) -> tuple[object, int | None]:
     if t == "" or t.upper() in ("NA", "NAN", "NULL", "NONE"):
         return None, None
     if INT_RE.match(t):
-        return int(t), 0
+        # beyond 2**53 an integer is no count or sum anyone published; keep it as text
+        return (int(t), 0) if len(t.lstrip("+-")) <= 15 else (t, None)
     if FLOAT_RE.match(t):
         mantissa = t.split("e")[0].split("E")[0]
         decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
@@ -107,6 +108,8 @@ def read_parquet(data: bytes, max_rows: int | None = None) -> Table:
 def _plain(v: object) -> object:
     if isinstance(v, bool):
         return int(v)
+    if isinstance(v, int) and abs(v) > 2**53:
+        return str(v)
     if v is None or isinstance(v, int | float | str):
         return v
     try:

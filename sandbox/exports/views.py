@@ -15,6 +15,27 @@ from sandbox.exports.checks import worst
 from sandbox.exports.workflow import OPEN, can_review, can_transition, reviewers_required
 from sandbox.services import Services
 
+# Checks that consult raw data answer reviewers only: shown to a requester, the identifier
+# check would tell them, for free, which ids are in a dataset (a membership oracle).
+REVIEWER_ONLY_RULES = frozenset({"identifiers"})
+HIDDEN_DETAIL = "checked against raw data; shown to reviewers only"
+
+
+def is_privileged(services: Services, user: str) -> bool:
+    roles = services.policies.roles()
+    return user in roles.reviewers or user in roles.admins
+
+
+def visible_checks(checks: list[dict], privileged: bool) -> list[dict]:
+    if privileged:
+        return checks
+    return [
+        {"rule": c["rule"], "outcome": "review", "detail": HIDDEN_DETAIL, "cells": []}
+        if c["rule"] in REVIEWER_ONLY_RULES
+        else c
+        for c in checks
+    ]
+
 
 def _may_view(services: Services, row: sqlite3.Row | dict, user: str) -> bool:
     roles = services.policies.roles()
@@ -28,9 +49,10 @@ def load(services: Services, request_id: str, user: str) -> sqlite3.Row:
     return row
 
 
-def file_view(f: dict) -> dict:
+def file_view(f: dict, privileged: bool) -> dict:
+    checks = visible_checks(f["checks"], privileged)
     return {"name": f["name"], "sha256": f["sha256"], "size": f["size"], "kind": f["kind"],
-            "outcome": worst(f["checks"]), "checks": f["checks"], "added_round": f["added_round"]}
+            "outcome": worst(checks), "checks": checks, "added_round": f["added_round"]}
 
 
 def request_view(services: Services, request_id: str, user: str) -> dict:
@@ -55,7 +77,7 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
         "created_at": row["created_at"], "updated_at": row["updated_at"],
         "reviewers_required": reviewers_required(services, row["grant_id"]),
         "votes_this_round": votes if status in OPEN else None,
-        "files": [file_view(f) for f in store.current_files(conn, request_id)],
+        "files": [file_view(f, is_privileged(services, user)) for f in store.current_files(conn, request_id)],
         "reviews": reviews,
         "history": [{k: e[k] for k in ("ts", "actor", "action", "from_status", "to_status", "comment")}
                     for e in store.events(conn, request_id)],
@@ -69,18 +91,19 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
     }
 
 
-def summary(conn: sqlite3.Connection, row: dict) -> dict:
+def summary(conn: sqlite3.Connection, row: dict, privileged: bool = True) -> dict:
     files = store.current_files(conn, row["id"])
     return {"id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
             "title": row["title"], "status": row["status"], "round": row["round"],
             "created_at": row["created_at"], "updated_at": row["updated_at"],
             "files": [f["name"] for f in files],
-            "outcome": worst([c for f in files for c in f["checks"]])}
+            "outcome": worst([c for f in files for c in visible_checks(f["checks"], privileged)])}
 
 
 def mine(services: Services, user: str) -> list[dict]:
     conn = services.db.conn
-    return [summary(conn, r) for r in store.list_requests(conn, requester=user)]
+    privileged = is_privileged(services, user)
+    return [summary(conn, r, privileged) for r in store.list_requests(conn, requester=user)]
 
 
 def queue(services: Services, user: str) -> list[dict]:

@@ -7,6 +7,7 @@ computed from the data.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from typing import Literal
 
@@ -53,6 +54,9 @@ class Column(_Strict):
                 raise ValueError("an int column needs whole-number bounds")
             if max(abs(low), abs(high)) * 10**self.scale > 2**40:
                 raise ValueError("bounds too wide for exact fixed-point sums (|bound| * 10**scale > 2**40)")
+            fixed_low, fixed_high = _fixed(low, high, 1 if self.type == "int" else 10**self.scale)
+            if fixed_low > fixed_high:
+                raise ValueError(f"bounds {list(self.bounds)} hold no value at scale {self.scale}; widen them")
             if self.values is not None:
                 raise ValueError(f"an {self.type} column takes `bounds`, not `values`")
         elif self.values is not None or self.bounds is not None:
@@ -67,6 +71,17 @@ class Column(_Strict):
     def factor(self) -> int:
         """Fixed-point factor: the integer carried for a value v is round(v * factor)."""
         return 1 if self.type == "int" else 10**self.scale
+
+    @property
+    def fixed_bounds(self) -> tuple[int, int]:
+        """The integer range the engine clamps fixed-point values to; sensitivity comes from it too."""
+        assert self.bounds is not None
+        return _fixed(self.bounds[0], self.bounds[1], self.factor)
+
+
+def _fixed(low: float, high: float, factor: int) -> tuple[int, int]:
+    # round to 9 places first so that 0.29 * 100 = 28.999999999999996 counts as 29
+    return math.ceil(round(low * factor, 9)), math.floor(round(high * factor, 9))
 
 
 class Dataset(_Strict):

@@ -51,7 +51,8 @@ class AuditEvent:
 
 
 def canonical(obj: object) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    # ASCII escapes: any text (even a lone surrogate from a hostile client) can be stored and hashed
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
 def entry_hash(prev_hash: str, seq: int, ts: str, actor: str, action: str, grant_id, detail: str) -> str:  # noqa: ANN001
@@ -144,7 +145,7 @@ class AuditLog:
 
     def _check_head(self, count: int, head: str) -> list[str]:
         if not self.head_path.exists():
-            return []
+            return [f"{HEAD_FILE} is missing: the end of the log cannot be checked"] if count else []
         try:
             seq_text, digest = self.head_path.read_text(encoding="utf-8").split()
             seq = int(seq_text)

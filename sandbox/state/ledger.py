@@ -88,6 +88,13 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
+PENDING_STALE_AFTER = dt.timedelta(minutes=10)
+
+
+def _stale(created_at: str) -> bool:
+    return dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(created_at) > PENDING_STALE_AFTER
+
+
 class Ledger:
     def __init__(self, db: StateDB, audit: AuditLog, wait_for_twin_s: float = 30.0) -> None:
         self.db = db
@@ -173,8 +180,12 @@ class Ledger:
     ) -> Charge | None:
         with self.db.write() as conn:
             cached = conn.execute(
-                "SELECT query_id, status, response FROM answers WHERE cache_key = ?", (cache_key,)
+                "SELECT query_id, status, response, created_at FROM answers WHERE cache_key = ?", (cache_key,)
             ).fetchone()
+            if cached is not None and cached["status"] != "done" and _stale(cached["created_at"]):
+                # a twin that was charged but never answered (the process died): answer afresh
+                conn.execute("DELETE FROM answers WHERE cache_key = ?", (cache_key,))
+                cached = None
             if cached is not None:
                 if cached["status"] != "done":
                     return None  # its twin is being answered right now: wait for it
@@ -274,3 +285,25 @@ class Ledger:
             }
             for r in self.db.read(sql + " ORDER BY c.ts", params)
         ]
+
+    def reconcile(self) -> list[str]:
+        """Spent budgets against the charges table and the audit log's charge entries."""
+        problems = []
+        charged: dict[str, int] = {}
+        for entry in self.audit.entries():
+            if entry["action"] == "query.charged":
+                gid = entry["grant_id"]
+                charged[gid] = charged.get(gid, 0) + to_nano(float(entry["detail"].get("epsilon", 0)))
+        for row in self.db.read(
+            "SELECT b.grant_id, b.epsilon_spent_nano AS spent, COALESCE(SUM(c.epsilon_nano), 0) AS charges"
+            " FROM budgets b LEFT JOIN charges c ON c.grant_id = b.grant_id GROUP BY b.grant_id"
+        ):
+            gid, spent = row["grant_id"], row["spent"]
+            if spent != row["charges"]:
+                total = from_nano(row["charges"])
+                problems.append(f"grant {gid}: spent {from_nano(spent)} but charges add up to {total}")
+            if spent != charged.get(gid, 0):
+                problems.append(
+                    f"grant {gid}: spent {from_nano(spent)} but the audit log charged {from_nano(charged.get(gid, 0))}"
+                )
+        return problems

@@ -88,3 +88,83 @@ def test_reclassified_dataset_is_refused_at_query_time(client, alice, services: 
     r = client.post("/v1/query", json={"sql": "SELECT COUNT(*) FROM nhanes_2017", "epsilon": 0.5, "grant": GRANT},
                     headers=alice)
     assert r.status_code == 403 and r.get_json()["error"]["code"] == "grant_out_of_policy"
+
+
+# -- regressions from the independent review ---------------------------------------------------
+TARGET = "height_cm = 165.1 AND weight_kg = 97.1"  # a unique person in the demo data
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        "age * 4611686018427387904 * 4 > 0",  # INT64 overflow only on rows that reach it
+        "age * 1.0 * 99999999999999999999999999999999999.9 > 0",  # DECIMAL overflow
+        "age / 0 > 1",
+    ],
+)
+@pytest.mark.parametrize("threshold", ["4.0", "4.99"])
+def test_engine_errors_cannot_answer_membership(client, alice, bomb: str, threshold: str) -> None:  # noqa: ANN001
+    """Whether a query fails must not depend on the data: both thresholds answer 200."""
+    sql = f"SELECT COUNT(*) AS n FROM nhanes_2017 WHERE {TARGET} AND income_ratio < {threshold} AND {bomb}"
+    r = client.post("/v1/query", json={"sql": sql, "epsilon": 0.01, "grant": GRANT}, headers=alice)
+    assert r.status_code == 200, r.get_json()
+
+
+def test_avg_ignores_missing_values(client, alice, demo_data_root) -> None:  # noqa: ANN001
+    """NULLs are left out of SUM as they are of COUNT(col) (not clamped to the lower bound)."""
+    body = client.post("/v1/query", json={"sql": "SELECT AVG(height_cm) AS h FROM nhanes_2017", "epsilon": 1.0,
+                                          "grant": GRANT}, headers=alice).get_json()
+    truth = duckdb.sql(f"SELECT AVG(height_cm) FROM '{demo_data_root}/nhanes_2017.parquet'").fetchall()[0][0]
+    assert abs(body["rows"][0][0] - truth) <= body["accuracy"]["ci_halfwidth"]["h"] * 3
+
+
+def test_identifier_check_is_not_a_membership_oracle_for_requesters(client, alice, services: Services) -> None:  # noqa: ANN001
+    import io
+
+    carol = {"Authorization": f"Bearer {services.tokens.create('carol')}"}
+    views = {}
+    for seqn in ("93703", "93702"):  # in the data / not in the data
+        data = {"grant": GRANT, "title": "ids", "justification": "probe",
+                "files": (io.BytesIO(f"person_ref,value\n{seqn},1\n".encode()), "p.csv")}
+        r = client.post("/v1/exports", data=data, headers=alice, content_type="multipart/form-data")
+        assert r.status_code == 201, r.get_json()
+        mine = r.get_json()["files"][0]
+        views[seqn] = next(c for c in mine["checks"] if c["rule"] == "identifiers")
+        reviewer = client.get(f"/v1/exports/{r.get_json()['id']}", headers=carol).get_json()
+        assert "shown to reviewers only" not in str(reviewer)
+    assert views["93703"] == views["93702"]  # the requester learns nothing
+    assert "reviewers only" in views["93703"]["detail"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"sql": "SELECT COUNT(*) FROM nhanes_2017", "epsilon": 1e300, "grant": "g-2026-001"}',
+        '{"sql": "SELECT COUNT(*) FROM nhanes_2017", "epsilon": ' + "9" * 400 + ', "grant": "g-2026-001"}',
+        "[" * 30000,
+        '{"sql": "SELECT COUNT(*) FROM nhanes_2017 \\ud800", "epsilon": 0.5, "grant": "g-2026-001"}',
+        '{"sql": "SELECT COUNT(*) FROM nhanes_2017", "epsilon": 0.5, "grant": "g-\\ud800"}',
+    ],
+)
+def test_hostile_bodies_are_400_not_500(client, alice, raw: str) -> None:  # noqa: ANN001
+    r = client.post("/v1/query", data=raw, content_type="application/json", headers=alice)
+    assert r.status_code == 400, r.get_json()
+
+
+def test_huge_number_in_export_is_not_500(client, alice) -> None:  # noqa: ANN001
+    import io
+
+    data = {"grant": GRANT, "title": "big", "justification": "x",
+            "files": (io.BytesIO(("group,n\na," + "9" * 400 + "\n").encode()), "big.csv")}
+    r = client.post("/v1/exports", data=data, headers=alice, content_type="multipart/form-data")
+    assert r.status_code in (201, 400)
+
+
+def test_budget_tampering_and_missing_head_are_detected(client, alice, services: Services) -> None:  # noqa: ANN001
+    client.post("/v1/query", json={"sql": "SELECT COUNT(*) FROM nhanes_2017", "epsilon": 0.5, "grant": GRANT},
+                headers=alice)
+    assert services.ledger.reconcile() == []
+    services.db.conn.execute("UPDATE budgets SET epsilon_spent_nano = 0")
+    assert any("charges add up" in p for p in services.ledger.reconcile())
+    services.audit.head_path.unlink()
+    assert any("audit.head is missing" in p for p in services.audit.verify().problems)

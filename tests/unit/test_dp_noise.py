@@ -47,10 +47,27 @@ def test_95_percent_interval_covers_about_95_percent(sens: int, eps: float) -> N
     assert 0.945 <= coverage <= 0.975
 
 
-def test_overflow_guard() -> None:
-    with pytest.raises(BadRequest) as info:
-        add_discrete_laplace([2**62], 1, 1.0)
-    assert info.value.code == "aggregate_overflow"
+def test_huge_aggregates_saturate_instead_of_failing() -> None:
+    """Refusing after the charge would depend on the data; saturating does not."""
+    noisy, _ = add_discrete_laplace([2**70, -(2**70)], 1, 1.0)
+    assert abs(noisy[0] - 2**62) < 1000 and abs(noisy[1] + 2**62) < 1000
+
+
+def test_zero_sensitivity_is_refused() -> None:
+    with pytest.raises(BadRequest):
+        add_discrete_laplace([5], 0, 1.0)
+
+
+def test_sensitivity_uses_the_engine_integers() -> None:
+    """Half-way bounds round the way the engine clamps: ceil(low * f), floor(high * f)."""
+    from sandbox.policy.models import Column
+
+    assert Column(type="float", bounds=(0, 2.5), scale=0).fixed_bounds == (0, 2)
+    assert Column(type="float", bounds=(0, 0.125), scale=2).fixed_bounds == (0, 12)
+    assert Column(type="float", bounds=(0, 0.29), scale=2).fixed_bounds == (0, 29)
+    assert Column(type="float", bounds=(-0.5, 0.5), scale=1).fixed_bounds == (-5, 5)
+    with pytest.raises(ValueError, match="hold no value"):
+        Column(type="float", bounds=(0.1, 0.4), scale=0)
 
 
 def _plan(aggs: tuple[Aggregate, ...], keys: tuple[GroupKey, ...] = ()) -> QueryPlan:

@@ -45,7 +45,11 @@ def is_count_column(name: str, declared: Iterable[str] = ()) -> bool:
 def _number(v: object) -> float | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
-    return None if math.isnan(v) else float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an integer too large for a float: treat as not a count
+        return None
+    return None if math.isnan(f) or math.isinf(f) else f
 
 
 # -- the rules on plain numbers (ACRO semantics) ---------------------------------------------
