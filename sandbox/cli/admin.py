@@ -63,6 +63,34 @@ def datasets_register(paths, state_dir, actor):  # noqa: ANN001, ANN201
         click.echo(f"{result.grant_id}: {result.outcome}")
 
 
+@datasets.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data-root", envvar="SANDBOX_DATA_ROOT", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder with the Parquet files.")
+@STATE
+@ACTOR
+@translate_errors
+def datasets_import(paths, data_root, state_dir, actor):  # noqa: ANN001, ANN201
+    """Validate entries against their Parquet, register them, and build the engine file (with progress).
+
+    The running gateway picks the new engine file up on its next query.
+    """
+    from sandbox.catalog_check import check_dataset_against_parquet
+    from sandbox.policy.loader import load_dataset
+
+    entries = [(path, load_dataset(path)) for path in paths]
+    problems = [f"{path}: {p}" for path, ds in entries for p in check_dataset_against_parquet(ds, data_root)]
+    if problems:
+        for line in problems:
+            click.echo(line, err=True)
+        fail(f"{len(problems)} problem(s); nothing registered", 1)
+    s = services_for(state_dir, data_root)
+    for _path, ds in entries:
+        click.echo(f"{ds.id}: {s.policies.apply_dataset(ds, actor).outcome}")
+    s.engine.ensure(s.policies.datasets(), progress=lambda m: click.echo(f"engine: {m}", err=True))
+    click.echo("engine: ready")
+
+
 @datasets.command("import-demo")
 @click.option("--data-root", envvar="SANDBOX_DATA_ROOT", required=True,
               type=click.Path(file_okay=False, path_type=Path), help="Where the Parquet files are written.")

@@ -156,3 +156,17 @@ def test_usage_report_command(run, registered, state: Path) -> None:  # noqa: AN
     assert report[0]["grant"] == "g-2026-001" and report[0]["total"] == "0.00"  # public welfare: free
     assert run("usage", "report", "--period", period, "--policies", policies, "--format", "csv").startswith("period,")
     assert "period" in run("usage", "report", "--period", "2026-13", "--policies", policies, code=2)
+
+
+def test_datasets_import_registers_and_builds(run, demo_data_root: Path, state: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    files = [str(p) for p in sorted((REPO / "policies" / "datasets").glob("*.yaml"))]
+    out = run("datasets", "import", *files, "--data-root", str(demo_data_root))
+    assert "nhanes_2017: created" in out and "engine: ready" in out
+    assert list((state / "engine").glob("catalog-*.duckdb"))
+    assert "nhanes_2017" in run("datasets", "list")
+    ds = yaml.safe_load((REPO / "policies" / "datasets" / "adult_income.yaml").read_text())
+    ds["id"] = "adult_copy"
+    ds["columns"]["hours"] = {"type": "int", "bounds": [0, 99]}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(ds))
+    out = run("datasets", "import", str(tmp_path / "bad.yaml"), "--data-root", str(demo_data_root), code=1)
+    assert "columns.hours: not in" in out and "adult_copy" not in run("datasets", "list")
