@@ -72,6 +72,7 @@ class AuditLog:
     def __init__(self, db: StateDB) -> None:
         self.db = db
         self.head_path: Path = db.dir / HEAD_FILE
+        self._last_written = 0
 
     def append(self, conn: sqlite3.Connection, event: AuditEvent) -> int:
         """Append inside the caller's write transaction; returns the entry's sequence number."""
@@ -98,8 +99,9 @@ class AuditLog:
         """Record the newest committed entry in ``audit.head``; it only ever moves forward."""
         with _HEAD_LOCK:
             row = self.db.conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            if row is None or row["seq"] <= self._recorded_seq():
+            if row is None or row["seq"] <= max(self._last_written, self._recorded_seq()):
                 return
+            self._last_written = row["seq"]
             tmp = self.head_path.with_name(f"{HEAD_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_text(f"{row['seq']} {row['hash']}\n", encoding="utf-8")
             tmp.replace(self.head_path)

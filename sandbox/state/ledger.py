@@ -169,7 +169,9 @@ class Ledger:
         while True:
             outcome = self._try_charge(grant_id, user, query_id, units, cache_key, audit_detail)
             if outcome is not None:
-                self.audit.write_head()
+                if outcome.cached_response is not None:
+                    self.audit.write_head()
+                # a fresh charge moves the head when its answer is stored, one write later
                 return outcome
             if time.monotonic() > deadline:
                 raise Conflict("an identical query is still running; try again", code="query_in_flight")
