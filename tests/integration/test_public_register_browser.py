@@ -2,49 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 
 
-@pytest.fixture
-def live_server(app) -> Iterator[str]:  # noqa: ANN001
-    """The real gateway app served by werkzeug on a free port of 127.0.0.1."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
-
-
-@pytest.fixture
-def chromium() -> Iterator[object]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []
-    with playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def test_register_renders_without_javascript(chromium, live_server: str, tmp_path: Path) -> None:  # noqa: ANN001
-    context = chromium.new_context(java_script_enabled=False)
+def test_register_renders_without_javascript(browser, live_server: str, tmp_path: Path) -> None:  # noqa: ANN001
+    context = browser.new_context(java_script_enabled=False)
     try:
         page = context.new_page()
         page.goto(f"{live_server}/public/")  # redirects to the register

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import shutil
 import struct
-import threading
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 TABLE = b"sex,n\nfemale,4180\nmale,4016\n"
 
 
@@ -31,34 +26,6 @@ def _png() -> bytes:
     raw = b"".join(b"\x00" + b"\x20\x60\xa0" * 4 for _ in range(4))
     ihdr = struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-
-
-@pytest.fixture
-def live_server(app) -> Iterator[str]:  # noqa: ANN001
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists() and not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []
-    with playwright_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _login(browser, base: str, token: str, javascript: bool):  # noqa: ANN001, ANN202
