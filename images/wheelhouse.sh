@@ -4,7 +4,8 @@
 # PyPI with its own trust store), so image builds need no network and no TLS setup at all.
 #
 # Usage: images/wheelhouse.sh            (writes build/wheelhouse/, git-ignored)
-# Env:   PYTHON (default .venv/bin/python, else python3) — must be CPython 3.11 like the images.
+# Env:   PYTHON (default .venv/bin/python, else python3): the pip that downloads.
+#        SANDBOX_WHEEL_PYTHON (default 3.11.2, the base image's Python) to resolve for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-}"
@@ -21,7 +22,13 @@ import tomllib
 data = tomllib.load(open("pyproject.toml", "rb"))
 print("\n".join(data["project"]["dependencies"]))
 PYEOF
-"$PY" -m pip wheel --quiet --wheel-dir "$out" \
+# Resolve for the images' interpreter (Debian bookworm's CPython 3.11.2), not the host's:
+# binary wheels only, so nothing is compiled and the result is the same on every host.
+"$PY" -m pip download --quiet --dest "$out" \
+  --python-version "${SANDBOX_WHEEL_PYTHON:-3.11.2}" --implementation cp --abi cp311 \
+  --platform manylinux_2_36_x86_64 --platform manylinux_2_28_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+  --only-binary=:all: \
   --requirement images/hub/requirements.txt \
   --requirement images/notebook/requirements.txt \
   --requirement images/gateway/requirements.txt \

@@ -18,13 +18,13 @@ if [[ $FORCE -eq 0 ]] && docker image inspect "$TAG" >/dev/null 2>&1; then
   echo "base: $TAG already present (use --force to rebuild)"
   exit 0
 fi
-if ! command -v debootstrap >/dev/null; then
-  echo "base: debootstrap missing; install it with: apt-get install -y debootstrap" >&2
-  exit 1
-fi
 if [[ $(id -u) -ne 0 ]]; then
   echo "base: debootstrap needs root" >&2
   exit 1
+fi
+if ! command -v debootstrap >/dev/null; then
+  echo "base: installing debootstrap (Debian package)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 fi
 
 start=$(date +%s)
