@@ -223,6 +223,7 @@ class SandboxSpawner(DockerSpawner):
         from tornado.httpclient import HTTPClientError as _HTTPClientError
 
         ip, port = await super().start()
+        await report_server_event(self.user.name, self.environment.get("SANDBOX_GRANT"), "started")
         url = f"http://{ip}:{port}{self.server.base_url}api"
         deadline = time.monotonic() + self.http_timeout
         client = AsyncHTTPClient()
@@ -338,3 +339,33 @@ async def pre_spawn_hook(spawner: Any) -> None:
 
 # Grant check, sizing and environment before every spawn (above).
 c.Spawner.pre_spawn_hook = pre_spawn_hook
+
+
+async def report_server_event(user: str, grant: str | None, event: str) -> None:
+    """Tell the gateway a server started or stopped (notebook hours for usage metering).
+
+    Best effort: metering must never block a spawn or a stop, so failures are only logged.
+    """
+    body = json.dumps({"user": user, "grant": grant, "event": event})
+    req = HTTPRequest(
+        f"{GATEWAY_URL}/v1/internal/server-events",
+        method="POST",
+        body=body,
+        headers={"Authorization": f"Bearer {INTERNAL_TOKEN}", "Content-Type": "application/json"},
+        request_timeout=5,
+    )
+    try:
+        await AsyncHTTPClient().fetch(req)
+    except (HTTPClientError, OSError) as exc:
+        import logging
+
+        logging.getLogger("sandbox.hub").warning("could not report %s of %s's server: %s", event, user, exc)
+
+
+async def post_stop_hook(spawner: Any) -> None:
+    """Close the user's metered session when the server stops (for any reason)."""
+    await report_server_event(spawner.user.name, spawner.environment.get("SANDBOX_GRANT"), "stopped")
+
+
+# Notebook hours: start is reported by SandboxSpawner.start, stop here.
+c.Spawner.post_stop_hook = post_stop_hook

@@ -346,3 +346,39 @@ def test_suspending_grant_stops_servers(stack: Stack, alice: dict) -> None:
     r = requests.post(f"{stack.api}/users/alice/server",
                       headers={"Authorization": f"token {alice['token']}"}, timeout=60)
     assert r.status_code >= 400, r.text
+
+
+def test_notebook_hours_are_metered(stack: Stack, alice: dict) -> None:
+    """The hub reports starts and stops; the usage report turns them into notebook hours."""
+    period = time.strftime("%Y-%m", time.gmtime())
+    out = stack.sandbox_cli("usage", "report", "--period", period, "--format", "json").stdout
+    row = next(g for g in json.loads(out) if g["grant"] == GRANT)
+    assert row["notebook_hours"] > 0, row
+
+
+def test_revoking_grant_mid_session(stack: Stack, alice: dict) -> None:
+    """Revocation: the very next gateway call 403s, the server is stopped, spawning is refused."""
+    stack.sandbox_cli("grants", "resume", GRANT)
+    stack.start_server("alice", alice["token"])
+    ok = stack.exec_nb("alice", f"import sandbox; print(len(sandbox.connect().query({QUERY!r}, epsilon=0.1)))")
+    assert ok.stdout.strip().splitlines()[-1] == "2"
+    # a token of alice's own that outlives her server, used through the hub's proxy
+    r = requests.post(f"{stack.api}/users/alice/tokens",
+                      headers={"Authorization": f"token {alice['token']}"},
+                      json={"scopes": ["access:services!service=gateway"], "expires_in": 600}, timeout=30)
+    assert r.status_code in (200, 201), r.text
+    token = r.json()["token"]
+    out = stack.sandbox_cli("grants", "revoke", GRANT, "--reason", "e2e: breach of purpose").stdout
+    assert "revoked" in out
+    r = requests.post(f"{stack.url}/services/gateway/v1/query",
+                      json={"sql": QUERY, "epsilon": 0.2, "grant": GRANT},
+                      headers={"Authorization": f"token {token}"}, timeout=30)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "grant_revoked", r.text
+    deadline = time.monotonic() + 60
+    while run(["docker", "ps", "-q", "--filter", f"name=^{stack.notebook('alice')}$"]).stdout.strip():
+        assert time.monotonic() < deadline, "alice's server still running after revocation"
+        time.sleep(0.5)
+    r = requests.post(f"{stack.api}/users/alice/server",
+                      headers={"Authorization": f"token {alice['token']}"}, timeout=60)
+    assert r.status_code >= 400, r.text
+    assert "final" in stack.sandbox_cli("grants", "resume", GRANT, check=False).stderr
