@@ -156,10 +156,11 @@ def main() -> None:
                                check=True, capture_output=True, text=True).stdout.strip()
         port = free_port()
         t0 = time.perf_counter()
+        log = (Path(tmp) / "serve.log").open("w")  # noqa: SIM115 - open for the server's lifetime
         proc = subprocess.Popen(
             sandbox + ["serve", "--data-root", str(DATA), "--policies", str(pol), "--state", str(state),
                        "--port", str(port), "--engine-threads", str(os.cpu_count() or 2)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL, stderr=log, text=True,
         )
         url = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {token}"}
@@ -170,7 +171,7 @@ def main() -> None:
                     break
                 except requests.ConnectionError:
                     if proc.poll() is not None:
-                        raise SystemExit(proc.stderr.read()) from None
+                        raise SystemExit((Path(tmp) / "serve.log").read_text()) from None
                     time.sleep(0.2)
             ready = time.perf_counter() - t0
             print(f"gateway ready (engine import incl. contribution bound) in {ready:.1f} s")
@@ -186,9 +187,13 @@ def main() -> None:
                 print(f"{label:45} {t_raw*1e3:10.1f}ms {t_nat*1e3:8.1f}ms {t_api*1e3:8.1f}ms "
                       f"{t_api / t_raw:6.2f}x  {'met' if ok else 'MISSED'}")
             print(f"\ngateway peak memory (VmHWM): {peak_rss_mb(proc.pid):.0f} MB")
+            for line in (Path(tmp) / "serve.log").read_text().splitlines():
+                if "built in" in line:
+                    print(line.replace("engine: ", "engine file "))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+            log.close()
 
 
 if __name__ == "__main__":

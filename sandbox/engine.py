@@ -15,8 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import secrets
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -111,13 +115,30 @@ def build(
     data_root: Path,
     target: Path,
     progress: Callable[[str], None] = lambda _msg: None,
+    memory_limit: str = "1GB",
+    threads: int = 2,
 ) -> dict[str, int]:
-    """Write the engine file (atomically); returns rows kept per dataset."""
+    """Write the engine file (atomically); returns rows kept per dataset.
+
+    The build spills to ``<target dir>/spill`` rather than exceed ``memory_limit``.
+    """
     tmp = target.with_suffix(".building")
     tmp.unlink(missing_ok=True)
+    spill = target.parent / "spill"
+    spill.mkdir(exist_ok=True)
     salt = secrets.token_hex(16)
     kept: dict[str, int] = {}
-    con = duckdb.connect(str(tmp), config={"autoinstall_known_extensions": False})
+    con = duckdb.connect(
+        str(tmp),
+        config={
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "memory_limit": memory_limit,
+            "threads": threads,
+            "temp_directory": str(spill),
+            "preserve_insertion_order": False,
+        },
+    )
     try:
         for ds_id, ds in sorted(datasets.items()):
             source = data_root / ds.source
@@ -146,11 +167,81 @@ def build(
     return kept
 
 
+def _child_main() -> None:
+    """Entry point of the import child: a JSON job on stdin, JSON lines on stdout."""
+    job = json.loads(sys.stdin.read())
+
+    def say(kind: str, value: object) -> None:
+        sys.stdout.write(json.dumps([kind, value]) + "\n")
+        sys.stdout.flush()
+
+    try:
+        datasets = {k: Dataset.model_validate(v) for k, v in job["datasets"].items()}
+        kept = build(datasets, Path(job["data_root"]), Path(job["target"]), lambda m: say("progress", m),
+                     job["memory"], job["threads"])
+        say("done", kept)
+    except SandboxError as exc:
+        say("error", exc.message)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+        say("error", f"{type(exc).__name__}: {exc}")
+
+
+def build_in_child(
+    datasets: Mapping[str, Dataset],
+    data_root: Path,
+    target: Path,
+    progress: Callable[[str], None] = lambda _msg: None,
+    memory_limit: str = "4GB",
+    threads: int = 2,
+) -> dict[str, int]:
+    """Run :func:`build` in a child process, so the serving process never holds the import's
+    memory (a bounded-contribution window over tens of millions of rows)."""
+    job = {
+        "datasets": {k: v.model_dump(mode="json") for k, v in datasets.items()},
+        "data_root": str(data_root), "target": str(target), "memory": memory_limit, "threads": threads,
+    }
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from sandbox.engine import _child_main; _child_main()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(job))
+    proc.stdin.close()
+    result: dict[str, int] | None = None
+    error = "the import process ended without a result"
+    for line in proc.stdout:
+        try:
+            kind, value = json.loads(line)
+        except ValueError:
+            continue
+        if kind == "progress":
+            progress(value)
+        elif kind == "done":
+            result = value
+        else:
+            error = value
+    proc.wait()
+    if result is None:
+        raise EngineError(error, code="import_failed")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    progress(f"built in {time.monotonic() - t0:.1f} s (import process peak memory {peak:.0f} MB)")
+    return result
+
+
 class Engine:
     """Read-only, locked DuckDB over the engine file; rebuilt when the catalog changes."""
 
-    def __init__(self, data_root: Path, engine_dir: Path, threads: int = 2, memory_limit: str = "1GB") -> None:
+    def __init__(
+        self,
+        data_root: Path,
+        engine_dir: Path,
+        threads: int = 2,
+        memory_limit: str = "1GB",
+        build_memory: str = "4GB",
+    ) -> None:
         self.data_root = Path(data_root)
+        self.build_memory = build_memory
         self.engine_dir = Path(engine_dir)
         self.engine_dir.mkdir(parents=True, exist_ok=True)
         self.config = {**LOCKED_CONFIG, "threads": threads, "memory_limit": memory_limit}
@@ -169,7 +260,7 @@ class Engine:
                 return
             target = self.engine_dir / f"catalog-{fp}.duckdb"
             if not target.exists():
-                build(datasets, self.data_root, target, progress)
+                build_in_child(datasets, self.data_root, target, progress, self.build_memory, self.config["threads"])
             con = duckdb.connect(str(target), read_only=True, config=self.config)
             tables = frozenset(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
             old = self._con

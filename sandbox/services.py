@@ -26,7 +26,8 @@ class Settings:
     max_body_bytes: int = 64_000  # JSON bodies of the query API
     max_upload_bytes: int = 20_000_000  # a whole export request
     engine_threads: int = 2
-    engine_memory: str = "1GB"
+    engine_memory: str = "1GB"  # DuckDB memory limit while serving queries
+    engine_build_memory: str = "4GB"  # the import child process (contribution bound); spills beyond
     internal_token: str | None = None  # shared secret for the hub's spawn check
     today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(dt.UTC).date())
 
@@ -45,6 +46,7 @@ class Services:
             settings.state_dir / "engine",
             threads=settings.engine_threads,
             memory_limit=settings.engine_memory,
+            build_memory=settings.engine_build_memory,
         )
 
     def today(self) -> dt.date:

@@ -14,7 +14,9 @@ from sandbox.cli.common import ACTOR, DATA_ROOT, POLICIES, STATE, cli, services_
 DEMO_SQL = "SELECT sex, COUNT(*) AS n, AVG(age) AS mean_age FROM nhanes_2017 GROUP BY sex"
 
 
-def _build_services(state_dir: Path, data_root: Path, internal_token: str | None, threads: int, memory: str):  # noqa: ANN202
+def _build_services(  # noqa: ANN202
+    state_dir: Path, data_root: Path, internal_token: str | None, threads: int, memory: str, build_memory: str = "4GB"
+):
     from sandbox.services import Services, Settings
 
     return Services(
@@ -24,6 +26,7 @@ def _build_services(state_dir: Path, data_root: Path, internal_token: str | None
             internal_token=internal_token,
             engine_threads=threads,
             engine_memory=memory,
+            engine_build_memory=build_memory,
         )
     )
 
@@ -54,10 +57,13 @@ def _apply_and_warm(services, policies_dir: Path, actor: str) -> None:  # noqa: 
 )
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64), help="WSGI worker threads.")
 @click.option("--engine-threads", default=2, show_default=True, type=click.IntRange(1, 64), help="DuckDB threads.")
-@click.option("--engine-memory", default="1GB", show_default=True, help="DuckDB memory limit.")
+@click.option("--engine-memory", default="1GB", show_default=True, help="DuckDB memory limit while serving.")
+@click.option("--build-memory", default="4GB", show_default=True,
+              help="Memory limit of the import child process that builds the engine file (it spills beyond).")
 @ACTOR
 @translate_errors
-def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_threads, engine_memory, actor):  # noqa: ANN001, ANN201
+def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_threads, engine_memory, build_memory,  # noqa: ANN001, ANN201
+          actor):
     """Serve the gateway (query API, exports, review UI, public register) with waitress.
 
     Applies the policies directory at start, builds the locked engine file from the Parquet
@@ -68,7 +74,7 @@ def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_
     from gateway.app import create_app
 
     internal = os.environ.get("SANDBOX_INTERNAL_TOKEN") or None
-    services = _build_services(state_dir, data_root, internal, engine_threads, engine_memory)
+    services = _build_services(state_dir, data_root, internal, engine_threads, engine_memory, build_memory)
     _apply_and_warm(services, policies_dir, actor)
     authenticator = None
     if auth == "hub":
