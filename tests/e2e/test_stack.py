@@ -277,6 +277,21 @@ def test_no_egress(stack: Stack, alice: dict, host_http_server: int) -> None:
         pytest.skip(f"egress and DNS asserted; the DNS positive control had no resolver: {control}")
 
 
+def test_proxy_api_unreachable_from_notebook(stack: Stack, alice: dict) -> None:
+    """The proxy's REST API listens on the hub container's loopback only; the hub API answers."""
+    out = stack.exec_nb("alice", textwrap.dedent("""
+        import socket
+        def opens(host, port):
+            try:
+                socket.create_connection((host, port), timeout=3).close()
+                return True
+            except OSError:
+                return False
+        print(opens("hub", 8001), opens("hub", 8081))
+    """)).stdout.split()
+    assert out[-2:] == ["False", "True"]
+
+
 def test_kernel_token_limits(stack: Stack, alice: dict) -> None:
     kt = {"Authorization": f"token {alice['kernel_token']}"}
     # another grant: refused by the gateway
