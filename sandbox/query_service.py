@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sandbox.dp.planner import ALPHA, plan_dp, release
 from sandbox.errors import BadRequest, Forbidden, NotFound, PolicyError, SandboxError
 from sandbox.policy.models import Grant
-from sandbox.policy.rules import check_grant_fits_catalog, check_grant_usable, granted_columns
+from sandbox.policy.rules import can_use_grant, check_grant_fits_catalog, check_grant_usable, granted_columns
 from sandbox.services import Services
 from sandbox.sql.analyze import analyze
 from sandbox.state.audit import AuditEvent
@@ -86,7 +86,7 @@ def resolve_grant(services: Services, user: str, grant_id: str | None) -> Grant:
     """The grant the caller names (or their only usable one), checked now."""
     today = services.today()
     if grant_id is None:
-        usable = [g for g in services.policies.grants_for(user) if _usable(g, user, today)]
+        usable = [g for g in services.policies.grants_for(user) if can_use_grant(g, user, today)]
         if len(usable) != 1:
             raise BadRequest(
                 "name the grant: you hold "
@@ -100,14 +100,6 @@ def resolve_grant(services: Services, user: str, grant_id: str | None) -> Grant:
         raise Forbidden(f"no grant {grant_id} for {user}", code="not_a_member") from None
     check_grant_usable(grant, user, today)
     return grant
-
-
-def _usable(grant: Grant, user: str, today) -> bool:  # noqa: ANN001
-    try:
-        check_grant_usable(grant, user, today)
-    except Forbidden:
-        return False
-    return True
 
 
 def cache_key(grant_id: str, normalized_sql: str, epsilon: float) -> str:
@@ -152,11 +144,6 @@ class QueryService:
                 f"grant {grant.id} no longer fits the catalog: {exc.message}", code="grant_out_of_policy"
             ) from None
         plan = analyze(req.sql, catalog, granted_columns(grant, catalog))
-        if req.epsilon > grant.max_epsilon_per_query:
-            raise BadRequest(
-                f"epsilon {req.epsilon} is over this grant's per-query cap of {grant.max_epsilon_per_query}",
-                code="epsilon_over_cap",
-            )
         self.s.engine.ensure(catalog)
         dataset = catalog[plan.dataset]
         if not self.s.engine.has_table(dataset.id):
