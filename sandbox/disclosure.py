@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import json
 import sqlite3
 
 from sandbox.errors import BadRequest
@@ -25,21 +24,17 @@ USE_LABELS = {"commercial": "Commercial", "public_welfare": "Public welfare"}
 
 def status_changes(services: Services) -> dict[str, dt.datetime]:
     """When each grant's stored status (active/suspended/revoked) last changed, from the audit log."""
-    marks = ", ".join("?" for _ in STATUS_ACTIONS)
-    rows = services.db.read(
-        f"SELECT grant_id, action, ts, detail FROM audit WHERE action IN ({marks}) ORDER BY seq", STATUS_ACTIONS
-    )
     changed: dict[str, dt.datetime] = {}
-    for row in rows:
-        detail = json.loads(row["detail"])
-        if row["action"] == "grant.created":
+    for entry in services.audit.iter_entries(actions=STATUS_ACTIONS):
+        detail = entry.detail
+        if entry.action == "grant.created":
             moved = detail.get("grant", {}).get("status", "active") != "active"
-        elif row["action"] == "grant.changed":
+        elif entry.action == "grant.changed":
             moved = any(str(c).startswith("status:") for c in detail.get("changes", ()))
         else:
             moved = True
-        if moved and row["grant_id"]:
-            changed[row["grant_id"]] = dt.datetime.fromisoformat(row["ts"])
+        if moved and entry.grant_id:
+            changed[entry.grant_id] = dt.datetime.fromisoformat(entry.ts)
     return changed
 
 
@@ -50,12 +45,12 @@ def grant_entries(services: Services) -> list[dict]:
     changed = status_changes(services)
     entries = []
     for record in services.policies.grant_records():
-        grant = record["grant"]
+        grant = record.grant
         status = effective_status(grant, today)
         status_changed = None
         if status in ("revoked", "suspended"):
             when = changed.get(grant.id)
-            status_changed = when.date().isoformat() if when else record["updated_at"][:10]
+            status_changed = when.date().isoformat() if when else record.updated_at[:10]
         entries.append({
             "id": grant.id,
             "operator": grant.operator,
@@ -71,7 +66,7 @@ def grant_entries(services: Services) -> list[dict]:
             "status": status,
             "status_changed": status_changed,
             "reviewers_required": grant.exports.reviewers_required,
-            "applied": record["applied_at"][:10],
+            "applied": record.applied_at[:10],
         })
     return entries
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from sandbox.engine import Engine
 from sandbox.state.audit import AuditLog
+from sandbox.state.checkpoints import Checkpoints
 from sandbox.state.db import StateDB
 from sandbox.state.grants_store import PolicyStore
+from sandbox.state.keys import MacKeyring, SigningKey
 from sandbox.state.ledger import Ledger
 from sandbox.state.sessions import SessionLog
 from sandbox.state.tokens import TokenStore
@@ -29,18 +31,28 @@ class Settings:
     engine_memory: str = "1GB"  # DuckDB memory limit while serving queries
     engine_build_memory: str = "4GB"  # the import child process (contribution bound); spills beyond
     internal_token: str | None = None  # shared secret for the hub's spawn check
+    keys_dir: Path | None = None  # audit MAC keyring, signing key, admin token; default: `keys` beside state_dir
+    audit_key_file: Path | None = None  # the current audit MAC key; default: <keys_dir>/audit-mac.key
+    signing_key_file: Path | None = None  # Ed25519 checkpoint key; default: <keys_dir>/checkpoint-signing.pem
+    create_keys: bool = True  # create missing default keys on first use (off for read-only verification)
+    checkpoint_interval_s: float = 300.0  # `sandbox serve` signs a checkpoint this often (and on grant changes)
     today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(dt.UTC).date())
 
 
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = StateDB(settings.state_dir)
+        keyring = MacKeyring.for_state(settings.state_dir, settings.keys_dir, settings.audit_key_file,
+                                       create=settings.create_keys)
+        self.db = StateDB(settings.state_dir, keyring)
         self.audit = AuditLog(self.db)
-        self.policies = PolicyStore(self.db, self.audit)
+        signing = SigningKey.for_state(settings.state_dir, settings.keys_dir, settings.signing_key_file,
+                                       create=settings.create_keys)
+        self.checkpoints = Checkpoints(self.db, self.audit, signing)
+        self.policies = PolicyStore(self.db, on_grant_change=lambda _gid: self.checkpoints.sign("grant_change"))
         self.ledger = Ledger(self.db, self.audit)
         self.tokens = TokenStore(self.db)
-        self.sessions = SessionLog(self.db, self.audit)
+        self.sessions = SessionLog(self.db)
         self.engine = Engine(
             settings.data_root,
             settings.state_dir / "engine",

@@ -204,7 +204,8 @@ def submit(services: Services, user: str, *, grant_id: object, title: object, ju
     blobs = store.BlobStore(services.db)
     for f in checked:
         blobs.put(rid, f["data"])
-    with services.db.write() as conn:
+    with services.db.work() as work:
+        conn = work.conn
         _usable_grant(services, grant.id, user)  # again, inside the transaction: a revoke may have won
         ts = store.now()
         conn.execute(
@@ -215,7 +216,6 @@ def submit(services: Services, user: str, *, grant_id: object, title: object, ju
             store.insert_file(conn, rid, f["name"], f["sha256"], f["size"], f["kind"], f["checks"], 1)
         transition(services, conn, None, "submit", user, request_id=rid, grant_id=grant.id,
                    detail={"title": title_s, "files": {f["name"]: f["sha256"] for f in checked}})
-    services.audit.write_head()
     return rid
 
 
@@ -226,7 +226,8 @@ def review(services: Services, request_id: str, reviewer: str, decision: object,
     text = _text(comment, "comment", MAX_TEXT, required=decision != "approve")
     roles = services.policies.roles()
     check_reviewer(roles, reviewer)
-    with services.db.write() as conn:
+    with services.db.work() as work:
+        conn = work.conn
         row = store.request_row(conn, request_id)
         check_not_own(row, reviewer)
         if row["status"] not in OPEN:
@@ -249,30 +250,28 @@ def review(services: Services, request_id: str, reviewer: str, decision: object,
             detail["files"] = {f["name"]: f["sha256"] for f in files}
             detail["reviewers"] = [v["reviewer"] for v in votes]
             new = transition(services, conn, row, action, reviewer, detail=detail)
-    services.audit.write_head()
     return new
 
 
 def withdraw(services: Services, request_id: str, user: str, reason: str = "") -> str:
-    with services.db.write() as conn:
+    with services.db.work() as work:
+        conn = work.conn
         row = store.request_row(conn, request_id)
         check_requester(row, user)
         new = transition(services, conn, row, "withdraw", user, comment=_text(reason, "reason", MAX_TEXT,
                                                                              required=False))
-    services.audit.write_head()
     return new
 
 
 def withdraw_pending_for_grant(services: Services, grant_id: str, actor: str) -> int:
     """Withdraw every pending (open, returned or approved-not-downloaded) request of a grant."""
     count = 0
-    with services.db.write() as conn:
+    with services.db.work() as work:
+        conn = work.conn
         for row in store.list_requests(conn, grant_id=grant_id, statuses=PENDING, limit=1_000_000):
             transition(services, conn, row, "withdraw", actor, comment="grant revoked",
                        detail={"reason": "grant_revoked"})
             count += 1
-    if count:
-        services.audit.write_head()
     return count
 
 
@@ -292,7 +291,8 @@ def change_files(services: Services, request_id: str, user: str, files: list[tup
     blobs = store.BlobStore(services.db)
     for f in checked:
         blobs.put(request_id, f["data"])
-    with services.db.write() as conn:
+    with services.db.work() as work:
+        conn = work.conn
         row = store.request_row(conn, request_id)
         for name in remove:
             if not isinstance(name, str) or not store.remove_file(conn, request_id, name):
@@ -304,12 +304,12 @@ def change_files(services: Services, request_id: str, user: str, files: list[tup
             raise BadRequest("a request needs at least one file", code="no_files")
         new = transition(services, conn, row, "change_files", user, detail={
             "added": {f["name"]: f["sha256"] for f in checked}, "removed": remove})
-    services.audit.write_head()
     return new
 
 
 def resubmit(services: Services, request_id: str, user: str, comment: str = "") -> str:
-    with services.db.write() as conn:
+    with services.db.work() as work:
+        conn = work.conn
         row = store.request_row(conn, request_id)
         check_requester(row, user)
         next_state(row["status"], "resubmit")
@@ -318,19 +318,18 @@ def resubmit(services: Services, request_id: str, user: str, comment: str = "") 
         new = transition(services, conn, row, "resubmit", user,
                          comment=_text(comment, "comment", MAX_TEXT, required=False),
                          detail={"round": row["round"] + 1, "files": {f["name"]: f["sha256"] for f in files}})
-    services.audit.write_head()
     return new
 
 
-def _approved_digests(conn: sqlite3.Connection, request_id: str) -> dict[str, str]:
+def _approved_digests(services: Services, conn: sqlite3.Connection, request_id: str) -> dict[str, str]:
     """The files the approving event recorded in the hash-chained audit log."""
     ev = conn.execute(
         "SELECT audit_seq FROM export_events WHERE request_id = ? AND action = 'approve'"
         " ORDER BY id DESC LIMIT 1", (request_id,)).fetchone()
     if ev is None:
         return {}
-    audit = conn.execute("SELECT detail FROM audit WHERE seq = ?", (ev["audit_seq"],)).fetchone()
-    return json.loads(audit["detail"]).get("files", {}) if audit else {}
+    entry = services.audit.entry(ev["audit_seq"])
+    return entry.detail.get("files", {}) if entry else {}
 
 
 def _check_grant_not_stopped(services: Services, grant_id: str) -> None:
@@ -362,13 +361,14 @@ def download(services: Services, request_id: str, name: str, user: str) -> tuple
     if f is None:
         raise NotFound(f"no file {name} on this request", code="unknown_file")
     data = store.BlobStore(services.db).get(request_id, f["sha256"])
-    approved = _approved_digests(conn, request_id).get(name)
+    approved = _approved_digests(services, conn, request_id).get(name)
     if data is None or store.sha256(data) != f["sha256"] or approved != f["sha256"]:
         services.audit.record(AuditEvent(user, "export.integrity_failed", row["grant_id"], {
             "request": request_id, "file": name, "expected": approved,
             "found": store.sha256(data) if data is not None else None}))
         raise IntegrityError(f"{name}: the stored bytes differ from the approved ones; nothing was sent")
-    with services.db.write() as conn:
+    with services.db.work() as work:
+        conn = work.conn
         row = store.request_row(conn, request_id)
         if row["status"] not in ("approved", "released"):
             raise Conflict(f"the request is {row['status']}", code="not_released")
@@ -376,5 +376,4 @@ def download(services: Services, request_id: str, name: str, user: str) -> tuple
             transition(services, conn, row, "release", user, detail={"file": name})
         services.audit.append(conn, AuditEvent(user, "export.downloaded", row["grant_id"],
                                                {"request": request_id, "file": name, "sha256": f["sha256"]}))
-    services.audit.write_head()
     return f, data

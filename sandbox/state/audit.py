@@ -1,63 +1,25 @@
-"""A tamper-evident audit log: every entry holds the hash of the one before it.
+"""A tamper-evident audit log: hash-chained, every entry MACed under a key kept outside the state.
 
-``append`` must run inside a :meth:`StateDB.write` transaction, so that appends are
-serialized and an audit entry commits together with the state change it records.
-After each commit the head (sequence number and hash) is also written to ``audit.head``
-beside the database, so that cutting entries off the end is detected as well.
+Entries are written only by :meth:`StateDB.work` (see :mod:`sandbox.state.chain`), together
+with the state change they record. :meth:`AuditLog.verify` checks every link, every MAC (with
+the keyring: retired keys keep old entries verifiable) and the MACed head row, and names the
+first sequence number that disagrees.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
-import os
 import sqlite3
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-from sandbox.state.db import StateDB, register_schema
+from sandbox.errors import SandboxError
+from sandbox.state.chain import GENESIS, AuditEvent, canonical, entry_hash, head_message
+from sandbox.state.db import StateDB
+from sandbox.state.keys import MacKey
 
-register_schema(
-    """
-    CREATE TABLE IF NOT EXISTS audit (
-        seq INTEGER PRIMARY KEY,
-        ts TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        grant_id TEXT,
-        detail TEXT NOT NULL,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS audit_by_action ON audit(action);
-    CREATE INDEX IF NOT EXISTS audit_by_ts ON audit(ts)
-    """
-)
-
-GENESIS = "0" * 64
-_HEAD_LOCK = threading.Lock()
-HEAD_FILE = "audit.head"
-
-
-@dataclass(frozen=True)
-class AuditEvent:
-    actor: str
-    action: str  # e.g. query.accepted, query.refused, export.submitted, grant.revoked
-    grant_id: str | None = None
-    detail: dict | None = None
-
-
-def canonical(obj: object) -> str:
-    # ASCII escapes: any text (even a lone surrogate from a hostile client) can be stored and hashed
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-
-
-def entry_hash(prev_hash: str, seq: int, ts: str, actor: str, action: str, grant_id, detail: str) -> str:  # noqa: ANN001
-    body = canonical([seq, ts, actor, action, grant_id, detail])
-    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+__all__ = ["AuditEvent", "AuditLog", "VerifyResult", "canonical", "entry_hash", "GENESIS"]
 
 
 @dataclass(frozen=True)
@@ -66,65 +28,85 @@ class VerifyResult:
     entries: int
     head: str
     problems: tuple[str, ...]
+    first_bad: int | None = None  # the first sequence number that disagrees
+    macs_checked: bool = True
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    ts: str
+    actor: str
+    action: str
+    grant_id: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+    key_id: str | None
+    mac: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _entry(row: sqlite3.Row) -> Entry:
+    return Entry(row["seq"], row["ts"], row["actor"], row["action"], row["grant_id"], json.loads(row["detail"]),
+                 row["prev_hash"], row["hash"], row["key_id"], row["mac"])
 
 
 class AuditLog:
     def __init__(self, db: StateDB) -> None:
         self.db = db
-        self.head_path: Path = db.dir / HEAD_FILE
-        self._last_written = 0
 
+    # -- writing (always inside a unit of work) ----------------------------------------------
     def append(self, conn: sqlite3.Connection, event: AuditEvent) -> int:
-        """Append inside the caller's write transaction; returns the entry's sequence number."""
-        row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (row["seq"] + 1, row["hash"]) if row else (1, GENESIS)
-        ts = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-        detail = canonical(event.detail or {})
-        digest = entry_hash(prev, seq, ts, event.actor, event.action, event.grant_id, detail)
-        conn.execute(
-            "INSERT INTO audit (seq, ts, actor, action, grant_id, detail, prev_hash, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, ts, event.actor, event.action, event.grant_id, detail, prev, digest),
-        )
-        return seq
+        """Append inside the caller's unit of work (``with db.work()``); returns the sequence number."""
+        work = getattr(self.db._local, "work", None)
+        if work is None or work.conn is not conn:
+            raise SandboxError("audit events are appended only inside StateDB.work()", code="no_unit_of_work")
+        return work.record(event)
 
     def record(self, event: AuditEvent) -> int:
-        """Append in a transaction of its own (for events with no other state change)."""
-        with self.db.write() as conn:
-            seq = self.append(conn, event)
-        self.write_head()
-        return seq
+        """An event with no other state change (a refusal, an integrity failure), on its own."""
+        return self.db.record(event)
 
-    def write_head(self) -> None:
-        """Record the newest committed entry in ``audit.head``; it only ever moves forward."""
-        with _HEAD_LOCK:
-            row = self.db.conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            if row is None or row["seq"] <= max(self._last_written, self._recorded_seq()):
-                return
-            self._last_written = row["seq"]
-            tmp = self.head_path.with_name(f"{HEAD_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(f"{row['seq']} {row['hash']}\n", encoding="utf-8")
-            tmp.replace(self.head_path)
+    # -- reading -----------------------------------------------------------------------------
+    def entries(self, since: str | None = None) -> Iterator[dict[str, Any]]:
+        for e in self.iter_entries(since=since):
+            yield e.to_dict()
 
-    def _recorded_seq(self) -> int:
-        try:
-            return int(self.head_path.read_text(encoding="utf-8").split()[0])
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    def entries(self, since: str | None = None) -> Iterator[dict]:
-        sql = "SELECT * FROM audit"
-        params: tuple = ()
+    def iter_entries(self, *, since: str | None = None, actions: Iterable[str] | None = None,
+                     grant_id: str | None = None) -> Iterator[Entry]:
+        sql, params = "SELECT * FROM audit WHERE 1 = 1", []
         if since:
-            sql += " WHERE ts >= ?"
-            params = (since,)
+            sql += " AND ts >= ?"
+            params.append(since)
+        if actions is not None:
+            wanted = tuple(actions)
+            sql += f" AND action IN ({', '.join('?' for _ in wanted)})"
+            params.extend(wanted)
+        if grant_id is not None:
+            sql += " AND grant_id = ?"
+            params.append(grant_id)
         for row in self.db.conn.execute(sql + " ORDER BY seq", params):
-            item = dict(row)
-            item["detail"] = json.loads(item["detail"])
-            yield item
+            yield _entry(row)
 
+    def entry(self, seq: int) -> Entry | None:
+        rows = self.db.read("SELECT * FROM audit WHERE seq = ?", (seq,))
+        return _entry(rows[0]) if rows else None
+
+    def head(self) -> tuple[int, str]:
+        row = self.db.conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        return (row["seq"], row["hash"]) if row else (0, GENESIS)
+
+    def hash_at(self, seq: int) -> str | None:
+        row = self.db.conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+        return row["hash"] if row else None
+
+    # -- verifying ---------------------------------------------------------------------------
     def verify(self) -> VerifyResult:
-        problems: list[str] = []
+        keys: dict[str, MacKey] | None = self.db.keyring.all() if self.db.keyring.available() else None
+        problems: list[tuple[int, str]] = []
         prev = GENESIS
         expected_seq = 1
         count = 0
@@ -132,30 +114,50 @@ class AuditLog:
             count += 1
             seq = row["seq"]
             if seq != expected_seq:
-                problems.append(f"entry {expected_seq}: missing (next entry is {seq})")
+                problems.append((expected_seq, f"entry {expected_seq}: missing (next entry is {seq})"))
             if row["prev_hash"] != prev:
-                problems.append(f"entry {seq}: does not follow the entry before it (deleted or reordered)")
+                problems.append((seq, f"entry {seq}: does not follow the entry before it (deleted or reordered)"))
             digest = entry_hash(
                 row["prev_hash"], seq, row["ts"], row["actor"], row["action"], row["grant_id"], row["detail"]
             )
             if digest != row["hash"]:
-                problems.append(f"entry {seq}: content does not match its hash (edited)")
+                problems.append((seq, f"entry {seq}: content does not match its hash (edited)"))
+            if keys is not None:
+                problems.extend(self._check_mac(keys, seq, row["key_id"], row["hash"], row["mac"]))
             prev = row["hash"]
             expected_seq = seq + 1
-        problems.extend(self._check_head(count, prev))
-        return VerifyResult(ok=not problems, entries=count, head=prev, problems=tuple(problems))
+        problems.extend(self._check_head(keys, count, expected_seq - 1, prev))
+        first = min((s for s, _ in problems), default=None)
+        return VerifyResult(ok=not problems, entries=count, head=prev, problems=tuple(p for _, p in problems),
+                            first_bad=first, macs_checked=keys is not None)
 
-    def _check_head(self, count: int, head: str) -> list[str]:
-        if not self.head_path.exists():
-            return [f"{HEAD_FILE} is missing: the end of the log cannot be checked"] if count else []
-        try:
-            seq_text, digest = self.head_path.read_text(encoding="utf-8").split()
-            seq = int(seq_text)
-        except ValueError:
-            return [f"{HEAD_FILE}: unreadable"]
-        row = self.db.conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
-        if row is None:
-            return [f"entries after {count} are missing: {HEAD_FILE} records entry {seq}"]
-        if row["hash"] != digest:
-            return [f"entry {seq}: differs from the head recorded in {HEAD_FILE}"]
+    @staticmethod
+    def _check_mac(keys: dict[str, MacKey], seq: int, key_id: str | None, digest: str,
+                   mac: str | None) -> list[tuple[int, str]]:
+        if not key_id or not mac:
+            return [(seq, f"entry {seq}: carries no MAC (not written by the gateway's unit of work)")]
+        key = keys.get(key_id)
+        if key is None:
+            return [(seq, f"entry {seq}: MAC key {key_id} is not in the keyring")]
+        if not key.check(digest, mac):
+            return [(seq, f"entry {seq}: MAC does not match (forged or rewritten without the key)")]
         return []
+
+    def _check_head(self, keys: dict[str, MacKey] | None, count: int, last_seq: int,
+                    last_hash: str) -> list[tuple[int, str]]:
+        row = self.db.conn.execute("SELECT seq, hash, key_id, mac FROM audit_head WHERE id = 1").fetchone()
+        if row is None:
+            return [(1, "the audit head is missing: the end of the log cannot be checked")] if count else []
+        seq, digest = row["seq"], row["hash"]
+        problems: list[tuple[int, str]] = []
+        if keys is not None:
+            key = keys.get(row["key_id"])
+            if key is None or not key.check(head_message(seq, digest), row["mac"]):
+                problems.append((min(seq, last_seq + 1), "the audit head's MAC does not match (rewritten)"))
+        if seq > last_seq:
+            problems.append((last_seq + 1, f"entries after {last_seq} are missing: the head records entry {seq}"))
+        elif seq < last_seq:
+            problems.append((seq + 1, f"entries {seq + 1}..{last_seq} come after the recorded head"))
+        elif digest != last_hash:
+            problems.append((seq, f"entry {seq}: differs from the recorded head"))
+        return problems

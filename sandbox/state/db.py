@@ -1,7 +1,15 @@
-"""SQLite access: one file, WAL, a thread-local connection per thread, explicit write transactions.
+"""SQLite access and the one audited unit of work through which every state change goes.
 
-Writers take ``BEGIN IMMEDIATE`` so that check-and-charge, hash-chain appends and review
-transitions are serialized across threads *and* processes.
+One file, WAL, a thread-local connection per thread. :meth:`StateDB.work` is the only way to
+change state: it opens a ``BEGIN IMMEDIATE`` transaction (serialized across threads *and*
+processes), lets the caller write and append audit events, advances the MACed audit head and
+commits, all in one transaction. It refuses to commit a change that recorded no audit event.
+
+This is enforced by construction: every connection carries a SQLite authorizer that denies
+INSERT, UPDATE, DELETE and schema changes unless the current thread is inside a unit of work,
+and denies writes to the audit tables to everything but the chain's own appends. Prepared
+statements are not cached, so a statement authorized inside a unit of work cannot be replayed
+outside it.
 """
 
 from __future__ import annotations
@@ -12,11 +20,35 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sandbox.errors import SandboxError
+from sandbox.state import chain
+from sandbox.state.chain import AuditEvent
+from sandbox.state.keys import MacKey, MacKeyring
 
 DB_NAME = "sandbox.db"
-_SCHEMAS: list[str] = []
+_SCHEMAS: list[str] = [chain.SCHEMA]
+
+WRITE_ACTIONS = frozenset({
+    sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE,
+    sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_TEMP_INDEX,
+    sqlite3.SQLITE_CREATE_TEMP_TABLE, sqlite3.SQLITE_CREATE_TEMP_TRIGGER, sqlite3.SQLITE_CREATE_TEMP_VIEW,
+    sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_VIEW, sqlite3.SQLITE_CREATE_VTABLE,
+    sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_TEMP_INDEX,
+    sqlite3.SQLITE_DROP_TEMP_TABLE, sqlite3.SQLITE_DROP_TEMP_TRIGGER, sqlite3.SQLITE_DROP_TEMP_VIEW,
+    sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_VIEW, sqlite3.SQLITE_DROP_VTABLE,
+    sqlite3.SQLITE_ALTER_TABLE, sqlite3.SQLITE_REINDEX, sqlite3.SQLITE_ANALYZE,
+    sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH,
+})
+ROW_WRITES = frozenset({sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE})
+
+
+class UnauditedWrite(SandboxError):
+    """A unit of work changed state without recording an audit event: nothing was committed."""
+
+    status = 500
+    code = "unaudited_write"
 
 
 def register_schema(sql: str) -> str:
@@ -25,59 +57,158 @@ def register_schema(sql: str) -> str:
     return sql
 
 
+class Work:
+    """One audited unit of work: the caller's writes, their audit events, the new head."""
+
+    def __init__(self, conn: sqlite3.Connection, key: MacKey) -> None:
+        self.conn = conn
+        self.key = key
+        self.events: list[int] = []
+        self.head: tuple[int, str] | None = None
+        self.in_chain = False
+
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def record(self, event: AuditEvent) -> int:
+        """Append ``event`` to the chain inside this transaction; returns its sequence number."""
+        self.in_chain = True
+        try:
+            seq, digest = chain.append(self.conn, self.key, event)
+        finally:
+            self.in_chain = False
+        self.head = (seq, digest)
+        self.events.append(seq)
+        return seq
+
+    def _advance_head(self) -> None:
+        if self.head is None:
+            return
+        self.in_chain = True
+        try:
+            chain.set_head(self.conn, self.key, *self.head)
+        finally:
+            self.in_chain = False
+
+
 class StateDB:
-    def __init__(self, state_dir: Path | str) -> None:
+    def __init__(self, state_dir: Path | str, keyring: MacKeyring | None = None) -> None:
         self.dir = Path(state_dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SandboxError(f"{self.dir}: cannot create state directory: {exc.strerror}") from None
+        self.keyring = keyring or MacKeyring.for_state(self.dir)
         self.path = self.dir / DB_NAME
         self._local = threading.local()
         self._ensure_schema()
 
+    # -- connections -----------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False,
+                               cached_statements=0)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=60000")
+        conn.set_authorizer(self._authorize)
         return conn
+
+    def _authorize(self, action: int, arg1: str | None, arg2: str | None, _db: str | None,
+                   _source: str | None) -> int:
+        if action == sqlite3.SQLITE_PRAGMA:
+            # reading a pragma is fine; setting one is a change of the database itself
+            return sqlite3.SQLITE_OK if arg2 is None or getattr(self._local, "bootstrap", False) \
+                else sqlite3.SQLITE_DENY
+        if action not in WRITE_ACTIONS:
+            return sqlite3.SQLITE_OK
+        if getattr(self._local, "bootstrap", False):
+            return sqlite3.SQLITE_OK
+        work: Work | None = getattr(self._local, "work", None)
+        if work is None or action not in ROW_WRITES:
+            return sqlite3.SQLITE_DENY
+        if arg1 in chain.CHAIN_TABLES and not work.in_chain:
+            return sqlite3.SQLITE_DENY  # the chain is written only by Work.record
+        return sqlite3.SQLITE_OK
 
     @property
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._open()
+            self._local.bootstrap = True
+            try:
+                conn = self._open()
+            finally:
+                self._local.bootstrap = False
             self._local.conn = conn
         return conn
 
     def _ensure_schema(self) -> None:
         # import the modules that register tables, so every StateDB has every table
-        from sandbox.state import audit, grants_store, ledger, sessions, tokens  # noqa: F401
+        from sandbox.state import checkpoints, grants_store, ledger, sessions, tokens  # noqa: F401
 
         with contextlib.suppress(ImportError):
             import sandbox.exports.store  # noqa: F401
-        with self.write() as conn:
-            for script in _SCHEMAS:
-                for statement in _split(script):
-                    conn.execute(statement)
+        conn = self.conn
+        self._local.bootstrap = True
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for script in _SCHEMAS:
+                    for statement in _split(script):
+                        conn.execute(statement)
+                chain.migrate(conn)
+                for migration in _MIGRATIONS:
+                    migration(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            self._local.bootstrap = False
+
+    # -- the unit of work --------------------------------------------------------------------
+    def in_work(self) -> bool:
+        return getattr(self._local, "work", None) is not None
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction: committed on success, rolled back on any exception."""
+    def work(self) -> Iterator[Work]:
+        """One IMMEDIATE transaction: writes + audit events + head, committed together or not at all.
+
+        Nested calls on the same thread join the outer unit of work. A unit of work that changed
+        rows but recorded no audit event is rolled back (:class:`UnauditedWrite`); one that
+        changed nothing and recorded nothing simply ends.
+        """
+        outer: Work | None = getattr(self._local, "work", None)
+        if outer is not None:
+            yield outer
+            return
+        key = self.keyring.current()
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
+        work = Work(conn, key)
+        self._local.work = work
+        before = conn.total_changes
         try:
-            yield conn
+            yield work
+            if not work.events and conn.total_changes != before:
+                raise UnauditedWrite("a state change without an audit event was refused; nothing was written")
+            work._advance_head()
         except BaseException:
+            self._local.work = None
             conn.execute("ROLLBACK")
             raise
         else:
+            self._local.work = None
             conn.execute("COMMIT")
 
-    def read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    def record(self, event: AuditEvent) -> int:
+        """An audit event with no other state change, in a unit of work of its own."""
+        with self.work() as work:
+            return work.record(event)
+
+    def read(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
@@ -85,6 +216,20 @@ class StateDB:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+_MIGRATIONS: list[Any] = []
+
+
+def register_migration(fn: Any) -> Any:
+    """A function run (idempotently) on every open, after the schemas: adds columns to old files."""
+    _MIGRATIONS.append(fn)
+    return fn
+
+
+def add_column(conn: sqlite3.Connection, table: str, column: str, decl: str) -> None:
+    if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
 
 def _split(script: str) -> list[str]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sandbox.errors import Conflict, NotFound, PolicyError
 from sandbox.policy.models import Dataset, Grant, Roles
 from sandbox.policy.rules import check_grant_fits_catalog
-from sandbox.state.audit import AuditEvent, AuditLog
+from sandbox.state.chain import AuditEvent
 from sandbox.state.db import StateDB, register_schema
 from sandbox.state.ledger import Ledger
 
@@ -43,15 +45,26 @@ class ApplyResult:
     changes: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class GrantRecord:
+    """A grant in force with when it was applied and last changed (for the register and listings)."""
+
+    grant: Grant
+    status: str
+    applied_at: str
+    updated_at: str
+    status_reason: str | None
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _dump(model: Grant | Dataset | Roles) -> dict:
+def _dump(model: Grant | Dataset | Roles) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
-def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     lines = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
@@ -63,14 +76,19 @@ def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 class PolicyStore:
-    def __init__(self, db: StateDB, audit: AuditLog) -> None:
+    def __init__(self, db: StateDB, on_grant_change: Callable[[str], object] | None = None) -> None:
         self.db = db
-        self.audit = audit
+        self.on_grant_change = on_grant_change  # e.g. sign an audit checkpoint
+
+    def _grant_changed(self, grant_id: str) -> None:
+        if self.on_grant_change is not None:
+            self.on_grant_change(grant_id)
 
     # -- catalog ---------------------------------------------------------------------------
     def apply_dataset(self, dataset: Dataset, actor: str) -> ApplyResult:
         body = _dump(dataset)
-        with self.db.write() as conn:
+        with self.db.work() as work:
+            conn = work.conn
             row = conn.execute("SELECT body FROM datasets WHERE id = ?", (dataset.id,)).fetchone()
             old = json.loads(row["body"]) if row else None
             if old == body:
@@ -82,10 +100,8 @@ class PolicyStore:
                 (dataset.id, json.dumps(body), _now()),
             )
             outcome = "changed" if old else "created"
-            self.audit.append(
-                conn, AuditEvent(actor, f"dataset.{outcome}", None, {"dataset": dataset.id, "changes": changes})
-            )
-        self.audit.write_head()
+            work.record(AuditEvent(actor, f"dataset.{outcome}", None,
+                                   {"dataset": dataset.id, "changes": changes, "body": body}))
         return ApplyResult(dataset.id, outcome, changes)
 
     def datasets(self) -> dict[str, Dataset]:
@@ -97,7 +113,8 @@ class PolicyStore:
     # -- roles -----------------------------------------------------------------------------
     def apply_roles(self, roles: Roles, actor: str) -> None:
         body = json.dumps(_dump(roles))
-        with self.db.write() as conn:
+        with self.db.work() as work:
+            conn = work.conn
             row = conn.execute("SELECT body FROM roles WHERE id = 1").fetchone()
             if row and row["body"] == body:
                 return
@@ -105,8 +122,7 @@ class PolicyStore:
                 "INSERT INTO roles (id, body) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET body = excluded.body",
                 (body,),
             )
-            self.audit.append(conn, AuditEvent(actor, "roles.applied", None, _dump(roles)))
-        self.audit.write_head()
+            work.record(AuditEvent(actor, "roles.applied", None, _dump(roles)))
 
     def roles(self) -> Roles:
         rows = self.db.read("SELECT body FROM roles WHERE id = 1")
@@ -123,7 +139,7 @@ class PolicyStore:
         changes = tuple(diff(json.loads(existing["body"]), _dump(new)))
         return ApplyResult(grant.id, "changed" if changes else "unchanged", changes)
 
-    def _resolve(self, grant: Grant, existing) -> Grant:  # noqa: ANN001
+    def _resolve(self, grant: Grant, existing: Any) -> Grant:
         in_force = existing["status"]
         if in_force == "revoked":
             raise Conflict(f"grant {grant.id} was revoked; revocation is final", code="grant_revoked")
@@ -133,7 +149,8 @@ class PolicyStore:
     def apply_grant(self, grant: Grant, actor: str) -> ApplyResult:
         catalog = self.datasets()
         check_grant_fits_catalog(grant, catalog)
-        with self.db.write() as conn:
+        with self.db.work() as work:
+            conn = work.conn
             existing = conn.execute(
                 "SELECT body, status FROM grants WHERE id = ?", (grant.id,)
             ).fetchone()
@@ -153,13 +170,14 @@ class PolicyStore:
                 " updated_at = excluded.updated_at",
                 (grant.id, json.dumps(_dump(new)), new.status, now, now),
             )
-            detail = {"changes": list(changes)} if existing else {"grant": _dump(new)}
-            self.audit.append(conn, AuditEvent(actor, f"grant.{outcome}", grant.id, detail))
-        self.audit.write_head()
+            detail = {"changes": list(changes), "grant": _dump(new)} if existing else {"grant": _dump(new)}
+            work.record(AuditEvent(actor, f"grant.{outcome}", grant.id, detail))
+        self._grant_changed(grant.id)
         return ApplyResult(grant.id, outcome, changes)
 
     def set_status(self, grant_id: str, status: str, actor: str, reason: str = "") -> Grant:
-        with self.db.write() as conn:
+        with self.db.work() as work:
+            conn = work.conn
             row = conn.execute("SELECT body, status FROM grants WHERE id = ?", (grant_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no grant {grant_id} in force", code="unknown_grant")
@@ -171,13 +189,12 @@ class PolicyStore:
                 (json.dumps(_dump(grant)), status, _now(), reason or None, grant_id),
             )
             action = {"active": "resumed", "suspended": "suspended", "revoked": "revoked"}[status]
-            self.audit.append(
-                conn, AuditEvent(actor, f"grant.{action}", grant_id, {"reason": reason, "from": row["status"]})
-            )
-        self.audit.write_head()
+            work.record(AuditEvent(actor, f"grant.{action}", grant_id,
+                                   {"reason": reason, "from": row["status"], "to": status}))
+        self._grant_changed(grant_id)
         return grant
 
-    def _get_row(self, grant_id: str):  # noqa: ANN202
+    def _get_row(self, grant_id: str) -> Any:
         rows = self.db.read("SELECT * FROM grants WHERE id = ?", (grant_id,))
         return rows[0] if rows else None
 
@@ -193,15 +210,11 @@ class PolicyStore:
             for r in self.db.read("SELECT body FROM grants ORDER BY id")
         ]
 
-    def grant_records(self) -> list[dict]:
+    def grant_records(self) -> list[GrantRecord]:
         """Grants with when they were applied and last changed (for the register and listings)."""
         return [
-            {
-                "grant": Grant.model_validate(json.loads(r["body"])),
-                "applied_at": r["applied_at"],
-                "updated_at": r["updated_at"],
-                "status_reason": r["status_reason"],
-            }
+            GrantRecord(Grant.model_validate(json.loads(r["body"])), r["status"], r["applied_at"], r["updated_at"],
+                        r["status_reason"])
             for r in self.db.read("SELECT * FROM grants ORDER BY applied_at, id")
         ]
 
@@ -209,7 +222,7 @@ class PolicyStore:
         return [g for g in self.grants() if user in g.members]
 
 
-def apply_policies(store: PolicyStore, policies, actor: str) -> list[ApplyResult]:  # noqa: ANN001
+def apply_policies(store: PolicyStore, policies: Any, actor: str) -> list[ApplyResult]:
     """Apply a loaded policies directory: catalog first, then roles, then grants."""
     results = [store.apply_dataset(ds, actor) for ds in policies.datasets.values()]
     store.apply_roles(policies.roles, actor)

@@ -169,9 +169,6 @@ class Ledger:
         while True:
             outcome = self._try_charge(grant_id, user, query_id, units, cache_key, audit_detail)
             if outcome is not None:
-                if outcome.cached_response is not None:
-                    self.audit.write_head()
-                # a fresh charge moves the head when its answer is stored, one write later
                 return outcome
             if time.monotonic() > deadline:
                 raise Conflict("an identical query is still running; try again", code="query_in_flight")
@@ -180,7 +177,8 @@ class Ledger:
     def _try_charge(
         self, grant_id: str, user: str, query_id: str, units: int, cache_key: str, detail: dict
     ) -> Charge | None:
-        with self.db.write() as conn:
+        with self.db.work() as work:
+            conn = work.conn
             cached = conn.execute(
                 "SELECT query_id, status, response, created_at FROM answers WHERE cache_key = ?", (cache_key,)
             ).fetchone()
@@ -192,8 +190,7 @@ class Ledger:
                 if cached["status"] != "done":
                     return None  # its twin is being answered right now: wait for it
                 response = json.loads(cached["response"])
-                self.audit.append(
-                    conn,
+                work.record(
                     AuditEvent(
                         user, "query.replayed", grant_id,
                         {**detail, "query_id": query_id, "replay_of": cached["query_id"],
@@ -227,34 +224,28 @@ class Ledger:
                 " VALUES (?, ?, ?, 'pending', ?)",
                 (cache_key, grant_id, query_id, _now()),
             )
-            self.audit.append(
-                conn,
+            work.record(
                 AuditEvent(user, "query.charged", grant_id,
-                           {**detail, "query_id": query_id, "epsilon": from_nano(units)}),
+                           {**detail, "query_id": query_id, "epsilon": from_nano(units), "epsilon_nano": units}),
             )
             return Charge(query_id, units)
 
     def store_answer(self, cache_key: str, query_id: str, user: str, grant_id: str, response: dict) -> None:
-        with self.db.write() as conn:
-            conn.execute(
+        with self.db.work() as work:
+            work.execute(
                 "UPDATE answers SET status = 'done', response = ? WHERE cache_key = ?",
                 (json.dumps(response), cache_key),
             )
-            self.audit.append(
-                conn,
+            work.record(
                 AuditEvent(user, "query.answered", grant_id,
                            {"query_id": query_id, "answer_sha256": response.get("answer_sha256")}),
             )
-        self.audit.write_head()
 
     def forget_pending(self, cache_key: str, query_id: str, user: str, grant_id: str, reason: str) -> None:
         """The charged query failed after charging: the budget stays spent (never refunded)."""
-        with self.db.write() as conn:
-            conn.execute("DELETE FROM answers WHERE cache_key = ? AND status = 'pending'", (cache_key,))
-            self.audit.append(
-                conn, AuditEvent(user, "query.failed", grant_id, {"query_id": query_id, "reason": reason})
-            )
-        self.audit.write_head()
+        with self.db.work() as work:
+            work.execute("DELETE FROM answers WHERE cache_key = ? AND status = 'pending'", (cache_key,))
+            work.record(AuditEvent(user, "query.failed", grant_id, {"query_id": query_id, "reason": reason}))
 
     def charges(self, grant_id: str | None = None) -> list[dict]:
         sql = "SELECT query_id, grant_id, user, epsilon_nano, ts FROM charges"

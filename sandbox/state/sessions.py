@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sandbox.state.audit import AuditEvent, AuditLog
+from sandbox.state.chain import AuditEvent
 from sandbox.state.db import StateDB, register_schema
 
 register_schema(
@@ -25,31 +25,28 @@ def _now() -> str:
 
 
 class SessionLog:
-    def __init__(self, db: StateDB, audit: AuditLog) -> None:
+    def __init__(self, db: StateDB) -> None:
         self.db = db
-        self.audit = audit
 
     def started(self, user: str, grant_id: str, at: str | None = None) -> None:
-        with self.db.write() as conn:
-            conn.execute(
+        with self.db.work() as work:
+            work.execute(
                 "UPDATE sessions SET stopped_at = ? WHERE user = ? AND stopped_at IS NULL", (at or _now(), user)
             )
-            conn.execute(
+            work.execute(
                 "INSERT INTO sessions (user, grant_id, started_at) VALUES (?, ?, ?)", (user, grant_id, at or _now())
             )
-            self.audit.append(conn, AuditEvent(user, "server.started", grant_id, {}))
-        self.audit.write_head()
+            work.record(AuditEvent(user, "server.started", grant_id, {}))
 
     def stopped(self, user: str, at: str | None = None) -> None:
-        with self.db.write() as conn:
-            row = conn.execute(
+        with self.db.work() as work:
+            row = work.execute(
                 "SELECT grant_id FROM sessions WHERE user = ? AND stopped_at IS NULL", (user,)
             ).fetchone()
-            conn.execute(
+            work.execute(
                 "UPDATE sessions SET stopped_at = ? WHERE user = ? AND stopped_at IS NULL", (at or _now(), user)
             )
-            self.audit.append(conn, AuditEvent(user, "server.stopped", row["grant_id"] if row else None, {}))
-        self.audit.write_head()
+            work.record(AuditEvent(user, "server.stopped", row["grant_id"] if row else None, {}))
 
     def hours(self, grant_id: str, start: dt.datetime, end: dt.datetime) -> float:
         """Notebook hours under a grant inside [start, end); a running session counts until now."""

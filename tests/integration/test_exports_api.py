@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sqlite3
+from contextlib import closing
 
 import pytest
 
@@ -174,9 +176,9 @@ def test_tampered_bytes_are_never_released(client, auth, services) -> None:  # n
     # a consistent forgery of bytes and database row is caught by the approval in the audit chain
     forged = b"sex,n\nfemale,3\n"
     store.BlobStore(services.db).put(rid, forged)
-    with services.db.write() as conn:
-        conn.execute("UPDATE export_files SET sha256 = ? WHERE request_id = ?",
-                     (hashlib.sha256(forged).hexdigest(), rid))
+    with closing(sqlite3.connect(services.db.path, isolation_level=None)) as raw:  # an attacker's own connection
+        raw.execute("UPDATE export_files SET sha256 = ? WHERE request_id = ?",
+                    (hashlib.sha256(forged).hexdigest(), rid))
     r = client.get(f"/v1/exports/{rid}/files/table.csv", headers=auth["alice"])
     assert (r.status_code, r.json["error"]["code"]) == (409, "integrity_failed")
     blob.unlink()
@@ -312,8 +314,7 @@ def test_provenance_and_differencing_use_released_answers(client, auth, services
 def test_every_transition_is_in_the_audit_chain(client, auth, services) -> None:  # noqa: ANN001
     rid = approved(client, auth)
     client.get(f"/v1/exports/{rid}/files/table.csv", headers=auth["alice"])
-    with services.db.write() as conn:
-        events = store.events(conn, rid)
+    events = store.events(services.db.conn, rid)
     audited = {e["seq"]: e for e in services.audit.entries()}
     for ev in events:
         entry = audited[ev["audit_seq"]]

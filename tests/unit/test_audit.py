@@ -1,18 +1,37 @@
-"""The hash-chained audit log detects edited, deleted, reordered and cut-off entries."""
+"""The keyed audit chain: edits, deletions, reorderings, cut-off tails and keyless forgeries are detected.
+
+Tampering is done the way an attacker who can write the state directory would: through a
+connection of their own (the gateway's connections refuse writes outside a unit of work).
+"""
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
 
+from sandbox.errors import SandboxError
 from sandbox.state.audit import AuditEvent, AuditLog
+from sandbox.state.chain import GENESIS, entry_hash
 from sandbox.state.db import StateDB
+from sandbox.state.keys import MacKeyring
+
+
+@contextmanager
+def raw(db: StateDB) -> Iterator[sqlite3.Connection]:
+    """The attacker's own connection to the state file (no authorizer, autocommit)."""
+    with closing(sqlite3.connect(db.path, isolation_level=None)) as conn:
+        conn.row_factory = sqlite3.Row
+        yield conn
 
 
 @pytest.fixture
 def log(tmp_path: Path) -> AuditLog:
-    audit = AuditLog(StateDB(tmp_path))
+    db = StateDB(tmp_path / "state", MacKeyring(tmp_path / "keys"))
+    audit = AuditLog(db)
     for i in range(5):
         audit.record(AuditEvent("alice", "query.charged", "g-1", {"i": i, "sql": f"SELECT {i}"}))
     return audit
@@ -20,53 +39,125 @@ def log(tmp_path: Path) -> AuditLog:
 
 def test_intact_chain_verifies(log: AuditLog) -> None:
     result = log.verify()
-    assert result.ok and result.entries == 5 and not result.problems
+    assert result.ok and result.entries == 5 and not result.problems and result.macs_checked
+
+
+def test_entries_name_their_key_and_carry_a_mac(log: AuditLog) -> None:
+    kid = log.db.keyring.current().id
+    assert all(e["key_id"] == kid and len(e["mac"]) == 64 for e in log.entries())
 
 
 def test_edited_entry_detected(log: AuditLog) -> None:
-    log.db.conn.execute("UPDATE audit SET detail = '{\"i\":99}' WHERE seq = 3")
+    with raw(log.db) as conn:
+        conn.execute("UPDATE audit SET detail = '{\"i\":99}' WHERE seq = 3")
     result = log.verify()
-    assert not result.ok
+    assert not result.ok and result.first_bad == 3
     assert any("entry 3" in p and "edited" in p for p in result.problems)
 
 
 def test_deleted_entry_detected(log: AuditLog) -> None:
-    log.db.conn.execute("DELETE FROM audit WHERE seq = 2")
+    with raw(log.db) as conn:
+        conn.execute("DELETE FROM audit WHERE seq = 2")
     result = log.verify()
-    assert not result.ok
+    assert not result.ok and result.first_bad == 2
     assert any("missing" in p for p in result.problems)
 
 
 def test_reordered_entries_detected(log: AuditLog) -> None:
-    conn = log.db.conn
-    conn.execute("UPDATE audit SET seq = 100 WHERE seq = 2")
-    conn.execute("UPDATE audit SET seq = 2 WHERE seq = 4")
-    conn.execute("UPDATE audit SET seq = 4 WHERE seq = 100")
+    with raw(log.db) as conn:
+        conn.execute("UPDATE audit SET seq = 100 WHERE seq = 2")
+        conn.execute("UPDATE audit SET seq = 2 WHERE seq = 4")
+        conn.execute("UPDATE audit SET seq = 4 WHERE seq = 100")
     assert not log.verify().ok
 
 
-def test_rehashed_forgery_still_breaks_next_link(log: AuditLog) -> None:
-    """Recomputing the edited entry's own hash does not help: the next entry points elsewhere."""
-    from sandbox.state.audit import entry_hash
+def _rehash_all(conn: sqlite3.Connection, edit: dict[int, str]) -> None:
+    """Rewrite the whole chain with recomputed hashes (what someone without the MAC key can do)."""
+    prev = GENESIS
+    for row in conn.execute("SELECT * FROM audit ORDER BY seq").fetchall():
+        actor = edit.get(row["seq"], row["actor"])
+        digest = entry_hash(prev, row["seq"], row["ts"], actor, row["action"], row["grant_id"], row["detail"])
+        conn.execute("UPDATE audit SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                     (actor, prev, digest, row["seq"]))
+        prev = digest
+    last = conn.execute("SELECT seq FROM audit ORDER BY seq DESC LIMIT 1").fetchone()["seq"]
+    conn.execute("UPDATE audit_head SET seq = ?, hash = ?", (last, prev))
 
-    conn = log.db.conn
-    row = conn.execute("SELECT * FROM audit WHERE seq = 2").fetchone()
-    forged = entry_hash(row["prev_hash"], 2, row["ts"], "mallory", row["action"], row["grant_id"], row["detail"])
-    conn.execute("UPDATE audit SET actor = 'mallory', hash = ? WHERE seq = 2", (forged,))
+
+def test_rehashed_forgery_without_the_key_is_detected(log: AuditLog) -> None:
+    """Recomputing every hash and the head keeps the chain consistent, but the MACs no longer match."""
+    with raw(log.db) as conn:
+        _rehash_all(conn, {2: "mallory"})
     result = log.verify()
-    assert any("entry 3" in p for p in result.problems)
+    assert not result.ok and result.first_bad == 2
+    assert any("entry 2" in p and "MAC" in p for p in result.problems)
+    assert any("head" in p and "MAC" in p for p in result.problems)
 
 
-def test_truncated_tail_detected_by_head_file(log: AuditLog) -> None:
-    log.db.conn.execute("DELETE FROM audit WHERE seq >= 4")
+def test_truncated_tail_detected_by_the_maced_head(log: AuditLog) -> None:
+    with raw(log.db) as conn:
+        conn.execute("DELETE FROM audit WHERE seq >= 4")
     result = log.verify()
-    assert not result.ok
-    assert any("audit.head" in p for p in result.problems)
+    assert not result.ok and result.first_bad == 4
+    assert any("missing" in p and "head records entry 5" in p for p in result.problems)
+
+
+def test_truncation_with_a_rewritten_head_is_detected(log: AuditLog) -> None:
+    with raw(log.db) as conn:
+        conn.execute("DELETE FROM audit WHERE seq >= 4")
+        h = conn.execute("SELECT hash FROM audit WHERE seq = 3").fetchone()["hash"]
+        conn.execute("UPDATE audit_head SET seq = 3, hash = ?", (h,))
+    result = log.verify()
+    assert not result.ok and any("head's MAC" in p for p in result.problems)
+
+
+def test_missing_head_detected(log: AuditLog) -> None:
+    with raw(log.db) as conn:
+        conn.execute("DELETE FROM audit_head")
+    assert any("head is missing" in p for p in log.verify().problems)
 
 
 def test_chain_survives_restart(tmp_path: Path, log: AuditLog) -> None:
     log.db.close()
-    reopened = AuditLog(StateDB(tmp_path))
+    reopened = AuditLog(StateDB(tmp_path / "state", MacKeyring(tmp_path / "keys")))
     reopened.record(AuditEvent("bob", "query.charged", "g-1", {}))
     result = reopened.verify()
     assert result.ok and result.entries == 6
+
+
+def test_a_different_key_cannot_verify(tmp_path: Path, log: AuditLog) -> None:
+    """Whoever holds only the state directory (with a key of their own) does not pass verification."""
+    other = AuditLog(StateDB(tmp_path / "state", MacKeyring(tmp_path / "other-keys")))
+    other.record(AuditEvent("mallory", "grant.created", "g-evil", {}))  # MACed under mallory's key
+    result = AuditLog(StateDB(tmp_path / "state", MacKeyring(tmp_path / "keys"))).verify()
+    assert not result.ok and result.first_bad == 6
+    assert any("entry 6" in p and "not in the keyring" in p for p in result.problems)
+
+
+def test_key_rotation_keeps_old_entries_verifiable(tmp_path: Path, log: AuditLog) -> None:
+    old_id, new_id = log.db.keyring.rotate()
+    assert old_id != new_id
+    log.record(AuditEvent("bob", "query.charged", "g-1", {"after": "rotation"}))
+    result = log.verify()
+    assert result.ok, result.problems
+    ids = [e["key_id"] for e in log.entries()]
+    assert ids[:5] == [old_id] * 5 and ids[5] == new_id
+    # without the retired key the old entries no longer verify: the keyring is what keeps them
+    (tmp_path / "keys" / f"audit-mac-{old_id}.key").unlink()
+    fresh = AuditLog(StateDB(tmp_path / "state", MacKeyring(tmp_path / "keys")))
+    assert fresh.verify().first_bad == 1
+
+
+def test_key_inside_the_state_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match="inside the state directory"):
+        MacKeyring.for_state(tmp_path / "state", tmp_path / "state" / "keys")
+    with pytest.raises(SandboxError, match="inside the state directory"):
+        MacKeyring.for_state(tmp_path / "state", None, tmp_path / "state" / "mac.key")
+
+
+def test_default_key_is_created_outside_state_on_first_write(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state")
+    db.record(AuditEvent("gateway", "test.event"))
+    assert (tmp_path / "keys" / "audit-mac.key").exists()
+    assert (tmp_path / "keys" / "audit-mac.key").stat().st_mode & 0o077 == 0
+    assert not list((tmp_path / "state").glob("*.key"))

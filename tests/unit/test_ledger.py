@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.errors import BadRequest, Conflict
-from sandbox.state.audit import AuditLog
+from sandbox.state.audit import AuditEvent, AuditLog
 from sandbox.state.db import StateDB
 from sandbox.state.ledger import Ledger
 
@@ -16,8 +16,9 @@ from sandbox.state.ledger import Ledger
 def ledger(tmp_path: Path) -> Ledger:
     db = StateDB(tmp_path)
     led = Ledger(db, AuditLog(db), wait_for_twin_s=0.5)
-    with db.write() as conn:
-        Ledger.ensure_budget(conn, "g-1", 1.0, 0.0)
+    with db.work() as work:
+        Ledger.ensure_budget(work.conn, "g-1", 1.0, 0.0)
+        work.record(AuditEvent("test", "grant.created", "g-1", {}))
     return led
 
 
@@ -68,6 +69,6 @@ def test_replay_is_free_and_failed_query_is_not_refunded(ledger: Ledger) -> None
 
 
 def test_budget_never_raised(ledger: Ledger) -> None:
-    with pytest.raises(Conflict) as info, ledger.db.write() as conn:
-        Ledger.ensure_budget(conn, "g-1", 2.0, 0.0)
+    with pytest.raises(Conflict) as info, ledger.db.work() as work:
+        Ledger.ensure_budget(work.conn, "g-1", 2.0, 0.0)
     assert info.value.code == "budget_fixed"

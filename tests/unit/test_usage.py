@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import sqlite3
 import uuid
+from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 
@@ -80,8 +82,8 @@ def _usage(svc: Services, now: dt.datetime) -> None:
     _query(svc, COMMERCIAL, "dave", 0.5, "k1")  # identical query: cached replay, free
     old = _query(svc, COMMERCIAL, "dave", 0.5, "k-old")
     last_month = (_month_start(now) - dt.timedelta(days=3)).isoformat()
-    with svc.db.write() as conn:
-        conn.execute("UPDATE charges SET ts = ? WHERE query_id = ?", (last_month, old))
+    with closing(sqlite3.connect(svc.db.path, isolation_level=None)) as raw:  # back-date a charge (test setup)
+        raw.execute("UPDATE charges SET ts = ? WHERE query_id = ?", (last_month, old))
     _query(svc, DEMO, "alice", 0.3, "k-alice")
     for action in ("export.submitted", "export.submitted", "export.resubmitted", "export.reviewed"):
         svc.audit.record(AuditEvent("dave", action, COMMERCIAL, {"request": "exp-0000000000000000"}))
