@@ -43,3 +43,14 @@ def grants_csv():  # noqa: ANN201
     resp = Response(register_csv(s, year), mimetype="text/csv")
     resp.headers["Content-Disposition"] = f'attachment; filename="grants-{year}.csv"'
     return _fresh(resp)
+
+
+@bp.get("/checkpoints")
+def checkpoints_html():  # noqa: ANN201
+    doc = services().checkpoints.document()
+    return _fresh(Response(render_template("public/checkpoints.html", doc=doc), mimetype="text/html"))
+
+
+@bp.get("/checkpoints.json")
+def checkpoints_json():  # noqa: ANN201
+    return _fresh(jsonify(services().checkpoints.document()))

@@ -15,7 +15,7 @@ from sandbox.cli.common import cli
 from sandbox.errors import SandboxError
 
 # command groups register themselves on `cli`
-from sandbox.cli import admin, serve  # noqa: E402, F401  isort: skip
+from sandbox.cli import admin, audit, serve  # noqa: E402, F401  isort: skip
 
 
 def main() -> None:

@@ -1,15 +1,19 @@
-"""`sandbox datasets|grants|budget|audit` — the agency's administration commands."""
+"""`sandbox datasets|grants|budget|usage` — the agency's administration commands.
+
+Commands that change state need the admin credential (see :func:`require_admin`); the admin it
+names is the actor in the audit log.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from sandbox.cli.common import ACTOR, POLICIES, STATE, cli, fail, services_for, translate_errors
+from sandbox.cli.common import POLICIES, STATE, cli, fail, require_admin, services_for, translate_errors
+from sandbox.cli.tables import print_table
 
 
 # -- datasets --------------------------------------------------------------------------------
@@ -51,13 +55,14 @@ def datasets_validate(paths, data_root):  # noqa: ANN001, ANN201
 @datasets.command("register")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @STATE
-@ACTOR
 @translate_errors
-def datasets_register(paths, state_dir, actor):  # noqa: ANN001, ANN201
+def datasets_register(paths, state_dir):  # noqa: ANN001, ANN201
     """Register (or update) catalog entries from YAML files."""
     from sandbox.policy.loader import load_dataset
 
-    store = services_for(state_dir).policies
+    s = services_for(state_dir)
+    actor = require_admin(s)
+    store = s.policies
     for path in paths:
         result = store.apply_dataset(load_dataset(path), actor)
         click.echo(f"{result.grant_id}: {result.outcome}")
@@ -68,9 +73,8 @@ def datasets_register(paths, state_dir, actor):  # noqa: ANN001, ANN201
 @click.option("--data-root", envvar="SANDBOX_DATA_ROOT", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder with the Parquet files.")
 @STATE
-@ACTOR
 @translate_errors
-def datasets_import(paths, data_root, state_dir, actor):  # noqa: ANN001, ANN201
+def datasets_import(paths, data_root, state_dir):  # noqa: ANN001, ANN201
     """Validate entries against their Parquet, register them, and build the engine file (with progress).
 
     The running gateway picks the new engine file up on its next query.
@@ -78,13 +82,14 @@ def datasets_import(paths, data_root, state_dir, actor):  # noqa: ANN001, ANN201
     from sandbox.catalog_check import check_dataset_against_parquet
     from sandbox.policy.loader import load_dataset
 
+    s = services_for(state_dir, data_root)
+    actor = require_admin(s)
     entries = [(path, load_dataset(path)) for path in paths]
     problems = [f"{path}: {p}" for path, ds in entries for p in check_dataset_against_parquet(ds, data_root)]
     if problems:
         for line in problems:
             click.echo(line, err=True)
         fail(f"{len(problems)} problem(s); nothing registered", 1)
-    s = services_for(state_dir, data_root)
     for _path, ds in entries:
         click.echo(f"{ds.id}: {s.policies.apply_dataset(ds, actor).outcome}")
     s.engine.ensure(s.policies.datasets(), progress=lambda m: click.echo(f"engine: {m}", err=True))
@@ -121,22 +126,22 @@ def _provisioner():  # noqa: ANN202
 @grants.command("apply")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @STATE
-@ACTOR
 @click.option("--dry-run", is_flag=True, help="Show the diff against what is in force; change nothing.")
 @translate_errors
-def grants_apply(path, state_dir, actor, dry_run):  # noqa: ANN001, ANN201
+def grants_apply(path, state_dir, dry_run):  # noqa: ANN001, ANN201
     """Validate PATH, show the diff against what is in force, and apply it."""
     from sandbox.policy.loader import load_grant
 
     grant = load_grant(path)
-    store = services_for(state_dir).policies
+    s = services_for(state_dir)
+    store = s.policies
     plan = store.plan_grant(grant)
     for line in plan.changes:
         click.echo(f"  {line}")
     if dry_run:
         click.echo(f"{grant.id}: would be {plan.outcome}")
         return
-    result = store.apply_grant(grant, actor)
+    result = store.apply_grant(grant, require_admin(s))
     click.echo(f"{grant.id}: {result.outcome}")
     hub = _provisioner()
     if hub is not None:
@@ -167,14 +172,17 @@ def grants_list(state_dir, fmt):  # noqa: ANN001, ANN201
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'ID':16} {'STATUS':10} {'UNTIL':10} {'EPSILON':>13}  OPERATOR")
-    for r in rows:
-        eps = f"{r['epsilon_spent']:.3f}/{r['epsilon_total']:g}"
-        click.echo(f"{r['id']:16} {r['status']:10} {r['valid_until']:10} {eps:>13}  {r['operator']}")
+    print_table(
+        ["ID", "STATUS", "UNTIL", "EPSILON", "OPERATOR"],
+        [[r["id"], r["status"], r["valid_until"], f"{r['epsilon_spent']:.3f}/{r['epsilon_total']:g}", r["operator"]]
+         for r in rows],
+        right=("EPSILON",),
+    )
 
 
-def _set_status(grant_id: str, status: str, state_dir: Path, actor: str, reason: str) -> None:
+def _set_status(grant_id: str, status: str, state_dir: Path, reason: str) -> None:
     s = services_for(state_dir)
+    actor = require_admin(s)
     grant = s.policies.set_status(grant_id, status, actor, reason)
     click.echo(f"{grant_id}: {status}")
     if status == "revoked":
@@ -194,34 +202,31 @@ def _set_status(grant_id: str, status: str, state_dir: Path, actor: str, reason:
 @grants.command("suspend")
 @click.argument("grant_id")
 @STATE
-@ACTOR
 @click.option("--reason", default="", help="Recorded in the audit log.")
 @translate_errors
-def grants_suspend(grant_id, state_dir, actor, reason):  # noqa: ANN001, ANN201
+def grants_suspend(grant_id, state_dir, reason):  # noqa: ANN001, ANN201
     """Suspend a grant: every gateway call under it gets 403 until resumed."""
-    _set_status(grant_id, "suspended", state_dir, actor, reason)
+    _set_status(grant_id, "suspended", state_dir, reason)
 
 
 @grants.command("resume")
 @click.argument("grant_id")
 @STATE
-@ACTOR
 @click.option("--reason", default="", help="Recorded in the audit log.")
 @translate_errors
-def grants_resume(grant_id, state_dir, actor, reason):  # noqa: ANN001, ANN201
+def grants_resume(grant_id, state_dir, reason):  # noqa: ANN001, ANN201
     """Resume a suspended grant (a revoked grant cannot be resumed)."""
-    _set_status(grant_id, "active", state_dir, actor, reason)
+    _set_status(grant_id, "active", state_dir, reason)
 
 
 @grants.command("revoke")
 @click.argument("grant_id")
 @STATE
-@ACTOR
 @click.option("--reason", required=True, help="Why; recorded in the audit log and the public register.")
 @translate_errors
-def grants_revoke(grant_id, state_dir, actor, reason):  # noqa: ANN001, ANN201
+def grants_revoke(grant_id, state_dir, reason):  # noqa: ANN001, ANN201
     """Revoke a grant, finally: 403 from now on, servers stopped, pending exports withdrawn."""
-    _set_status(grant_id, "revoked", state_dir, actor, reason)
+    _set_status(grant_id, "revoked", state_dir, reason)
 
 
 # -- budget ----------------------------------------------------------------------------------
@@ -243,60 +248,6 @@ def budget_show(grant_id, state_dir):  # noqa: ANN001, ANN201
         click.echo(
             f"{gid}: epsilon total {b.epsilon_total:g}, spent {b.epsilon_spent:g}, remaining {b.epsilon_remaining:g}"
         )
-
-
-# -- audit -----------------------------------------------------------------------------------
-@cli.group()
-def audit() -> None:
-    """The hash-chained audit log."""
-
-
-@audit.command("verify")
-@STATE
-@translate_errors
-def audit_verify(state_dir):  # noqa: ANN001, ANN201
-    """Check every link of the chain and that budgets match the charges it records; exit 1 on any problem."""
-    s = services_for(state_dir)
-    result = s.audit.verify()
-    problems = [*result.problems, *s.ledger.reconcile()]
-    for problem in problems:
-        click.echo(f"TAMPERED: {problem}", err=True)
-    if problems:
-        fail(f"audit log verification failed ({len(problems)} problem(s))", 1)
-    click.echo(f"audit log intact: {result.entries} entries, head {result.head}")
-
-
-@audit.command("export")
-@STATE
-@click.option("--since", default=None, help="Only entries on or after this date (YYYY-MM-DD).")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write to a file instead of standard output.")
-@translate_errors
-def audit_export(state_dir, since, fmt, output):  # noqa: ANN001, ANN201
-    """Export entries (with their hashes, so the chain can be re-verified) for audit authorities."""
-    import datetime as dt
-
-    if since:
-        try:
-            dt.date.fromisoformat(since)
-        except ValueError:
-            fail(f"--since must be a date like 2026-12-01, not {since!r}", 2)
-    entries = services_for(state_dir).audit.entries(since)
-    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
-    try:
-        if fmt == "jsonl":
-            for e in entries:
-                out.write(json.dumps(e, ensure_ascii=False) + "\n")
-        else:
-            fields = ["seq", "ts", "actor", "action", "grant_id", "detail", "prev_hash", "hash"]
-            writer = csv.DictWriter(out, fieldnames=fields)
-            writer.writeheader()
-            for e in entries:
-                writer.writerow({**e, "detail": json.dumps(e["detail"], ensure_ascii=False)})
-    finally:
-        if output:
-            out.close()
 
 
 # -- usage -----------------------------------------------------------------------------------
@@ -322,8 +273,9 @@ def usage_report_cmd(state_dir, policies_dir, period, fmt):  # noqa: ANN001, ANN
     elif fmt == "json":
         click.echo(json.dumps(report, indent=2))
     else:
-        for g in report:
-            click.echo(
-                f"{g['grant']:16} {g['use']:15} queries {g['queries']:5}  epsilon {g['epsilon']:8.3f}  "
-                f"exports {g['exports']:3}  notebook h {g['notebook_hours']:7.2f}  total {g['total']} {g['currency']}"
-            )
+        print_table(
+            ["GRANT", "USE", "QUERIES", "EPSILON", "EXPORTS", "NOTEBOOK H", "TOTAL"],
+            [[g["grant"], g["use"], g["queries"], f"{g['epsilon']:.3f}", g["exports"], f"{g['notebook_hours']:.2f}",
+              f"{g['total']} {g['currency']}"] for g in report],
+            right=("QUERIES", "EPSILON", "EXPORTS", "NOTEBOOK H", "TOTAL"),
+        )

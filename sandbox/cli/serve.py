@@ -1,4 +1,4 @@
-"""`sandbox serve`, `sandbox demo` and `sandbox tokens`."""
+"""`sandbox serve` and `sandbox demo`."""
 
 from __future__ import annotations
 
@@ -9,26 +9,70 @@ from pathlib import Path
 
 import click
 
-from sandbox.cli.common import ACTOR, DATA_ROOT, POLICIES, STATE, cli, services_for, translate_errors
+from sandbox.cli.common import (
+    ADMIN_TOKEN_ENV,
+    DATA_ROOT,
+    POLICIES,
+    STATE,
+    admin_token_path,
+    cli,
+    settings_for,
+    translate_errors,
+)
+
+STARTUP_ACTOR = "gateway:startup"  # policies applied by the gateway itself when it starts
 
 DEMO_SQL = "SELECT sex, COUNT(*) AS n, AVG(age) AS mean_age FROM nhanes_2017 GROUP BY sex"
 
 
 def _build_services(  # noqa: ANN202
-    state_dir: Path, data_root: Path, internal_token: str | None, threads: int, memory: str, build_memory: str = "4GB"
+    state_dir: Path, data_root: Path, internal_token: str | None, threads: int, memory: str, build_memory: str = "4GB",
+    checkpoint_interval: float = 300.0,
 ):
-    from sandbox.services import Services, Settings
+    from sandbox.services import Services
 
     return Services(
-        Settings(
-            state_dir=state_dir,
-            data_root=data_root,
+        settings_for(
+            state_dir,
+            data_root,
             internal_token=internal_token,
             engine_threads=threads,
             engine_memory=memory,
             engine_build_memory=build_memory,
+            checkpoint_interval_s=checkpoint_interval,
         )
     )
+
+
+def ensure_admin(services) -> None:  # noqa: ANN001
+    """At install (first start): the admin credential from the environment, or a new one in the keys dir."""
+    from sandbox.state.files import atomic_write
+
+    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if token:
+        if not services.tokens.known(token):  # a revoked credential is never registered again
+            user = os.environ.get("SANDBOX_ADMIN_USER", "admin")
+            services.tokens.register(token, user, STARTUP_ACTOR, scope="admin")
+            click.echo(f"admin credential for {user} registered from {ADMIN_TOKEN_ENV}", err=True)
+        return
+    if services.tokens.has_admin():
+        return
+    path = admin_token_path(services)
+    try:
+        created = services.tokens.create("admin", actor=STARTUP_ACTOR, scope="admin")
+        atomic_write(path, created.encode() + b"\n", 0o600)
+    except OSError as exc:
+        click.echo(f"warning: no admin credential written ({exc}); run `sandbox admin init`", err=True)
+        return
+    click.echo(f"admin credential created: {path} (admin CLI commands read it from there)", err=True)
+
+
+def _start_checkpoints(services) -> None:  # noqa: ANN001
+    from sandbox.state.checkpoints import Checkpointer
+
+    services.checkpoints.sign("startup")
+    if services.settings.checkpoint_interval_s > 0:
+        Checkpointer(services.checkpoints, services.settings.checkpoint_interval_s).start()
 
 
 def _apply_and_warm(services, policies_dir: Path, actor: str) -> None:  # noqa: ANN001
@@ -60,10 +104,13 @@ def _apply_and_warm(services, policies_dir: Path, actor: str) -> None:  # noqa: 
 @click.option("--engine-memory", default="1GB", show_default=True, help="DuckDB memory limit while serving.")
 @click.option("--build-memory", default="4GB", show_default=True,
               help="Memory limit of the import child process that builds the engine file (it spills beyond).")
-@ACTOR
+@click.option("--checkpoint-interval", default=300.0, show_default=True, type=click.FloatRange(0),
+              envvar="SANDBOX_CHECKPOINT_INTERVAL",
+              help="Seconds between signed audit checkpoints (also signed on every grant change; 0: only then). "
+                   "Env: SANDBOX_CHECKPOINT_INTERVAL.")
 @translate_errors
 def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_threads, engine_memory, build_memory,  # noqa: ANN001, ANN201
-          actor):
+          checkpoint_interval):
     """Serve the gateway (query API, exports, review UI, public register) with waitress.
 
     Applies the policies directory at start, builds the locked engine file from the Parquet
@@ -74,8 +121,11 @@ def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_
     from gateway.app import create_app
 
     internal = os.environ.get("SANDBOX_INTERNAL_TOKEN") or None
-    services = _build_services(state_dir, data_root, internal, engine_threads, engine_memory, build_memory)
-    _apply_and_warm(services, policies_dir, actor)
+    services = _build_services(state_dir, data_root, internal, engine_threads, engine_memory, build_memory,
+                               checkpoint_interval)
+    ensure_admin(services)
+    _apply_and_warm(services, policies_dir, STARTUP_ACTOR)
+    _start_checkpoints(services)
     authenticator = None
     if auth == "hub":
         from gateway.hub_auth import HubAuthenticator
@@ -107,9 +157,11 @@ def demo(data_root, policies_dir, state_dir, host, port, user):  # noqa: ANN001,
 
     import_demo(data_root, progress=lambda m: click.echo(f"demo data: {m}", err=True))
     services = _build_services(state_dir, data_root, None, 2, "1GB")
-    _apply_and_warm(services, policies_dir, "demo")
-    token = services.tokens.create(user)
-    reviewer = services.tokens.create("carol")
+    ensure_admin(services)
+    _apply_and_warm(services, policies_dir, STARTUP_ACTOR)
+    _start_checkpoints(services)
+    token = services.tokens.create(user, actor="gateway:demo")
+    reviewer = services.tokens.create("carol", actor="gateway:demo")
     url = f"http://{host}:{port}"
     example = json.dumps({"sql": DEMO_SQL, "epsilon": 0.5, "grant": "g-2026-001"})
     click.echo(
@@ -122,34 +174,11 @@ Try:
     -d '{example}' \\
     {url}/v1/query
   curl -s -H 'Authorization: Bearer {token}' {url}/v1/budget
-Public register: {url}/public/grants
+Public register: {url}/public/grants   signed audit checkpoints: {url}/public/checkpoints
+Admin credential: {admin_token_path(services)}
 """
     )
     waitress.serve(create_app(services=services), host=host, port=port, threads=8, ident="sandbox-gateway")
-
-
-@cli.group()
-def tokens() -> None:
-    """Embedded-mode API tokens (inside the stack the hub token is used instead)."""
-
-
-@tokens.command("create")
-@click.argument("user")
-@STATE
-@translate_errors
-def tokens_create(user, state_dir):  # noqa: ANN001, ANN201
-    """Create a token for USER and print it (only its hash is stored)."""
-    click.echo(services_for(state_dir).tokens.create(user))
-
-
-@tokens.command("revoke")
-@click.argument("user")
-@STATE
-@translate_errors
-def tokens_revoke(user, state_dir):  # noqa: ANN001, ANN201
-    """Revoke every token of USER."""
-    n = services_for(state_dir).tokens.revoke_user(user)
-    click.echo(f"revoked {n} token(s) of {user}")
 
 
 def new_internal_token() -> str:

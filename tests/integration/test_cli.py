@@ -24,13 +24,16 @@ def state(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def run(state: Path):  # noqa: ANN201
+    """The CLI as the admin: `sandbox admin init` at install wrote the credential to <keys>/admin.token."""
     runner = CliRunner()
 
-    def invoke(*args: str, code: int = 0) -> str:
-        result = runner.invoke(cli, [*args], env={"SANDBOX_STATE": str(state)}, catch_exceptions=False)
+    def invoke(*args: str, code: int = 0, env: dict[str, str] | None = None) -> str:
+        result = runner.invoke(cli, [*args], env={"SANDBOX_STATE": str(state), "SANDBOX_ADMIN_TOKEN": "",
+                                                  **(env or {})}, catch_exceptions=False)
         assert result.exit_code == code, result.output
         return result.output
 
+    assert "admin credential for admin written to" in invoke("admin", "init")
     return invoke
 
 
@@ -139,10 +142,14 @@ def test_datasets_validate_against_parquet(run, demo_data_root: Path, tmp_path: 
 
 def test_real_entry_point(tmp_path: Path) -> None:
     exe = shutil.which("sandbox") or str(Path(sys.executable).parent / "sandbox")
-    out = subprocess.run([exe, "tokens", "create", "bob", "--state", str(tmp_path)],
+    state = str(tmp_path / "state")
+    refused = subprocess.run([exe, "tokens", "create", "bob", "--state", state], capture_output=True, text=True)
+    assert refused.returncode == 1 and "needs an admin credential" in refused.stderr
+    subprocess.run([exe, "admin", "init", "--state", state], capture_output=True, text=True, check=True)
+    out = subprocess.run([exe, "tokens", "create", "bob", "--state", state],
                          capture_output=True, text=True, check=True)
     assert out.stdout.startswith("sbx_")
-    bad = subprocess.run([exe, "grants", "suspend", "nope", "--state", str(tmp_path)], capture_output=True, text=True)
+    bad = subprocess.run([exe, "grants", "suspend", "nope", "--state", state], capture_output=True, text=True)
     assert bad.returncode == 1 and "no grant nope" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -170,3 +177,58 @@ def test_datasets_import_registers_and_builds(run, demo_data_root: Path, state: 
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(ds))
     out = run("datasets", "import", str(tmp_path / "bad.yaml"), "--data-root", str(demo_data_root), code=1)
     assert "columns.hours: not in" in out and "adult_copy" not in run("datasets", "list")
+
+
+MUTATING = [
+    ("datasets", "register", str(REPO / "policies" / "datasets" / "nhanes_2017.yaml")),
+    ("grants", "apply", str(REPO / "policies" / "grants" / "g-2026-001.yaml")),
+    ("grants", "suspend", "g-2026-001"),
+    ("grants", "resume", "g-2026-001"),
+    ("grants", "revoke", "g-2026-001", "--reason", "x"),
+    ("tokens", "create", "mallory"),
+    ("tokens", "revoke", "alice"),
+    ("audit", "rotate-key"),
+    ("audit", "checkpoint"),
+    ("admin", "init", "--user", "mallory"),
+]
+
+
+@pytest.mark.parametrize("args", MUTATING, ids=lambda a: " ".join(a[:2]))
+def test_commands_that_change_state_need_the_admin_credential(run, registered, state: Path, tmp_path: Path,  # noqa: ANN001
+                                                              args: tuple[str, ...]) -> None:
+    before = len(run("audit", "export").splitlines())
+    api_token = run("tokens", "create", "alice").strip()  # a valid token, but not an admin credential
+    for presented in ({"SANDBOX_ADMIN_TOKEN_FILE": str(tmp_path / "none")},
+                      {"SANDBOX_ADMIN_TOKEN": "sbxadm_guessed"},
+                      {"SANDBOX_ADMIN_TOKEN": api_token}):
+        out = run(*args, code=1, env=presented)
+        assert "needs an admin credential" in out
+    assert len(run("audit", "export").splitlines()) == before + 1  # only the token.created above
+
+
+def test_the_actor_is_who_the_credential_says(run, registered, state: Path) -> None:  # noqa: ANN001
+    run("grants", "apply", str(REPO / "policies" / "grants" / "g-2026-001.yaml"))
+    assert "No such option" in run("grants", "suspend", "g-2026-001", "--actor", "someone", code=2)
+    run("grants", "suspend", "g-2026-001", "--reason", "check")
+    token = run("tokens", "create", "alice").strip()
+    run("tokens", "revoke", "alice")
+    entries = [json.loads(line) for line in run("audit", "export").splitlines()]
+    by_action = {e["action"]: e for e in entries}
+    assert entries[0]["action"] == "token.created" and entries[0]["actor"].startswith("os:")  # admin init
+    assert entries[0]["detail"]["scope"] == "admin"
+    assert by_action["grant.created"]["actor"] == "admin"
+    assert by_action["grant.suspended"]["actor"] == "admin"
+    created = [e for e in entries if e["action"] == "token.created" and e["detail"]["user"] == "alice"]
+    assert created and created[0]["actor"] == "admin"
+    assert token not in json.dumps(entries)  # only its hash is logged
+    assert by_action["token.revoked"]["actor"] == "admin" and by_action["token.revoked"]["detail"]["user"] == "alice"
+
+
+def test_a_second_admin_needs_the_first(run, state: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    other = tmp_path / "other.token"
+    out = run("admin", "init", "--user", "mallory", "--output", str(other), code=1,
+              env={"SANDBOX_ADMIN_TOKEN_FILE": str(tmp_path / "none")})
+    assert "needs an admin credential" in out and not other.exists()
+    run("admin", "init", "--user", "dana", "--output", str(other))
+    assert other.stat().st_mode & 0o077 == 0
+    assert run("admin", "whoami", env={"SANDBOX_ADMIN_TOKEN_FILE": str(other)}).strip() == "dana"
