@@ -19,6 +19,7 @@ from sandbox.state.db import StateDB
 
 MISSING = "(no row)"
 ABSENT = "(no event)"
+PRESENT = "(present)"
 STATUS_ACTIONS = {"grant.suspended": "suspended", "grant.resumed": "active", "grant.revoked": "revoked"}
 NANO = 1_000_000_000
 
@@ -37,7 +38,7 @@ class Divergence:
 
 
 def _show(value: Any) -> str:
-    return value if value in (MISSING, ABSENT) else json.dumps(value, default=str)
+    return value if value in (MISSING, ABSENT, PRESENT) else json.dumps(value, default=str)
 
 
 def _nano(epsilon: Any) -> int:
@@ -118,8 +119,8 @@ def _body_diff(table: str, key: str, in_table: Any, from_log: Any, prefix: str =
 
 
 def _keys(table_rows: dict[str, Any], log_rows: dict[str, Any], table: str) -> list[Divergence]:
-    out = [Divergence(table, k, "row", "present", ABSENT) for k in sorted(set(table_rows) - set(log_rows))]
-    out += [Divergence(table, k, "row", MISSING, "present") for k in sorted(set(log_rows) - set(table_rows))]
+    out = [Divergence(table, k, "row", PRESENT, ABSENT) for k in sorted(set(table_rows) - set(log_rows))]
+    out += [Divergence(table, k, "row", MISSING, PRESENT) for k in sorted(set(log_rows) - set(table_rows))]
     return out
 
 
@@ -180,7 +181,7 @@ def _charges(db: StateDB, log: Replayed) -> list[Divergence]:
     for r in db.read("SELECT query_id, status, response FROM answers"):
         qid = r["query_id"]
         if qid not in log.charges:
-            out.append(Divergence("answers", qid, "row", "present", ABSENT))
+            out.append(Divergence("answers", qid, "row", PRESENT, ABSENT))
         elif r["status"] == "done":
             have = (json.loads(r["response"]) or {}).get("answer_sha256") if r["response"] else None
             if qid not in log.answers:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
+
 import duckdb
 import pytest
 
@@ -164,7 +167,10 @@ def test_budget_tampering_and_missing_head_are_detected(client, alice, services:
     client.post("/v1/query", json={"sql": "SELECT COUNT(*) FROM nhanes_2017", "epsilon": 0.5, "grant": GRANT},
                 headers=alice)
     assert services.ledger.reconcile() == []
-    services.db.conn.execute("UPDATE budgets SET epsilon_spent_nano = 0")
+    with pytest.raises(sqlite3.DatabaseError, match="not authorized"):  # not through the gateway's connections
+        services.db.conn.execute("UPDATE budgets SET epsilon_spent_nano = 0")
+    with closing(sqlite3.connect(services.db.path, isolation_level=None)) as raw:  # the attacker's own
+        raw.execute("UPDATE budgets SET epsilon_spent_nano = 0")
+        raw.execute("DELETE FROM audit_head")
     assert any("charges add up" in p for p in services.ledger.reconcile())
-    services.audit.head_path.unlink()
-    assert any("audit.head is missing" in p for p in services.audit.verify().problems)
+    assert any("head is missing" in p for p in services.audit.verify().problems)

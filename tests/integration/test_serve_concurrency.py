@@ -35,6 +35,7 @@ def served(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path):  # noqa
     state = tmp_path / "state"
     shutil.copytree(warm_engine_dir, state / "engine")
     cmd = [sys.executable, "-m", "sandbox.cli"]
+    subprocess.run(cmd + ["admin", "init", "--state", str(state)], check=True, capture_output=True)
     token = subprocess.run(cmd + ["tokens", "create", "alice", "--state", str(state)],
                            check=True, capture_output=True, text=True).stdout.strip()
     port = _free_port()
