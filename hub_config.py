@@ -2,8 +2,8 @@
 
 What it sets up:
 
-- **Authentication**: a demo password authenticator (salted PBKDF2 hashes passed in by
-  ``scripts/stack``, never plain text) or, with ``SANDBOX_AUTHENTICATOR=oidc``, OAuth2/OIDC
+- **Authentication**: a demo password authenticator (salted hashes made by
+  ``werkzeug.security`` in ``scripts/stack``, never plain text) or, with ``SANDBOX_AUTHENTICATOR=oidc``, OAuth2/OIDC
   through ``oauthenticator.generic.GenericOAuthenticator`` (see docs/stack.md).
 - **The gateway as a hub service**: notebooks call it directly on the internal network;
   browsers reach it through the proxy at ``/services/gateway/``. The kernel's token carries
@@ -20,9 +20,6 @@ docker-compose.yml); every setting below says why it is there.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 from typing import Any
@@ -32,6 +29,7 @@ from jupyterhub.auth import Authenticator
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Dict as DictTrait
+from werkzeug.security import check_password_hash, generate_password_hash
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
 
@@ -88,35 +86,29 @@ c.Spawner.default_url = "/lab"
 # ---------------------------------------------------------------------------------------
 
 
-def hash_password(password: str, salt: bytes | None = None, rounds: int = 200_000) -> str:
-    """``pbkdf2_sha256$rounds$salt$hash`` (what scripts/stack puts in SANDBOX_DEMO_LOGINS)."""
-    salt = salt or os.urandom(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, rounds)
-    b64 = base64.urlsafe_b64encode
-    return f"pbkdf2_sha256${rounds}${b64(salt).decode()}${b64(digest).decode()}"
+PASSWORD_METHOD = "pbkdf2:sha256:600000"  # werkzeug's format: method$salt$hash (what scripts/stack writes)
+
+
+def hash_password(password: str) -> str:
+    return generate_password_hash(password, method=PASSWORD_METHOD)
 
 
 def verify_password(password: str, encoded: str) -> bool:
-    """Constant-time check of ``password`` against :func:`hash_password`'s output."""
+    """Constant-time check with werkzeug.security; a malformed hash never matches."""
     try:
-        algo, rounds, salt, digest = encoded.split("$")
-    except ValueError:
+        return check_password_hash(encoded, password)
+    except (ValueError, TypeError):
         return False
-    if algo != "pbkdf2_sha256":
-        return False
-    salt_b = base64.urlsafe_b64decode(salt)
-    expected = hash_password(password, salt_b, int(rounds)).split("$")[3]
-    return hmac.compare_digest(expected, digest)
 
 
 class DemoPasswordAuthenticator(Authenticator):
-    """Logins for a demo: user name → PBKDF2 hash, from ``SANDBOX_DEMO_LOGINS`` (JSON).
+    """Logins for a demo: user name → werkzeug password hash, from ``SANDBOX_DEMO_LOGINS`` (JSON).
 
     The plain passwords exist only where ``scripts/stack`` printed them. Not for production:
     switch to OAuth/OIDC (``SANDBOX_AUTHENTICATOR=oidc``).
     """
 
-    password_hashes = DictTrait(config=True, help="user name -> pbkdf2_sha256 hash")
+    password_hashes = DictTrait(config=True, help="user name -> werkzeug.security password hash")
 
     async def authenticate(self, handler: Any, data: dict[str, str]) -> str | None:
         user = (data or {}).get("username", "")
@@ -143,7 +135,7 @@ if os.environ.get("SANDBOX_AUTHENTICATOR", "demo") == "oidc":
 else:
     # Demo: the password authenticator defined above...
     c.JupyterHub.authenticator_class = DemoPasswordAuthenticator
-    # ...with the PBKDF2 hashes scripts/stack generated (plain passwords never reach the hub).
+    # ...with the werkzeug.security hashes scripts/stack generated (plain passwords never reach the hub).
     c.DemoPasswordAuthenticator.password_hashes = DEMO_LOGINS
 # Who may log in: the demo logins, plus every user the provisioner created from a grant
 # (`sandbox grants apply` → hub API). Spawning is further gated by an active grant.

@@ -16,6 +16,7 @@ from sandbox.cli.common import (
     STATE,
     admin_token_path,
     cli,
+    presented_admin_token,
     settings_for,
     translate_errors,
 )
@@ -45,15 +46,19 @@ def _build_services(  # noqa: ANN202
 
 
 def ensure_admin(services) -> None:  # noqa: ANN001
-    """At install (first start): the admin credential from the environment, or a new one in the keys dir."""
+    """At install (first start): register the admin credential the deployment provides
+    (``SANDBOX_ADMIN_TOKEN`` or the admin token file, e.g. a secret mounted by compose), or create
+    one in the keys directory when there is none at all.
+    """
     from sandbox.state.files import atomic_write
 
-    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    token = presented_admin_token(services)
     if token:
         if not services.tokens.known(token):  # a revoked credential is never registered again
             user = os.environ.get("SANDBOX_ADMIN_USER", "admin")
             services.tokens.register(token, user, STARTUP_ACTOR, scope="admin")
-            click.echo(f"admin credential for {user} registered from {ADMIN_TOKEN_ENV}", err=True)
+            click.echo(f"admin credential for {user} registered (from {ADMIN_TOKEN_ENV} or the admin token file)",
+                       err=True)
         return
     if services.tokens.has_admin():
         return

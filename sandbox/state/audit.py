@@ -61,7 +61,7 @@ class AuditLog:
     # -- writing (always inside a unit of work) ----------------------------------------------
     def append(self, conn: sqlite3.Connection, event: AuditEvent) -> int:
         """Append inside the caller's unit of work (``with db.work()``); returns the sequence number."""
-        work = getattr(self.db._local, "work", None)
+        work = self.db.current_work()
         if work is None or work.conn is not conn:
             raise SandboxError("audit events are appended only inside StateDB.work()", code="no_unit_of_work")
         return work.record(event)

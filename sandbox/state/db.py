@@ -169,8 +169,12 @@ class StateDB:
             self._local.bootstrap = False
 
     # -- the unit of work --------------------------------------------------------------------
+    def current_work(self) -> Work | None:
+        work: Work | None = getattr(self._local, "work", None)
+        return work
+
     def in_work(self) -> bool:
-        return getattr(self._local, "work", None) is not None
+        return self.current_work() is not None
 
     @contextmanager
     def work(self) -> Iterator[Work]:

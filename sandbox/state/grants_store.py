@@ -154,8 +154,9 @@ class PolicyStore:
             existing = conn.execute(
                 "SELECT body, status FROM grants WHERE id = ?", (grant.id,)
             ).fetchone()
+            changes: tuple[str, ...] = ()
             if existing is None:
-                new, changes, outcome = grant, (), "created"
+                new, outcome = grant, "created"
             else:
                 new = self._resolve(grant, existing)
                 changes = tuple(diff(json.loads(existing["body"]), _dump(new)))

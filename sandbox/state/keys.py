@@ -21,9 +21,13 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandbox.errors import SandboxError
 from sandbox.state.files import atomic_write
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 MAC_KEY_FILE = "audit-mac.key"
 RETIRED_PREFIX = "audit-mac-"
@@ -144,7 +148,7 @@ class SigningKey:
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = Path(path)
         self.create = create
-        self._key = None  # cryptography's Ed25519PrivateKey, loaded lazily
+        self._key: Ed25519PrivateKey | None = None  # loaded lazily
 
     @classmethod
     def for_state(cls, state_dir: Path, keys_dir: Path | None = None, path: Path | None = None,
@@ -157,7 +161,7 @@ class SigningKey:
     def available(self) -> bool:
         return self.path.exists() or self.create
 
-    def _load(self):  # noqa: ANN202 - cryptography's private key type
+    def _load(self) -> Ed25519PrivateKey:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

@@ -99,14 +99,14 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
         for digest in d.get("token_sha256", []):
             if digest in state.tokens:
                 state.tokens[digest]["revoked"] = True
-    elif e.action in ("dataset.created", "dataset.changed"):
-        state.datasets[d.get("dataset")] = d.get("body")
+    elif e.action in ("dataset.created", "dataset.changed") and isinstance(d.get("dataset"), str):
+        state.datasets[d["dataset"]] = d.get("body")
     elif e.action == "roles.applied":
         state.roles = d
     elif e.action.startswith("export.") and isinstance(d.get("request"), str) and d.get("to"):
-        state.exports[d["request"]] = d["to"]
+        state.exports[d["request"]] = str(d["to"])
     elif e.action == "audit.checkpoint":
-        state.checkpoints[int(d["seq"])] = d.get("head")
+        state.checkpoints[int(d["seq"])] = str(d.get("head"))
 
 
 def _body_diff(table: str, key: str, in_table: Any, from_log: Any, prefix: str = "body") -> list[Divergence]:

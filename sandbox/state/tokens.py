@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import sqlite3
 from dataclasses import dataclass
 
 from sandbox.state.chain import AuditEvent
@@ -29,7 +30,7 @@ register_schema(
 
 
 @register_migration
-def _scope_column(conn) -> None:  # noqa: ANN001
+def _scope_column(conn: sqlite3.Connection) -> None:
     add_column(conn, "tokens", "scope", "TEXT NOT NULL DEFAULT 'api'")
 
 
