@@ -19,4 +19,4 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, rig
     console = Console(width=200, highlight=False, soft_wrap=True, force_terminal=False, no_color=True)
     with console.capture() as capture:
         console.print(table)
-    click.echo(capture.get().rstrip("\n"))
+    click.echo("\n".join(line.rstrip() for line in capture.get().rstrip("\n").splitlines()))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import secrets
 import sqlite3
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from sandbox.errors import NotFound, SandboxError
 from sandbox.state.db import StateDB, register_schema
+from sandbox.state.files import atomic_write
 
 register_schema(
     """
@@ -108,14 +108,7 @@ class BlobStore:
         if target.exists():
             return digest
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{digest}.{secrets.token_hex(4)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            atomic_write(target, data, 0o600, exclusive=True)
         except OSError as exc:
             raise SandboxError(f"cannot store the export file: {exc.strerror}", code="storage_error") from None
         return digest

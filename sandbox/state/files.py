@@ -7,13 +7,14 @@ import secrets
 from pathlib import Path
 
 
-def atomic_write(target: Path, data: bytes, mode: int = 0o600, *, exclusive: bool = False) -> bool:
+def atomic_write(target: Path, data: bytes, mode: int = 0o600, *, exclusive: bool = False,
+                 dir_mode: int = 0o700) -> bool:
     """Write ``data`` to ``target`` so that readers see either the old file or the whole new one.
 
     With ``exclusive`` an existing ``target`` is left alone and False is returned (used for keys
     and content-addressed blobs, which are never overwritten). Raises OSError.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=dir_mode, parents=True, exist_ok=True)
     if exclusive and target.exists():
         return False
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")

@@ -232,3 +232,25 @@ def test_a_second_admin_needs_the_first(run, state: Path, tmp_path: Path) -> Non
     run("admin", "init", "--user", "dana", "--output", str(other))
     assert other.stat().st_mode & 0o077 == 0
     assert run("admin", "whoami", env={"SANDBOX_ADMIN_TOKEN_FILE": str(other)}).strip() == "dana"
+
+
+def test_first_start_creates_or_registers_the_admin_credential(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from sandbox.cli.serve import ensure_admin
+    from sandbox.services import Services, Settings
+
+    svc = Services(Settings(state_dir=tmp_path / "state", data_root=tmp_path))
+    monkeypatch.delenv("SANDBOX_ADMIN_TOKEN", raising=False)
+    ensure_admin(svc)  # no credential anywhere: one is created in the keys directory, 0600
+    path = tmp_path / "keys" / "admin.token"
+    assert path.stat().st_mode & 0o077 == 0 and (tmp_path / "keys").stat().st_mode & 0o077 == 0
+    token = path.read_text().strip()
+    assert svc.tokens.admin_for(token) == "admin" and svc.tokens.user_for(token) is None  # not an API token
+    ensure_admin(svc)
+    assert path.read_text().strip() == token and len(svc.tokens.records()) == 1
+    # a deployment that provides the credential (the stack's secret): registered once, never after revocation
+    monkeypatch.setenv("SANDBOX_ADMIN_TOKEN", "sbxadm_from-the-deployment")
+    ensure_admin(svc)
+    assert svc.tokens.admin_for("sbxadm_from-the-deployment") == "admin"
+    svc.tokens.revoke_user("admin", actor="admin", scope="admin")
+    ensure_admin(svc)
+    assert svc.tokens.admin_for("sbxadm_from-the-deployment") is None
