@@ -15,6 +15,8 @@ import sqlite3
 from sandbox.errors import BadRequest
 from sandbox.policy.rules import effective_status
 from sandbox.services import Services
+from sandbox.state.audit import AuditLog
+from sandbox.state.db import StateDB
 
 STATUS_ACTIONS = ("grant.created", "grant.changed", "grant.suspended", "grant.revoked", "grant.resumed")
 CSV_FIELDS = ("grant", "operator", "use", "mode", "purpose", "datasets", "valid_from", "valid_until", "status",
@@ -22,10 +24,10 @@ CSV_FIELDS = ("grant", "operator", "use", "mode", "purpose", "datasets", "valid_
 USE_LABELS = {"commercial": "Commercial", "public_welfare": "Public welfare"}
 
 
-def status_changes(services: Services) -> dict[str, dt.datetime]:
+def status_changes(audit: AuditLog) -> dict[str, dt.datetime]:
     """When each grant's stored status (active/suspended/revoked) last changed, from the audit log."""
     changed: dict[str, dt.datetime] = {}
-    for entry in services.audit.iter_entries(actions=STATUS_ACTIONS):
+    for entry in audit.iter_entries(actions=STATUS_ACTIONS):
         detail = entry.detail
         if entry.action == "grant.created":
             moved = detail.get("grant", {}).get("status", "active") != "active"
@@ -42,7 +44,7 @@ def grant_entries(services: Services) -> list[dict]:
     """Every grant ever applied, as the register shows it (status as of ``services.today()``)."""
     today = services.today()
     titles = {ds_id: ds.title for ds_id, ds in services.policies.datasets().items()}
-    changed = status_changes(services)
+    changed = status_changes(services.audit)
     entries = []
     for record in services.policies.grant_records():
         grant = record.grant
@@ -71,7 +73,7 @@ def grant_entries(services: Services) -> list[dict]:
     return entries
 
 
-def released_products(services: Services) -> list[dict]:
+def released_products(db: StateDB) -> list[dict]:
     """Data products released through the export airlock: ``title``, ``date`` (YYYY-MM-DD), ``grant``.
 
     Returns [] when the exports module is not installed or nothing has been released yet.
@@ -80,7 +82,7 @@ def released_products(services: Services) -> list[dict]:
         from sandbox.exports import store
     except ImportError:
         return []
-    conn = services.db.conn
+    conn = db.conn
     try:
         requests = store.list_requests(conn, statuses=("released",), limit=1_000_000)
         products = []
@@ -98,7 +100,7 @@ def register(services: Services) -> dict:
     return {
         "as_of": services.today().isoformat(),
         "grants": grant_entries(services),
-        "released_products": released_products(services),
+        "released_products": released_products(services.db),
     }
 
 
@@ -127,7 +129,7 @@ def _cell(value: object) -> str:
 
 def register_csv(services: Services, year: int) -> str:
     """The yearly disclosure export: grants in force at any time during ``year``, one row each."""
-    products = [p for p in released_products(services) if p["date"].startswith(f"{year}-")]
+    products = [p for p in released_products(services.db) if p["date"].startswith(f"{year}-")]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_FIELDS)

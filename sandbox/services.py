@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandbox.engine import Engine
+from sandbox.errors import SandboxError
 from sandbox.state.audit import AuditLog
 from sandbox.state.checkpoints import Checkpoints
 from sandbox.state.db import StateDB
@@ -16,6 +18,8 @@ from sandbox.state.keys import MacKeyring, SigningKey
 from sandbox.state.ledger import Ledger
 from sandbox.state.sessions import SessionLog
 from sandbox.state.tokens import TokenStore
+
+log = logging.getLogger("sandbox.services")
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Services:
         signing = SigningKey.for_state(settings.state_dir, settings.keys_dir, settings.signing_key_file,
                                        create=settings.create_keys)
         self.checkpoints = Checkpoints(self.db, self.audit, signing)
-        self.policies = PolicyStore(self.db, on_grant_change=lambda _gid: self.checkpoints.sign("grant_change"))
+        self.policies = PolicyStore(self.db, on_grant_change=self._checkpoint_grant_change)
         self.ledger = Ledger(self.db, self.audit)
         self.tokens = TokenStore(self.db)
         self.sessions = SessionLog(self.db)
@@ -60,6 +64,13 @@ class Services:
             memory_limit=settings.engine_memory,
             build_memory=settings.engine_build_memory,
         )
+
+    def _checkpoint_grant_change(self, grant_id: str) -> None:
+        """Every grant change is followed by a signed checkpoint; the change itself is already committed."""
+        try:
+            self.checkpoints.sign("grant_change")
+        except SandboxError as exc:
+            log.warning("grant %s changed but no checkpoint was signed: %s", grant_id, exc.message)
 
     def today(self) -> dt.date:
         return self.settings.today()

@@ -120,7 +120,7 @@ def usage_report(services: Services, period: str, prices: PriceSchedule | None =
     start, end = parse_period(period)
     prices = prices or load_prices(default_prices_path())
     exports = _exports_by_grant(services, start, end)
-    changed = status_changes(services)
+    changed = status_changes(services.audit)
     report = []
     for grant in sorted(services.policies.grants(), key=lambda g: g.id):
         charges = [c for c in services.ledger.charges(grant.id) if start <= _ts(c["ts"]) < end]

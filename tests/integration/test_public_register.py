@@ -171,10 +171,10 @@ def test_released_products_appear_once_downloaded(client, services: Services) ->
                           justification="for the health plan", files=[("by_sex.csv", table)])
     for reviewer in ("carol", "dave"):
         workflow.review(services, rid, reviewer, "approve", "checked by hand")
-    assert released_products(services) == []  # approved is not yet released
+    assert released_products(services.db) == []  # approved is not yet released
     workflow.download(services, rid, "by_sex.csv", "alice")
     today = dt.datetime.now(dt.UTC).date().isoformat()
-    assert released_products(services) == [{"title": "Respondents by sex", "date": today, "grant": DEMO}]
+    assert released_products(services.db) == [{"title": "Respondents by sex", "date": today, "grant": DEMO}]
     body = client.get("/public/grants.json").get_json()
     assert body["released_products"] == [{"title": "Respondents by sex", "date": today, "grant": DEMO}]
     html = client.get("/public/grants").get_data(as_text=True)
