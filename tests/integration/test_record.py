@@ -240,3 +240,27 @@ def test_truncation_is_detected_by_checkpoints(services: Services, client, tmp_p
         conn.execute("DELETE FROM audit WHERE seq > ?", (head - 4,))
     code, out = verify(services.settings.state_dir, "--checkpoints", str(saved), "--without-key")
     assert code == 1 and f"entry {head - 3}: missing" in out
+
+
+def test_the_gateway_signs_checkpoints_at_its_interval(services: Services) -> None:
+    import time
+
+    from sandbox.state.checkpoints import Checkpointer
+
+    ticker = Checkpointer(services.checkpoints, interval_s=0.05)
+    ticker.start()
+    try:
+        for i in range(3):
+            services.tokens.create(f"user{i}", actor="admin")
+            head = services.audit.head()[0]
+            deadline = time.monotonic() + 10
+            while not any(c.seq == head for c in services.checkpoints.all()):
+                assert time.monotonic() < deadline, "no checkpoint signed within 10 s"
+                time.sleep(0.02)
+        signed = len(services.checkpoints.all())
+        time.sleep(0.3)  # nothing new: no new checkpoint (the newest entry is a checkpoint already)
+        assert len(services.checkpoints.all()) == signed
+    finally:
+        ticker.stopped.set()
+        ticker.join(timeout=5)
+    assert services.audit.verify().ok
