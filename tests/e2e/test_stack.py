@@ -430,3 +430,23 @@ def test_revoking_grant_mid_session(stack: Stack, alice: dict) -> None:
                       headers={"Authorization": f"token {alice['token']}"}, timeout=60)
     assert r.status_code >= 400, r.text
     assert "final" in stack.sandbox_cli("grants", "resume", GRANT, check=False).stderr
+
+
+def test_the_record_is_anchored_outside_the_state_volume(stack: Stack) -> None:
+    """The gateway's keys are secrets of the gateway only; the log verifies, also against its checkpoints."""
+    gateway = stack.container("gateway")
+    in_state = run(["docker", "exec", gateway, "ls", "-a", "/state"]).stdout.split()
+    assert not {"audit-mac.key", "checkpoint-signing.pem", "admin.token", "keys"} & set(in_state), in_state
+    assert run(["docker", "exec", gateway, "ls", "/run/secrets"]).stdout.split() == \
+        ["admin_token", "audit_mac_key", "checkpoint_signing_key"]
+    hub = run(["docker", "exec", stack.container("hub"), "ls", "/run/secrets"], check=False)
+    assert hub.returncode != 0 or not hub.stdout.strip()  # the hub holds none of them
+    # the public checkpoints through the hub's proxy, without login
+    doc = requests.get(f"{stack.url}/services/gateway/public/checkpoints.json", timeout=30).json()
+    assert doc["algorithm"] == "Ed25519" and doc["checkpoints"] and doc["public_keys"]
+    out = stack.sandbox_cli("audit", "verify", "--checkpoints",
+                            "http://127.0.0.1:8080/services/gateway/public/checkpoints.json").stdout
+    assert "audit log intact" in out and "the log agrees with every one" in out
+    entries = [json.loads(line) for line in stack.sandbox_cli("audit", "export").stdout.splitlines()]
+    actors = {e["actor"] for e in entries if e["action"].startswith("grant.")}
+    assert actors <= {"admin", "gateway:startup"}, actors  # who the credential says, never free text
