@@ -122,10 +122,13 @@ def services_for(state_dir: Path, data_root: Path | None = None, *, create_keys:
 
 
 def admin_token_path(services: Services) -> Path:
-    from sandbox.state.keys import ADMIN_TOKEN_FILE
+    """Where the admin credential is kept: never inside the state directory (refused)."""
+    from sandbox.state.keys import ADMIN_TOKEN_FILE, check_outside
 
     explicit = key_options().admin_token_file
-    return explicit if explicit else services.db.keyring.dir / ADMIN_TOKEN_FILE
+    path = explicit if explicit else services.db.keyring.dir / ADMIN_TOKEN_FILE
+    check_outside(path, services.settings.state_dir, "the admin token file")
+    return path
 
 
 def presented_admin_token(services: Services) -> str | None:

@@ -254,3 +254,9 @@ def test_first_start_creates_or_registers_the_admin_credential(tmp_path: Path, m
     svc.tokens.revoke_user("admin", actor="admin", scope="admin")
     ensure_admin(svc)
     assert svc.tokens.admin_for("sbxadm_from-the-deployment") is None
+
+
+def test_an_admin_token_file_inside_the_state_is_refused(run, state: Path) -> None:  # noqa: ANN001
+    inside = state / "admin.token"
+    out = run("admin", "init", "--user", "x", code=2, env={"SANDBOX_ADMIN_TOKEN_FILE": str(inside)})
+    assert "inside the state directory" in out and not inside.exists()
