@@ -123,8 +123,8 @@ def usage_report(services: Services, period: str, prices: PriceSchedule | None =
     changed = status_changes(services.audit)
     report = []
     for grant in sorted(services.policies.grants(), key=lambda g: g.id):
-        charges = [c for c in services.ledger.charges(grant.id) if start <= _ts(c["ts"]) < end]
-        nano = sum(c["epsilon_nano"] for c in charges)
+        charges = [c for c in services.ledger.charges(grant.id) if start <= _ts(c.ts) < end]
+        nano = sum(c.epsilon_nano for c in charges)
         hours = services.sessions.hours(grant.id, start, end)
         metrics = {
             "queries": len(charges),

@@ -84,6 +84,21 @@ class Charge:
     cached_response: dict | None = None
 
 
+@dataclass(frozen=True)
+class ChargeRecord:
+    """One row of the ledger's charges (what usage metering reads)."""
+
+    query_id: str
+    grant_id: str
+    user: str
+    epsilon_nano: int
+    ts: str
+
+    @property
+    def epsilon(self) -> float:
+        return from_nano(self.epsilon_nano)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
@@ -247,14 +262,14 @@ class Ledger:
             work.execute("DELETE FROM answers WHERE cache_key = ? AND status = 'pending'", (cache_key,))
             work.record(AuditEvent(user, "query.failed", grant_id, {"query_id": query_id, "reason": reason}))
 
-    def charges(self, grant_id: str | None = None) -> list[dict]:
+    def charges(self, grant_id: str | None = None) -> list[ChargeRecord]:
         sql = "SELECT query_id, grant_id, user, epsilon_nano, ts FROM charges"
         params: tuple = ()
         if grant_id:
             sql += " WHERE grant_id = ?"
             params = (grant_id,)
         return [
-            {**dict(r), "epsilon": from_nano(r["epsilon_nano"])}
+            ChargeRecord(r["query_id"], r["grant_id"], r["user"], r["epsilon_nano"], r["ts"])
             for r in self.db.read(sql + " ORDER BY ts", params)
         ]
 
