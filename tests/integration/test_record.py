@@ -264,3 +264,27 @@ def test_the_gateway_signs_checkpoints_at_its_interval(services: Services) -> No
         ticker.stopped.set()
         ticker.join(timeout=5)
     assert services.audit.verify().ok
+
+
+def test_a_self_signed_document_fails_against_the_pinned_key(services: Services, client, tmp_path: Path) -> None:  # noqa: ANN001
+    """Someone who rewrote the log and signed fresh checkpoints with a key of their own is caught by pinning."""
+    from sandbox.state.checkpoints import Checkpoint, message
+    from sandbox.state.keys import SigningKey
+
+    services.checkpoints.sign("test")
+    genuine = client.get("/public/checkpoints.json").json
+    mallory = SigningKey(tmp_path / "mallory.pem")
+    head_seq, head = services.audit.head()
+    ts = "2030-01-01T00:00:00+00:00"
+    forged = {**genuine, "public_keys": {mallory.key_id(): mallory.public_b64()},
+              "checkpoints": [Checkpoint(head_seq, head, ts, mallory.key_id(),
+                                         mallory.sign(message(head_seq, head, ts))).to_dict()]}
+    assert verify_against(services.audit, forged).checked == 1  # self-consistent on its own...
+    pinned = genuine["public_keys"]
+    report = verify_against(services.audit, forged, pinned)  # ...but not under the gateway's published key
+    assert report.checked == 0 and any("signature invalid or key" in p for p in report.problems)
+    kid, pub = next(iter(pinned.items()))
+    saved = tmp_path / "forged.json"
+    saved.write_text(json.dumps(forged))
+    code, out = verify(services.settings.state_dir, "--checkpoints", str(saved), "--public-key", f"{kid}={pub}")
+    assert code == 1 and "no validly signed checkpoint" in out
