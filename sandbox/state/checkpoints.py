@@ -63,13 +63,13 @@ class Checkpoints:
         self.db = db
         self.audit = audit
         self.key = key
-        self._lock = threading.Lock()
 
     def sign(self, reason: str = "interval") -> Checkpoint | None:
         """Sign the current head unless the newest entry is already a checkpoint (or there is no key)."""
         if self.key is None or not self.key.available():
             return None
-        with self._lock, self.db.work() as work:
+        # the unit of work's IMMEDIATE transaction serializes signers (threads and processes)
+        with self.db.work() as work:
             row = work.conn.execute("SELECT seq, hash, action FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             if row is None or row["action"] == CHECKPOINT_ACTION:
                 return None
