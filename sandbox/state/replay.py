@@ -2,15 +2,17 @@
 
 Each event's detail carries what replay needs (a grant's whole body on every apply, the new
 status on every status change, the charged nano-epsilon, a token's hash, an export request's
-new state). :func:`reconcile` rebuilds grants, budgets, charges, answers, tokens, datasets,
-roles, export request states and checkpoints from the log alone, and reports every row that
-differs: table, key, column, the value in the table, the value from the log. A row the log
-never created, or a row the log created that is gone, is reported too.
+new state, files and votes). :func:`reconcile` rebuilds grants, budgets, charges, answers,
+tokens, datasets, roles, export request states with their current files and review votes, and
+checkpoints from the log alone, and reports every row that differs: table, key, column, the
+value in the table, the value from the log. A row the log never created, or a row the log
+created that is gone, is reported too.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ ABSENT = "(no event)"
 PRESENT = "(present)"
 STATUS_ACTIONS = {"grant.suspended": "suspended", "grant.resumed": "active", "grant.revoked": "revoked"}
 NANO = 1_000_000_000
+VOTE_ACTIONS = ("export.reviewed", "export.approved", "export.rejected", "export.returned")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class Replayed:
     datasets: dict[str, Any] = field(default_factory=dict)  # id -> body (None: unknown)
     roles: Any = None
     exports: dict[str, str] = field(default_factory=dict)  # request id -> status
+    export_files: dict[str, dict[str, str]] = field(default_factory=dict)  # request id -> {name: sha256}
+    export_votes: dict[str, str] = field(default_factory=dict)  # "request/round/reviewer" -> decision
     checkpoints: dict[int, str] = field(default_factory=dict)  # seq -> head
 
 
@@ -104,9 +109,23 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
     elif e.action == "roles.applied":
         state.roles = d
     elif e.action.startswith("export.") and isinstance(d.get("request"), str) and d.get("to"):
-        state.exports[d["request"]] = str(d["to"])
+        _apply_export(state, e, d["request"])
     elif e.action == "audit.checkpoint":
         state.checkpoints[int(d["seq"])] = str(d.get("head"))
+
+
+def _apply_export(state: Replayed, e: Entry, rid: str) -> None:
+    d = e.detail
+    state.exports[rid] = str(d["to"])
+    if e.action == "export.submitted" and isinstance(d.get("files"), dict):
+        state.export_files[rid] = dict(d["files"])
+    elif e.action == "export.files_changed":
+        files = state.export_files.setdefault(rid, {})
+        for name in d.get("removed") or []:
+            files.pop(name, None)
+        files.update(d.get("added") or {})
+    if e.action in VOTE_ACTIONS and "decision" in d and "round" in d:
+        state.export_votes[f"{rid}/{d['round']}/{e.actor}"] = str(d["decision"])
 
 
 def _body_diff(table: str, key: str, in_table: Any, from_log: Any, prefix: str = "body") -> list[Divergence]:
@@ -223,9 +242,20 @@ def _catalog(db: StateDB, log: Replayed) -> list[Divergence]:
 def _exports(db: StateDB, log: Replayed) -> list[Divergence]:
     try:
         rows = {r["id"]: r["status"] for r in db.read("SELECT id, status FROM export_requests")}
-    except Exception:  # noqa: BLE001 - the exports module is optional
+        file_rows = db.read("SELECT request_id, name, sha256 FROM export_files WHERE removed_at IS NULL")
+        vote_rows = db.read("SELECT request_id, round, reviewer, decision FROM export_reviews")
+    except sqlite3.Error:  # the exports module is optional
         return []
     out = _keys(rows, log.exports, "export_requests")
     out += [Divergence("export_requests", rid, "status", rows[rid], log.exports[rid])
             for rid in sorted(set(rows) & set(log.exports)) if rows[rid] != log.exports[rid]]
+    files = {f"{r['request_id']}/{r['name']}": r["sha256"] for r in file_rows}
+    logged = {f"{rid}/{name}": sha for rid, fs in log.export_files.items() for name, sha in fs.items()}
+    out += _keys(files, logged, "export_files")
+    out += [Divergence("export_files", k, "sha256", files[k], logged[k])
+            for k in sorted(set(files) & set(logged)) if files[k] != logged[k]]
+    votes = {f"{r['request_id']}/{r['round']}/{r['reviewer']}": r["decision"] for r in vote_rows}
+    out += _keys(votes, log.export_votes, "export_reviews")
+    out += [Divergence("export_reviews", k, "decision", votes[k], log.export_votes[k])
+            for k in sorted(set(votes) & set(log.export_votes)) if votes[k] != log.export_votes[k]]
     return out

@@ -144,17 +144,25 @@ def test_every_state_table_is_compared_with_the_log(services: Services, client, 
     assert code == 1 and expected in out, out
 
 
-def test_an_export_state_edit_is_detected(services: Services, client, alice) -> None:  # noqa: ANN001
+def test_export_state_files_and_votes_edits_are_detected(services: Services, client, alice) -> None:  # noqa: ANN001
     import io
 
     r = client.post("/v1/exports", headers=alice, content_type="multipart/form-data",
                     data={"grant": "g-2026-001", "title": "t", "justification": "j",
                           "files": [(io.BytesIO(b"sex,n\nfemale,4180\nmale,4016\n"), "table.csv")]})
     assert r.status_code == 201, r.json
+    rid = r.json["id"]
+    assert verify(services.settings.state_dir)[0] == 0
     with attacker(services) as conn:
         conn.execute("UPDATE export_requests SET status = 'approved'")
+        conn.execute("UPDATE export_files SET sha256 = ?", ("ab" * 32,))  # swap the bytes that leave
+        conn.execute("INSERT INTO export_reviews (request_id, round, reviewer, decision, comment, ts)"
+                     " VALUES (?, 1, 'carol', 'approve', '', 'now')", (rid,))  # a vote nobody cast
     code, out = verify(services.settings.state_dir)
-    assert code == 1 and f'export_requests[{r.json["id"]}].status: the table has "approved"' in out
+    assert code == 1
+    assert f'export_requests[{rid}].status: the table has "approved"' in out
+    assert f'export_files[{rid}/table.csv].sha256: the table has "{"ab" * 32}"' in out
+    assert f"export_reviews[{rid}/1/carol].row: the table has (present), the log says (no event)" in out
 
 
 # -- 3. checkpoints: published, signed, verified elsewhere ---------------------------------------------
