@@ -36,9 +36,10 @@ ADMIN_TOKEN_FILE = "admin.token"
 
 
 class KeyUnavailable(SandboxError):
-    """A key is missing, unreadable or in a place it must not be."""
+    """A key is missing, unreadable or in a place it must not be (a deployment error: 503)."""
 
-    code = "key_error"
+    status = 503
+    code = "key_unavailable"
 
 
 def default_keys_dir(state_dir: Path) -> Path:
