@@ -70,6 +70,10 @@ class AuditLog:
         """An event with no other state change (a refusal, an integrity failure), on its own."""
         return self.db.record(event)
 
+    def write_head(self) -> None:
+        """Nothing to do: the head advances inside the unit of work, in the same transaction as the
+        entry. Kept so that code written when the head was a file written after commit still runs."""
+
     # -- reading -----------------------------------------------------------------------------
     def entries(self, since: str | None = None) -> Iterator[dict[str, Any]]:
         for e in self.iter_entries(since=since):

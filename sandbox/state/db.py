@@ -207,6 +207,13 @@ class StateDB:
             self._local.work = None
             conn.execute("COMMIT")
 
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """The same unit of work, yielding its connection: for code written before :meth:`work`
+        (``with db.write() as conn: ...; audit.append(conn, event)``). Every rule still holds."""
+        with self.work() as work:
+            yield work.conn
+
     def record(self, event: AuditEvent) -> int:
         """An audit event with no other state change, in a unit of work of its own."""
         with self.work() as work:

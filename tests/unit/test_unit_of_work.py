@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.errors import SandboxError
 from sandbox.state.audit import AuditEvent, AuditLog
 from sandbox.state.db import StateDB, UnauditedWrite
 from sandbox.state.keys import MacKeyring
@@ -120,3 +121,17 @@ def test_parallel_writers_keep_the_head_consistent(tmp_path: Path) -> None:
     assert db.read("SELECT COUNT(*) AS n FROM sessions")[0]["n"] == 6 * 15
     head = db.read("SELECT seq, hash FROM audit_head")[0]
     assert (head["seq"], head["hash"]) == (result.entries, result.head)
+
+
+def test_the_older_write_spelling_is_the_same_unit_of_work(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    log = AuditLog(db)
+    with db.write() as conn:
+        conn.execute("INSERT INTO sessions (user, grant_id, started_at) VALUES ('a', 'g', 'now')")
+        log.append(conn, AuditEvent("a", "server.started", "g"))
+    log.write_head()
+    assert log.verify().ok and log.verify().entries == 1
+    with pytest.raises(UnauditedWrite), db.write() as conn:
+        conn.execute("INSERT INTO sessions (user, grant_id, started_at) VALUES ('b', 'g', 'now')")
+    with pytest.raises(SandboxError, match="only inside"):
+        log.append(db.conn, AuditEvent("a", "outside"))
