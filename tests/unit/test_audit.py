@@ -161,3 +161,29 @@ def test_default_key_is_created_outside_state_on_first_write(tmp_path: Path) -> 
     assert (tmp_path / "keys" / "audit-mac.key").exists()
     assert (tmp_path / "keys" / "audit-mac.key").stat().st_mode & 0o077 == 0
     assert not list((tmp_path / "state").glob("*.key"))
+
+
+def test_a_state_from_before_the_keyed_chain_opens_and_is_flagged(tmp_path: Path) -> None:
+    """An older state file (no MAC columns, no head row, tokens without scope) migrates on open;
+    its un-MACed entries are reported, never silently accepted."""
+    state = tmp_path / "state"
+    state.mkdir()
+    with closing(sqlite3.connect(state / "sandbox.db")) as conn:
+        conn.execute("CREATE TABLE audit (seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, actor TEXT NOT NULL,"
+                     " action TEXT NOT NULL, grant_id TEXT, detail TEXT NOT NULL, prev_hash TEXT NOT NULL,"
+                     " hash TEXT NOT NULL)")
+        conn.execute("CREATE TABLE tokens (token_hash TEXT PRIMARY KEY, user TEXT NOT NULL,"
+                     " created_at TEXT NOT NULL, revoked_at TEXT)")
+        digest = entry_hash(GENESIS, 1, "2026-01-01T00:00:00", "admin-cli", "grant.created", "g", "{}")
+        conn.execute("INSERT INTO audit VALUES (1, '2026-01-01T00:00:00', 'admin-cli', 'grant.created', 'g',"
+                     " '{}', ?, ?)", (GENESIS, digest))
+        conn.execute("INSERT INTO tokens VALUES ('h', 'alice', 'x', NULL)")
+        conn.commit()
+    db = StateDB(state, MacKeyring(tmp_path / "keys"))
+    assert db.read("SELECT scope FROM tokens")[0]["scope"] == "api"
+    log = AuditLog(db)
+    log.record(AuditEvent("gateway", "test.after_upgrade"))
+    result = log.verify()
+    assert not result.ok and result.first_bad == 1
+    assert any("entry 1: carries no MAC" in p for p in result.problems)
+    assert not any("entry 2" in p for p in result.problems)
