@@ -78,6 +78,35 @@ def audit_verify(state_dir: Path, checkpoints_src: str | None, public_keys: tupl
     click.echo(f"audit log intact: {result.entries} entries, head {result.head}; state agrees with the log")
 
 
+@audit.command("verify-export")
+@click.argument("export_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--checkpoints", "checkpoints_src", required=True, metavar="FILE_OR_URL",
+              help="Checkpoints kept elsewhere: a saved /public/checkpoints.json, or the URL of a gateway.")
+@click.option("--public-key", "public_keys", multiple=True, metavar="KEY_ID=BASE64",
+              help="Pin the checkpoint public key instead of trusting the one in the document.")
+@translate_errors
+def audit_verify_export(export_file: Path, checkpoints_src: str, public_keys: tuple[str, ...]) -> None:
+    """For audit authorities, without the state directory or any secret: check a full `audit export`
+    (JSON lines) link by link and against signed checkpoints, with only the public key. Exit 1 on any problem.
+    """
+    from sandbox.state.audit import ExportedLog
+    from sandbox.state.checkpoints import load_document, verify_against
+
+    log = ExportedLog.load(export_file)
+    result = log.verify()
+    pinned = dict(k.split("=", 1) for k in public_keys if "=" in k) or None
+    report = verify_against(log, load_document(checkpoints_src), pinned)
+    problems = [*result.problems, *(f"checkpoints: {p}" for p in report.problems)]
+    for problem in problems:
+        click.echo(f"TAMPERED: {problem}", err=True)
+    firsts = [s for s in (result.first_bad, report.first_bad) if s is not None]
+    if problems:
+        where = f"; first disagreeing entry: {min(firsts)}" if firsts else ""
+        fail(f"audit export verification failed ({len(problems)} problem(s){where})", 1)
+    click.echo(f"audit export intact: {result.entries} entries, head {result.head}; "
+               f"{report.checked} checkpoint(s) verified with the public key")
+
+
 @audit.command("export")
 @STATE
 @click.option("--since", default=None, help="Only entries on or after this date (YYYY-MM-DD).")

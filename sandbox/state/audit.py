@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sandbox.errors import SandboxError
@@ -110,42 +111,12 @@ class AuditLog:
     # -- verifying ---------------------------------------------------------------------------
     def verify(self) -> VerifyResult:
         keys: dict[str, MacKey] | None = self.db.keyring.all() if self.db.keyring.available() else None
-        problems: list[tuple[int, str]] = []
-        prev = GENESIS
-        expected_seq = 1
-        count = 0
-        for row in self.db.conn.execute("SELECT * FROM audit ORDER BY seq"):
-            count += 1
-            seq = row["seq"]
-            if seq != expected_seq:
-                problems.append((expected_seq, f"entry {expected_seq}: missing (next entry is {seq})"))
-            if row["prev_hash"] != prev:
-                problems.append((seq, f"entry {seq}: does not follow the entry before it (deleted or reordered)"))
-            digest = entry_hash(
-                row["prev_hash"], seq, row["ts"], row["actor"], row["action"], row["grant_id"], row["detail"]
-            )
-            if digest != row["hash"]:
-                problems.append((seq, f"entry {seq}: content does not match its hash (edited)"))
-            if keys is not None:
-                problems.extend(self._check_mac(keys, seq, row["key_id"], row["hash"], row["mac"]))
-            prev = row["hash"]
-            expected_seq = seq + 1
-        problems.extend(self._check_head(keys, count, expected_seq - 1, prev))
+        rows = (dict(r) for r in self.db.conn.execute("SELECT * FROM audit ORDER BY seq"))
+        problems, count, last_seq, prev = check_chain(rows, keys)
+        problems.extend(self._check_head(keys, count, last_seq, prev))
         first = min((s for s, _ in problems), default=None)
         return VerifyResult(ok=not problems, entries=count, head=prev, problems=tuple(p for _, p in problems),
                             first_bad=first, macs_checked=keys is not None)
-
-    @staticmethod
-    def _check_mac(keys: dict[str, MacKey], seq: int, key_id: str | None, digest: str,
-                   mac: str | None) -> list[tuple[int, str]]:
-        if not key_id or not mac:
-            return [(seq, f"entry {seq}: carries no MAC (not written by the gateway's unit of work)")]
-        key = keys.get(key_id)
-        if key is None:
-            return [(seq, f"entry {seq}: MAC key {key_id} is not in the keyring")]
-        if not key.check(digest, mac):
-            return [(seq, f"entry {seq}: MAC does not match (forged or rewritten without the key)")]
-        return []
 
     def _check_head(self, keys: dict[str, MacKey] | None, count: int, last_seq: int,
                     last_hash: str) -> list[tuple[int, str]]:
@@ -165,3 +136,75 @@ class AuditLog:
         elif digest != last_hash:
             problems.append((seq, f"entry {seq}: differs from the recorded head"))
         return problems
+
+
+def _check_mac(keys: dict[str, MacKey], seq: int, key_id: str | None, digest: str,
+               mac: str | None) -> list[tuple[int, str]]:
+    if not key_id or not mac:
+        return [(seq, f"entry {seq}: carries no MAC (not written by the gateway's unit of work)")]
+    key = keys.get(key_id)
+    if key is None:
+        return [(seq, f"entry {seq}: MAC key {key_id} is not in the keyring")]
+    if not key.check(digest, mac):
+        return [(seq, f"entry {seq}: MAC does not match (forged or rewritten without the key)")]
+    return []
+
+
+def check_chain(rows: Iterable[Mapping[str, Any]], keys: dict[str, MacKey] | None
+                ) -> tuple[list[tuple[int, str]], int, int, str]:
+    """Every link, hash and (with ``keys``) MAC of entries in order, from entry 1.
+
+    Returns (problems as (first sequence number concerned, text), entries, last sequence number, last hash).
+    ``detail`` may be the stored JSON text or, as ``audit export`` writes it, the parsed object.
+    """
+    problems: list[tuple[int, str]] = []
+    prev = GENESIS
+    expected_seq = 1
+    count = 0
+    for row in rows:
+        count += 1
+        seq = int(row["seq"])
+        if seq != expected_seq:
+            problems.append((expected_seq, f"entry {expected_seq}: missing (next entry is {seq})"))
+        if row["prev_hash"] != prev:
+            problems.append((seq, f"entry {seq}: does not follow the entry before it (deleted or reordered)"))
+        detail = row["detail"] if isinstance(row["detail"], str) else canonical(row["detail"])
+        digest = entry_hash(row["prev_hash"], seq, row["ts"], row["actor"], row["action"], row["grant_id"], detail)
+        if digest != row["hash"]:
+            problems.append((seq, f"entry {seq}: content does not match its hash (edited)"))
+        if keys is not None:
+            problems.extend(_check_mac(keys, seq, row.get("key_id"), row["hash"], row.get("mac")))
+        prev = row["hash"]
+        expected_seq = seq + 1
+    return problems, count, expected_seq - 1, prev
+
+
+class ExportedLog:
+    """An ``audit export`` (JSON lines) as an auditor holds it: no state directory, no MAC key."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.entries = entries
+        self._hashes = {int(e["seq"]): str(e["hash"]) for e in entries}
+
+    @classmethod
+    def load(cls, path: Path) -> ExportedLog:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return cls([json.loads(line) for line in lines if line.strip()])
+        except (OSError, ValueError) as exc:
+            raise SandboxError(f"{path}: not an audit export in JSON lines ({exc})", code="bad_export") from None
+
+    def head(self) -> tuple[int, str]:
+        if not self.entries:
+            return 0, GENESIS
+        last = self.entries[-1]
+        return int(last["seq"]), str(last["hash"])
+
+    def hash_at(self, seq: int) -> str | None:
+        return self._hashes.get(seq)
+
+    def verify(self) -> VerifyResult:
+        problems, count, _, head = check_chain(self.entries, None)
+        first = min((s for s, _ in problems), default=None)
+        return VerifyResult(ok=not problems, entries=count, head=head, problems=tuple(p for _, p in problems),
+                            first_bad=first, macs_checked=False)

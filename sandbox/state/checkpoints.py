@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sandbox.state.audit import AuditLog
 from sandbox.state.chain import AuditEvent, canonical
@@ -117,6 +117,14 @@ class Checkpointer(threading.Thread):
 
 
 # -- verifying a log against checkpoints kept elsewhere -----------------------------------------------
+class LogView(Protocol):
+    """What checkpoint verification reads: the state's :class:`AuditLog` or an ``ExportedLog``."""
+
+    def head(self) -> tuple[int, str]: ...
+
+    def hash_at(self, seq: int) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class CheckpointReport:
     checked: int
@@ -125,7 +133,7 @@ class CheckpointReport:
     last_agreeing: int | None
 
 
-def verify_against(audit: AuditLog, document: dict[str, Any], pinned_keys: dict[str, str] | None = None
+def verify_against(audit: LogView, document: dict[str, Any], pinned_keys: dict[str, str] | None = None
                    ) -> CheckpointReport:
     """Every checkpoint must be validly signed and name an entry of this log with the same hash."""
     problems: list[tuple[int, str]] = []

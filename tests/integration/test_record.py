@@ -296,3 +296,43 @@ def test_a_self_signed_document_fails_against_the_pinned_key(services: Services,
     saved.write_text(json.dumps(forged))
     code, out = verify(services.settings.state_dir, "--checkpoints", str(saved), "--public-key", f"{kid}={pub}")
     assert code == 1 and "no validly signed checkpoint" in out
+
+
+def test_an_auditor_verifies_an_export_with_only_public_material(services: Services, client, alice,  # noqa: ANN001
+                                                                 tmp_path: Path) -> None:
+    """No state directory, no MAC key: the exported log against the saved checkpoints and public key."""
+    query(client, alice, "g-2026-001", 0.5)
+    services.policies.set_status("g-2026-001", "suspended", "admin", "audit")  # signs a checkpoint
+    saved = tmp_path / "checkpoints.json"
+    saved.write_text(client.get("/public/checkpoints.json").get_data(as_text=True))
+    runner = CliRunner()
+    state = str(services.settings.state_dir)
+    export = tmp_path / "audit.jsonl"
+    assert runner.invoke(cli, ["audit", "export", "--state", state, "-o", str(export)]).exit_code == 0
+
+    def check(path: Path) -> tuple[int, str]:
+        r = runner.invoke(cli, ["audit", "verify-export", str(path), "--checkpoints", str(saved)])
+        return r.exit_code, r.output
+
+    code, out = check(export)
+    assert code == 0 and "audit export intact" in out, out
+    lines = export.read_text().splitlines()
+    charged = next(i for i, line in enumerate(lines) if '"query.charged"' in line)
+    # leaving out the charge and rehashing everything after it: the chain is consistent again,
+    # but no longer what the gateway signed
+    entries = [json.loads(line) for i, line in enumerate(lines) if i != charged]
+    prev = GENESIS
+    for seq, e in enumerate(entries, start=1):
+        detail = json.dumps(e["detail"], sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        e.update(seq=seq, prev_hash=prev,
+                 hash=entry_hash(prev, seq, e["ts"], e["actor"], e["action"], e["grant_id"], detail))
+        prev = e["hash"]
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    code, out = check(forged)
+    assert code == 1 and "rewritten at or before entry" in out and "first disagreeing entry" in out
+    assert "content does not match" not in out  # the forgery is a consistent chain: only the checkpoints tell
+    truncated = tmp_path / "truncated.jsonl"
+    truncated.write_text("\n".join(lines[: charged]) + "\n")
+    code, out = check(truncated)
+    assert code == 1 and f"entry {charged + 1}: missing" in out
