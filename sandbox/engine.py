@@ -1,11 +1,32 @@
 """The locked-down DuckDB engine behind the gateway.
 
 ``build`` turns the Parquet under the data root into one DuckDB database file that holds,
-per dataset, only the declared columns of the rows kept by the contribution bound (chosen
-per unit by a keyed hash of the row's position, so the choice does not depend on values),
-with numeric columns also carried clamped and in fixed point (``__v_<col>``) so sums are
-exact integers. The id column itself is not copied. The file is then opened read-only with
+per dataset, only the declared columns of the rows kept by the contribution bound, with
+numeric columns also carried clamped and in fixed point (``__v_<col>``) so sums are exact
+integers. The id column itself is not copied. The file is then opened read-only with
 external access, extension autoload and autoinstall off and configuration locked.
+
+The contribution bound depends only on each unit's own rows. A unit with at most
+``k = max_rows_per_unit`` rows keeps them all; a unit with more keeps its k rows of
+smallest ``HMAC-SHA256(key, json(unit id, the row's declared columns as read))`` (first
+64 bits, as an integer). The HMAC is RFC 2104 written in SQL over DuckDB's ``sha256``
+(checked against Python's ``hmac`` in the tests); the 32-byte key lives in the state
+directory (``engine/bounding.key``, mode 0600), reaches the build child on its stdin and
+is never written to the engine file. Why this is sound:
+
+* *Only the unit's own rows.* The rows a unit keeps are a function of (key, its id, the
+  multiset of its rows): nothing about other units, file positions or row groups enters.
+  So for neighbours D and D minus one unit u, every other unit keeps exactly the same rows,
+  and the engine files differ by u's at most k kept rows: the sensitivity the planner uses
+  holds. (The old rule ranked by ``hash(file_row_number, salt)``: removing one person
+  shifted every later position. DuckDB's ``hash`` is also not a keyed PRF.)
+* *Not chosen by value.* Without the key the ranking is pseudo-random (HMAC is a PRF), so
+  which rows are kept is independent of what an operator can ask about, and an operator
+  cannot steer which of a unit's rows count.
+* *Ties.* Two rows with the same message are the same declared values, hence identical
+  rows of the engine table: whichever is kept, the file is the same. The JSON encoding is
+  unambiguous, so different rows never share a message; a 64-bit prefix collision between
+  two different rows of one unit has probability about k^2 / 2^65.
 
 The engine never sees operator SQL: it runs SQL it builds from the typed plan.
 """
@@ -40,6 +61,26 @@ LOCKED_CONFIG = {
 
 
 ID_TABLE_PREFIX = "__ids_"
+KEY_FILE = "bounding.key"
+KEY_BYTES = 32
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """A 32-byte secret in ``path`` (created with mode 0600 if missing)."""
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it first
+            return path.read_bytes()
+        key = secrets.token_bytes(KEY_BYTES)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+    if len(key) != KEY_BYTES:
+        raise EngineError(f"{path.name}: the bounding key must be {KEY_BYTES} bytes", code="bad_key")
+    return key
 
 
 class EngineError(SandboxError):
@@ -83,16 +124,44 @@ def _select_list(ds: Dataset) -> list[str]:
     return items
 
 
-def _bounded_rows_sql(ds: Dataset, source: Path, salt: str) -> str:
-    src = f"read_parquet({_lit(str(source))}, file_row_number = true)"
+def _blob(data: bytes) -> str:
+    return "'" + "".join(f"\\x{b:02X}" for b in data) + "'::BLOB"
+
+
+def _hmac_sql(key: bytes, message_sql: str) -> str:
+    """HMAC-SHA256(key, message) as DuckDB SQL (RFC 2104 over DuckDB's ``sha256``), lowercase hex."""
+    if len(key) != KEY_BYTES:
+        raise EngineError("the bounding key must be 32 bytes", code="import_failed")
+    padded = key.ljust(64, b"\0")
+    ipad = bytes(b ^ 0x36 for b in padded)
+    opad = bytes(b ^ 0x5C for b in padded)
+    inner = f"unhex(sha256({_blob(ipad)} || encode({message_sql})))"
+    return f"sha256({_blob(opad)} || {inner})"
+
+
+def _row_message_sql(ds: Dataset) -> str:
+    """An unambiguous encoding of (unit id, the row's declared columns as read): JSON of a struct."""
+    fields = [f"u := CAST({_q(ds.privacy_unit)} AS VARCHAR)"]
+    fields += [f"c{i} := {_q(name)}" for i, name in enumerate(ds.columns) if name != ds.privacy_unit]
+    return f"to_json(struct_pack({', '.join(fields)}))"
+
+
+def _bounded_rows_sql(ds: Dataset, source: Path, key: bytes) -> str:
+    """Each unit keeps its ``max_rows_per_unit`` rows of smallest PRF value (see the module docstring)."""
+    src = f"read_parquet({_lit(str(source))})"
     cols = ", ".join(_select_list(ds))
     if ds.privacy_unit == "row":
         return f"SELECT {cols} FROM {src}"
     unit = _q(ds.privacy_unit)
-    order = f"hash(file_row_number, {_lit(salt)})"
+    # the first 64 bits of the HMAC, as an integer: a compact sort key (a tie between two
+    # different rows of one unit has probability about k^2 / 2^65)
+    prf = f"CAST('0x' || left({_hmac_sql(key, _row_message_sql(ds))}, 16) AS UBIGINT)"
+    k = ds.max_rows_per_unit
+    # units within the bound keep every row, so only the rows of over-bound units are hashed
     return (
-        f"SELECT {cols} FROM {src} WHERE {unit} IS NOT NULL "
-        f"QUALIFY row_number() OVER (PARTITION BY {unit} ORDER BY {order}) <= {ds.max_rows_per_unit}"
+        f"SELECT {cols} FROM (SELECT *, count(*) OVER (PARTITION BY {unit}) AS __n FROM {src} "
+        f"WHERE {unit} IS NOT NULL) QUALIFY __n <= {k} OR "
+        f"row_number() OVER (PARTITION BY {unit} ORDER BY CASE WHEN __n > {k} THEN {prf} ELSE 0 END) <= {k}"
     )
 
 
@@ -117,10 +186,14 @@ def build(
     progress: Callable[[str], None] = lambda _msg: None,
     memory_limit: str = "1GB",
     threads: int = 2,
+    *,
+    key: bytes,
 ) -> dict[str, int]:
     """Write the engine file (atomically); returns rows kept per dataset.
 
-    The build spills to ``<target dir>/spill`` rather than exceed ``memory_limit``.
+    ``key`` is the bounding PRF's secret (32 bytes, kept in the state directory, never
+    written to the engine file). The build spills to ``<target dir>/spill`` rather than
+    exceed ``memory_limit``.
     """
     tmp = target.with_suffix(".building")
     tmp.unlink(missing_ok=True)
@@ -147,7 +220,7 @@ def build(
                 continue
             progress(f"{ds_id}: bounding contributions and fixing point ...")
             try:
-                con.execute(f"CREATE TABLE {_q(ds_id)} AS {_bounded_rows_sql(ds, source, salt)}")
+                con.execute(f"CREATE TABLE {_q(ds_id)} AS {_bounded_rows_sql(ds, source, key)}")
             except duckdb.Error as exc:
                 raise EngineError(f"{ds_id}: cannot import {ds.source}: {exc}", code="import_failed") from None
             kept[ds_id] = con.execute(f"SELECT COUNT(*) FROM {_q(ds_id)}").fetchone()[0]
@@ -178,7 +251,7 @@ def _child_main() -> None:
     try:
         datasets = {k: Dataset.model_validate(v) for k, v in job["datasets"].items()}
         kept = build(datasets, Path(job["data_root"]), Path(job["target"]), lambda m: say("progress", m),
-                     job["memory"], job["threads"])
+                     job["memory"], job["threads"], key=bytes.fromhex(job["key"]))
         say("done", kept)
     except SandboxError as exc:
         say("error", exc.message)
@@ -193,12 +266,16 @@ def build_in_child(
     progress: Callable[[str], None] = lambda _msg: None,
     memory_limit: str = "4GB",
     threads: int = 2,
+    *,
+    key: bytes,
 ) -> dict[str, int]:
     """Run :func:`build` in a child process, so the serving process never holds the import's
-    memory (a bounded-contribution window over tens of millions of rows)."""
+    memory (a bounded-contribution window over tens of millions of rows). The key travels
+    on the child's stdin, never on its command line."""
     job = {
         "datasets": {k: v.model_dump(mode="json") for k, v in datasets.items()},
         "data_root": str(data_root), "target": str(target), "memory": memory_limit, "threads": threads,
+        "key": key.hex(),
     }
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -260,7 +337,8 @@ class Engine:
                 return
             target = self.engine_dir / f"catalog-{fp}.duckdb"
             if not target.exists():
-                build_in_child(datasets, self.data_root, target, progress, self.build_memory, self.config["threads"])
+                build_in_child(datasets, self.data_root, target, progress, self.build_memory,
+                               self.config["threads"], key=self.bounding_key())
             con = duckdb.connect(str(target), read_only=True, config=self.config)
             tables = frozenset(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
             old = self._con
@@ -271,6 +349,18 @@ class Engine:
                     stale.unlink(missing_ok=True)
             if old is not None:
                 old.close()
+
+    def bounding_key(self) -> bytes:
+        """The bounding PRF's key, created once in the state directory (``engine/bounding.key``, 0600).
+
+        Kept across rebuilds so that the same data keeps the same rows; never in the engine file.
+        """
+        return load_or_create_key(self.engine_dir / KEY_FILE)
+
+    @property
+    def build_id(self) -> str | None:
+        """The data version in force: the fingerprint of the catalog and source files built."""
+        return self._fingerprint
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
