@@ -165,17 +165,31 @@ def _bounded_rows_sql(ds: Dataset, source: Path, key: bytes) -> str:
     )
 
 
+def catalog_digest(ds: Dataset) -> str:
+    """The digest of a catalog entry (bounds, categories, contribution bound, caps ...)."""
+    return hashlib.sha256(json.dumps(ds.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def data_versions(datasets: Mapping[str, Dataset], data_root: Path) -> dict[str, str]:
+    """Per dataset: a version that changes when its catalog entry or its source file changes."""
+    out = {}
+    for ds_id in sorted(datasets):
+        ds = datasets[ds_id]
+        h = hashlib.sha256(catalog_digest(ds).encode())
+        try:
+            st = (data_root / ds.source).stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode())
+        except OSError:
+            h.update(b"missing")
+        out[ds_id] = h.hexdigest()[:16]
+    return out
+
+
 def fingerprint(datasets: Mapping[str, Dataset], data_root: Path) -> str:
     """Changes when a catalog entry or a source file changes: then the engine file is rebuilt."""
     h = hashlib.sha256()
-    for ds_id in sorted(datasets):
-        ds = datasets[ds_id]
-        h.update(json.dumps(ds.model_dump(mode="json"), sort_keys=True).encode())
-        try:
-            st = (data_root / ds.source).stat()
-            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-        except OSError:
-            h.update(b"missing")
+    for ds_id, version in data_versions(datasets, data_root).items():
+        h.update(f"{ds_id}:{version};".encode())
     return h.hexdigest()[:16]
 
 
@@ -327,8 +341,10 @@ class Engine:
         self._fingerprint: str | None = None
         self._local = threading.local()
         self._tables: frozenset[str] = frozenset()
+        self._versions: dict[str, str] = {}
 
     def ensure(self, datasets: Mapping[str, Dataset], progress: Callable[[str], None] = lambda _m: None) -> None:
+        versions = data_versions(datasets, self.data_root)
         fp = fingerprint(datasets, self.data_root)
         if fp == self._fingerprint:
             return
@@ -342,7 +358,7 @@ class Engine:
             con = duckdb.connect(str(target), read_only=True, config=self.config)
             tables = frozenset(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
             old = self._con
-            self._con, self._tables, self._fingerprint = con, tables, fp
+            self._con, self._tables, self._fingerprint, self._versions = con, tables, fp, versions
             self._local = threading.local()
             for stale in self.engine_dir.glob("catalog-*.duckdb"):
                 if stale != target:
@@ -359,8 +375,12 @@ class Engine:
 
     @property
     def build_id(self) -> str | None:
-        """The data version in force: the fingerprint of the catalog and source files built."""
+        """The build in force: the fingerprint of the catalog and source files built."""
         return self._fingerprint
+
+    def data_version(self, ds_id: str) -> str | None:
+        """The version of ``ds_id`` in the build in force (catalog entry and source file)."""
+        return self._versions.get(ds_id)
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
