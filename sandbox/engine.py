@@ -165,9 +165,14 @@ def _bounded_rows_sql(ds: Dataset, source: Path, key: bytes) -> str:
     )
 
 
+# catalog fields that change neither the engine file nor any answer
+_NOT_IN_DIGEST = {"title", "description", "publisher", "budget", "max_epsilon_per_operator", "operator_caps"}
+
+
 def catalog_digest(ds: Dataset) -> str:
-    """The digest of a catalog entry (bounds, categories, contribution bound, caps ...)."""
-    return hashlib.sha256(json.dumps(ds.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    """The digest of what in a catalog entry shapes answers (source, unit, bound, columns, domains)."""
+    body = ds.model_dump(mode="json", exclude=_NOT_IN_DIGEST)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def data_versions(datasets: Mapping[str, Dataset], data_root: Path) -> dict[str, str]:
