@@ -158,3 +158,21 @@ def test_plan_is_checked_like_a_query(client, alice, mallory, zcdp) -> None:  # 
     for junk in (0, -1, float("inf"), "10", True):
         r = client.post("/v1/plan", json={**ok, "epsilon": None, "ci_halfwidth": junk}, headers=alice)
         assert r.status_code == 400
+
+
+def test_notebook_client_plans_then_queries(live_server, services: Services, zcdp) -> None:  # noqa: ANN001
+    from sandbox.client import Client, GatewayError
+
+    db = Client(live_server, services.tokens.create("alice"), grant=GRANT)
+    sql = "SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex"
+    need = db.plan(sql, ci_halfwidth=10)
+    assert need["charged"] is False and need["accuracy"]["ci_halfwidth"]["n"] <= 10
+    planned = db.plan(sql, epsilon=need["epsilon"])
+    df = db.query(sql, need["epsilon"])
+    assert df.attrs["accuracy"]["ci_halfwidth"] == planned["accuracy"]["ci_halfwidth"]
+    assert df.attrs["epsilon_spent"] == need["epsilon"]
+    zdf = db.query(sql, rho=0.02, grant="g-zcdp")
+    assert zdf.attrs["rho_spent"] == 0.02 and zdf.attrs["mechanism"]["name"] == "discrete_gaussian"
+    with pytest.raises(GatewayError) as info:
+        db.plan(sql, epsilon=0.1, grant="g-zcdp")
+    assert info.value.code == "wrong_accounting"
