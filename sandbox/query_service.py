@@ -227,6 +227,7 @@ class QueryService:
                 raise BadRequest("a target half-width needs a COUNT or SUM column; AVG's interval depends "
                                  "on the noisy count: plan it with an epsilon instead", code="bad_halfwidth")
             out["target_ci_halfwidth"] = req.ci_halfwidth
+            cost = max(cost, MIN_RHO if unit == "rho" else MIN_EPSILON)  # the smallest cost a query may ask
         else:
             check_accounting(grant, req.unit)
             cost = req.cost

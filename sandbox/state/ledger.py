@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sandbox.dp.accounting import epsilon_to_rho, rho_nano_to_epsilon_nano
@@ -209,6 +210,10 @@ class Ledger:
 
     def cap_states(self, dataset: Dataset, operator: str | None = None) -> list[caps.CapState]:
         return caps.cap_states(self.db, dataset, operator)
+
+    def dataset_budgets(self, catalog: Mapping[str, Dataset]) -> list[dict]:
+        """Each dataset's total for all grants together and what is left (for the public directory)."""
+        return caps.dataset_budgets(self.db, catalog)
 
     def charge(
         self,

@@ -158,3 +158,16 @@ def test_accounting_is_fixed_once_applied(ledger: Ledger) -> None:
     assert info.value.code == "budget_fixed"
     with pytest.raises(Conflict), ledger.db.write() as conn:
         Ledger.ensure_budget(conn, "z1", 10.0, 1e-6, "pure")
+
+
+def test_dataset_budgets_for_the_public_directory(ledger: Ledger) -> None:
+    capped, open_ = _dataset(budget={"epsilon": 5.0}), _dataset(id="other_set")
+    _charge(ledger, "a1", "q1", capped, ACME, 1.5)
+    _charge(ledger, "o1", "q2", capped, OTHER, 0.5)
+    got = ledger.dataset_budgets({"nhanes_2017": capped, "other_set": open_})
+    assert got == [
+        {"cap": "dataset", "dataset": "nhanes_2017", "epsilon_total": 5.0, "epsilon_spent": 2.0,
+         "epsilon_remaining": 3.0},
+        {"cap": "dataset", "dataset": "other_set", "epsilon_total": None, "epsilon_spent": 0.0,
+         "epsilon_remaining": None},
+    ]
