@@ -238,6 +238,8 @@ def budget_show(grant_id, state_dir):  # noqa: ANN001, ANN201
     """Epsilon total, spent and remaining, for one grant or all: the grant, its operator's cap
     and the dataset's cap for all grants together, on each of its datasets."""
     s = services_for(state_dir)
+    if grant_id:
+        s.ledger.state(grant_id)  # "no budget for grant ..." before anything else
     grants = [s.policies.grant(grant_id)] if grant_id else s.policies.grants()
     catalog = s.policies.datasets()
     for grant in grants:

@@ -138,7 +138,7 @@ def test_an_id_column_named_row_cannot_turn_bounding_off(tmp_path: Path) -> None
 
 def test_l3_dataset_needs_a_total_budget(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="L3 dataset needs `budget"):
-        load_dataset(_write(tmp_path, _dataset_dict(classification="L3")))
+        load_dataset(_write(tmp_path, _dataset_dict(classification="L3", budget=None)))
     ds = load_dataset(_write(tmp_path, _dataset_dict(
         classification="L3", budget={"epsilon": 50}, max_epsilon_per_operator=20,
         operator_caps={"Acme Health Analytics Ltd.": 12})))
