@@ -239,7 +239,7 @@ class Ledger:
         """
         if (epsilon is None) == (rho is None):
             raise BadRequest("send either epsilon (pure grants) or rho (zcdp grants)", code="bad_epsilon")
-        name, cost = ("epsilon", epsilon) if rho is None else ("rho", rho)
+        name, cost = ("epsilon", float(epsilon or 0)) if rho is None else ("rho", float(rho))
         units = to_nano(cost)
         if units <= 0:
             raise BadRequest(f"{name} must be positive", code="bad_epsilon")

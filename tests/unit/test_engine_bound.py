@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sandbox.engine import _hmac_sql, build, load_or_create_key
+from sandbox.bounding import hmac_sql, load_or_create_key
+from sandbox.engine import build
 from sandbox.policy.models import Dataset
 
 K = 3
@@ -107,7 +108,7 @@ def test_the_sql_prf_is_hmac_sha256() -> None:
     key = secrets.token_bytes(32)
     con = duckdb.connect()
     for msg in ["", "a", '{"u":"p00001","c0":3,"c1":"2020"}', "ü" * 200]:
-        got = con.execute(f"SELECT {_hmac_sql(key, '?')}", [msg]).fetchone()[0]
+        got = con.execute(f"SELECT {hmac_sql(key, '?')}", [msg]).fetchone()[0]
         assert got == hmac.new(key, msg.encode(), hashlib.sha256).hexdigest()
 
 
