@@ -67,7 +67,7 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def literal(value: object) -> str:
+def literal(value: str | int | float) -> str:
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
     return repr(float(value)) if isinstance(value, float) else str(int(value))
@@ -84,6 +84,7 @@ def _select_list(ds: Dataset) -> list[str]:
         raw = f"TRY_CAST({quote(name)} AS DOUBLE)"
         shown = f"TRY_CAST(ROUND({raw}) AS BIGINT)" if col.type == "int" else raw
         items.append(f"{shown} AS {quote(name)}")
+        assert col.bounds is not None  # validated: numeric columns declare bounds
         low, high = col.bounds
         lo_fixed, hi_fixed = col.fixed_bounds
         # clamp in DOUBLE first (so the cast cannot overflow), then in the integer range the
