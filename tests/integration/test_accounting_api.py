@@ -176,3 +176,28 @@ def test_notebook_client_plans_then_queries(live_server, services: Services, zcd
     with pytest.raises(GatewayError) as info:
         db.plan(sql, epsilon=0.1, grant="g-zcdp")
     assert info.value.code == "wrong_accounting"
+
+
+def test_plan_touches_no_data(client, alice, services: Services) -> None:  # noqa: ANN001
+    """With the engine gone, a query fails but a plan still answers: it never reaches the data."""
+    services.engine._con = None
+    services.engine._fingerprint = "gone"  # ensure() would otherwise reopen it
+    services.engine._tables = frozenset()
+    body = {"sql": "SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex", "epsilon": 0.2, "grant": GRANT}
+    plan = client.post("/v1/plan", json=body, headers=alice)
+    assert plan.status_code == 200 and plan.get_json()["accuracy"]["ci_halfwidth"]["n"] > 0
+    services.engine.ensure = lambda *_a, **_k: None  # keep it gone for the query
+    assert client.post("/v1/query", json=body, headers=alice).status_code != 200
+
+
+def test_a_dataset_cap_is_never_raised_by_a_file(services: Services) -> None:
+    from sandbox.errors import Conflict
+
+    ds = services.policies.datasets()["nhanes_2017"]
+    assert ds.budget is not None
+    lower = ds.model_copy(update={"budget": ds.budget.model_copy(update={"epsilon": ds.budget.epsilon - 1})})
+    services.policies.apply_dataset(lower, "admin")
+    with pytest.raises(Conflict) as info:
+        services.policies.apply_dataset(ds, "admin")  # back up: refused
+    assert info.value.code == "budget_fixed"
+    assert services.policies.datasets()["nhanes_2017"].budget.epsilon == ds.budget.epsilon - 1
