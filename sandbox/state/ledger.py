@@ -176,7 +176,8 @@ class Ledger:
                 f"(in force: {from_nano(row['epsilon_total_nano'])}); issue a new grant instead",
                 code="budget_fixed",
             )
-        if total < row["epsilon_total_nano"] and (
+        lowered = total < row["epsilon_total_nano"] or (zrow is not None and delta < zrow["delta"])
+        if lowered and (
             total < row["epsilon_spent_nano"] or (zrow is not None and rho_total < zrow["rho_spent_nano"])
         ):
             raise Conflict(

@@ -173,3 +173,13 @@ def test_dataset_budgets_for_the_public_directory(ledger: Ledger) -> None:
         {"cap": "dataset", "dataset": "other_set", "epsilon_total": None, "epsilon_spent": 0.0,
          "epsilon_remaining": None},
     ]
+
+
+def test_zcdp_budget_lowered_by_delta_never_below_what_is_spent(ledger: Ledger) -> None:
+    _charge(ledger, "z1", "big", _dataset(), ACME, rho=1.2)
+    with pytest.raises(Conflict) as info, ledger.db.write() as conn:
+        Ledger.ensure_budget(conn, "z1", 10.0, 1e-12, "zcdp")  # rho total would fall under 1.2
+    assert info.value.code == "budget_fixed"
+    with ledger.db.write() as conn:
+        Ledger.ensure_budget(conn, "z1", 10.0, 1e-7, "zcdp")  # still above 1.2: allowed, lowered
+    assert 1.2 < ledger.state("z1").rho_total < epsilon_to_rho(10.0, 1e-6)

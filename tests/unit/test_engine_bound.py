@@ -128,3 +128,24 @@ def test_a_short_key_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bounding.key").write_bytes(b"short")
     with pytest.raises(Exception, match="32 bytes"):
         load_or_create_key(tmp_path / "bounding.key")
+
+
+def test_neighbour_moves_count_by_year_by_at_most_the_bound(tmp_path: Path) -> None:
+    """The issue's measurement: removing one person moved COUNT(*) GROUP BY year by ~200 rows (L1)."""
+    rows = _panel(seed=19, persons=600)
+    by_unit: dict[str, int] = {}
+    for r in rows:
+        by_unit[r["pid"]] = by_unit.get(r["pid"], 0) + 1
+    victim = next(r["pid"] for r in rows if by_unit[r["pid"]] > K)
+    _write(tmp_path / "d.parquet", rows)
+    _write(tmp_path / "d_minus.parquet", [r for r in rows if r["pid"] != victim])
+    key = secrets.token_bytes(32)
+    counts = []
+    for name in ("d.parquet", "d_minus.parquet"):
+        target = tmp_path / f"{name}.duckdb"
+        build({"panel": _dataset(name)}, tmp_path, target, key=key)
+        con = duckdb.connect(str(target), read_only=True)
+        counts.append(dict(con.execute("SELECT year, COUNT(*) FROM panel GROUP BY year").fetchall()))
+        con.close()
+    l1 = sum(abs(counts[0].get(y, 0) - counts[1].get(y, 0)) for y in set(counts[0]) | set(counts[1]))
+    assert l1 == K  # exactly the victim's kept rows, nobody else's
