@@ -195,7 +195,7 @@ GrantStatus = Literal["active", "suspended", "revoked"]
 
 class Grant(_Strict):
     id: str
-    operator: str
+    operator: str = Field(min_length=1, max_length=200, pattern=r"\S")  # caps across grants key on it
     members: tuple[str, ...]
     mode: Literal["overall", "domain", "scenario"]
     purpose: str

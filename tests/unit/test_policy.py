@@ -48,6 +48,7 @@ def _grant_dict(**over) -> dict:  # noqa: ANN003
         ({"max_epsilon_per_query": 50}, "(top level)", "exceeds the whole budget"),
         ({"surprise": 1}, "surprise", "Extra inputs"),
         ({"exports": {"reviewers_required": 3}}, "exports.reviewers_required", "less than or equal to 2"),
+        ({"operator": " "}, "operator", "match pattern"),  # caps across grants key on the operator
     ],
 )
 def test_invalid_grant_names_file_field_problem(tmp_path: Path, change: dict, field: str, words: str) -> None:
