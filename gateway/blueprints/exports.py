@@ -7,12 +7,13 @@ from flask import Blueprint, Response, jsonify, request
 
 from gateway.context import identity, json_body, services
 from sandbox.errors import BadRequest
+from sandbox.exports import override as overrides
 from sandbox.exports import views, workflow
 
 bp = Blueprint("exports", __name__)
 
-MIMETYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "png": "image/png",
-             "pdf": "application/pdf", "text": "text/plain"}
+MIMETYPES = {"csv": "text/csv", "tsv": "text/tab-separated-values", "parquet": "application/vnd.apache.parquet",
+             "png": "image/png", "jpeg": "image/jpeg", "text": "text/plain"}
 
 
 def uploaded_files() -> list[tuple[str, bytes]]:
@@ -72,6 +73,15 @@ def review(request_id: str):  # noqa: ANN201
     if not isinstance(body, dict):
         raise BadRequest('send {"decision": "approve|reject|return", "comment": "..."}', code="bad_json")
     workflow.review(services(), request_id, user, body.get("decision"), body.get("comment", ""))
+    return export_response(request_id, user)
+
+
+@bp.post("/v1/exports/<request_id>/override")
+def override(request_id: str):  # noqa: ANN201
+    """An admin outside the grant lifts the block of failed checks, with a written ``reason``."""
+    user = identity().user
+    body = _form_or_json()
+    overrides.override(services(), request_id, user, body.get("reason", ""))
     return export_response(request_id, user)
 
 

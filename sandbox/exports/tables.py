@@ -58,11 +58,19 @@ def read_csv(data: bytes, max_rows: int | None = None) -> Table:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise BadRequest("the CSV file is not UTF-8 text", code="bad_table") from None
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
+    return read_delimited(text, None, max_rows)
+
+
+def read_delimited(text: str, delimiter: str | None = None, max_rows: int | None = None) -> Table:
+    """Typed cells of delimited text; ``delimiter`` None sniffs one of ``,``, ``;`` and tab."""
+    if delimiter is None:
+        try:
+            dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        reader = csv.reader(io.StringIO(text), dialect)
+    else:
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
