@@ -34,6 +34,7 @@ ALPHA = 0.01
 EXCESS = 0.2
 MANY = 50
 NEARLY_ALL = 0.9
+DENSE = 0.1  # an id space where a tenth or more of the numbers of a size are ids
 
 
 def tokens_of(values: Iterable[object]) -> list[str]:
@@ -107,8 +108,8 @@ def assess(ds_id: str, unit: str, tokens: list[str], matcher: Matcher) -> dict |
     reason = (f"{matched} of {len(tokens)} distinct number(s) are {unit} ids of {ds_id}; "
               f"chance would give about {expected:.1f} "
               f"(numbers of these sizes are {unit} ids {_rates(rates)})")
-    if outcome == "review" and expected >= matched / 2:
-        reason += ": the id space is dense here, so these matches are what chance gives"
+    if outcome == "review" and max(rates.values()) >= DENSE:
+        reason += ": the id space is dense at these magnitudes, so matches like these are what chance gives"
     return {"outcome": outcome, "matched": matched, "distinct": len(tokens), "expected": round(expected, 2),
             "reason": reason}
 
