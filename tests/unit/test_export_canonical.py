@@ -237,3 +237,21 @@ def _png_chunks(data: bytes) -> dict[bytes, bytes]:
 
 def _idat(data: bytes) -> bytes:
     return _png_chunks(data)[b"IDAT"]
+
+
+def test_trailing_whitespace_is_an_invisible_channel_too() -> None:
+    bits = "".join(" " if b == "1" else "\t" for b in format(93703, "b"))
+    out, findings = render("text", f"mean age 35.4{bits}\nok \n".encode())
+    assert out == b"mean age 35.4\nok\n"
+    assert findings[0]["removed"]["trailing whitespace"] == len(bits) + 1
+
+
+def test_parquet_that_unpacks_past_the_cap_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox.exports import tables
+
+    monkeypatch.setattr(tables, "MAX_PARQUET_BYTES", 1_000_000)
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"s": ["x" * 1000] * 2000}), sink, use_dictionary=False, compression="zstd")
+    assert len(sink.getvalue()) < 100_000
+    with pytest.raises(FileRefused, match="unpacks to"):
+        run_all("t.parquet", sink.getvalue(), CheckContext())

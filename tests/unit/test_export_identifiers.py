@@ -98,3 +98,9 @@ def test_poisson_tail() -> None:
     assert identifiers.poisson_tail(0, 3.0) == 1.0
     assert identifiers.poisson_tail(1, 0.0) == 0.0
     assert identifiers.poisson_tail(2, 1.0) == pytest.approx(1 - 2 / 2.718281828459045, rel=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["\uff19\uff13\uff17\uff10\uff13", "\u0669\u0663\u0667\u0660\u0663", "93,703",
+                                  "93 703", "93.703"])
+def test_ids_in_other_digits_or_grouped_are_found(cell: str) -> None:
+    assert "93703" in identifiers.tokens_of([cell])

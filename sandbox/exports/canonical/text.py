@@ -64,7 +64,15 @@ def invisible_result(removed: Counter[str]) -> dict:
 
 
 def canonical_text(data: bytes) -> tuple[bytes, str, list[dict]]:
-    """(canonical bytes, canonical text, findings) of a text, Markdown or code file."""
+    """(canonical bytes, canonical text, findings) of a text, Markdown or code file.
+
+    Spaces and tabs at the end of a line are removed too (counted as ``trailing whitespace``):
+    invisible in every viewer, they are a classic place to hide bits."""
     removed: Counter[str] = Counter()
     text = clean(decode(data), removed)
+    lines = text.split("\n")
+    trailing = sum(len(line) - len(line.rstrip(" \t")) for line in lines)
+    if trailing:
+        removed["trailing whitespace"] += trailing
+        text = "\n".join(line.rstrip(" \t") for line in lines)
     return text.encode("utf-8"), text, [invisible_result(removed)]

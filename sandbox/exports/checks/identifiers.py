@@ -1,7 +1,9 @@
 """Identifier leak: does a column (or a text) carry privacy-unit ids of a granted dataset?
 
 Tokens: every digit run inside any cell or text, whatever surrounds it (``id93703``, ``93703_``,
-``ID-93703``, ``x=93703;``), compared both as written and without zero padding (``00093703``).
+``ID-93703``, ``x=93703;``), compared both as written and without zero padding (``00093703``);
+digits of any script are read as ASCII (``９３７０３``) and thousands-grouped numbers are also joined
+(``93,703``, ``93 703``).
 The gateway compares tokens against the raw id column as keyed hashes inside the engine
 (:meth:`sandbox.engine.Engine.unit_id_matches`) and learns only *how many* matched.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 
 from sandbox.exports.checks import result
@@ -27,7 +30,8 @@ from sandbox.exports.tables import Table
 
 Matcher = Callable[[str, list[str]], int]
 MAX_VALUES = 20_000
-DIGITS = re.compile(r"\d+")
+DIGITS = re.compile(r"\d+")  # any Unicode decimal digits
+GROUPED = re.compile(r"\d{1,3}(?:[,.'\u00a0\u202f _]\d{3})+")  # 93,703 / 93 703 / 93.703 as one number
 MAX_DIGITS = 18
 PROBES = 400  # probe numbers per magnitude
 ALPHA = 0.01
@@ -47,9 +51,12 @@ def tokens_of(values: Iterable[object]) -> list[str]:
             if not math.isfinite(v) or v != int(v):
                 continue
             v = int(v)
-        for run in DIGITS.findall(str(v)):
+        text = str(v)
+        runs = DIGITS.findall(text) + [re.sub(r"\D", "", g) for g in GROUPED.findall(text)]
+        for run in runs:
             if len(run) > MAX_DIGITS:
                 continue
+            run = "".join(str(unicodedata.decimal(c)) for c in run)  # fullwidth, Arabic-Indic... as ASCII
             seen[run] = None
             seen[run.lstrip("0") or "0"] = None
         if len(seen) >= MAX_VALUES:
