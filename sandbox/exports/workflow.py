@@ -10,6 +10,11 @@ completes the round decides: all approve -> ``approve``; any reject -> ``reject`
 ``return``. Until the round is complete each reviewer sees only their own vote. ``resubmit``
 opens a new round, so changing files on a returned request always resets its reviews.
 ``released`` is the state after the requester's first download of an approved request.
+
+Separation of duties: nobody reviews their own request or a request on a grant they are a member
+of. A file with a failed check cannot be approved until an admin outside the grant overrides it
+(:mod:`sandbox.exports.override`). Files are kept as their canonical rendering only
+(:mod:`sandbox.exports.canonical`); every upload attempt, refused ones included, is audited.
 """
 
 from __future__ import annotations

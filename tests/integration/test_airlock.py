@@ -326,3 +326,18 @@ def test_previewed_approved_and_downloaded_bytes_have_one_sha256(client, auth, s
     got = client.get(f"/v1/exports/{rid}/files/{name}", headers=auth["alice"])
     assert got.status_code == 200
     assert shown == approved == hashlib.sha256(got.data).hexdigest() == r.json["files"][0]["sha256"]
+
+
+def test_refused_file_changes_and_nameless_parts_are_audited(client, auth, services) -> None:  # noqa: ANN001
+    rid = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,40\n")]).json["id"]
+    vote(client, auth["carol"], rid, "return", "add males")
+    vote(client, auth["dave"], rid, "return", "add males")
+    r = client.post(f"/v1/exports/{rid}/files", headers=auth["alice"], content_type="multipart/form-data",
+                    data={"files": [(io.BytesIO(b"%PDF-1.7\n"), "t.pdf")]})
+    assert (r.status_code, r.json["error"]["code"]) == (400, "file_refused")
+    r = submit(client, auth["alice"], [("", b"a,n\nx,12\n")])
+    assert (r.status_code, r.json["error"]["code"]) == (400, "file_refused")
+    refused = [e for e in services.audit.entries() if e["action"] == "export.upload_refused"]
+    assert [(e["detail"].get("request"), e["detail"]["files"][0]["name"]) for e in refused] == [(rid, "t.pdf"),
+                                                                                                 (None, "")]
+    assert refused[0]["grant_id"] == GRANT
