@@ -150,7 +150,12 @@ def request_page(request_id: str):  # noqa: ANN201
     req = views.request_view(services(), request_id, user)
     if wants_json():
         return jsonify(req)
-    previews = {f["name"]: _preview(request_id, f) for f in req["files"]}
+    # previews are for reviewers and admins: a requester reading them from outside the sandbox
+    # would take unreleased content out without any approval (they download once approved)
+    privileged = views.is_privileged(services(), user)
+    previews = {f["name"]: _preview(request_id, f) if privileged else {"kind": f["kind"], "hidden": True,
+                                                                          "marks": {}, "column_marks": {}}
+                for f in req["files"]}
     return page("review/request.html", req=req, previews=previews, done=request.args.get("done"))
 
 
@@ -184,9 +189,14 @@ def _preview(request_id: str, f: dict) -> dict:
 
 @bp.get("/exports/<request_id>/files/<name>/preview")
 def preview_file(request_id: str, name: str):  # noqa: ANN201
-    """The canonical bytes (what would leave) for reviewers and the requester, inside the review UI."""
+    """The canonical bytes (what would leave) for reviewers and admins, inside the review UI.
+
+    Not for the requester: they get files through the download, once approved (and audited)."""
     user = identity().user
     row = views.load(services(), request_id, user)
+    if not views.is_privileged(services(), user):
+        raise Forbidden("previews are for reviewers; download the files once they are approved",
+                        code="preview_reviewers_only")
     f = next((f for f in store.current_files(services().db.conn, row["id"]) if f["name"] == name), None)
     if f is None:
         raise NotFound(f"no file {name} on this request", code="unknown_file")

@@ -20,6 +20,10 @@ from sandbox.services import Services
 # check would tell them, for free, which ids are in a dataset (a membership oracle).
 REVIEWER_ONLY_RULES = frozenset({"identifiers"})
 HIDDEN_DETAIL = "checked against raw data; shown to reviewers only"
+# Everything else a requester sees of their checks is the rule and its outcome: the details and
+# flagged cells quote the file (values, column names, chunk names) and the requester can read
+# them from outside the sandbox, so they would carry unreleased content out of the airlock.
+REQUESTER_DETAIL = "details and flagged cells are shown to reviewers only: they quote the file"
 
 
 def is_privileged(services: Services, user: str) -> bool:
@@ -33,7 +37,8 @@ def visible_checks(checks: list[dict], privileged: bool) -> list[dict]:
     return [
         {"rule": c["rule"], "outcome": "review", "detail": HIDDEN_DETAIL, "cells": []}
         if c["rule"] in REVIEWER_ONLY_RULES
-        else c
+        else {"rule": c["rule"], "outcome": c["outcome"], "detail": REQUESTER_DETAIL, "cells": [],
+              **({"queries": c["queries"]} if "queries" in c else {})}
         for c in checks
     ]
 

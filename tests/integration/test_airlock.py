@@ -341,3 +341,24 @@ def test_refused_file_changes_and_nameless_parts_are_audited(client, auth, servi
     assert [(e["detail"].get("request"), e["detail"]["files"][0]["name"]) for e in refused] == [(rid, "t.pdf"),
                                                                                                  (None, "")]
     assert refused[0]["grant_id"] == GRANT
+
+
+def test_the_requester_cannot_read_unreleased_content_back_from_the_gateway(client, auth) -> None:  # noqa: ANN001
+    """From outside the sandbox the requester reaches the gateway too: before approval no view of
+    theirs may quote the file (previews, check details, flagged cells with their values)."""
+    raw = "".join(f"r{i},{31337 + 17 * i}\n" for i in range(60))
+    secret_values = [str(31337 + 17 * i) for i in range(60)]
+    r = submit(client, auth["alice"], [("raw.csv", f"row,income\n{raw}".encode()), ("notes.txt", b"income 31337\n")])
+    rid = r.json["id"]
+    for path in (f"/v1/exports/{rid}", f"/review/exports/{rid}?format=json", f"/review/exports/{rid}",
+                 "/review/mine?format=json", "/v1/exports"):
+        body = client.get(path, headers=auth["alice"]).get_data(as_text=True)
+        assert not any(v in body for v in secret_values), path
+    assert not any(v in json.dumps(r.json) for v in secret_values)
+    for name in ("raw.csv", "notes.txt"):
+        got = client.get(f"/review/exports/{rid}/files/{name}/preview?format=json", headers=auth["alice"])
+        assert (got.status_code, got.json["error"]["code"]) == (403, "preview_reviewers_only")
+    # reviewers do see everything: the values are in their preview and flagged cells
+    page = client.get(f"/review/exports/{rid}", headers=auth["carol"]).get_data(as_text=True)
+    assert all(v in page for v in secret_values)
+    assert client.get(f"/review/exports/{rid}/files/raw.csv/preview", headers=auth["carol"]).status_code == 200

@@ -308,6 +308,9 @@ def test_provenance_and_differencing_use_released_answers(client, auth, services
     checks = {c["rule"]: c for c in r.json["files"][0]["checks"]}
     assert checks["provenance"]["outcome"] == "review"
     assert checks["differencing"]["outcome"] == "review"
+    assert checks["differencing"]["cells"] == []  # the requester sees outcomes; cells quote the file
+    seen = client.get(f"/v1/exports/{r.json['id']}", headers=auth["carol"]).json
+    checks = {c["rule"]: c for c in seen["files"][0]["checks"]}
     assert checks["differencing"]["cells"][0]["row"] == 0
     # bob ran nothing: no provenance for his file, but differencing sees the grant's answers
     r = submit(client, auth["bob"], files=[("t.csv", b"sex,n\nfemale,4177\n")])
