@@ -246,11 +246,12 @@ def _uploads(files: list[tuple[object, bytes]]) -> list[dict]:
 def audit_refused(services: Services, user: str, grant_id: object, files: list[tuple[str, bytes]],
                   exc: SandboxError, request_id: str | None = None) -> None:
     """Every refused upload attempt leaves an audit entry (who, grant, files, reason); the bytes are dropped."""
-    gid = grant_id[:MAX_AUDITED_NAME] if isinstance(grant_id, str) else None
-    detail = {"grant": gid, "files": _uploads(files), "reason": {"code": exc.code, "message": exc.message[:2000]},
+    given = grant_id[:MAX_AUDITED_NAME] if isinstance(grant_id, str) else None
+    detail = {"grant": given, "files": _uploads(files), "reason": {"code": exc.code, "message": exc.message[:2000]},
               **({"request": request_id} if request_id else {})}
-    with services.db.write() as conn:
-        services.audit.append(conn, AuditEvent(user, "export.upload_refused", gid, detail))
+    known = given if given is not None and grant_members(services, given) is not None else None
+    with services.db.write() as conn:  # the grant column names only grants that exist; the detail keeps the text
+        services.audit.append(conn, AuditEvent(user, "export.upload_refused", known, detail))
     services.audit.write_head()
 
 

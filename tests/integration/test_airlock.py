@@ -362,3 +362,10 @@ def test_the_requester_cannot_read_unreleased_content_back_from_the_gateway(clie
     page = client.get(f"/review/exports/{rid}", headers=auth["carol"]).get_data(as_text=True)
     assert all(v in page for v in secret_values)
     assert client.get(f"/review/exports/{rid}/files/raw.csv/preview", headers=auth["carol"]).status_code == 200
+
+
+def test_a_refused_upload_to_an_unknown_grant_keeps_the_text_out_of_the_grant_column(client, auth, services) -> None:  # noqa: ANN001, E501
+    r = submit(client, auth["alice"], [("t.csv", b"a,n\nx,12\n")], grant="=HYPERLINK(\"http://evil\")")
+    assert r.json["error"]["code"] == "not_a_member"
+    e = [e for e in services.audit.entries() if e["action"] == "export.upload_refused"][0]
+    assert e["grant_id"] is None and e["detail"]["grant"] == "=HYPERLINK(\"http://evil\")"
