@@ -58,7 +58,7 @@ def load(services: Services, request_id: str, user: str) -> sqlite3.Row:
 def file_view(f: dict, privileged: bool) -> dict:
     """One file: ``sha256`` and ``size`` are the canonical file's (what leaves); ``uploaded_size`` the upload's."""
     checks = visible_checks(f["checks"], privileged)
-    sizes = next((c for c in f["checks"] if c["rule"] == "canonical.size"), {})
+    sizes: dict = next((c for c in f["checks"] if c["rule"] == "canonical.size"), {})
     return {"name": f["name"], "sha256": f["sha256"], "size": f["size"], "uploaded_size": sizes.get("uploaded"),
             "kind": f["kind"], "outcome": worst(checks), "checks": checks, "added_round": f["added_round"]}
 

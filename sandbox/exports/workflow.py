@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 
 from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound, SandboxError
 from sandbox.exports import store
@@ -237,7 +238,7 @@ def _checked_files(services: Services, ctx: CheckContext, files: list[tuple[str,
     return out
 
 
-def _uploads(files: list[tuple[object, bytes]]) -> list[dict]:
+def _uploads(files: Sequence[tuple[object, bytes]]) -> list[dict]:
     """What the audit log keeps of uploads: name as given (truncated), size and sha256; never bytes."""
     return [{"name": str(name)[:MAX_AUDITED_NAME], "size": len(data), "sha256": store.sha256(data)}
             for name, data in files]

@@ -95,9 +95,9 @@ def canonical_image(kind: str, data: bytes) -> tuple[bytes, list[dict]]:
                 raise _refuse(f"{width}×{height} pixels is over the cap of {MAX_PIXELS:,} pixels")
             frames = getattr(im, "n_frames", 1)
             im.load()
-            im = ImageOps.exif_transpose(im)
-            mode = _target_mode(im, kind)
-            pixels = im.convert(mode)
+            shown = ImageOps.exif_transpose(im)
+            mode = _target_mode(shown, kind)
+            pixels = shown.convert(mode)
             fresh = Image.frombytes(mode, pixels.size, pixels.tobytes())
         except BadRequest:
             raise

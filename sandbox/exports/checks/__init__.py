@@ -16,6 +16,7 @@ from sandbox.errors import BadRequest, SandboxError
 
 if TYPE_CHECKING:
     from sandbox.exports.canonical import Canonical
+    from sandbox.exports.checks.file_gates import Limits
 
 OUTCOMES = ("pass", "review", "fail")
 
@@ -50,7 +51,7 @@ class CheckContext:
     answers: Sequence[dict] = ()  # Ledger.released_answers(grant, requester): provenance
     released: Sequence[dict] | None = None  # everything the grant released: differencing
     count_columns: Sequence[str] = ()
-    limits: object = None
+    limits: Limits | None = None
 
 
 def run_all(name: str, data: bytes, ctx: CheckContext) -> tuple[Canonical, list[dict]]:
@@ -78,7 +79,7 @@ def run_all(name: str, data: bytes, ctx: CheckContext) -> tuple[Canonical, list[
     return canon, results
 
 
-def check_canonical(name: str, kind: str, data: bytes, ctx: CheckContext, limits: object) -> list[dict]:
+def check_canonical(name: str, kind: str, data: bytes, ctx: CheckContext, limits: Limits) -> list[dict]:
     """The disclosure checks on canonical bytes (tables, text, pictures)."""
     from sandbox.exports.canonical import TABLE_KINDS
     from sandbox.exports.canonical.tables import read_canonical
@@ -88,7 +89,7 @@ def check_canonical(name: str, kind: str, data: bytes, ctx: CheckContext, limits
     matcher = _safe(ctx.matcher)
     if kind in TABLE_KINDS:
         table = read_canonical(kind, data)
-        rows = file_gates.row_gate(len(table.rows), len(table.columns), limits)  # type: ignore[arg-type]
+        rows = file_gates.row_gate(len(table.rows), len(table.columns), limits)
         results.append(rows)
         if rows["outcome"] == "fail":
             raise FileRefused(name, results)
