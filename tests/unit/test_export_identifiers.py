@@ -104,3 +104,11 @@ def test_poisson_tail() -> None:
                                   "93 703", "93.703"])
 def test_ids_in_other_digits_or_grouped_are_found(cell: str) -> None:
     assert "93703" in identifiers.tokens_of([cell])
+
+
+def test_ids_hidden_among_many_other_numbers_fail() -> None:
+    noise = " ".join(str(n) for n in range(1000, 1400))  # 400 four-digit numbers, none an id
+    ids = " ".join(f"id{s}" for s in range(93703, 93723))  # 20 ids
+    assert identifiers.check_text(f"{noise} {ids}", {"nhanes_2017": "seqn"}, sparse_matcher)["outcome"] == "fail"
+    one = f"{noise} id93703"
+    assert identifiers.check_text(one, {"nhanes_2017": "seqn"}, sparse_matcher)["outcome"] == "review"

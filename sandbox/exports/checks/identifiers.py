@@ -37,6 +37,7 @@ PROBES = 400  # probe numbers per magnitude
 ALPHA = 0.01
 EXCESS = 0.2
 MANY = 50
+MANY_EXCESS = 10  # ten ids more than chance fail, however many other numbers hide them
 NEARLY_ALL = 0.9
 DENSE = 0.1  # an id space where a tenth or more of the numbers of a size are ids
 
@@ -100,7 +101,9 @@ def judge(matched: int, distinct: int, expected: float) -> str:
         return "pass"
     if distinct >= MANY and matched >= NEARLY_ALL * distinct:
         return "fail"
-    beyond = matched >= 2 and poisson_tail(matched, expected) < ALPHA and matched - expected >= EXCESS * distinct
+    excess = matched - expected
+    beyond = matched >= 2 and poisson_tail(matched, expected) < ALPHA and (
+        excess >= EXCESS * distinct or excess >= MANY_EXCESS)
     return "fail" if beyond else "review"
 
 
