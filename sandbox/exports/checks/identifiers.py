@@ -74,12 +74,16 @@ def probes(digits: int) -> list[str]:
     return [str(rng.randint(lo, hi)) for _ in range(PROBES)]
 
 
-def chance_rates(ds_id: str, tokens: list[str], matcher: Matcher) -> dict[int, float]:
+def chance_rates(ds_id: str, tokens: list[str], matcher: Matcher,
+                 memo: dict[tuple[str, int], float] | None = None) -> dict[int, float]:
     """Per magnitude present in ``tokens``: the share of probe numbers that are ids."""
+    memo = {} if memo is None else memo
     rates = {}
     for d in sorted({len(t) for t in tokens}):
-        sample = probes(d)
-        rates[d] = matcher(ds_id, sample) / len(sample)
+        if (ds_id, d) not in memo:
+            sample = probes(d)
+            memo[(ds_id, d)] = matcher(ds_id, sample) / len(sample)
+        rates[d] = memo[(ds_id, d)]
     return rates
 
 
@@ -107,12 +111,13 @@ def judge(matched: int, distinct: int, expected: float) -> str:
     return "fail" if beyond else "review"
 
 
-def assess(ds_id: str, unit: str, tokens: list[str], matcher: Matcher) -> dict | None:
+def assess(ds_id: str, unit: str, tokens: list[str], matcher: Matcher,
+           memo: dict[tuple[str, int], float] | None = None) -> dict | None:
     """A finding for one dataset, or None when no token is an id."""
     matched = min(matcher(ds_id, tokens), len(tokens)) if tokens else 0
     if not matched:
         return None
-    rates = chance_rates(ds_id, tokens, matcher)
+    rates = chance_rates(ds_id, tokens, matcher, memo)
     expected = sum(rates[len(t)] for t in tokens)
     outcome = judge(matched, len(tokens), expected)
     reason = (f"{matched} of {len(tokens)} distinct number(s) are {unit} ids of {ds_id}; "
@@ -133,6 +138,7 @@ def check_table(table: Table, units: Mapping[str, str], matcher: Matcher) -> dic
     if not units:
         return result("identifiers", "pass", "no granted dataset has a privacy-unit id column")
     cells, worst = [], "pass"
+    memo: dict[tuple[str, int], float] = {}
     for col in table.columns:
         unit_named = [ds for ds, unit in units.items() if col.strip().lower() == unit.lower()]
         if unit_named:
@@ -141,7 +147,7 @@ def check_table(table: Table, units: Mapping[str, str], matcher: Matcher) -> dic
             continue
         tokens = tokens_of(table.column(col))
         for ds_id in sorted(units):
-            found = assess(ds_id, units[ds_id], tokens, matcher)
+            found = assess(ds_id, units[ds_id], tokens, matcher, memo)
             if found is None:
                 continue
             cells.append({"column": col, **{k: v for k, v in found.items() if k != "outcome"},
