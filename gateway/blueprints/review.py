@@ -152,7 +152,7 @@ def request_page(request_id: str):  # noqa: ANN201
         return jsonify(req)
     # previews are for reviewers and admins: a requester reading them from outside the sandbox
     # would take unreleased content out without any approval (they download once approved)
-    privileged = views.is_privileged(services(), user)
+    privileged = views.sees_all(services(), views.load(services(), request_id, user), user)
     previews = {f["name"]: _preview(request_id, f) if privileged else {"kind": f["kind"], "hidden": True,
                                                                           "marks": {}, "column_marks": {}}
                 for f in req["files"]}
@@ -194,7 +194,7 @@ def preview_file(request_id: str, name: str):  # noqa: ANN201
     Not for the requester: they get files through the download, once approved (and audited)."""
     user = identity().user
     row = views.load(services(), request_id, user)
-    if not views.is_privileged(services(), user):
+    if not views.sees_all(services(), row, user):
         raise Forbidden("previews are for reviewers; download the files once they are approved",
                         code="preview_reviewers_only")
     f = next((f for f in store.current_files(services().db.conn, row["id"]) if f["name"] == name), None)

@@ -31,6 +31,19 @@ def is_privileged(services: Services, user: str) -> bool:
     return user in roles.reviewers or user in roles.admins
 
 
+def sees_all(services: Services, row: sqlite3.Row | dict, user: str) -> bool:
+    """Reviewers and admins see a request's previews, check details and identifier results, unless
+    it is their own or on a grant they are a member of: then they see it as its requester does
+    (otherwise a reviewer who is also an operator would have the membership oracle and the
+    unreleased content that requesters are denied)."""
+    if not is_privileged(services, user) or row["requester"] == user:
+        return False
+    try:
+        return user not in services.policies.grant(row["grant_id"]).members
+    except NotFound:
+        return False
+
+
 def visible_checks(checks: list[dict], privileged: bool) -> list[dict]:
     if privileged:
         return checks
@@ -81,7 +94,7 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
     votes = len(store.reviews(conn, request_id, row["round"]))
     is_requester = row["requester"] == user
     status = row["status"]
-    privileged = is_privileged(services, user)
+    privileged = sees_all(services, row, user)
     # which files are blocked is shown to reviewers and admins only: a requester would learn from it,
     # for free, that the (reviewer-only) identifier check failed
     blocked = [f["name"] for f in blocked_files(conn, row)] if privileged and status in OPEN else []
@@ -121,8 +134,7 @@ def summary(conn: sqlite3.Connection, row: dict, privileged: bool = True) -> dic
 
 def mine(services: Services, user: str) -> list[dict]:
     conn = services.db.conn
-    privileged = is_privileged(services, user)
-    return [summary(conn, r, privileged) for r in store.list_requests(conn, requester=user)]
+    return [summary(conn, r, sees_all(services, r, user)) for r in store.list_requests(conn, requester=user)]
 
 
 def queue(services: Services, user: str) -> list[dict]:
@@ -141,4 +153,4 @@ def recent(services: Services, user: str, limit: int = 50) -> list[dict]:
     if user not in roles.reviewers and user not in roles.admins:
         return []
     conn = services.db.conn
-    return [summary(conn, r) for r in store.list_requests(conn, limit=limit)]
+    return [summary(conn, r, sees_all(services, r, user)) for r in store.list_requests(conn, limit=limit)]

@@ -369,3 +369,20 @@ def test_a_refused_upload_to_an_unknown_grant_keeps_the_text_out_of_the_grant_co
     assert r.json["error"]["code"] == "not_a_member"
     e = [e for e in services.audit.entries() if e["action"] == "export.upload_refused"][0]
     assert e["grant_id"] is None and e["detail"]["grant"] == "=HYPERLINK(\"http://evil\")"
+
+
+def test_a_reviewer_who_is_a_member_sees_requests_on_that_grant_as_a_requester_does(client, auth, services) -> None:  # noqa: ANN001, E501
+    """Otherwise an operator who is also a reviewer would have the identifier oracle and the previews."""
+    _grant(services, "g-carol", ["alice", "carol"])
+    for user in ("carol", "alice"):
+        rid = submit(client, auth[user], [("leak.csv", b"person,v\n93703,1\n93704,2\n93705,3\n")],
+                     grant="g-carol").json["id"]
+        view = client.get(f"/v1/exports/{rid}", headers=auth["carol"]).json
+        ident = {c["rule"]: c for c in view["files"][0]["checks"]}["identifiers"]
+        assert ident["outcome"] == "review" and "reviewers only" in ident["detail"], user
+        assert view["blocked"] == []
+        r = client.get(f"/review/exports/{rid}/files/leak.csv/preview?format=json", headers=auth["carol"])
+        assert r.status_code == 403
+        assert "93704" not in client.get(f"/review/exports/{rid}", headers=auth["carol"]).get_data(as_text=True)
+        seen = client.get(f"/v1/exports/{rid}", headers=auth["dave"]).json  # dave is outside the grant
+        assert {c["rule"]: c for c in seen["files"][0]["checks"]}["identifiers"]["outcome"] == "fail"
