@@ -1,7 +1,8 @@
 """The public disclosure register: who holds which grant, for what, until when, and what was released.
 
 Everything here is safe to publish: the operator institution (never members' user names), mode, purpose,
-datasets and columns, validity, status and released data-product titles. No budgets, no data values, no
+datasets and columns, validity, status, released data-product titles and how many failed export checks
+an admin overrode. No budgets, no data values, no
 status reasons (they are free text and may name people).
 """
 
@@ -45,6 +46,7 @@ def grant_entries(services: Services) -> list[dict]:
     today = services.today()
     titles = {ds_id: ds.title for ds_id, ds in services.policies.datasets().items()}
     changed = status_changes(services.audit)
+    overrides = override_counts(services)
     entries = []
     for record in services.policies.grant_records():
         grant = record.grant
@@ -68,9 +70,19 @@ def grant_entries(services: Services) -> list[dict]:
             "status": status,
             "status_changed": status_changed,
             "reviewers_required": grant.exports.reviewers_required,
+            "check_overrides": overrides.get(grant.id, 0),
             "applied": record.applied_at[:10],
         })
     return entries
+
+
+def override_counts(services: Services) -> dict[str, int]:
+    """Per grant, how many times an admin overrode failed export checks (a count, never the reasons)."""
+    try:
+        from sandbox.exports import store
+    except ImportError:
+        return {}
+    return store.override_counts(services.db.conn)
 
 
 def released_products(db: StateDB) -> list[dict]:

@@ -59,13 +59,28 @@ def query():  # noqa: ANN201
     return jsonify(result)
 
 
-@bp.get("/v1/budget")
-def budget():  # noqa: ANN201
+@bp.post("/v1/plan")
+def plan():  # noqa: ANN201
+    """Half-widths for a cost, or the cost for a half-width: free, no data touched, nothing charged."""
     user = identity().user
     s = services()
+    if request.content_length and request.content_length > s.settings.max_body_bytes:
+        raise BadRequest(f"the body is larger than {s.settings.max_body_bytes} bytes", code="body_too_large")
+    return jsonify(QueryService(s).plan(user, json_body()))
+
+
+@bp.get("/v1/budget")
+def budget():  # noqa: ANN201
+    """Each grant's budget, with its operator's cap and the dataset cap on each of its datasets."""
+    user = identity().user
+    s = services()
+    catalog = s.policies.datasets()
     grants = []
     for grant in s.policies.grants_for(user):
-        grants.append({"grant": grant.id, "status": grant.status, **s.ledger.state(grant.id).to_dict()})
+        caps = [c.to_dict() for ds_id in sorted(grant.datasets) if ds_id in catalog
+                for c in s.ledger.cap_states(catalog[ds_id], grant.operator)]
+        grants.append({"grant": grant.id, "status": grant.status, **s.ledger.state(grant.id).to_dict(),
+                       "caps": caps})
     return jsonify({"grants": grants})
 
 

@@ -6,6 +6,12 @@ all groups a count moves by at most k (L1) and a fixed-point sum by at most
 k * max(|low|, |high|) * factor. Each distinct primitive (COUNT(*), COUNT(col), SUM(col))
 is measured once with an equal share of epsilon; AVG reuses COUNT(col) and SUM(col), so it
 is never charged twice. Basic composition: the shares add up to the epsilon charged.
+
+Under ``zcdp`` accounting each primitive gets an equal share of rho instead and discrete
+Gaussian noise; rho composes by addition too. The L2 sensitivity used is the L1 one above:
+a unit's change to the vector of per-group values is a vector whose entries add up (in
+absolute value) to at most k (or k times the largest bound), and a vector's L2 norm is never
+above its L1 norm.
 """
 
 from __future__ import annotations
@@ -14,7 +20,16 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from sandbox.dp.noise import add_discrete_laplace, halfwidth
+import opendp.prelude as _dp
+
+from sandbox.dp.noise import (
+    add_discrete_gaussian,
+    add_discrete_laplace,
+    gaussian_halfwidth,
+    gaussian_scale,
+    halfwidth,
+    laplace_scale,
+)
 from sandbox.policy.models import Dataset
 from sandbox.sql.plan import QueryPlan
 
@@ -33,14 +48,35 @@ class Primitive:
 
 @dataclass(frozen=True)
 class DPPlan:
+    """``epsilon`` is the cost charged: epsilon (pure accounting) or rho (``accounting == "zcdp"``)."""
+
     query: QueryPlan
     dataset: Dataset
     epsilon: float
     primitives: tuple[Primitive, ...]
+    accounting: str = "pure"
 
     @property
     def epsilon_each(self) -> float:
+        """The share of each primitive (epsilon, or rho under zcdp)."""
         return self.epsilon / len(self.primitives)
+
+    @property
+    def mechanism(self) -> str:
+        return "discrete_gaussian" if self.accounting == "zcdp" else "discrete_laplace"
+
+    def scale(self, prim: Primitive) -> float:
+        """The noise scale of a primitive, without touching any data."""
+        if self.accounting == "zcdp":
+            return gaussian_scale(self.sensitivity(prim), self.epsilon_each)
+        return laplace_scale(self.sensitivity(prim), self.epsilon_each)
+
+    def halfwidth(self, scale: float, alpha: float) -> float:
+        return gaussian_halfwidth(scale, alpha) if self.accounting == "zcdp" else halfwidth(scale, alpha)
+
+    def add_noise(self, values: list[int], prim: Primitive) -> tuple[list[int], float]:
+        add = add_discrete_gaussian if self.accounting == "zcdp" else add_discrete_laplace
+        return add(values, self.sensitivity(prim), self.epsilon_each)
 
     def sensitivity(self, prim: Primitive) -> int:
         k = self.dataset.max_rows_per_unit
@@ -53,7 +89,7 @@ class DPPlan:
         return list(itertools.product(*(k.values for k in self.query.group_keys)))
 
 
-def plan_dp(query: QueryPlan, dataset: Dataset, epsilon: float) -> DPPlan:
+def plan_dp(query: QueryPlan, dataset: Dataset, epsilon: float, accounting: str = "pure") -> DPPlan:
     prims: list[Primitive] = []
     for agg in query.aggregates:
         needed = [Primitive("count", agg.column)]
@@ -64,7 +100,7 @@ def plan_dp(query: QueryPlan, dataset: Dataset, epsilon: float) -> DPPlan:
         for p in needed:
             if p not in prims:
                 prims.append(p)
-    return DPPlan(query, dataset, epsilon, tuple(prims))
+    return DPPlan(query, dataset, epsilon, tuple(prims), accounting)
 
 
 @dataclass(frozen=True)
@@ -82,9 +118,7 @@ def release(plan: DPPlan, exact: dict[tuple, dict[Primitive, int]]) -> Release:
     scales: dict[Primitive, float] = {}
     for prim in plan.primitives:
         values = [int(exact.get(key, {}).get(prim, 0)) for key in keys]
-        noisy[prim], scales[prim] = add_discrete_laplace(
-            values, plan.sensitivity(prim), plan.epsilon_each
-        )
+        noisy[prim], scales[prim] = plan.add_noise(values, prim)
     return _assemble(plan, keys, noisy, scales)
 
 
@@ -140,13 +174,13 @@ def _bounded_avg(plan: DPPlan, column: str, total: float, count: int) -> float:
 
 def _aggregate_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float | None:  # noqa: ANN001
     if agg.kind == "count":
-        return halfwidth(scales[_count_of(agg)], ALPHA)
+        return plan.halfwidth(scales[_count_of(agg)], ALPHA)
     factor = _factor(plan, agg.column)
     if agg.kind == "sum":
-        return halfwidth(scales[_sum_of(agg)], ALPHA) / factor
+        return plan.halfwidth(scales[_sum_of(agg)], ALPHA) / factor
     # AVG: a conservative interval from each part at alpha/2, worst row reported
-    ts = halfwidth(scales[_sum_of(agg)], ALPHA / 2) / factor
-    tc = halfwidth(scales[_count_of(agg)], ALPHA / 2)
+    ts = plan.halfwidth(scales[_sum_of(agg)], ALPHA / 2) / factor
+    tc = plan.halfwidth(scales[_count_of(agg)], ALPHA / 2)
     low, high = plan.dataset.columns[agg.column].bounds
     worst = 0.0
     for i in range(n_keys):
@@ -159,3 +193,56 @@ def _aggregate_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float
         lo = min((s - ts) / (c + tc), (s - ts) / (c - tc))
         worst = max(worst, hi - a, a - lo)
     return min(worst, float(high - low)) if math.isfinite(worst) else None
+
+
+def planned_halfwidths(plan: DPPlan) -> dict[str, float | None]:
+    """The 95% half-width of every released aggregate column, from the plan alone (no data).
+
+    COUNT and SUM are exactly what the release reports for the same query and cost. AVG's
+    interval depends on the noisy count, so it is only known after release: None here.
+    """
+    out: dict[str, float | None] = {}
+    for agg in plan.query.aggregates:
+        if agg.kind == "count":
+            out[agg.name] = plan.halfwidth(plan.scale(_count_of(agg)), ALPHA)
+        elif agg.kind == "sum":
+            out[agg.name] = plan.halfwidth(plan.scale(_sum_of(agg)), ALPHA) / _factor(plan, agg.column)
+        else:
+            out[agg.name] = None
+    return {name: out[name] for name in plan.query.columns if name in out}
+
+
+def cost_for_halfwidth(query: QueryPlan, dataset: Dataset, target: float, accounting: str = "pure") -> float | None:
+    """The smallest cost (epsilon, or rho under zcdp; in 1e-9 steps) at which every COUNT and
+    SUM column's 95% half-width is at most ``target``; None if the query has no such column."""
+    probe = plan_dp(query, dataset, 1.0, accounting)
+    sized = [a for a in query.aggregates if a.kind in ("count", "sum")]
+    if not sized:
+        return None
+    n = len(probe.primitives)
+    need = 0.0
+    for agg in sized:
+        prim = _count_of(agg) if agg.kind == "count" else _sum_of(agg)
+        t = target * _factor(probe, agg.column if agg.kind == "sum" else None)
+        sens = probe.sensitivity(prim)
+        if accounting == "zcdp":
+            scale = float(_accuracy_to_gaussian_scale(t))
+            need = max(need, n * sens**2 / (2 * scale**2))
+        else:
+            scale = float(_accuracy_to_laplace_scale(t))
+            need = max(need, n * sens / scale)
+    cost = math.ceil(need * 1e9) / 1e9
+    for _ in range(60):  # the discrete accuracy is a step function: step up until it holds
+        widths = planned_halfwidths(plan_dp(query, dataset, cost, accounting))
+        if all(widths[a.name] is not None and widths[a.name] <= target * (1 + 1e-12) for a in sized):
+            return cost
+        cost = math.ceil(cost * 1.0005 * 1e9) / 1e9
+    return cost
+
+
+def _accuracy_to_laplace_scale(accuracy: float) -> float:
+    return float(_dp.accuracy_to_discrete_laplacian_scale(accuracy=float(accuracy), alpha=ALPHA, T="f64"))
+
+
+def _accuracy_to_gaussian_scale(accuracy: float) -> float:
+    return float(_dp.accuracy_to_discrete_gaussian_scale(accuracy=float(accuracy), alpha=ALPHA, T="f64"))

@@ -18,6 +18,22 @@ GRANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
 
 ColumnType = Literal["id", "category", "int", "float"]
+
+# names the engine gives a meaning of its own: the `privacy_unit: row` sentinel, DuckDB's
+# pseudo-columns and read_parquet's virtual columns; the engine's internal prefix is ``__``
+RESERVED_COLUMNS = frozenset({"row", "rowid", "file_row_number", "filename", "file_index"})
+RESERVED_PREFIXES = ("__",)
+
+
+def check_column_name(name: str) -> None:
+    """Raise ValueError for a column name the engine reserves or cannot quote safely."""
+    if name in RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
+        raise ValueError(
+            f"column name {name!r} is reserved (reserved: {', '.join(sorted(RESERVED_COLUMNS))} and names "
+            f"starting with {', '.join(RESERVED_PREFIXES)}); rename the column in the Parquet and the catalog entry"
+        )
+    if not IDENT.match(name):
+        raise ValueError(f"column name {name!r} is not a lower-case SQL identifier")
 Classification = Literal["L1", "L2", "L3", "L4"]
 
 
@@ -84,6 +100,12 @@ def _fixed(low: float, high: float, factor: int) -> tuple[int, int]:
     return math.ceil(round(low * factor, 9)), math.floor(round(high * factor, 9))
 
 
+class DatasetBudget(_Strict):
+    """The total privacy loss of all grants together on a dataset (what is released to the world)."""
+
+    epsilon: float = Field(gt=0, le=1000)
+
+
 class Dataset(_Strict):
     id: str
     title: str
@@ -94,6 +116,22 @@ class Dataset(_Strict):
     columns: dict[str, Column]
     description: str = ""
     publisher: str = ""
+    # caps across grants, in epsilon (a zCDP grant counts with its epsilon at its delta):
+    budget: DatasetBudget | None = None  # all grants together; required for L3
+    max_epsilon_per_operator: float | None = Field(default=None, gt=0, le=1000)  # each operator's grants together
+    operator_caps: dict[str, float] = Field(default_factory=dict)  # per-operator overrides of the default
+
+    def operator_cap(self, operator: str) -> float | None:
+        """The cap on ``operator``'s grants together on this dataset, or None."""
+        return self.operator_caps.get(operator, self.max_epsilon_per_operator)
+
+    @field_validator("operator_caps")
+    @classmethod
+    def _caps_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for operator, cap in v.items():
+            if not (isinstance(cap, int | float) and 0 < cap <= 1000):
+                raise ValueError(f"{operator!r}: a cap is an epsilon above 0 and at most 1000")
+        return v
 
     @field_validator("id")
     @classmethod
@@ -112,8 +150,9 @@ class Dataset(_Strict):
     @model_validator(mode="after")
     def _unit_is_declared(self) -> Dataset:
         for name in self.columns:
-            if not IDENT.match(name):
-                raise ValueError(f"column name {name!r} is not a lower-case SQL identifier")
+            check_column_name(name)
+        if self.classification == "L3" and self.budget is None:
+            raise ValueError("an L3 dataset needs `budget: {epsilon: ...}`, the total for all grants together")
         if self.privacy_unit == "row":
             if self.max_rows_per_unit != 1:
                 raise ValueError("privacy_unit `row` means max_rows_per_unit 1")
@@ -156,7 +195,7 @@ GrantStatus = Literal["active", "suspended", "revoked"]
 
 class Grant(_Strict):
     id: str
-    operator: str
+    operator: str = Field(min_length=1, max_length=200, pattern=r"\S")  # caps across grants key on it
     members: tuple[str, ...]
     mode: Literal["overall", "domain", "scenario"]
     purpose: str
@@ -169,6 +208,9 @@ class Grant(_Strict):
     resources: Resources = Resources()
     status: GrantStatus = "active"
     use: Literal["commercial", "public_welfare"] = "commercial"
+    # pure: epsilon-DP, discrete Laplace, basic composition. zcdp: discrete Gaussian, charged in
+    # rho; the budget's (epsilon, delta) is converted to a rho total with OpenDP's conversion
+    accounting: Literal["pure", "zcdp"] = "pure"
 
     @field_validator("id")
     @classmethod
@@ -195,6 +237,8 @@ class Grant(_Strict):
             raise ValueError("max_epsilon_per_query exceeds the whole budget")
         if not self.datasets:
             raise ValueError("a grant needs at least one dataset")
+        if self.accounting == "zcdp" and self.budget.delta <= 0:
+            raise ValueError("accounting zcdp needs a budget delta above 0, e.g. budget: {epsilon: 10, delta: 1.0e-6}")
         return self
 
     def is_in_window(self, today: dt.date) -> bool:

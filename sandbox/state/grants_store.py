@@ -15,7 +15,7 @@ from typing import Any
 
 from sandbox.errors import Conflict, NotFound, PolicyError
 from sandbox.policy.models import Dataset, Grant, Roles
-from sandbox.policy.rules import check_grant_fits_catalog
+from sandbox.policy.rules import check_caps_not_raised, check_grant_fits_catalog
 from sandbox.state.chain import AuditEvent
 from sandbox.state.db import StateDB, register_schema
 from sandbox.state.ledger import Ledger
@@ -93,6 +93,8 @@ class PolicyStore:
             old = json.loads(row["body"]) if row else None
             if old == body:
                 return ApplyResult(dataset.id, "unchanged", ())
+            if old is not None:
+                check_caps_not_raised(Dataset.model_validate(old), dataset)
             changes = tuple(diff(old or {}, body)) if old else ()
             conn.execute(
                 "INSERT INTO datasets (id, body, applied_at) VALUES (?, ?, ?)"
@@ -163,7 +165,7 @@ class PolicyStore:
                 outcome = "changed" if changes else "unchanged"
             if outcome == "unchanged":
                 return ApplyResult(grant.id, outcome, ())
-            Ledger.ensure_budget(conn, grant.id, new.budget.epsilon, new.budget.delta)
+            Ledger.ensure_budget(conn, grant.id, new.budget.epsilon, new.budget.delta, new.accounting)
             now = _now()
             conn.execute(
                 "INSERT INTO grants (id, body, status, applied_at, updated_at) VALUES (?, ?, ?, ?, ?)"

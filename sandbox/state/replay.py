@@ -63,6 +63,11 @@ class Replayed:
     export_files: dict[str, dict[str, str]] = field(default_factory=dict)  # request id -> {name: sha256}
     export_votes: dict[str, str] = field(default_factory=dict)  # "request/round/reviewer" -> decision
     checkpoints: dict[int, str] = field(default_factory=dict)  # seq -> head
+    rho_spent: dict[str, int] = field(default_factory=dict)  # zcdp grant -> rho nano spent
+    rho_charges: dict[str, int] = field(default_factory=dict)  # query id -> rho nano
+    cap_spent: dict[str, int] = field(default_factory=dict)  # "dataset/operator" ('' = all grants) -> nano
+    grant_dataset: dict[str, int] = field(default_factory=dict)  # "grant/dataset" -> units nano
+    charge_scopes: dict[str, dict[str, Any]] = field(default_factory=dict)  # query id -> its scope
 
 
 def replay(entries: list[Entry]) -> Replayed:
@@ -94,6 +99,7 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
         state.charges[str(d.get("query_id"))] = {"grant_id": e.grant_id, "user": e.actor, "epsilon_nano": units}
         state.budgets.setdefault(e.grant_id, {"spent": 0, "delta_total": None, "total": None})
         state.budgets[e.grant_id]["spent"] += units
+        _apply_scopes(state, e, units)
     elif e.action == "query.answered":
         state.answers[str(d.get("query_id"))] = d.get("answer_sha256")
     elif e.action == "query.failed":
@@ -112,6 +118,22 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
         _apply_export(state, e, d["request"])
     elif e.action == "audit.checkpoint":
         state.checkpoints[int(d["seq"])] = str(d.get("head"))
+
+
+def _apply_scopes(state: Replayed, e: Entry, eps_units: int) -> None:
+    """zCDP rho and the caps across grants a charge also moved (when its event names them)."""
+    d, gid, qid = e.detail, str(e.grant_id), str(e.detail.get("query_id"))
+    units = int(d["rho_nano"]) if "rho_nano" in d else eps_units
+    if "rho_nano" in d:
+        state.rho_spent[gid] = state.rho_spent.get(gid, 0) + units
+        state.rho_charges[qid] = units
+    if "cap_epsilon_nano" in d and isinstance(d.get("cap_dataset"), str) and isinstance(d.get("operator"), str):
+        ds, op, cap = d["cap_dataset"], d["operator"], int(d["cap_epsilon_nano"])
+        for key in (f"{ds}/{op}", f"{ds}/"):
+            state.cap_spent[key] = state.cap_spent.get(key, 0) + cap
+        state.grant_dataset[f"{gid}/{ds}"] = state.grant_dataset.get(f"{gid}/{ds}", 0) + units
+        state.charge_scopes[qid] = {"grant_id": gid, "dataset": ds, "operator": op, "units_nano": units,
+                                    "cap_epsilon_nano": cap}
 
 
 def _apply_export(state: Replayed, e: Entry, rid: str) -> None:
@@ -153,6 +175,7 @@ def reconcile(db: StateDB, audit: AuditLog) -> list[Divergence]:
     out += _tokens(db, log)
     out += _catalog(db, log)
     out += _exports(db, log)
+    out += _scopes(db, log)
     rows = {str(r["seq"]): r["head"] for r in db.read("SELECT seq, head FROM checkpoints")}
     expected = {str(k): v for k, v in log.checkpoints.items()}
     out += _keys(rows, expected, "checkpoints")
@@ -258,4 +281,39 @@ def _exports(db: StateDB, log: Replayed) -> list[Divergence]:
     out += _keys(votes, log.export_votes, "export_reviews")
     out += [Divergence("export_reviews", k, "decision", votes[k], log.export_votes[k])
             for k in sorted(set(votes) & set(log.export_votes)) if votes[k] != log.export_votes[k]]
+    return out
+
+
+def _totals(table: str, rows: dict[str, int], logged: dict[str, int]) -> list[Divergence]:
+    out = _keys(rows, logged, table)
+    out += [Divergence(table, k, "spent", rows[k] / NANO, logged[k] / NANO)
+            for k in sorted(set(rows) & set(logged)) if rows[k] != logged[k]]
+    return out
+
+
+def _scopes(db: StateDB, log: Replayed) -> list[Divergence]:
+    """zCDP budgets and the caps across grants (tables of the ledger; absent in older states)."""
+    out: list[Divergence] = []
+    try:
+        rho = {r["grant_id"]: r["rho_spent_nano"] for r in db.read("SELECT grant_id, rho_spent_nano FROM zcdp_budgets")}
+        rho_charges = {r["query_id"]: r["rho_nano"] for r in db.read("SELECT query_id, rho_nano FROM zcdp_charges")}
+        caps = {f"{r['dataset']}/{r['operator']}": r["epsilon_spent_nano"]
+                for r in db.read("SELECT dataset, operator, epsilon_spent_nano FROM cap_spent")}
+        per_grant = {f"{r['grant_id']}/{r['dataset']}": r["units_nano"]
+                     for r in db.read("SELECT grant_id, dataset, units_nano FROM grant_dataset_spent")}
+        scopes = {r["query_id"]: dict(r) for r in db.read("SELECT * FROM charge_scopes")}
+    except sqlite3.Error:
+        return out
+    rho_logged = {g: log.rho_spent.get(g, 0) for g in rho}  # a zcdp grant with no charge yet has spent 0
+    out += [Divergence("zcdp_budgets", g, "rho_spent", rho[g] / NANO, rho_logged[g] / NANO)
+            for g in sorted(rho) if rho[g] != rho_logged[g]]
+    out += [Divergence("zcdp_budgets", g, "row", MISSING, PRESENT) for g in sorted(set(log.rho_spent) - set(rho))]
+    out += _totals("zcdp_charges", rho_charges, log.rho_charges)
+    out += _totals("cap_spent", caps, log.cap_spent)
+    out += _totals("grant_dataset_spent", per_grant, log.grant_dataset)
+    out += _keys(scopes, log.charge_scopes, "charge_scopes")
+    for qid in sorted(set(scopes) & set(log.charge_scopes)):
+        for column, want in log.charge_scopes[qid].items():
+            if scopes[qid][column] != want:
+                out.append(Divergence("charge_scopes", qid, column, scopes[qid][column], want))
     return out

@@ -11,6 +11,7 @@ import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -22,7 +23,6 @@ from sandbox.state.replay import reconcile
 REPO = Path(__file__).resolve().parents[2]
 GRANT = "g-2026-001"
 SQL = "SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex"
-TABLE = b"sex,n\nfemale,4180\nmale,4016\n"
 
 
 def fingerprint(services: Services) -> dict[str, str]:
@@ -56,12 +56,28 @@ def test_every_mutating_path_writes_its_audit_event(services: Services, client, 
     users = {u: {"Authorization": f"Bearer {services.tokens.create(u, actor='admin')}"}
              for u in ("alice", "carol", "dave")}
     internal = {"Authorization": "Bearer internal-secret"}
-    state: dict[str, str] = {}
+    state: dict[str, Any] = {}
+
+    def released_table(reverse: bool = False) -> bytes:
+        """The released noisy answer as a CSV (what the airlock's provenance checks accept)."""
+        rows = sorted(state["answer"], reverse=reverse)
+        return ("sex,n\n" + "".join(f"{sex},{n}\n" for sex, n in rows)).encode()
+
+    def run_query() -> None:
+        r = client.post("/v1/query", headers=users["alice"], json=query)
+        assert r.status_code == 200, r.json
+        state["answer"] = r.json["rows"]
+
+    def change_files() -> None:
+        r = client.post(f"/v1/exports/{state['rid']}/files", headers=users["alice"],
+                        content_type="multipart/form-data",
+                        data={"files": [(io.BytesIO(released_table(reverse=True)), "table.csv")]})
+        assert r.status_code == 200, r.json
 
     def submit() -> None:
         r = client.post("/v1/exports", headers=users["alice"], content_type="multipart/form-data",
                         data={"grant": GRANT, "title": "t", "justification": "j",
-                              "files": [(io.BytesIO(TABLE), "table.csv")]})
+                              "files": [(io.BytesIO(released_table()), "table.csv")]})
         assert r.status_code == 201, r.json
         state["rid"] = r.json["id"]
 
@@ -97,15 +113,13 @@ def test_every_mutating_path_writes_its_audit_event(services: Services, client, 
                              .replace("purpose: ", "purpose: Revised ", 1))
     query = {"sql": SQL, "epsilon": 0.5, "grant": GRANT}
     steps: list[tuple[str, Callable[[], None], set[str]]] = [
-        ("query", post("/v1/query", users["alice"], json=query), {"query.charged", "query.answered"}),
+        ("query", run_query, {"query.charged", "query.answered"}),
         ("replay", post("/v1/query", users["alice"], json=query), {"query.replayed"}),
         ("refusal", refused_query, {"query.refused"}),
         ("export submit", submit, {"export.submitted"}),
         ("vote", vote("carol", "approve"), {"export.reviewed"}),
         ("return", vote("dave", "return"), {"export.returned"}),
-        ("change files", post("/v1/exports/{rid}/files", users["alice"], content_type="multipart/form-data",
-                              data={"files": [(io.BytesIO(TABLE + b"x,1\n"), "table.csv")]}),
-         {"export.files_changed"}),
+        ("change files", change_files, {"export.files_changed"}),
         ("resubmit", post("/v1/exports/{rid}/resubmit", users["alice"], json={"comment": "fixed"}),
          {"export.resubmitted"}),
         ("vote 2", vote("carol", "approve"), {"export.reviewed"}),
