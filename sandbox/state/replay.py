@@ -62,6 +62,7 @@ class Replayed:
     exports: dict[str, str] = field(default_factory=dict)  # request id -> status
     export_files: dict[str, dict[str, str]] = field(default_factory=dict)  # request id -> {name: sha256}
     export_votes: dict[str, str] = field(default_factory=dict)  # "request/round/reviewer" -> decision
+    export_overrides: dict[str, list[str]] = field(default_factory=dict)  # "request/round/admin" -> files
     checkpoints: dict[int, str] = field(default_factory=dict)  # seq -> head
     rho_spent: dict[str, int] = field(default_factory=dict)  # zcdp grant -> rho nano spent
     rho_charges: dict[str, int] = field(default_factory=dict)  # query id -> rho nano
@@ -146,8 +147,15 @@ def _apply_export(state: Replayed, e: Entry, rid: str) -> None:
         for name in d.get("removed") or []:
             files.pop(name, None)
         files.update(d.get("added") or {})
+    if e.action == "export.override" and "round" in d:
+        key = f"{rid}/{d['round']}/{e.actor}"
+        state.export_overrides.setdefault(key, []).append(_files_key(d.get("files") or {}))
     if e.action in VOTE_ACTIONS and "decision" in d and "round" in d:
         state.export_votes[f"{rid}/{d['round']}/{e.actor}"] = str(d["decision"])
+
+
+def _files_key(files: Any) -> str:
+    return json.dumps(files, sort_keys=True, separators=(",", ":"))
 
 
 def _body_diff(table: str, key: str, in_table: Any, from_log: Any, prefix: str = "body") -> list[Divergence]:
@@ -267,7 +275,8 @@ def _exports(db: StateDB, log: Replayed) -> list[Divergence]:
         rows = {r["id"]: r["status"] for r in db.read("SELECT id, status FROM export_requests")}
         file_rows = db.read("SELECT request_id, name, sha256 FROM export_files WHERE removed_at IS NULL")
         vote_rows = db.read("SELECT request_id, round, reviewer, decision FROM export_reviews")
-    except sqlite3.Error:  # the exports module is optional
+        override_rows = db.read("SELECT request_id, round, admin, files FROM export_overrides")
+    except sqlite3.Error:  # the exports module is optional (or older, without overrides)
         return []
     out = _keys(rows, log.exports, "export_requests")
     out += [Divergence("export_requests", rid, "status", rows[rid], log.exports[rid])
@@ -277,6 +286,14 @@ def _exports(db: StateDB, log: Replayed) -> list[Divergence]:
     out += _keys(files, logged, "export_files")
     out += [Divergence("export_files", k, "sha256", files[k], logged[k])
             for k in sorted(set(files) & set(logged)) if files[k] != logged[k]]
+    overrides: dict[str, list[str]] = {}
+    for r in override_rows:
+        key = f"{r['request_id']}/{r['round']}/{r['admin']}"
+        overrides.setdefault(key, []).append(_files_key(json.loads(r["files"])))
+    out += _keys(overrides, log.export_overrides, "export_overrides")
+    out += [Divergence("export_overrides", k, "files", sorted(overrides[k]), sorted(log.export_overrides[k]))
+            for k in sorted(set(overrides) & set(log.export_overrides))
+            if sorted(overrides[k]) != sorted(log.export_overrides[k])]
     votes = {f"{r['request_id']}/{r['round']}/{r['reviewer']}": r["decision"] for r in vote_rows}
     out += _keys(votes, log.export_votes, "export_reviews")
     out += [Divergence("export_reviews", k, "decision", votes[k], log.export_votes[k])

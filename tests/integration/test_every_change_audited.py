@@ -54,7 +54,7 @@ def cli_run(services: Services) -> Callable[..., str]:
 def test_every_mutating_path_writes_its_audit_event(services: Services, client, cli_run, tmp_path: Path) -> None:  # noqa: ANN001, C901
     services.settings.internal_token = "internal-secret"
     users = {u: {"Authorization": f"Bearer {services.tokens.create(u, actor='admin')}"}
-             for u in ("alice", "carol", "dave")}
+             for u in ("alice", "carol", "dave", "admin")}
     internal = {"Authorization": "Bearer internal-secret"}
     state: dict[str, Any] = {}
 
@@ -73,6 +73,19 @@ def test_every_mutating_path_writes_its_audit_event(services: Services, client, 
                         content_type="multipart/form-data",
                         data={"files": [(io.BytesIO(released_table(reverse=True)), "table.csv")]})
         assert r.status_code == 200, r.json
+
+    def submit_blocked() -> None:
+        r = client.post("/v1/exports", headers=users["alice"], content_type="multipart/form-data",
+                        data={"grant": GRANT, "title": "t", "justification": "j",
+                              "files": [(io.BytesIO(b"sex,n\nfemale,3\n"), "small.csv")]})
+        assert r.status_code == 201, r.json
+        state["rid"] = r.json["id"]
+
+    def refused_upload() -> None:
+        r = client.post("/v1/exports", headers=users["alice"], content_type="multipart/form-data",
+                        data={"grant": GRANT, "title": "t", "justification": "j",
+                              "files": [(io.BytesIO(b"MZ\x90\x00binary"), "tool.exe")]})
+        assert r.status_code == 400, r.json
 
     def submit() -> None:
         r = client.post("/v1/exports", headers=users["alice"], content_type="multipart/form-data",
@@ -126,7 +139,10 @@ def test_every_mutating_path_writes_its_audit_event(services: Services, client, 
         ("approve", vote("dave", "approve"), {"export.approved"}),
         ("download", get("/v1/exports/{rid}/files/table.csv", users["alice"]),
          {"export.released", "export.downloaded"}),
-        ("submit 2", submit, {"export.submitted"}),
+        ("submit blocked", submit_blocked, {"export.submitted"}),
+        ("override", post("/v1/exports/{rid}/override", users["admin"], json={"reason": "a published total"}),
+         {"export.override"}),
+        ("refused upload", refused_upload, {"export.upload_refused"}),
         ("withdraw", post("/v1/exports/{rid}/withdraw", users["alice"], json={"reason": "no"}), {"export.withdrawn"}),
         ("server start", post("/v1/internal/server-events", internal,
                               json={"user": "alice", "grant": GRANT, "event": "started"}), {"server.started"}),
@@ -157,7 +173,8 @@ def test_every_mutating_path_writes_its_audit_event(services: Services, client, 
         assert expected <= new, (name, new)
         assert not changed or after > seq_before, (name, changed)
         changed_steps += bool(changed)
-    assert changed_steps >= len(steps) - 3  # the fingerprint sees the changes (refusal, rotation: none)
+    # the fingerprint sees the changes; only a replay, the two refusals and the key rotation change no table
+    assert changed_steps == len(steps) - 4
     result = services.audit.verify()
     assert result.ok, result.problems
     assert reconcile(services.db, services.audit) == []

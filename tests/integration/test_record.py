@@ -360,3 +360,22 @@ def test_caps_and_zcdp_spend_agree_with_the_log(services: Services, client, alic
         conn.execute(edit)
     code, out = verify(services.settings.state_dir)
     assert code == 1 and expected in out, out
+
+
+def test_a_forged_check_override_is_detected(services: Services, client, alice) -> None:  # noqa: ANN001
+    """An override row nobody signed for would let reviewers approve a file that failed its checks."""
+    import io
+
+    r = client.post("/v1/exports", headers=alice, content_type="multipart/form-data",
+                    data={"grant": "g-2026-001", "title": "t", "justification": "j",
+                          "files": [(io.BytesIO(b"sex,n\nfemale,3\n"), "small.csv")]})
+    assert r.status_code == 201, r.json
+    rid = r.json["id"]
+    assert verify(services.settings.state_dir)[0] == 0
+    digest = services.db.read("SELECT sha256 FROM export_files WHERE request_id = ?", (rid,))[0]["sha256"]
+    with attacker(services) as conn:
+        conn.execute("INSERT INTO export_overrides (request_id, grant_id, round, admin, reason, files, ts)"
+                     " VALUES (?, 'g-2026-001', 1, 'admin', 'fine', ?, 'now')",
+                     (rid, json.dumps({"small.csv": digest})))
+    code, out = verify(services.settings.state_dir)
+    assert code == 1 and f"export_overrides[{rid}/1/admin].row: the table has (present), the log says (no event)" in out
