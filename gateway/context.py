@@ -27,7 +27,7 @@ def identity() -> Identity:
 def require_role(role: str) -> Identity:
     ident = identity()
     roles = services().policies.roles()
-    members = {"reviewer": roles.reviewers, "admin": roles.admins}[role]
+    members = {"reviewer": roles.reviewers, "admin": roles.admins, "auditor": roles.auditors}[role]
     if ident.user not in members:
         raise Forbidden(f"{ident.user} is not a {role}", code=f"not_{role}")
     return ident

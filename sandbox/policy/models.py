@@ -204,3 +204,11 @@ class Grant(_Strict):
 class Roles(_Strict):
     reviewers: tuple[str, ...] = ()
     admins: tuple[str, ...] = ()
+    auditors: tuple[str, ...] = ()  # audit authorities: read-only, no data access
+
+    @model_validator(mode="after")
+    def _auditors_only_audit(self) -> Roles:
+        both = sorted(set(self.auditors) & (set(self.reviewers) | set(self.admins)))
+        if both:
+            raise ValueError(f"auditors are read-only and cannot also be reviewers or admins: {', '.join(both)}")
+        return self
