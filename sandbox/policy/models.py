@@ -177,6 +177,16 @@ class Grant(_Strict):
             raise ValueError("must be letters, digits, '.', '_' or '-'")
         return v
 
+    @field_validator("operator", "purpose")
+    @classmethod
+    def _published_text(cls, v: str) -> str:
+        # both are published on the register: a blank would disclose nothing
+        if not v.strip():
+            raise ValueError("must not be blank: it is published on the register")
+        if len(v) > 500:
+            raise ValueError("at most 500 characters")
+        return v.strip()
+
     @field_validator("members")
     @classmethod
     def _members(cls, v: tuple[str, ...]) -> tuple[str, ...]:
