@@ -173,3 +173,24 @@ def test_operator_data_quality_report(client, services: Services, alice, mallory
 @pytest.mark.parametrize("case_id", ["c-0000000000000000", "../x", "nope"])
 def test_unknown_cases_are_404(client, case_id: str) -> None:  # noqa: ANN001
     assert client.get(f"/public/cases/{case_id}").status_code == 404
+
+
+def test_cases_from_the_cli(services: Services) -> None:
+    from click.testing import CliRunner
+
+    from sandbox.cli import cli
+
+    case_id = cases.file_public(services, "open_request", _request(), "10.2.2.2")
+    runner = CliRunner()
+    env = {"SANDBOX_STATE": str(services.db.dir)}
+    out = runner.invoke(cli, ["cases", "list", "--actor", "admin"], env=env)
+    assert out.exit_code == 0 and case_id in out.output and "open_request" in out.output
+    assert runner.invoke(cli, ["cases", "list", "--actor", "alice"], env=env).exit_code == 1
+    shown = runner.invoke(cli, ["cases", "show", case_id, "--actor", "admin"], env=env)
+    assert "someone@example.org" in shown.output  # the authority sees the contact
+    out = runner.invoke(cli, ["cases", "act", case_id, "respond", "--actor", "admin", "--response", "Opened in 2027"],
+                        env=env)
+    assert out.exit_code == 0 and f"{case_id}: answered" in out.output
+    out = runner.invoke(cli, ["cases", "act", case_id, "close", "--actor", "admin"], env=env)
+    assert out.exit_code == 0 and cases.public_case(services, case_id)["status"] == "closed"
+    assert runner.invoke(cli, ["cases", "act", case_id, "close", "--actor", "admin"], env=env).exit_code == 1
