@@ -287,10 +287,14 @@ def _suspend(services: Services, alert: Alert) -> None:
     if grant.status != "active":
         return
     try:
-        services.policies.set_status(grant.id, "suspended", "monitor",
-                                     f"automatic: alert {alert.id} ({alert.rule}): {alert.message}")
+        # the reason is published on the register: it names the rule, never the user
+        reason = f"automatic suspension by the early-warning rule {alert.rule} (alert {alert.id})"
+        services.policies.set_status(grant.id, "suspended", "monitor", reason)
     except Conflict:  # revoked meanwhile
         return
+    from sandbox.offerings import publish_reason
+
+    publish_reason(services, grant.id, "monitor", reason)
     with services.db.write() as conn:
         alerts_store.mark_suspended(conn, alert.id)
 
@@ -327,6 +331,9 @@ def emergency_stop(services: Services, actor: str, reason: str, hub: object | No
         try:
             services.policies.set_status(grant.id, "suspended", actor, f"emergency stop: {reason}")
             suspended.append(grant.id)
+            from sandbox.offerings import publish_reason
+
+            publish_reason(services, grant.id, actor, "emergency stop of every grant by the authority")
         except Conflict:  # revoked meanwhile
             continue
     stopped: list[str] = []

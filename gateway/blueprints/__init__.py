@@ -17,6 +17,7 @@ MODULES = (
     "gateway.blueprints.cases",
     "gateway.blueprints.auditor",
     "gateway.blueprints.admin_alerts",
+    "gateway.blueprints.offerings",
     "gateway.hub_oauth",
 )
 

@@ -161,3 +161,26 @@ def cases_act(case_id, action, state_dir, actor, owner, response, note):  # noqa
 
     new = cases.act(services_for(state_dir), case_id, actor, action, owner=owner, response=response, note=note)
     click.echo(f"{case_id}: {new}")
+
+
+# -- grants: the published reason ------------------------------------------------------------------
+from sandbox.cli.admin import grants  # noqa: E402  the group defined with the other grant commands
+
+
+@grants.command("publish-reason")
+@click.argument("grant_id")
+@click.argument("text")
+@STATE
+@ACTOR
+@translate_errors
+def grants_publish_reason(grant_id, text, state_dir, actor):  # noqa: ANN001, ANN201
+    """Publish on the register why GRANT_ID is suspended or revoked (audited).
+
+    `grants suspend --reason` stays in the audit log only (it may name people); until a reason is
+    published the register says the grant was suspended by the authority. A revocation's
+    `--reason` is published as given.
+    """
+    from sandbox.offerings import publish_reason
+
+    publish_reason(services_for(state_dir), grant_id, actor, text)
+    click.echo(f"{grant_id}: reason published")

@@ -144,8 +144,12 @@ def test_auditor_cannot_write_through_any_route(app, client, services: Services,
     from sandbox import monitoring
 
     alert_id = monitoring.raise_alert(services, "manual", "test", None, None, "a test alert", {})
+    from sandbox import offerings
+
+    offering_id = offerings.declare(services, "alice", {"grant": "g-2026-001", "kind": "product", "name": "n",
+                                                        "description": "d"})
     values = {"request_id": export_id, "case_id": case_id, "alert_id": str(alert_id), "name": "t.csv",
-              "grant_id": "g-2026-001", "user": "alice"}
+              "grant_id": "g-2026-001", "user": "alice", "offering_id": str(offering_id)}
     before = _snapshot(services)
     seq_before = services.db.read("SELECT MAX(seq) AS s FROM audit")[0]["s"]
     tried = []
@@ -158,7 +162,7 @@ def test_auditor_cannot_write_through_any_route(app, client, services: Services,
             for kwargs in ({"json": {"decision": "approve", "action": "close", "response": "r", "reason": "r",
                                      "grant": "g-2026-001", "sql": "SELECT COUNT(*) FROM nhanes_2017",
                                      "epsilon": 0.5, "dataset": "nhanes_2017", "subject": "s",
-                                     "message": "m"}},
+                                     "message": "m", "kind": "product", "name": "n", "description": "d"}},
                            {"data": {"csrf_token": "x", "decision": "approve", "action": "ack"}}):
                 resp = client.open(path, method=method, headers=erin, **kwargs)
                 tried.append((rule.endpoint, resp.status_code))
