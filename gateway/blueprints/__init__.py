@@ -18,6 +18,7 @@ MODULES = (
     "gateway.blueprints.auditor",
     "gateway.blueprints.admin_alerts",
     "gateway.blueprints.offerings",
+    "gateway.blueprints.pricing",
     "gateway.hub_oauth",
 )
 

@@ -169,6 +169,8 @@ class Grant(_Strict):
     resources: Resources = Resources()
     status: GrantStatus = "active"
     use: Literal["commercial", "public_welfare"] = "commercial"
+    # the declared purpose category (prices.yaml lists those that qualify for free public-welfare use)
+    purpose_category: str = Field(default="", max_length=64, pattern=r"^[a-z_]*$")
 
     @field_validator("id")
     @classmethod
