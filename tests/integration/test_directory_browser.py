@@ -47,3 +47,35 @@ def test_directory_renders_and_a_request_can_be_filed(browser, live_server: str,
         assert req.get_by_text("open", exact=True).is_visible()
     finally:
         context.close()
+
+
+def test_grant_record_prices_and_feedback_render(browser, live_server: str, services: Services, alice) -> None:  # noqa: ANN001
+    from sandbox import offerings
+
+    oid = offerings.declare(services, "alice", {"grant": "g-2026-001", "kind": "product", "name": "Clinic atlas",
+                                                "description": "Maps of demand", "free_to_public": True})
+    offerings.act(services, oid, "admin", "approve")
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(f"{live_server}/public/grants")
+        page.get_by_role("link", name="products, services and use of g-2026-001").click()
+        assert page.get_by_role("heading", name="Grant g-2026-001: Acme Health Analytics Ltd.").is_visible()
+        table = page.get_by_role("table", name="Products and service capabilities declared by the operator")
+        row = table.get_by_role("row", name="Clinic atlas")
+        assert row.get_by_role("cell", name="free to the public").is_visible()
+        assert page.get_by_role("table", name="Use of the resources per quarter").is_visible()
+        page.goto(f"{live_server}/public/prices")
+        prices = page.get_by_role("table", name="Ceilings of operators' prices (CNY)")
+        assert prices.get_by_role("row", name="product").get_by_role("cell", name="50000.00").is_visible()
+        page.goto(f"{live_server}/public/feedback")
+        page.get_by_label("Complaint").check()
+        page.get_by_label("Subject (published)").fill("Register is slow")
+        page.get_by_label("Your message").fill("It took a minute to load.")
+        page.get_by_role("button", name="Send", exact=True).click()
+        assert page.get_by_role("heading", name="Complaint: Register is slow").is_visible()
+        page.goto(f"{live_server}/public/feedback")
+        stats = page.get_by_role("table", name="Cases and how fast they are closed")
+        assert stats.get_by_role("row", name="Complaint").get_by_role("cell", name="1").first.is_visible()
+    finally:
+        context.close()
