@@ -87,9 +87,10 @@ def record_bad_token(services: Services, token: str, path: str, client: str) -> 
         return
     from sandbox.cases import client_key
 
-    detail = {"token_sha256_prefix": hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:8],
-              "path": path[:200].encode("utf-8", "backslashreplace").decode("utf-8"),
-              "client": client_key(services, client)}
+    digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+    detail: dict[str, object] = {"token_sha256_prefix": digest[:8],
+                                 "path": path[:200].encode("utf-8", "backslashreplace").decode("utf-8"),
+                                 "client": client_key(services, client)}
     if dropped:
         detail["not_recorded_before"] = dropped
     services.audit.record(AuditEvent("anonymous", "auth.bad_token", None, detail))

@@ -201,7 +201,7 @@ def quarterly_use(services: Services, grant_id: str, applied_at: str) -> list[di
     exports released and notebook hours."""
     first = dt.datetime.fromisoformat(applied_at).date()
     today = services.today()
-    labels = []
+    labels: list[str] = []
     day = dt.date(first.year, 3 * ((first.month - 1) // 3) + 1, 1)
     while day <= today and len(labels) < 200:
         labels.append(quarter_of(day))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, Response, g, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, g, jsonify, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 
 from gateway.context import identity, services
 from sandbox import auditing
@@ -36,7 +37,7 @@ def _auditor() -> str:
     return user
 
 
-def _page(template: str, data: dict, **ctx: object) -> Response | tuple:
+def _page(template: str, data: dict, **ctx: object) -> ResponseReturnValue:
     if request.args.get("format") == "json":
         return jsonify(data)
     return render_template(template, user=g.identity.user, **data, **ctx)

@@ -4,6 +4,7 @@ operators' data-quality reports (their token), and the authority's handling (adm
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 
 from gateway import public_csrf
 from gateway.context import identity, json_body, services
@@ -34,7 +35,7 @@ def _body() -> dict:
     return {k: request.form.get(k) for k in FIELDS if request.form.get(k)}
 
 
-def _filed(case_id: str) -> Response:
+def _filed(case_id: str) -> ResponseReturnValue:
     if request.is_json:
         return jsonify(cases.public_case(services(), case_id)), 201
     return redirect(url_for("cases.case_page", case_id=case_id, filed=1), code=303)

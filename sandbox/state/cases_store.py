@@ -83,7 +83,7 @@ def events(conn: sqlite3.Connection, case_id: str) -> list[dict]:
 
 def listing(conn: sqlite3.Connection, *, kinds: tuple[str, ...] | None = None, statuses: tuple[str, ...] | None = None,
             limit: int = 500) -> list[dict]:
-    sql, params = "SELECT * FROM cases WHERE 1 = 1", []
+    sql, params = "SELECT * FROM cases WHERE 1 = 1", list[object]()
     if kinds:
         sql += f" AND kind IN ({', '.join('?' for _ in kinds)})"
         params.extend(kinds)

@@ -60,7 +60,7 @@ def update(conn: sqlite3.Connection, offering_id: int, **fields: object) -> None
 
 def listing(conn: sqlite3.Connection, *, grant_id: str | None = None,
             statuses: tuple[str, ...] | None = None) -> list[dict]:
-    sql, params = "SELECT * FROM offerings WHERE 1 = 1", []
+    sql, params = "SELECT * FROM offerings WHERE 1 = 1", list[object]()
     if grant_id:
         sql += " AND grant_id = ?"
         params.append(grant_id)
