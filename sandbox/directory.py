@@ -22,6 +22,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -201,13 +202,12 @@ def open_data_file(services: Services, ds_id: str, fmt: str) -> Path:
     target = out_dir / f"{ds_id}-{version}.{fmt}"
     if target.is_file():
         return target
-    table = pq.read_table(source, columns=list(ds.columns))
     tmp = out_dir / f".{ds_id}.{secrets.token_hex(6)}.tmp"
     try:
-        if fmt == "parquet":
-            pq.write_table(table, tmp)
-        else:
-            pacsv.write_csv(table, tmp)
+        try:
+            _render(source, list(ds.columns), fmt, tmp)
+        except (OSError, KeyError, pa.ArrowException):
+            raise NotFound(f"{ds_id}: the source file cannot be read as declared", code="source_unreadable") from None
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -215,3 +215,16 @@ def open_data_file(services: Services, ds_id: str, fmt: str) -> Path:
         if old != target:
             old.unlink(missing_ok=True)
     return target
+
+
+def _render(source: Path, columns: list[str], fmt: str, target: Path) -> None:
+    """Stream the declared columns batch by batch, so memory stays bounded whatever the file's size."""
+    reader = pq.ParquetFile(source)
+    out_schema = pa.schema([reader.schema_arrow.field(name) for name in columns])
+    writer: pq.ParquetWriter | pacsv.CSVWriter
+    writer = pq.ParquetWriter(target, out_schema) if fmt == "parquet" else pacsv.CSVWriter(target, out_schema)
+    try:
+        for batch in reader.iter_batches(batch_size=65_536, columns=columns):
+            writer.write_batch(batch)
+    finally:
+        writer.close()

@@ -108,6 +108,21 @@ def test_l1_source_gone_is_404_not_500(client, services: Services) -> None:  # n
     assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "source_missing"
 
 
+def test_l1_source_unreadable_is_404_not_500(client, services: Services, tmp_path: Path) -> None:  # noqa: ANN001
+    """A source replaced by garbage after registration: refused cleanly, nothing half-written is served."""
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    (data_root / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    services.settings.data_root = data_root
+    base = yaml.safe_load((REPO / "policies" / "datasets" / "adult_income.yaml").read_text())
+    base.update(id="broken", classification="L1", source="broken.parquet")
+    services.policies.apply_dataset(Dataset.model_validate(base), "test")
+    for fmt in ("csv", "parquet"):
+        resp = client.get(f"/public/datasets/broken.{fmt}")
+        assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "source_unreadable"
+    assert not list((services.db.dir / "open-data").glob("broken*"))
+
+
 def test_dcat_jsonld_parses_as_rdf(client, services: Services) -> None:  # noqa: ANN001
     rdflib = pytest.importorskip("rdflib")
     _register_level(services, "adult_open", "L1")
