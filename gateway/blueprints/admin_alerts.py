@@ -6,8 +6,9 @@ audit log, so that an automatic suspension is in force for the very next request
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, g, jsonify, redirect, request, url_for
 
+from gateway import admin_pages
 from gateway.context import require_role, services
 from sandbox import monitoring
 from sandbox.errors import BadRequest, Unauthorized
@@ -36,15 +37,12 @@ def _login_first(exc: Unauthorized):  # noqa: ANN202
 
 @bp.get("/")
 def alerts_page():  # noqa: ANN201
-    user = require_role("admin").user
+    require_role("admin")
     only_open = request.args.get("open") == "1"
     items = alerts_store.listing(services().db.conn, unacknowledged=only_open)
     if request.args.get("format") == "json":
         return jsonify({"alerts": items})
-    from gateway.blueprints.review import csrf_token
-
-    return render_template("admin/alerts.html", alerts=items, user=user, only_open=only_open,
-                           csrf_token=csrf_token())
+    return admin_pages.page("admin/alerts.html", alerts=items, only_open=only_open)
 
 
 @bp.post("/<int:alert_id>/ack")

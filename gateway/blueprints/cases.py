@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from gateway import public_csrf
+from gateway import admin_pages, public_csrf
 from gateway.context import identity, json_body, services
 from sandbox import cases
 from sandbox.errors import BadRequest
@@ -108,26 +108,35 @@ def data_quality():  # noqa: ANN201
     return jsonify(cases.public_case(services(), case_id)), 201
 
 
-# -- the authority -----------------------------------------------------------------------------
+# -- the authority (pages with JSON twins) ------------------------------------------------------
+admin_pages.install(bp)
+
+
 @bp.get("/admin/cases")
 def admin_list():  # noqa: ANN201
     status = request.args.get("status")
     statuses = (status,) if status in cases.STATUSES else None
-    return jsonify({"cases": cases.authority_list(services(), identity().user, statuses)})
+    items = cases.authority_list(services(), identity().user, statuses)
+    if admin_pages.wants_json():
+        return jsonify({"cases": items})
+    return admin_pages.page("admin/cases.html", cases=items)
 
 
 @bp.get("/admin/cases/<case_id>")
 def admin_case(case_id: str):  # noqa: ANN201
-    return jsonify(cases.authority_view(services(), case_id, identity().user))
+    item = cases.authority_view(services(), case_id, identity().user)
+    if admin_pages.wants_json():
+        return jsonify(item)
+    return admin_pages.page("admin/case.html", case=item)
 
 
 @bp.post("/admin/cases/<case_id>")
 def admin_act(case_id: str):  # noqa: ANN201
-    """``{"action": "assign|respond|reopen|close", "owner", "response", "note"}``."""
+    """``{"action": "assign|respond|reopen|close", "owner", "response", "note"}``, or the case page's form."""
     user = identity().user
-    body = json_body()
-    if not isinstance(body, dict):
-        raise BadRequest("send a JSON object", code="bad_json")
-    cases.act(services(), case_id, user, body.get("action"), owner=body.get("owner"),
+    body = admin_pages.form_or_json()
+    cases.act(services(), case_id, user, body.get("action"), owner=body.get("owner") or None,
               response=body.get("response"), note=body.get("note"))
+    if not request.is_json:
+        return redirect(url_for("cases.admin_case", case_id=case_id), code=303)
     return jsonify(cases.authority_view(services(), case_id, user))

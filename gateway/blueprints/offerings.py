@@ -3,8 +3,9 @@ their review (admins), and each grant's public record (``/public/grants/<id>``, 
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, render_template, request
+from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 
+from gateway import admin_pages
 from gateway.context import identity, json_body, services
 from sandbox import offerings
 from sandbox.errors import BadRequest
@@ -40,17 +41,25 @@ def withdraw(offering_id: int):  # noqa: ANN201
     return jsonify({"id": offering_id, "status": offerings.act(services(), offering_id, user, "withdraw")})
 
 
+admin_pages.install(bp)
+
+
 @bp.get("/admin/offerings")
 def pending():  # noqa: ANN201
-    return jsonify({"offerings": offerings.pending_review(services(), identity().user)})
+    items = offerings.pending_review(services(), identity().user)
+    if admin_pages.wants_json():
+        return jsonify({"offerings": items})
+    return admin_pages.page("admin/offerings.html", offerings=items)
 
 
 @bp.post("/admin/offerings/<int:offering_id>")
 def review(offering_id: int):  # noqa: ANN201
-    """``{"decision": "approve|reject", "comment"}`` (a comment is required to reject)."""
+    """``{"decision": "approve|reject", "comment"}`` (a comment is required to reject), or the page's form."""
     user = identity().user
-    body = _object()
+    body = admin_pages.form_or_json()
     status = offerings.act(services(), offering_id, user, body.get("decision"), body.get("comment"))
+    if not request.is_json:
+        return redirect(url_for("offerings.pending"), code=303)
     return jsonify({"id": offering_id, "status": status})
 
 

@@ -111,7 +111,7 @@ def test_authority_handles_a_case_and_the_register_counts_it(client, services: S
     for who in (alice, {}):
         resp = client.post(f"/admin/cases/{case_id}", headers=who, json={"action": "close", "response": "no"})
         assert resp.status_code in (401, 403)
-        assert client.get(f"/admin/cases/{case_id}", headers=who).status_code in (401, 403)
+        assert client.get(f"/admin/cases/{case_id}?format=json", headers=who).status_code in (401, 403)
     assert client.get("/admin/cases", headers=alice).status_code == 403
     # closing needs a response first; an illegal transition is 409
     resp = client.post(f"/admin/cases/{case_id}", headers=admin, json={"action": "close"})
@@ -194,3 +194,42 @@ def test_cases_from_the_cli(services: Services) -> None:
     out = runner.invoke(cli, ["cases", "act", case_id, "close", "--actor", "admin"], env=env)
     assert out.exit_code == 0 and cases.public_case(services, case_id)["status"] == "closed"
     assert runner.invoke(cli, ["cases", "act", case_id, "close", "--actor", "admin"], env=env).exit_code == 1
+
+
+def _sign_in(client, services: Services, user: str) -> None:  # noqa: ANN001
+    token = services.tokens.create(user)
+    assert client.post("/review/login", data={"token": token, "next": "/review/"}).status_code == 303
+
+
+def test_authority_pages_with_forms(client, services: Services) -> None:  # noqa: ANN001
+    case_id = cases.file_public(services, "complaint", _request(), "10.3.3.3")
+    assert client.get("/admin/cases").status_code == 302  # a browser without a session signs in first
+    _sign_in(client, services, "admin")
+    page = client.get("/admin/cases").get_data(as_text=True)
+    assert "Open the age table" in page and case_id in page
+    html = client.get(f"/admin/cases/{case_id}").get_data(as_text=True)
+    assert "someone@example.org" in html and "We need it for a school project." in html
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    # a forged or missing token is refused and changes nothing
+    for bad in ({}, {"csrf_token": "forged"}):
+        resp = client.post(f"/admin/cases/{case_id}", data={"action": "respond", "response": "x", **bad})
+        assert resp.status_code == 403
+    assert cases.public_case(services, case_id)["status"] == "open"
+    resp = client.post(f"/admin/cases/{case_id}", data={"csrf_token": token, "action": "respond",
+                                                        "response": "Fixed in the next release", "owner": ""})
+    assert resp.status_code == 303
+    resp = client.post(f"/admin/cases/{case_id}", data={"csrf_token": token, "action": "close"})
+    assert resp.status_code == 303 and cases.public_case(services, case_id)["status"] == "closed"
+    assert "This case is closed." in client.get(f"/admin/cases/{case_id}").get_data(as_text=True)
+
+
+def test_authority_pages_refuse_other_users(client, services: Services) -> None:  # noqa: ANN001
+    case_id = cases.file_public(services, "complaint", _request(), "10.4.4.4")
+    _sign_in(client, services, "carol")  # a reviewer, not an admin
+    for url in ("/admin/cases", f"/admin/cases/{case_id}", "/admin/offerings", "/admin/alerts/"):
+        assert client.get(url).status_code == 403, url
+    html = client.get("/review/").get_data(as_text=True)  # carol's own CSRF token does not help
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    data = {"action": "close", "response": "x", **({"csrf_token": token.group(1)} if token else {})}
+    assert client.post(f"/admin/cases/{case_id}", data=data).status_code == 403
+    assert cases.public_case(services, case_id)["status"] == "open"

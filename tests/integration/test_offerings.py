@@ -32,7 +32,8 @@ def test_declaration_is_published_only_once_approved(client, services: Services,
     resp = client.post(f"/admin/offerings/{oid}", headers=alice, json={"decision": "approve"})
     assert resp.status_code == 403
     assert client.get("/admin/offerings", headers=alice).status_code == 403
-    assert [o["id"] for o in client.get("/admin/offerings", headers=admin).get_json()["offerings"]] == [oid]
+    assert [o["id"] for o in client.get("/admin/offerings?format=json", headers=admin).get_json()["offerings"]] \
+        == [oid]
     resp = client.post(f"/admin/offerings/{oid}", headers=admin, json={"decision": "approve"})
     assert resp.status_code == 200 and resp.get_json()["status"] == "approved"
     record = client.get(f"/public/grants/{GRANT}?format=json").get_json()
@@ -122,3 +123,18 @@ def test_publish_reason_needs_a_stopped_grant(services: Services) -> None:
 
     with pytest.raises(Conflict):
         offerings.publish_reason(services, GRANT, "admin", "nothing to explain")
+
+
+def test_review_page_form(client, services: Services, alice) -> None:  # noqa: ANN001
+    import re
+
+    oid = _declare(client, alice, name="Atlas of clinics").get_json()["id"]
+    token = services.tokens.create("admin")
+    client.post("/review/login", data={"token": token, "next": "/review/"})
+    html = client.get("/admin/offerings").get_data(as_text=True)
+    assert "Atlas of clinics" in html
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    assert client.post(f"/admin/offerings/{oid}", data={"decision": "approve"}).status_code == 403
+    resp = client.post(f"/admin/offerings/{oid}", data={"csrf_token": csrf, "decision": "approve", "comment": ""})
+    assert resp.status_code == 303
+    assert [o["name"] for o in offerings.published(services, GRANT)] == ["Atlas of clinics"]
