@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sandbox.errors import BadRequest, Forbidden, NotFound
 from sandbox.policy.rules import effective_status
 from sandbox.services import Services
+from sandbox.state.audit import AuditEvent
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -26,6 +27,15 @@ def can_audit(services: Services, user: str) -> bool:
 def check_auditor(services: Services, user: str) -> None:
     if not can_audit(services, user):
         raise Forbidden(f"{user} is not an auditor", code="not_auditor")
+
+
+def check_no_data_access(services: Services, user: str, audit_action: str | None = None) -> None:
+    """Auditors never reach data, even if a grant lists them by mistake (the refusal is audited)."""
+    if user in getattr(services.policies.roles(), "auditors", ()):
+        exc = Forbidden(f"{user} is an auditor: auditors have no data access", code="auditor_no_data_access")
+        if audit_action:
+            services.audit.record(AuditEvent(user, audit_action, None, {"code": exc.code, "status": exc.status}))
+        raise exc
 
 
 @dataclass(frozen=True)

@@ -120,11 +120,12 @@ def test_only_auditors_and_admins_read(client, services: Services, alice, mallor
 
 def test_auditor_has_no_data_access(client, services: Services, erin) -> None:  # noqa: ANN001
     body = {"sql": "SELECT COUNT(*) AS n FROM nhanes_2017", "epsilon": 0.5}
-    resp = client.post("/v1/query", headers=erin, json=body)
-    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "no_usable_grant"
-    resp = client.post("/v1/query", headers=erin, json={**body, "grant": "g-2026-001"})
-    assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "not_a_member"
-    assert client.get("/v1/catalog", headers=erin).get_json() == {"datasets": []}
+    for sent in (body, {**body, "grant": "g-2026-001"}):
+        resp = client.post("/v1/query", headers=erin, json=sent)
+        assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "auditor_no_data_access"
+    refused = [e for e in services.audit.entries() if e["action"] == "query.refused" and e["actor"] == "erin"]
+    assert len(refused) == 2
+    assert client.get("/v1/catalog", headers=erin).status_code == 403
     assert client.get("/v1/budget", headers=erin).get_json() == {"grants": []}
     upload = {"files": (io.BytesIO(b"a,b\n1,2\n"), "t.csv"), "grant": "g-2026-001", "title": "t",
               "justification": "j"}
@@ -171,6 +172,16 @@ def test_auditor_cannot_write_through_any_route(app, client, services: Services,
     assert _snapshot(services) == before
     new = services.db.read("SELECT action FROM audit WHERE seq > ?", (seq_before,))
     assert {r["action"] for r in new} <= {"query.refused", "auth.bad_token", "alert.raised"}, new
+
+
+def test_auditor_listed_in_a_grant_still_has_no_data_access(client, services: Services, erin) -> None:  # noqa: ANN001
+    grant = services.policies.grant("g-2026-001")
+    services.policies.apply_grant(grant.model_copy(update={"members": (*grant.members, "erin")}), "admin")
+    resp = client.post("/v1/query", headers=erin, json={"sql": "SELECT COUNT(*) AS n FROM nhanes_2017",
+                                                        "epsilon": 0.5, "grant": "g-2026-001"})
+    assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "auditor_no_data_access"
+    assert client.get("/v1/catalog", headers=erin).status_code == 403
+    assert services.ledger.state("g-2026-001").epsilon_spent == 0
 
 
 def test_auditors_cannot_hold_other_roles() -> None:
