@@ -286,18 +286,34 @@ def _suspend(services: Services, alert: Alert) -> None:
         alert.suspend = False
         return
     if grant.status != "active":
+        alert.suspend = False  # already stopped: nothing was done
         return
     try:
         # the reason is published on the register: it names the rule, never the user
         reason = f"automatic suspension by the early-warning rule {alert.rule} (alert {alert.id})"
         services.policies.set_status(grant.id, "suspended", "monitor", reason)
     except Conflict:  # revoked meanwhile
+        alert.suspend = False
         return
     from sandbox.offerings import publish_reason
 
     publish_reason(services, grant.id, "monitor", reason)
     with services.db.write() as conn:
         alerts_store.mark_suspended(conn, alert.id)
+    _stop_notebooks(grant.members)
+
+
+def _stop_notebooks(members: Iterable[str]) -> None:
+    """Stop the members' notebook servers when the hub is configured here (best effort, logged)."""
+    from sandbox.hub_api import HubClient
+
+    hub = HubClient.from_env()
+    if hub is None:
+        return
+    try:
+        hub.stop_servers(members)
+    except Exception:  # noqa: BLE001 - the grant is suspended whatever the hub says
+        log.exception("could not stop the notebook servers of a suspended grant")
 
 
 def scan_quietly(services: Services) -> None:

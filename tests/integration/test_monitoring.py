@@ -110,6 +110,18 @@ def test_id_probing_burst_suspends_the_grant_for_the_very_next_request(client, s
     assert services.audit.verify().ok
 
 
+def test_auto_suspension_stops_the_members_notebooks(client, services: Services, alice, peer,  # noqa: ANN001
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    url, calls = peer
+    monkeypatch.setenv("SANDBOX_HUB_URL", url + "/hub/api")
+    monkeypatch.setenv("SANDBOX_HUB_TOKEN", "provisioner-token")
+    for i in range(10):
+        _query(client, alice, f"SELECT COUNT(*) FROM nhanes_2017 WHERE seqn = {i}")
+    assert services.policies.grant(GRANT).status == "suspended"
+    stopped = sorted(path for method, path, _ in calls if method == "DELETE")
+    assert stopped == ["/hub/api/users/alice/server", "/hub/api/users/bob/server"]
+
+
 def test_bad_token_burst_alerts_and_reaches_the_webhook(client, services: Services, peer) -> None:  # noqa: ANN001
     url, calls = peer
     services.settings.oversight.alert_webhook_url = url + "/hook"
