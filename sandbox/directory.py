@@ -93,10 +93,11 @@ def entries(services: Services) -> list[dict]:
             users.setdefault(ds_id, []).append(
                 {"id": grant.id, "operator": grant.operator, "status": effective_status(grant, today)}
             )
+    catalog = services.policies.datasets()
+    budgets = _budgets_left(services, catalog)
     out = []
-    for ds_id, ds in sorted(services.policies.datasets().items()):
+    for ds_id, ds in sorted(catalog.items()):
         level = LEVELS[ds.classification]
-        budget = getattr(ds, "budget", None)
         out.append({
             "id": ds_id,
             "title": ds.title,
@@ -115,8 +116,24 @@ def entries(services: Services) -> list[dict]:
             "registered": registered.get(ds_id),
             "data_modified": _data_modified(services, ds),
             "grants": sorted(users.get(ds_id, []), key=lambda g: g["id"]),
-            "budget_epsilon": getattr(budget, "epsilon", None),
+            "budget": budgets.get(ds_id),
         })
+    return out
+
+
+def _budgets_left(services: Services, catalog: dict[str, Dataset]) -> dict[str, dict]:
+    """Each dataset's privacy budget for all grants together and what is left, where one is set.
+
+    The ledger keeps these tallies (``Ledger.dataset_budgets``); a ledger without dataset budgets
+    publishes none.
+    """
+    tally = getattr(services.ledger, "dataset_budgets", None)
+    if tally is None:
+        return {}
+    out = {}
+    for item in tally(catalog):
+        if item.get("epsilon_total") is not None:
+            out[item["dataset"]] = {k: item[k] for k in ("epsilon_total", "epsilon_spent", "epsilon_remaining")}
     return out
 
 

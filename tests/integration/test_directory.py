@@ -181,3 +181,21 @@ def test_level_rules_are_distinct(client, services: Services, alice) -> None:  #
         with pytest.raises(PolicyError, match=needle):
             check_grant_fits_catalog(grant, catalog)
     assert json.dumps(catalog["adult_income"].model_dump(mode="json"))  # unchanged entry still valid
+
+
+def test_dataset_budget_left_is_published_where_one_is_set(client, services: Services, alice) -> None:  # noqa: ANN001
+    """Runs once the ledger keeps dataset budgets (``Ledger.dataset_budgets``, dataset YAML ``budget``)."""
+    from sandbox.state.ledger import Ledger
+
+    if not hasattr(Ledger, "dataset_budgets"):
+        pytest.skip("this ledger keeps no dataset-level budgets")
+    from sandbox.policy import models
+
+    ds = services.policies.datasets()["nhanes_2017"]
+    services.policies.apply_dataset(ds.model_copy(update={"budget": models.DatasetBudget(epsilon=50.0)}), "admin")
+    body = {"sql": "SELECT COUNT(*) AS n FROM nhanes_2017", "epsilon": 0.5, "grant": "g-2026-001"}
+    assert client.post("/v1/query", headers=alice, json=body).status_code == 200
+    entries = {d["id"]: d for d in client.get("/public/datasets.json").get_json()["datasets"]}
+    assert entries["nhanes_2017"]["budget"]["epsilon_total"] == 50.0
+    assert entries["nhanes_2017"]["budget"]["epsilon_remaining"] == pytest.approx(49.5)
+    assert entries["adult_income"]["budget"] is None
