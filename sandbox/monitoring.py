@@ -257,7 +257,11 @@ def scan(services: Services) -> list[Alert]:
                                     (last, SCAN_BATCH)).fetchall()
                 head = conn.execute("SELECT COALESCE(MAX(seq), 0) AS s FROM audit").fetchone()["s"]
                 batch: list[Alert] = []
+                horizon = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=settings_of(services).monitor_horizon_hours)
+                           ).isoformat(timespec="microseconds")
                 for e in rows:
+                    if e["ts"] < horizon:  # old history (e.g. a first scan after an upgrade) raises nothing
+                        continue
                     for alert in _evaluate(services, conn, policy, e):
                         window = getattr(policy, alert.rule).window_minutes
                         if alerts_store.raised_since(conn, alert.rule, alert.subject, _window_start(e["ts"], window)) \

@@ -23,6 +23,8 @@ HELP = {
     "alert_webhook_timeout": "Seconds to wait for the webhook before giving up (the alert is stored anyway).",
     "bad_token_audits_per_minute": "At most this many bad-token attempts are written to the audit log per "
                                    "minute per process; beyond it they are counted, not stored one by one.",
+    "monitor_horizon_hours": "Audit entries older than this raise no alert when first scanned (e.g. the history "
+                             "present when monitoring is installed, or a scan that ran late).",
     "monitoring": "The alert rules (thresholds, windows, which rules suspend a grant); policies/monitoring.yaml.",
 }
 
@@ -35,6 +37,7 @@ class OversightSettings:
     alert_webhook_url: str | None = field(default_factory=lambda: os.environ.get("SANDBOX_ALERT_WEBHOOK") or None)
     alert_webhook_timeout: float = 3.0
     bad_token_audits_per_minute: int = 120
+    monitor_horizon_hours: float = 24.0
     monitoring: MonitoringPolicy = field(default_factory=MonitoringPolicy)
 
 

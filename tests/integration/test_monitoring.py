@@ -248,3 +248,19 @@ def test_emergency_stop_cli(services: Services) -> None:
         assert runner.invoke(cli, args).exit_code == 0
     listing = runner.invoke(cli, ["alerts", "list"], env=env)
     assert listing.exit_code == 0
+
+
+def test_old_history_raises_nothing_when_first_scanned(services: Services) -> None:
+    """Monitoring installed over an existing log: bursts older than the horizon suspend nobody."""
+    from sandbox.state.audit import AuditEvent
+
+    for i in range(15):
+        services.audit.record(AuditEvent("alice", "query.refused", GRANT, {"code": "id_column", "sql": f"q{i}"}))
+    services.settings.oversight.monitor_horizon_hours = 0.0  # everything already written is history
+    assert monitoring.scan(services) == []
+    assert services.policies.grant(GRANT).status == "active"
+    services.settings.oversight.monitor_horizon_hours = 24.0
+    for i in range(10):  # a fresh burst is caught
+        services.audit.record(AuditEvent("alice", "query.refused", GRANT, {"code": "id_column", "sql": f"r{i}"}))
+    assert "id_probing" in [a.rule for a in monitoring.scan(services)]
+    assert services.policies.grant(GRANT).status == "suspended"
