@@ -116,6 +116,7 @@ def demo(data_root, policies_dir, state_dir, host, port, user):  # noqa: ANN001,
     _apply_and_warm(services, policies_dir, "demo")
     token = services.tokens.create(user)
     reviewer = services.tokens.create("carol")
+    auditor = services.tokens.create("erin")
     url = f"http://{host}:{port}"
     example = json.dumps({"sql": DEMO_SQL, "epsilon": 0.5, "grant": "g-2026-001"})
     click.echo(
@@ -123,12 +124,13 @@ def demo(data_root, policies_dir, state_dir, host, port, user):  # noqa: ANN001,
 Gateway ready at {url}
   operator {user}: token {token}
   reviewer carol:  token {reviewer}   (review UI: {url}/review/login)
+  auditor erin:    token {auditor}   (read-only audit view: {url}/auditor/login)
 Try:
   curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
     -d '{example}' \\
     {url}/v1/query
   curl -s -H 'Authorization: Bearer {token}' {url}/v1/budget
-Public register: {url}/public/grants
+Public register: {url}/public/grants · directory of data resources: {url}/public/datasets
 """
     )
     waitress.serve(create_app(services=services), host=host, port=port, threads=8, ident="sandbox-gateway")
