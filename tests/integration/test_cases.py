@@ -233,3 +233,15 @@ def test_authority_pages_refuse_other_users(client, services: Services) -> None:
     data = {"action": "close", "response": "x", **({"csrf_token": token.group(1)} if token else {})}
     assert client.post(f"/admin/cases/{case_id}", data=data).status_code == 403
     assert cases.public_case(services, case_id)["status"] == "open"
+
+
+def test_forwarded_headers_do_not_bypass_the_limit_and_text_is_escaped(client, services: Services) -> None:  # noqa: ANN001
+    limit = services.settings.oversight.public_filings_per_client_hour
+    for i in range(limit):
+        resp = client.post("/public/requests", json=_request(subject=f"<script>alert({i})</script>"),
+                           headers={"X-Forwarded-For": f"192.0.2.{i}", "X-Real-IP": f"192.0.2.{i}"})
+        assert resp.status_code == 201
+    resp = client.post("/public/requests", json=_request(), headers={"X-Forwarded-For": "198.51.100.7"})
+    assert resp.status_code == 429
+    html = client.get("/public/requests").get_data(as_text=True)
+    assert "<script>alert(" not in html and "&lt;script&gt;alert(0)&lt;/script&gt;" in html
