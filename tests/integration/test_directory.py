@@ -201,3 +201,20 @@ def test_dataset_budget_left_is_published_where_one_is_set(client, services: Ser
     assert entries["nhanes_2017"]["budget"]["epsilon_total"] == 50.0
     assert entries["nhanes_2017"]["budget"]["epsilon_remaining"] == pytest.approx(49.5)
     assert entries["adult_income"]["budget"] is None
+
+
+@pytest.mark.parametrize("level", ["L3", "L4"])
+def test_l3_cap_and_l4_refusal_through_the_query_api(client, services: Services, alice, level: str) -> None:  # noqa: ANN001
+    """The demo grant allows 1.0 epsilon per query: over the L3 cap of 0.5, and L4 is never granted."""
+    body = {**services.policies.datasets()["nhanes_2017"].model_dump(mode="json"), "classification": level}
+    if level == "L3" and "budget" in Dataset.model_fields:  # where the catalog requires an L3 budget
+        body["budget"] = {"epsilon": 50.0}
+    services.policies.apply_dataset(Dataset.model_validate(body), "admin")
+    resp = client.post("/v1/query", headers=alice, json={"sql": "SELECT COUNT(*) AS n FROM nhanes_2017",
+                                                         "epsilon": 0.1, "grant": "g-2026-001"})
+    assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "grant_out_of_policy"
+    assert level in resp.get_json()["error"]["message"]
+    assert services.ledger.state("g-2026-001").epsilon_spent == 0
+    entry = next(d for d in client.get("/public/datasets.json").get_json()["datasets"] if d["id"] == "nhanes_2017")
+    assert entry["level"] == level and not entry["downloadable"]
+    assert client.get("/public/grants.json").get_json()["grants"][0]["status"] == "out_of_policy"
