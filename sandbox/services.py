@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sandbox.engine import Engine
 from sandbox.errors import SandboxError
+from sandbox.oversight import OversightSettings
 from sandbox.state.audit import AuditLog
 from sandbox.state.checkpoints import Checkpoints
 from sandbox.state.db import StateDB
@@ -41,6 +42,8 @@ class Settings:
     create_keys: bool = True  # create missing default keys on first use (off for read-only verification)
     checkpoint_interval_s: float = 300.0  # `sandbox serve` signs a checkpoint this often (and on grant changes)
     today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(dt.UTC).date())
+    # directory, cases and monitoring; each field's help is in sandbox.oversight.HELP
+    oversight: OversightSettings = field(default_factory=OversightSettings)
 
 
 class Services:

@@ -8,6 +8,7 @@ import pyarrow as pa
 from flask import Blueprint, Response, jsonify, request
 
 from gateway.context import identity, json_body, services
+from sandbox.auditing import check_no_data_access
 from sandbox.errors import BadRequest
 from sandbox.policy.rules import can_use_grant, granted_columns
 from sandbox.query_service import QueryService
@@ -20,6 +21,7 @@ ARROW = "application/vnd.apache.arrow.stream"
 def catalog():  # noqa: ANN201
     user = identity().user
     s = services()
+    check_no_data_access(s, user)
     datasets = s.policies.datasets()
     out = []
     for grant in s.policies.grants_for(user):
@@ -50,6 +52,7 @@ def catalog():  # noqa: ANN201
 def query():  # noqa: ANN201
     user = identity().user
     s = services()
+    check_no_data_access(s, user, "query.refused")
     if request.content_length and request.content_length > s.settings.max_body_bytes:
         raise BadRequest(f"the body is larger than {s.settings.max_body_bytes} bytes", code="body_too_large")
     body = json_body()

@@ -54,17 +54,27 @@ def datasets_validate(paths, data_root):  # noqa: ANN001, ANN201
 
 @datasets.command("register")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data-root", envvar="SANDBOX_DATA_ROOT", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder with the Parquet files: each source must exist there and match its declared schema.")
 @STATE
 @translate_errors
-def datasets_register(paths, state_dir):  # noqa: ANN001, ANN201
-    """Register (or update) catalog entries from YAML files."""
+def datasets_register(paths, data_root, state_dir):  # noqa: ANN001, ANN201
+    """Register (or update) catalog entries from YAML files, once each source matches its declared schema."""
+    from sandbox.catalog_check import check_dataset_against_parquet
     from sandbox.policy.loader import load_dataset
 
     s = services_for(state_dir)
     actor = require_admin(s)
+    entries = [(path, load_dataset(path)) for path in paths]
+    problems = [f"{path}: {p}" for path, ds in entries for p in check_dataset_against_parquet(ds, data_root)]
+    if problems:
+        for line in problems:
+            click.echo(line, err=True)
+        fail(f"{len(problems)} problem(s); nothing registered", 1)
     store = s.policies
-    for path in paths:
-        result = store.apply_dataset(load_dataset(path), actor)
+    for _path, ds in entries:
+        result = store.apply_dataset(ds, actor)
         click.echo(f"{result.grant_id}: {result.outcome}")
 
 

@@ -113,9 +113,11 @@ def _apply_and_warm(services, policies_dir: Path, actor: str) -> None:  # noqa: 
               envvar="SANDBOX_CHECKPOINT_INTERVAL",
               help="Seconds between signed audit checkpoints (also signed on every grant change; 0: only then). "
                    "Env: SANDBOX_CHECKPOINT_INTERVAL.")
+@click.option("--alert-webhook", envvar="SANDBOX_ALERT_WEBHOOK", default=None,
+              help="POST every early-warning alert there as JSON. Env: SANDBOX_ALERT_WEBHOOK.")
 @translate_errors
 def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_threads, engine_memory, build_memory,  # noqa: ANN001, ANN201
-          checkpoint_interval):
+          checkpoint_interval, alert_webhook):
     """Serve the gateway (query API, exports, review UI, public register) with waitress.
 
     Applies the policies directory at start, builds the locked engine file from the Parquet
@@ -130,6 +132,10 @@ def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_
                                checkpoint_interval)
     ensure_admin(services)
     _apply_and_warm(services, policies_dir, STARTUP_ACTOR)
+    from sandbox.policy.monitoring import load_monitoring
+
+    services.settings.oversight.monitoring = load_monitoring(policies_dir)  # monitoring.yaml, if any
+    services.settings.oversight.alert_webhook_url = alert_webhook
     _start_checkpoints(services)
     authenticator = None
     if auth == "hub":
@@ -167,6 +173,7 @@ def demo(data_root, policies_dir, state_dir, host, port, user):  # noqa: ANN001,
     _start_checkpoints(services)
     token = services.tokens.create(user, actor="gateway:demo")
     reviewer = services.tokens.create("carol", actor="gateway:demo")
+    auditor = services.tokens.create("erin", actor="gateway:demo")
     url = f"http://{host}:{port}"
     example = json.dumps({"sql": DEMO_SQL, "epsilon": 0.5, "grant": "g-2026-001"})
     click.echo(
@@ -174,13 +181,14 @@ def demo(data_root, policies_dir, state_dir, host, port, user):  # noqa: ANN001,
 Gateway ready at {url}
   operator {user}: token {token}
   reviewer carol:  token {reviewer}   (review UI: {url}/review/login)
+  auditor erin:    token {auditor}   (read-only audit view: {url}/auditor/login)
 Try:
   curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
     -d '{example}' \\
     {url}/v1/query
   curl -s -H 'Authorization: Bearer {token}' {url}/v1/budget
-Public register: {url}/public/grants   signed audit checkpoints: {url}/public/checkpoints
-Admin credential: {admin_token_path(services)}
+Public register: {url}/public/grants · directory of data resources: {url}/public/datasets
+Signed audit checkpoints: {url}/public/checkpoints   admin credential: {admin_token_path(services)}
 """
     )
     waitress.serve(create_app(services=services), host=host, port=port, threads=8, ident="sandbox-gateway")

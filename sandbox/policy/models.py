@@ -211,6 +211,8 @@ class Grant(_Strict):
     # pure: epsilon-DP, discrete Laplace, basic composition. zcdp: discrete Gaussian, charged in
     # rho; the budget's (epsilon, delta) is converted to a rho total with OpenDP's conversion
     accounting: Literal["pure", "zcdp"] = "pure"
+    # the declared purpose category (prices.yaml lists those that qualify for free public-welfare use)
+    purpose_category: str = Field(default="", max_length=64, pattern=r"^[a-z_]*$")
 
     @field_validator("id")
     @classmethod
@@ -218,6 +220,16 @@ class Grant(_Strict):
         if not GRANT_ID.match(v):
             raise ValueError("must be letters, digits, '.', '_' or '-'")
         return v
+
+    @field_validator("operator", "purpose")
+    @classmethod
+    def _published_text(cls, v: str) -> str:
+        # both are published on the register: a blank would disclose nothing
+        if not v.strip():
+            raise ValueError("must not be blank: it is published on the register")
+        if len(v) > 500:
+            raise ValueError("at most 500 characters")
+        return v.strip()
 
     @field_validator("members")
     @classmethod
@@ -248,3 +260,11 @@ class Grant(_Strict):
 class Roles(_Strict):
     reviewers: tuple[str, ...] = ()
     admins: tuple[str, ...] = ()
+    auditors: tuple[str, ...] = ()  # audit authorities: read-only, no data access
+
+    @model_validator(mode="after")
+    def _auditors_only_audit(self) -> Roles:
+        both = sorted(set(self.auditors) & (set(self.reviewers) | set(self.admins)))
+        if both:
+            raise ValueError(f"auditors are read-only and cannot also be reviewers or admins: {', '.join(both)}")
+        return self

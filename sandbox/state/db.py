@@ -29,6 +29,9 @@ from sandbox.state.keys import MacKey, MacKeyring
 
 DB_NAME = "sandbox.db"
 _SCHEMAS: list[str] = [chain.SCHEMA]
+# Tables that only cache what the log already says (e.g. how far the monitor has read it): a unit
+# of work that changes nothing else may commit without an event. Declared with their schema.
+DERIVED_TABLES: set[str] = set()
 
 WRITE_ACTIONS = frozenset({
     sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE,
@@ -51,9 +54,13 @@ class UnauditedWrite(SandboxError):
     code = "unaudited_write"
 
 
-def register_schema(sql: str) -> str:
-    """Modules declare their tables at import; :class:`StateDB` creates them all."""
+def register_schema(sql: str, *, derived: tuple[str, ...] = ()) -> str:
+    """Modules declare their tables at import; :class:`StateDB` creates them all.
+
+    ``derived`` names tables among them that only cache what the audit log already records.
+    """
     _SCHEMAS.append(sql)
+    DERIVED_TABLES.update(derived)
     return sql
 
 
@@ -66,6 +73,7 @@ class Work:
         self.events: list[int] = []
         self.head: tuple[int, str] | None = None
         self.in_chain = False
+        self.written: set[str] = set()  # tables the authorizer let this unit of work write
 
     def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
@@ -130,6 +138,8 @@ class StateDB:
             return sqlite3.SQLITE_DENY
         if arg1 in chain.CHAIN_TABLES and not work.in_chain:
             return sqlite3.SQLITE_DENY  # the chain is written only by Work.record
+        if arg1 and arg1 not in chain.CHAIN_TABLES:
+            work.written.add(arg1)
         return sqlite3.SQLITE_OK
 
     @property
@@ -150,6 +160,8 @@ class StateDB:
 
         with contextlib.suppress(ImportError):
             import sandbox.exports.store  # noqa: F401
+        with contextlib.suppress(ImportError):  # oversight: cases and alerts
+            from sandbox.state import alerts_store, cases_store, offerings_store  # noqa: F401
         conn = self.conn
         self._local.bootstrap = True
         try:
@@ -182,7 +194,7 @@ class StateDB:
 
         Nested calls on the same thread join the outer unit of work. A unit of work that changed
         rows but recorded no audit event is rolled back (:class:`UnauditedWrite`); one that
-        changed nothing and recorded nothing simply ends.
+        changed nothing, or only derived tables (:data:`DERIVED_TABLES`), commits without one.
         """
         outer: Work | None = getattr(self._local, "work", None)
         if outer is not None:
@@ -196,7 +208,7 @@ class StateDB:
         before = conn.total_changes
         try:
             yield work
-            if not work.events and conn.total_changes != before:
+            if not work.events and conn.total_changes != before and work.written - DERIVED_TABLES:
                 raise UnauditedWrite("a state change without an audit event was refused; nothing was written")
             work._advance_head()
         except BaseException:

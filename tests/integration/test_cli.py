@@ -23,13 +23,14 @@ def state(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def run(state: Path):  # noqa: ANN201
+def run(state: Path, demo_data_root: Path):  # noqa: ANN201
     """The CLI as the admin: `sandbox admin init` at install wrote the credential to <keys>/admin.token."""
     runner = CliRunner()
+    base = {"SANDBOX_STATE": str(state), "SANDBOX_DATA_ROOT": str(demo_data_root)}
 
     def invoke(*args: str, code: int = 0, env: dict[str, str] | None = None) -> str:
-        result = runner.invoke(cli, [*args], env={"SANDBOX_STATE": str(state), "SANDBOX_ADMIN_TOKEN": "",
-                                                  **(env or {})}, catch_exceptions=False)
+        result = runner.invoke(cli, [*args], env={**base, "SANDBOX_ADMIN_TOKEN": "", **(env or {})},
+                               catch_exceptions=False)
         assert result.exit_code == code, result.output
         return result.output
 

@@ -135,3 +135,19 @@ def test_the_older_write_spelling_is_the_same_unit_of_work(tmp_path: Path) -> No
         conn.execute("INSERT INTO sessions (user, grant_id, started_at) VALUES ('b', 'g', 'now')")
     with pytest.raises(SandboxError, match="only inside"):
         log.append(db.conn, AuditEvent("a", "outside"))
+
+
+def test_only_a_declared_derived_table_may_change_without_an_event(tmp_path: Path) -> None:
+    """The monitor's read cursor caches how far the log was read; anything else still needs its event."""
+    from sandbox.state.db import DERIVED_TABLES
+
+    pytest.importorskip("sandbox.state.alerts_store")
+    assert set(DERIVED_TABLES) == {"monitor_cursor"}
+    db = _db(tmp_path)
+    with db.work() as work:
+        work.execute("INSERT INTO monitor_cursor (id, last_seq) VALUES (1, 7)")
+    assert db.read("SELECT last_seq FROM monitor_cursor")[0]["last_seq"] == 7
+    with pytest.raises(UnauditedWrite), db.work() as work:
+        work.execute("UPDATE monitor_cursor SET last_seq = 8")
+        work.execute("INSERT INTO sessions (user, grant_id, started_at) VALUES ('a', 'g', 'now')")
+    assert db.read("SELECT last_seq FROM monitor_cursor")[0]["last_seq"] == 7
