@@ -3,8 +3,8 @@
 Everything here is safe to publish: the operator institution (never members' user names), mode, purpose,
 datasets and columns, validity, status (``out_of_policy`` when an active grant no longer fits the catalog),
 the published reason of a suspension or revocation (``sandbox.offerings.public_reason``), and released
-data-product titles and how many failed export checks an admin overrode. No budgets, no data values. Each grant's declarations and use per quarter are in
-``sandbox.offerings``.
+data-product titles and how many failed export checks an admin overrode. No budgets, no data values.
+Each grant's declarations and use per quarter are in ``sandbox.offerings``.
 """
 
 from __future__ import annotations
