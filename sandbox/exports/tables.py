@@ -65,13 +65,13 @@ def read_csv(data: bytes, max_rows: int | None = None) -> Table:
 def read_delimited(text: str, delimiter: str | None = None, max_rows: int | None = None) -> Table:
     """Typed cells of delimited text; ``delimiter`` None sniffs one of ``,``, ``;`` and tab."""
     if delimiter is None:
+        # only the delimiter is sniffed: the quote character is always '"' (a sniffed one would read a
+        # neutralized formula cell such as '= as quoted, and the canonical file would not be a fixed point)
         try:
-            dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+            delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
         except csv.Error:
-            dialect = csv.excel
-        reader = csv.reader(io.StringIO(text), dialect)
-    else:
-        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+            delimiter = ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, quotechar='"', doublequote=True)
     try:
         header = next(reader)
     except StopIteration:
