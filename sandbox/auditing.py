@@ -7,7 +7,6 @@ Read-only by construction: nothing here opens a write transaction. Who may call 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 
 from sandbox.errors import BadRequest, Forbidden, NotFound
@@ -86,34 +85,11 @@ def parse_query(args: dict) -> AuditQuery:
 
 def search(services: Services, q: AuditQuery) -> dict:
     """Entries matching every filter given, newest first, with the total count for paging."""
-    where, params = [], []
-    if q.action:
-        if q.action.endswith("*"):
-            where.append("action LIKE ? ESCAPE '\\'")
-            params.append(q.action[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
-        else:
-            where.append("action = ?")
-            params.append(q.action)
-    for column, value in (("grant_id", q.grant), ("actor", q.actor)):
-        if value:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if q.since:
-        where.append("ts >= ?")
-        params.append(q.since)
-    if q.until:
-        where.append("ts < ?")
-        params.append(q.until)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    total = services.db.read(f"SELECT COUNT(*) AS n FROM audit{clause}", tuple(params))[0]["n"]
-    rows = services.db.read(f"SELECT * FROM audit{clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                            (*params, q.limit, q.offset))
-    entries = []
-    for row in rows:
-        item = dict(row)
-        item["detail"] = json.loads(item["detail"])
-        entries.append(item)
-    return {"total": total, "limit": q.limit, "offset": q.offset, "entries": entries}
+    prefix = q.action[:-1] if q.action and q.action.endswith("*") else None
+    total, found = services.audit.search(
+        action=None if prefix is not None else q.action, action_prefix=prefix, grant_id=q.grant or None,
+        actor=q.actor or None, since=q.since, until=q.until, limit=q.limit, offset=q.offset)
+    return {"total": total, "limit": q.limit, "offset": q.offset, "entries": [e.to_dict() for e in found]}
 
 
 def verify(services: Services) -> dict:
@@ -152,7 +128,5 @@ def grant_history(services: Services, grant_id: str) -> dict:
     grant = next((g for g in grants_overview(services) if g["id"] == grant_id), None)
     if grant is None:
         raise NotFound(f"no grant {grant_id}", code="unknown_grant")
-    rows = services.db.read("SELECT * FROM audit WHERE grant_id = ? AND action LIKE 'grant.%' ORDER BY seq",
-                            (grant_id,))
-    history = [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+    history = [e.to_dict() for e in services.audit.iter_entries(grant_id=grant_id, action_prefix="grant.")]
     return {"grant": grant, "history": history}

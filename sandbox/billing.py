@@ -101,42 +101,40 @@ def timeline(services: Services, grant_id: str) -> Timeline | None:
     if record is None:
         return None
     tl = Timeline(applied_at=_ts(record.applied_at))
-    rows = services.db.read("SELECT ts, action, detail FROM audit WHERE grant_id = ? AND action LIKE 'grant.%'"
-                            " ORDER BY seq", (grant_id,))
     body: dict | None = None
-    for row in rows:
-        detail = json.loads(row["detail"])
-        if row["action"] == "grant.created" and isinstance(detail.get("grant"), dict):
+    for row in services.audit.iter_entries(grant_id=grant_id, action_prefix="grant."):
+        detail = row.detail
+        if row.action == "grant.created" and isinstance(detail.get("grant"), dict):
             body = detail["grant"]
             tl.grant_points.append((tl.applied_at, json.loads(json.dumps(body))))
             continue
         if body is None:
             continue
         body = json.loads(json.dumps(body))
-        if row["action"] == "grant.changed":
+        if row.action == "grant.changed":
             for line in detail.get("changes", ()):
                 try:
                     path, _old, new = parse_change(str(line))
                 except ValueError:
                     continue
                 _set(body, path, new)
-        elif row["action"] in STATUS_ACTIONS:
-            body["status"] = STATUS_ACTIONS[row["action"]]
+        elif row.action in STATUS_ACTIONS:
+            body["status"] = STATUS_ACTIONS[row.action]
         else:
             continue
-        tl.grant_points.append((max(_ts(row["ts"]), tl.applied_at), body))
+        tl.grant_points.append((max(_ts(row.ts), tl.applied_at), body))
     if not tl.grant_points:  # no creation entry: the terms in force, from the moment they were applied
         tl.grant_points.append((tl.applied_at, record.grant.model_dump(mode="json")))
     tl.catalog_now = {ds_id: ds.model_dump(mode="json") for ds_id, ds in services.policies.datasets().items()}
-    for row in services.db.read("SELECT ts, detail FROM audit WHERE action = 'dataset.changed' ORDER BY seq"):
-        detail = json.loads(row["detail"])
+    for entry in services.audit.iter_entries(actions=("dataset.changed",)):
+        detail = entry.detail
         changes = []
         for line in detail.get("changes", ()):
             try:
                 changes.append(parse_change(str(line)))
             except ValueError:
                 continue
-        tl.catalog_changes.append((_ts(row["ts"]), str(detail.get("dataset")), changes))
+        tl.catalog_changes.append((_ts(entry.ts), str(detail.get("dataset")), changes))
     return tl
 
 

@@ -208,8 +208,7 @@ def quarterly_use(services: Services, grant_id: str, applied_at: str) -> list[di
         labels.append(quarter_of(day))
         day = dt.date(day.year + (day.month + 3 > 12), (day.month + 2) % 12 + 1, 1)
     charges = services.ledger.charges(grant_id)
-    released = [r["ts"] for r in services.db.read(
-        "SELECT ts FROM audit WHERE action = 'export.released' AND grant_id = ?", (grant_id,))]
+    released = [e.ts for e in services.audit.iter_entries(actions=("export.released",), grant_id=grant_id)]
     out = []
     for label in labels:
         start, end = _quarter_bounds(label)

@@ -81,20 +81,21 @@ class AuditLog:
             yield e.to_dict()
 
     def iter_entries(self, *, since: str | None = None, actions: Iterable[str] | None = None,
-                     grant_id: str | None = None) -> Iterator[Entry]:
-        sql, params = "SELECT * FROM audit WHERE 1 = 1", []
-        if since:
-            sql += " AND ts >= ?"
-            params.append(since)
-        if actions is not None:
-            wanted = tuple(actions)
-            sql += f" AND action IN ({', '.join('?' for _ in wanted)})"
-            params.extend(wanted)
-        if grant_id is not None:
-            sql += " AND grant_id = ?"
-            params.append(grant_id)
-        for row in self.db.conn.execute(sql + " ORDER BY seq", params):
+                     grant_id: str | None = None, action_prefix: str | None = None) -> Iterator[Entry]:
+        clause, params = _where(since=since, actions=actions, grant_id=grant_id, action_prefix=action_prefix)
+        for row in self.db.conn.execute(f"SELECT * FROM audit{clause} ORDER BY seq", params):
             yield _entry(row)
+
+    def search(self, *, action: str | None = None, action_prefix: str | None = None, grant_id: str | None = None,
+               actor: str | None = None, since: str | None = None, until: str | None = None, limit: int = 100,
+               offset: int = 0) -> tuple[int, list[Entry]]:
+        """Entries matching every filter given, newest first, one page of them, and how many match in all."""
+        clause, params = _where(since=since, until=until, actions=[action] if action else None, grant_id=grant_id,
+                                actor=actor, action_prefix=action_prefix)
+        total = int(self.db.read(f"SELECT COUNT(*) AS n FROM audit{clause}", params)[0]["n"])
+        rows = self.db.read(f"SELECT * FROM audit{clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                            [*params, limit, offset])
+        return total, [_entry(r) for r in rows]
 
     def entry(self, seq: int) -> Entry | None:
         rows = self.db.read("SELECT * FROM audit WHERE seq = ?", (seq,))
@@ -208,3 +209,31 @@ class ExportedLog:
         first = min((s for s, _ in problems), default=None)
         return VerifyResult(ok=not problems, entries=count, head=head, problems=tuple(p for _, p in problems),
                             first_bad=first, macs_checked=False)
+
+
+def _where(*, since: str | None = None, until: str | None = None, actions: Iterable[str] | None = None,
+           grant_id: str | None = None, actor: str | None = None, action_prefix: str | None = None
+           ) -> tuple[str, list[Any]]:
+    """A WHERE clause over the audit table from fixed column names and bound parameters only."""
+    where: list[str] = []
+    params: list[Any] = []
+    if since:
+        where.append("ts >= ?")
+        params.append(since)
+    if until:
+        where.append("ts < ?")
+        params.append(until)
+    if actions is not None:
+        wanted = tuple(actions)
+        where.append(f"action IN ({', '.join('?' for _ in wanted)})" if wanted else "0")
+        params.extend(wanted)
+    if action_prefix:
+        where.append("action LIKE ? ESCAPE '\\'")
+        params.append(action_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+    if grant_id is not None:
+        where.append("grant_id = ?")
+        params.append(grant_id)
+    if actor is not None:
+        where.append("actor = ?")
+        params.append(actor)
+    return (" WHERE " + " AND ".join(where)) if where else "", params

@@ -187,3 +187,15 @@ def test_a_state_from_before_the_keyed_chain_opens_and_is_flagged(tmp_path: Path
     assert not result.ok and result.first_bad == 1
     assert any("entry 1: carries no MAC" in p for p in result.problems)
     assert not any("entry 2" in p for p in result.problems)
+
+
+def test_search_filters_pages_and_takes_prefixes_literally(tmp_path: Path) -> None:
+    log = AuditLog(StateDB(tmp_path / "state", MacKeyring(tmp_path / "keys")))
+    for action in ("a_b.x", "aXb.y", "a_b.z", "a%b.w"):
+        log.record(AuditEvent("alice" if action != "a_b.z" else "bob", action, "g-1", {}))
+    total, page = log.search(action_prefix="a_b", limit=1)
+    assert total == 2 and [e.action for e in page] == ["a_b.z"]  # newest first; '_' is not a wildcard
+    assert [e.action for e in log.search(action_prefix="a_b", limit=1, offset=1)[1]] == ["a_b.x"]
+    assert log.search(action_prefix="a%")[0] == 1
+    assert log.search(actor="bob")[0] == 1 and log.search(action="aXb.y", grant_id="g-1")[0] == 1
+    assert [e.action for e in log.iter_entries(action_prefix="a_b")] == ["a_b.x", "a_b.z"]
