@@ -69,6 +69,11 @@ class Replayed:
     cap_spent: dict[str, int] = field(default_factory=dict)  # "dataset/operator" ('' = all grants) -> nano
     grant_dataset: dict[str, int] = field(default_factory=dict)  # "grant/dataset" -> units nano
     charge_scopes: dict[str, dict[str, Any]] = field(default_factory=dict)  # query id -> its scope
+    cases: dict[str, str] = field(default_factory=dict)  # case id -> status
+    offerings: dict[str, str] = field(default_factory=dict)  # offering id -> status
+    alerts_raised: set[int] = field(default_factory=set)  # audit seq of each alert.raised
+    alerts_acknowledged: set[str] = field(default_factory=set)  # alert ids
+    alerts_enforced: set[str] = field(default_factory=set)  # alert ids that suspended a grant
 
 
 def replay(entries: list[Entry]) -> Replayed:
@@ -117,6 +122,20 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
         state.roles = d
     elif e.action.startswith("export.") and isinstance(d.get("request"), str) and d.get("to"):
         _apply_export(state, e, d["request"])
+    elif e.action == "case.filed" and isinstance(d.get("case"), str):
+        state.cases[d["case"]] = "open"
+    elif e.action.startswith("case.") and isinstance(d.get("case"), str) and d.get("to"):
+        state.cases[d["case"]] = str(d["to"])
+    elif e.action == "offering.submitted" and d.get("offering") is not None:
+        state.offerings[str(d["offering"])] = "submitted"
+    elif e.action.startswith("offering.") and d.get("offering") is not None and d.get("to"):
+        state.offerings[str(d["offering"])] = str(d["to"])
+    elif e.action == "alert.raised":
+        state.alerts_raised.add(e.seq)
+    elif e.action == "alert.acknowledged" and d.get("alert") is not None:
+        state.alerts_acknowledged.add(str(d["alert"]))
+    elif e.action == "alert.enforced" and d.get("alert") is not None:
+        state.alerts_enforced.add(str(d["alert"]))
     elif e.action == "audit.checkpoint":
         state.checkpoints[int(d["seq"])] = str(d.get("head"))
 
@@ -184,6 +203,7 @@ def reconcile(db: StateDB, audit: AuditLog) -> list[Divergence]:
     out += _catalog(db, log)
     out += _exports(db, log)
     out += _scopes(db, log)
+    out += _oversight(db, log)
     rows = {str(r["seq"]): r["head"] for r in db.read("SELECT seq, head FROM checkpoints")}
     expected = {str(k): v for k, v in log.checkpoints.items()}
     out += _keys(rows, expected, "checkpoints")
@@ -333,4 +353,31 @@ def _scopes(db: StateDB, log: Replayed) -> list[Divergence]:
         for column, want in log.charge_scopes[qid].items():
             if scopes[qid][column] != want:
                 out.append(Divergence("charge_scopes", qid, column, scopes[qid][column], want))
+    return out
+
+
+def _oversight(db: StateDB, log: Replayed) -> list[Divergence]:
+    """Cases, operators' declarations and alerts (tables of the oversight modules, when installed)."""
+    out: list[Divergence] = []
+    for table, logged in (("cases", log.cases), ("offerings", log.offerings)):
+        try:
+            rows = {str(r["id"]): r["status"] for r in db.read(f"SELECT id, status FROM {table}")}  # noqa: S608
+        except sqlite3.Error:
+            continue
+        out += _keys(rows, logged, table)
+        out += [Divergence(table, k, "status", rows[k], logged[k])
+                for k in sorted(set(rows) & set(logged)) if rows[k] != logged[k]]
+    try:
+        alerts = db.read("SELECT id, audit_seq, suspended, acknowledged_at FROM alerts")
+    except sqlite3.Error:
+        return out
+    for r in alerts:
+        key = str(r["id"])
+        if r["audit_seq"] not in log.alerts_raised:
+            out.append(Divergence("alerts", key, "row", PRESENT, ABSENT))
+        if (r["acknowledged_at"] is not None) != (key in log.alerts_acknowledged):
+            out.append(Divergence("alerts", key, "acknowledged", r["acknowledged_at"] is not None,
+                                  key in log.alerts_acknowledged))
+        if bool(r["suspended"]) != (key in log.alerts_enforced):
+            out.append(Divergence("alerts", key, "suspended", bool(r["suspended"]), key in log.alerts_enforced))
     return out

@@ -379,3 +379,25 @@ def test_a_forged_check_override_is_detected(services: Services, client, alice) 
                      (rid, json.dumps({"small.csv": digest})))
     code, out = verify(services.settings.state_dir)
     assert code == 1 and f"export_overrides[{rid}/1/admin].row: the table has (present), the log says (no event)" in out
+
+
+def test_oversight_states_agree_with_the_log(services: Services, client, alice) -> None:  # noqa: ANN001
+    """Approving a declaration, closing a case or hiding an alert directly in the tables is reported."""
+    from sandbox import cases
+    from sandbox.monitoring import raise_alert
+
+    r = client.post("/v1/offerings", headers=alice, json={"grant": "g-2026-001", "kind": "product",
+                                                          "name": "Clinic map", "description": "a map"})
+    assert r.status_code == 201, r.json
+    case_id = cases.file_public(services, "feedback", {"subject": "s", "message": "m"}, "10.9.9.9")
+    alert_id = raise_alert(services, "manual", "test", None, None, "a test alert", {})
+    assert verify(services.settings.state_dir)[0] == 0
+    with attacker(services) as conn:
+        conn.execute("UPDATE offerings SET status = 'approved'")
+        conn.execute("UPDATE cases SET status = 'closed'")
+        conn.execute("UPDATE alerts SET acknowledged_at = 'now', acknowledged_by = 'mallory'")
+    code, out = verify(services.settings.state_dir)
+    assert code == 1
+    assert 'status: the table has "approved", the log says "submitted"' in out
+    assert f'cases[{case_id}].status: the table has "closed", the log says "open"' in out
+    assert f"alerts[{alert_id}].acknowledged: the table has true, the log says false" in out
