@@ -1,0 +1,97 @@
+"""The airlock after an attacker's review: channels that survived the first canonical release.
+
+Each test goes through the real API (a member submits, two reviewers approve, the requester
+downloads) and shows that the hidden content is not in the downloaded bytes, or that the upload
+is refused, or that the check does not pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pytest
+from PIL import Image
+
+GRANT = "g-2026-001"
+SEQNS = list(range(93703, 95703))  # real NHANES respondent numbers (public codebook range)
+
+
+@pytest.fixture
+def auth(services) -> dict[str, dict[str, str]]:  # noqa: ANN001
+    return {u: {"Authorization": f"Bearer {services.tokens.create(u)}"}
+            for u in ("alice", "bob", "carol", "dave", "admin", "erin")}
+
+
+def submit(client, headers, files, grant=GRANT, **fields):  # noqa: ANN001, ANN003, ANN201
+    data = {"grant": grant, "title": "Results", "justification": "planning",
+            "files": [(io.BytesIO(b), n) for n, b in files], **fields}
+    return client.post("/v1/exports", headers=headers, data=data, content_type="multipart/form-data")
+
+
+def vote(client, headers, rid, decision="approve", comment="looked at it"):  # noqa: ANN001, ANN201
+    return client.post(f"/v1/exports/{rid}/reviews", headers=headers, json={"decision": decision, "comment": comment})
+
+
+def release(client, auth, name: str, data: bytes, override: bool = False) -> tuple[dict, bytes]:  # noqa: ANN001
+    """Submit, two approvals, download: (the request as the reviewer saw it, downloaded bytes)."""
+    r = submit(client, auth["alice"], [(name, data)])
+    assert r.status_code == 201, r.json
+    rid = r.json["id"]
+    seen = client.get(f"/v1/exports/{rid}", headers=auth["carol"]).json
+    if override:
+        client.post(f"/v1/exports/{rid}/override", headers=auth["admin"], json={"reason": "test"})
+    for reviewer in ("carol", "dave"):
+        assert vote(client, auth[reviewer], rid).status_code == 200
+    got = client.get(f"/v1/exports/{rid}/files/{name}", headers=auth["alice"])
+    assert got.status_code == 200, got.json
+    assert got.headers["X-Content-SHA256"] == hashlib.sha256(got.data).hexdigest() == seen["files"][0]["sha256"]
+    return seen, got.data
+
+
+def outcomes(seen: dict, i: int = 0) -> dict[str, str]:
+    return {c["rule"]: c["outcome"] for c in seen["files"][i]["checks"]}
+
+
+def _rows(n: int) -> bytes:
+    return json.dumps([{"seqn": s, "age": 20 + s % 60} for s in SEQNS[:n]]).encode()
+
+
+# -- 1. colour under transparent pixels ----------------------------------------------------------
+def test_colour_under_fully_transparent_pixels_does_not_leave(client, auth) -> None:  # noqa: ANN001
+    secret = _rows(260)
+    assert len(secret) > 7000
+    w = h = 64
+    px = bytearray(w * h * 4)
+    for i, b in enumerate(secret):  # payload in the RGB of alpha-0 pixels
+        px[(i // 3) * 4 + i % 3] = b
+    im = Image.frombytes("RGBA", (w, h), bytes(px))
+    for x in range(40, 60):  # visible part: a square with a gradient of alpha
+        for y in range(40, 60):
+            im.putpixel((x, y), (0, 0, 255, 60 + 9 * (x - 40)))
+    sink = io.BytesIO()
+    im.save(sink, format="PNG")
+    seen, got = release(client, auth, "plot.png", sink.getvalue())
+    assert outcomes(seen)["canonical.metadata"] == "review"  # the reviewer is told colour was dropped
+    out = Image.open(io.BytesIO(got)).convert("RGBA")
+    raw = out.tobytes()
+    recovered = bytes(raw[(i // 3) * 4 + i % 3] for i in range(len(secret)))
+    assert recovered != secret and b"9370" not in recovered and set(recovered) == {0}
+    assert all(raw[i * 4: i * 4 + 3] == b"\0\0\0" for i in range(w * h) if raw[i * 4 + 3] == 0)
+    assert out.getpixel((50, 50))[:3] == (0, 0, 255) and out.getpixel((50, 50))[3] > 100
+
+
+def test_palette_colours_behind_transparency_do_not_leave(client, auth) -> None:  # noqa: ANN001
+    secret = _rows(40)[:765]
+    p = Image.new("P", (16, 16), 0)
+    p.putpalette(list(secret) + [0] * (768 - len(secret)))
+    for i in range(256):
+        p.putpixel((i % 16, i // 16), i)
+    sink = io.BytesIO()
+    p.save(sink, format="PNG", transparency=bytes([0] * 255 + [255]))
+    _seen, got = release(client, auth, "pal.png", sink.getvalue())
+    raw = Image.open(io.BytesIO(got)).convert("RGBA").tobytes()
+    colours = bytes(b for i, b in enumerate(raw) if i % 4 != 3)
+    assert secret[:60] not in colours and b"9370" not in colours
+    assert set(colours[:-3]) == {0}
