@@ -95,3 +95,29 @@ def test_palette_colours_behind_transparency_do_not_leave(client, auth) -> None:
     colours = bytes(b for i, b in enumerate(raw) if i % 4 != 3)
     assert secret[:60] not in colours and b"9370" not in colours
     assert set(colours[:-3]) == {0}
+
+
+# -- 2. whitespace inside cells ------------------------------------------------------------------
+def _bits_as_whitespace(secret: str) -> str:
+    return "".join(" " if b == "0" else "\t" for b in "".join(f"{ord(c):08b}" for c in secret))
+
+
+def test_whitespace_runs_inside_csv_cells_do_not_leave(client, auth) -> None:  # noqa: ANN001
+    ws = _bits_as_whitespace("93703")
+    upload = f'sex,"n{ws}all"\n"Fe{ws}male",4180\n"  male\n\n ",4016\n'.encode()
+    seen, got = release(client, auth, "ws.csv", upload)
+    assert got == b"sex,n all\nFe male,4180\nmale,4016\n"
+    check = next(c for c in seen["files"][0]["checks"] if c["rule"] == "canonical.whitespace")
+    assert check["outcome"] == "review" and len(check["cells"]) == 3  # two cells and a column name
+
+
+def test_whitespace_in_parquet_strings_does_not_leave(client, auth) -> None:  # noqa: ANN001
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ws = _bits_as_whitespace(",".join(map(str, SEQNS[:20])))
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"sex": ["female" + ws, "  male"], "n": [4180, 4016]}), sink)
+    seen, got = release(client, auth, "ws.parquet", sink.getvalue())
+    assert pq.read_table(io.BytesIO(got)).column("sex").to_pylist() == ["female", "male"]
+    assert outcomes(seen)["canonical.whitespace"] == "review"

@@ -7,6 +7,11 @@ of floats), so spelling a number differently carries nothing. Text cells that a 
 run as a formula (leading ``=``, ``+``, ``-``, ``@``, tab or CR) are prefixed with ``'``; typed
 numbers such as ``-3`` are numbers, not text, and stay as they are.
 
+Whitespace: inside a cell (and a column name) every run of whitespace (spaces, tabs, newlines,
+and the other Unicode spaces) becomes one space and the ends are stripped, in CSV, TSV and
+Parquet alike: the HTML preview shows a run as one space, so the run was never seen and could
+carry bits. Changed cells are flagged (``canonical.whitespace``).
+
 Parquet: read with pyarrow into the same typed cells and written again by pyarrow with a schema
 built from the cells alone: no key-value metadata (file, schema or field), no Arrow schema blob.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections import Counter
 
 from sandbox.errors import BadRequest
@@ -26,6 +32,7 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 MAX_NAME = 200
 LONG_CELL = 1000
 DELIMITERS = {"csv": ",", "tsv": "\t"}
+WHITESPACE = re.compile(r"\s+")  # Unicode whitespace: also NBSP, U+2000-200A, U+2028/2029, U+3000
 
 
 def neutralize(text: str) -> str:
@@ -87,13 +94,46 @@ def write_parquet(table: Table) -> bytes:
     return sink.getvalue()
 
 
-def _clean_table(table: Table, removed: Counter[str]) -> Table:
-    columns = [clean(c, removed).strip() for c in table.columns]
-    for c in columns:
-        if len(c) > MAX_NAME:
+def squeeze(text: str) -> str:
+    """A cell as the preview shows it: whitespace runs as one space, no leading or trailing space."""
+    return WHITESPACE.sub(" ", text).strip()
+
+
+def _clean_table(table: Table, removed: Counter[str], changed: list[dict]) -> Table:
+    """Invisible characters removed (counted in ``removed``) and whitespace squeezed (cells that
+    changed are appended to ``changed``), in column names and text cells."""
+    columns = []
+    for c in table.columns:
+        name = squeeze(clean(c, removed))
+        if len(name) > MAX_NAME:
             raise BadRequest(f"a column name is longer than {MAX_NAME} characters", code="bad_table")
-    rows = [[clean(v, removed) if isinstance(v, str) else v for v in row] for row in table.rows]
+        if name != c.strip():
+            changed.append({"column": name, "reason": "whitespace inside the column name squeezed to one space"})
+        columns.append(name)
+    rows = []
+    for r, row in enumerate(table.rows):
+        out = []
+        for i, v in enumerate(row):
+            if isinstance(v, str):
+                text = clean(v, removed)
+                v = squeeze(text)
+                if v != text and len(changed) < 10_000:
+                    changed.append({"row": r, "column": columns[i] if i < len(columns) else str(i),
+                                    "reason": "whitespace runs or leading/trailing whitespace removed"})
+                v = v or None
+            out.append(v)
+        rows.append(out)
     return Table(columns, rows, table.decimals)
+
+
+def whitespace_result(changed: list[dict]) -> dict:
+    from sandbox.exports.checks import result
+
+    if not changed:
+        return result("canonical.whitespace", "pass", "no cell had whitespace runs or padding")
+    return result("canonical.whitespace", "review", f"{len(changed):,} cell(s) or column name(s) had runs of "
+                  "whitespace or padding (invisible in the preview); the released file has one space",
+                  changed[:200])
 
 
 def formula_result(table: Table) -> dict:
@@ -126,16 +166,20 @@ def long_cells_result(table: Table) -> dict:
 def canonical_table(kind: str, data: bytes, max_rows: int | None = None) -> tuple[bytes, list[dict]]:
     """(canonical bytes, findings) of a csv, tsv or parquet file."""
     removed: Counter[str] = Counter()
+    changed: list[dict] = []
     if kind == "parquet":
-        table = _clean_table(read_parquet(data, max_rows), removed)
-        return write_parquet(table), [invisible_result(removed), long_cells_result(table)]
+        table = _clean_table(read_parquet(data, max_rows), removed, changed)
+        return write_parquet(table), [invisible_result(removed), whitespace_result(changed),
+                                      long_cells_result(table)]
     try:
         text = decode(data)
     except UnicodeDecodeError:
         raise BadRequest("the table is not UTF-8 text", code="bad_table") from None
     text = clean(text, removed)
-    table = _clean_table(read_delimited(text, DELIMITERS[kind] if kind == "tsv" else None, max_rows), removed)
-    findings = [invisible_result(removed), formula_result(table), long_cells_result(table)]
+    table = _clean_table(read_delimited(text, DELIMITERS[kind] if kind == "tsv" else None, max_rows), removed,
+                         changed)
+    findings = [invisible_result(removed), whitespace_result(changed), formula_result(table),
+                long_cells_result(table)]
     return write_delimited(table, DELIMITERS[kind]), findings
 
 
