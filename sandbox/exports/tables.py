@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -32,7 +33,12 @@ class Table:
 
     def is_integral(self, name: str) -> bool:
         values = [v for v in self.column(name) if v is not None]
-        return self.is_numeric(name) and all(float(v) == int(float(v)) for v in values)
+        return self.is_numeric(name) and all(_integral(v) for v in values)
+
+
+def _integral(v: object) -> bool:
+    """An int, or a finite float with no fraction (NaN and infinities are not integral)."""
+    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v) and v.is_integer())
 
 
 def _is_number(v: object) -> bool:

@@ -20,6 +20,7 @@ of. A file with a failed check cannot be approved until an admin outside the gra
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Sequence
 
@@ -33,6 +34,7 @@ from sandbox.policy.rules import check_grant_usable
 from sandbox.services import Services
 from sandbox.state.audit import AuditEvent
 
+log = logging.getLogger(__name__)
 STATES = ("submitted", "partially_reviewed", "approved", "rejected", "returned", "withdrawn", "released")
 OPEN = ("submitted", "partially_reviewed")
 PENDING = (*OPEN, "returned", "approved")  # what a revoked grant's withdrawal sweeps
@@ -231,7 +233,14 @@ def _checked_files(services: Services, ctx: CheckContext, files: list[tuple[str,
         raise BadRequest("two files have the same name", code="duplicate_file")
     out = []
     for name, data in files:
-        canon, checks = run_all(name, data, ctx)
+        try:
+            canon, checks = run_all(name, data, ctx)
+        except SandboxError:
+            raise
+        except Exception as exc:  # a parser's surprise is a refused upload (audited), never a 500
+            log.exception("canonicalization of an export file failed")
+            raise BadRequest(f"{str(name)[:MAX_AUDITED_NAME]}: the file could not be read and rebuilt "
+                             f"({type(exc).__name__})", code="file_refused") from None
         out.append({"name": name, "data": canon.data, "sha256": store.sha256(canon.data), "size": len(canon.data),
                     "kind": canon.kind, "checks": checks,
                     "uploaded": {"name": name, "size": canon.uploaded_size, "sha256": canon.uploaded_sha256}})

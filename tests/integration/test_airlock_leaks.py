@@ -121,3 +121,58 @@ def test_whitespace_in_parquet_strings_does_not_leave(client, auth) -> None:  # 
     seen, got = release(client, auth, "ws.parquet", sink.getvalue())
     assert pq.read_table(io.BytesIO(got)).column("sex").to_pylist() == ["female", "male"]
     assert outcomes(seen)["canonical.whitespace"] == "review"
+
+
+# -- 3. non-finite floats and NaN payloads ---------------------------------------------------------
+def _parquet(columns: dict) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue()
+
+
+def test_ids_in_nan_payloads_do_not_leave(client, auth) -> None:  # noqa: ANN001
+    import struct
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = SEQNS[:60]
+    nans = [struct.unpack("<d", struct.pack("<Q", 0x7FF8000000000000 | i))[0] for i in ids]
+    upload = _parquet({"grp": [f"g{k}" for k in range(60)], "mean": pa.array(nans, pa.float64()),
+                       "low_bits": [35.4 + i * 1e-13 for i in ids]})
+    seen, got = release(client, auth, "nan.parquet", upload)
+    table = pq.read_table(io.BytesIO(got))
+    assert table.column("mean").to_pylist() == [None] * 60
+    low = [struct.unpack("<Q", struct.pack("<d", v))[0] for v in table.column("low_bits").to_pylist()]
+    assert len(set(low)) < 60  # the low-order digits no longer tell the rows apart
+    assert outcomes(seen)["canonical.numbers"] == "review"
+
+
+@pytest.mark.parametrize(("name", "data"), [
+    ("nan.parquet", _parquet({"grp": ["a", "b", "c"], "mean": [float("nan"), float("inf"), 2.5]})),
+    ("inf.parquet", _parquet({"grp": ["a", "b"], "n": [float("-inf"), 12.0]})),
+    ("big.csv", b"grp,mean\na,1e999\nb,2.5\n"),
+])
+def test_non_finite_floats_are_released_as_empty_cells_not_a_500(client, auth, name, data) -> None:  # noqa: ANN001
+    seen, got = release(client, auth, name, data, override=True)
+    assert b"inf" not in got.lower() and b"nan" not in got.lower()
+    assert outcomes(seen)["canonical.numbers"] == "review"
+
+
+def test_an_unexpected_error_in_canonicalization_is_a_refused_and_audited_upload(client, auth, services,  # noqa: ANN001
+                                                                                monkeypatch) -> None:
+    from sandbox.exports import canonical
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(canonical, "render", broken)
+    r = submit(client, auth["alice"], [("t.csv", b"a,n\nx,12\n")])
+    assert (r.status_code, r.json["error"]["code"]) == (400, "file_refused")
+    refused = [e for e in services.audit.entries() if e["action"] == "export.upload_refused"]
+    assert len(refused) == 1 and refused[0]["detail"]["files"][0]["name"] == "t.csv"
+    exports = services.db.dir / "exports"
+    assert not exports.exists() or not any(exports.rglob("*"))

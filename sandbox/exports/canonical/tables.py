@@ -12,6 +12,11 @@ and the other Unicode spaces) becomes one space and the ends are stripped, in CS
 Parquet alike: the HTML preview shows a run as one space, so the run was never seen and could
 carry bits. Changed cells are flagged (``canonical.whitespace``).
 
+Floats: NaN and ±infinity become empty cells (a NaN's 51 payload bits carried ids in the review)
+and every float is rounded to ``FLOAT_DIGITS`` significant digits (and -0.0 is 0.0), so neither
+payload bits nor low-order digits beyond what a reviewer reads carry anything. Both are reported
+in ``canonical.numbers`` (``review`` when a non-finite value was dropped).
+
 Parquet: read with pyarrow into the same typed cells and written again by pyarrow with a schema
 built from the cells alone: no key-value metadata (file, schema or field), no Arrow schema blob.
 """
@@ -32,6 +37,7 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 MAX_NAME = 200
 LONG_CELL = 1000
 DELIMITERS = {"csv": ",", "tsv": "\t"}
+FLOAT_DIGITS = 12
 WHITESPACE = re.compile(r"\s+")  # Unicode whitespace: also NBSP, U+2000-200A, U+2028/2029, U+3000
 
 
@@ -99,9 +105,31 @@ def squeeze(text: str) -> str:
     return WHITESPACE.sub(" ", text).strip()
 
 
-def _clean_table(table: Table, removed: Counter[str], changed: list[dict]) -> Table:
-    """Invisible characters removed (counted in ``removed``) and whitespace squeezed (cells that
-    changed are appended to ``changed``), in column names and text cells."""
+def canonical_float(v: float, numbers: Counter[str]) -> float | None:
+    """A finite float rounded to ``FLOAT_DIGITS`` significant digits; None for NaN and infinities."""
+    if not math.isfinite(v):
+        numbers["non-finite (NaN or infinity) released as an empty cell"] += 1
+        return None
+    out = float(f"{v:.{FLOAT_DIGITS}g}") + 0.0  # + 0.0: -0.0 becomes 0.0
+    if out != v or math.copysign(1.0, v) != math.copysign(1.0, out):
+        numbers[f"rounded to {FLOAT_DIGITS} significant digits"] += 1
+    return out
+
+
+def numbers_result(numbers: Counter[str]) -> dict:
+    from sandbox.exports.checks import result
+
+    detail = "; ".join(f"{n:,} float(s) {what}" for what, n in numbers.items())
+    if any(what.startswith("non-finite") for what in numbers):
+        return result("canonical.numbers", "review", detail + ": NaN and infinity carry no visible value "
+                      "(a NaN can carry 51 hidden bits), ask the requester why they are there", changes=dict(numbers))
+    return result("canonical.numbers", "pass", detail or "every number is finite", changes=dict(numbers))
+
+
+def _clean_table(table: Table, removed: Counter[str], changed: list[dict], numbers: Counter[str]) -> Table:
+    """Invisible characters removed (counted in ``removed``), whitespace squeezed (cells that
+    changed are appended to ``changed``) in column names and text cells, floats made canonical
+    (counted in ``numbers``)."""
     columns = []
     for c in table.columns:
         name = squeeze(clean(c, removed))
@@ -114,7 +142,9 @@ def _clean_table(table: Table, removed: Counter[str], changed: list[dict]) -> Ta
     for r, row in enumerate(table.rows):
         out = []
         for i, v in enumerate(row):
-            if isinstance(v, str):
+            if isinstance(v, float):
+                v = canonical_float(v, numbers)
+            elif isinstance(v, str):
                 text = clean(v, removed)
                 v = squeeze(text)
                 if v != text and len(changed) < 10_000:
@@ -167,19 +197,20 @@ def canonical_table(kind: str, data: bytes, max_rows: int | None = None) -> tupl
     """(canonical bytes, findings) of a csv, tsv or parquet file."""
     removed: Counter[str] = Counter()
     changed: list[dict] = []
+    numbers: Counter[str] = Counter()
     if kind == "parquet":
-        table = _clean_table(read_parquet(data, max_rows), removed, changed)
+        table = _clean_table(read_parquet(data, max_rows), removed, changed, numbers)
         return write_parquet(table), [invisible_result(removed), whitespace_result(changed),
-                                      long_cells_result(table)]
+                                      numbers_result(numbers), long_cells_result(table)]
     try:
         text = decode(data)
     except UnicodeDecodeError:
         raise BadRequest("the table is not UTF-8 text", code="bad_table") from None
     text = clean(text, removed)
     table = _clean_table(read_delimited(text, DELIMITERS[kind] if kind == "tsv" else None, max_rows), removed,
-                         changed)
-    findings = [invisible_result(removed), whitespace_result(changed), formula_result(table),
-                long_cells_result(table)]
+                         changed, numbers)
+    findings = [invisible_result(removed), whitespace_result(changed), numbers_result(numbers),
+                formula_result(table), long_cells_result(table)]
     return write_delimited(table, DELIMITERS[kind]), findings
 
 
