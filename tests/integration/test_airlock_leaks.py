@@ -176,3 +176,67 @@ def test_an_unexpected_error_in_canonicalization_is_a_refused_and_audited_upload
     assert len(refused) == 1 and refused[0]["detail"]["files"][0]["name"] == "t.csv"
     exports = services.db.dir / "exports"
     assert not exports.exists() or not any(exports.rglob("*"))
+
+
+# -- 4. request metadata is unreleased content too -------------------------------------------------
+REQUESTER_PATHS = ("/v1/exports/{rid}", "/review/exports/{rid}?format=json", "/review/exports/{rid}",
+                   "/review/mine?format=json", "/review/mine", "/v1/exports")
+
+
+def _requester_sees(client, auth, rid: str) -> str:  # noqa: ANN001
+    return "".join(client.get(p.format(rid=rid), headers=auth["alice"]).get_data(as_text=True)
+                   for p in REQUESTER_PATHS)
+
+
+def test_metadata_cannot_carry_unreviewed_text_back_to_the_requester(client, auth) -> None:  # noqa: ANN001
+    rows = "\n".join(f"{s},{20 + s % 60}" for s in SEQNS[:300])
+    title, justification = rows[:200], rows[200:1200]
+    assert len(rows) > 2400
+    withdraw_reason, resubmit_comment = rows[1200:1800], rows[1800:2400]
+    r = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,4180\nmale,4016\n")], title=title,
+               justification=justification, count_columns="n")
+    assert r.status_code == 201, r.json
+    rid = r.json["id"]
+    for reviewer in ("carol", "dave"):
+        assert vote(client, auth[reviewer], rid, "return", "why").status_code == 200
+    assert client.post(f"/v1/exports/{rid}/resubmit", headers=auth["alice"],
+                       json={"comment": resubmit_comment}).status_code == 200
+    assert client.post(f"/v1/exports/{rid}/withdraw", headers=auth["alice"],
+                       json={"reason": withdraw_reason}).status_code == 200
+    seen = _requester_sees(client, auth, rid) + json.dumps(r.json)
+    for secret in (title, justification, withdraw_reason, resubmit_comment):
+        for line in secret.splitlines()[1:-1]:
+            assert line not in seen
+    reviewer = client.get(f"/v1/exports/{rid}", headers=auth["carol"]).json
+    assert reviewer["title"] == title and reviewer["justification"] == justification
+    comments = [e["comment"] for e in reviewer["history"] if e["comment"]]
+    assert comments[-2:] == [resubmit_comment.strip(), withdraw_reason.strip()]
+
+
+def test_approved_metadata_is_shown_to_the_requester(client, auth) -> None:  # noqa: ANN001
+    r = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,4180\n")], title="Counts by sex",
+               justification="for the planning report")
+    rid = r.json["id"]
+    assert "Counts by sex" not in _requester_sees(client, auth, rid)
+    for reviewer in ("carol", "dave"):
+        vote(client, auth[reviewer], rid)
+    view = client.get(f"/v1/exports/{rid}", headers=auth["alice"]).json
+    assert (view["title"], view["justification"]) == ("Counts by sex", "for the planning report")
+
+
+@pytest.mark.parametrize(("fields", "code"), [
+    ({"title": "x" * 201}, "bad_title"),
+    ({"justification": "x" * 1001}, "bad_justification"),
+    ({"count_columns": "n," + "x" * 65}, "bad_count_columns"),
+    ({"count_columns": "n,not_a_column"}, "bad_count_columns"),
+])
+def test_metadata_caps_are_refused_and_audited(client, auth, services, fields, code) -> None:  # noqa: ANN001
+    r = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,4180\n")], **fields)
+    assert (r.status_code, r.json["error"]["code"]) == (400, code)
+    assert [e for e in services.audit.entries() if e["action"] == "export.upload_refused"]
+
+
+def test_requester_comments_are_capped(client, auth) -> None:  # noqa: ANN001
+    rid = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,4180\n")]).json["id"]
+    r = client.post(f"/v1/exports/{rid}/withdraw", headers=auth["alice"], json={"reason": "x" * 1001})
+    assert (r.status_code, r.json["error"]["code"]) == (400, "bad_reason")
