@@ -240,3 +240,26 @@ def test_requester_comments_are_capped(client, auth) -> None:  # noqa: ANN001
     rid = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,4180\n")]).json["id"]
     r = client.post(f"/v1/exports/{rid}/withdraw", headers=auth["alice"], json={"reason": "x" * 1001})
     assert (r.status_code, r.json["error"]["code"]) == (400, "bad_reason")
+
+
+# -- 5. duplicate and empty column names ----------------------------------------------------------
+@pytest.mark.parametrize(("name", "data"), [
+    ("dup.csv", ("grp,n,n\n" + "".join(f"g{k},{100 + k},{i}\n" for k, i in enumerate(SEQNS[:60]))).encode()),
+    ("dup_after_squeeze.csv", ("grp,n,\" n \"\n" + "".join(f"g{k},{100 + k},{i}\n"
+                                                          for k, i in enumerate(SEQNS[:60]))).encode()),
+    ("unnamed.csv", ("grp,,n\n" + "".join(f"g{k},{i},{100 + k}\n" for k, i in enumerate(SEQNS[:60]))).encode()),
+    ("dup.parquet", None),
+])
+def test_duplicate_or_empty_column_names_are_refused_and_audited(client, auth, services, name, data) -> None:  # noqa: ANN001, E501
+    if data is None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_arrays([pa.array([100, 101]), pa.array(SEQNS[:2])], names=["n", "n"]), sink)
+        data = sink.getvalue()
+    r = submit(client, auth["alice"], [(name, data)])
+    assert (r.status_code, r.json["error"]["code"]) == (400, "file_refused"), r.json
+    assert "column" in r.json["error"]["message"]
+    refused = [e for e in services.audit.entries() if e["action"] == "export.upload_refused"]
+    assert len(refused) == 1 and refused[0]["detail"]["files"][0]["name"] == name

@@ -138,6 +138,7 @@ def _clean_table(table: Table, removed: Counter[str], changed: list[dict], numbe
         if name != c.strip():
             changed.append({"column": name, "reason": "whitespace inside the column name squeezed to one space"})
         columns.append(name)
+    check_column_names(columns)
     rows = []
     for r, row in enumerate(table.rows):
         out = []
@@ -154,6 +155,21 @@ def _clean_table(table: Table, removed: Counter[str], changed: list[dict], numbe
             out.append(v)
         rows.append(out)
     return Table(columns, rows, table.decimals)
+
+
+def check_column_names(columns: list[str]) -> None:
+    """Every column has a name of its own: checks find a column by name, so a second column of the
+    same name (or one without a name) would be a column no check looks at."""
+    empty = [i + 1 for i, c in enumerate(columns) if not c]
+    if empty:
+        raise BadRequest(f"column {empty[0]} has no name (every column needs one; pandas writes its index as an "
+                         "unnamed column: use index=False)", code="bad_table")
+    seen: set[str] = set()
+    for i, c in enumerate(columns):
+        if c in seen:
+            raise BadRequest(f"column {i + 1} has the same name as an earlier column (after whitespace is "
+                             "squeezed): every column needs a name of its own", code="bad_table")
+        seen.add(c)
 
 
 def whitespace_result(changed: list[dict]) -> dict:
