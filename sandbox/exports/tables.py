@@ -71,11 +71,15 @@ def read_csv(data: bytes, max_rows: int | None = None) -> Table:
 def read_delimited(text: str, delimiter: str | None = None, max_rows: int | None = None) -> Table:
     """Typed cells of delimited text; ``delimiter`` None sniffs one of ``,``, ``;`` and tab."""
     if delimiter is None:
+        # only a delimiter the header line uses: the sniffer alone may pick a tab inside a quoted cell
+        header_line = text.split("\n", 1)[0]
+        present = "".join(d for d in ",;\t" if d in header_line) or ","
         try:
-            dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+            dialect: type[csv.Dialect] | csv.Dialect = (
+                csv.Sniffer().sniff(text[:4096], delimiters=present) if len(present) > 1 else csv.excel)
         except csv.Error:
             dialect = csv.excel
-        reader = csv.reader(io.StringIO(text), dialect)
+        reader = csv.reader(io.StringIO(text), dialect, delimiter=present if len(present) == 1 else dialect.delimiter)
     else:
         reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     try:
