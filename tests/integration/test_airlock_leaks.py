@@ -263,3 +263,36 @@ def test_duplicate_or_empty_column_names_are_refused_and_audited(client, auth, s
     assert "column" in r.json["error"]["message"]
     refused = [e for e in services.audit.entries() if e["action"] == "export.upload_refused"]
     assert len(refused) == 1 and refused[0]["detail"]["files"][0]["name"] == name
+
+
+# -- 6 and 11. identifier tokenizer gaps ----------------------------------------------------------
+def _identifiers(client, auth, name: str, data: bytes) -> dict:  # noqa: ANN001
+    r = submit(client, auth["alice"], [(name, data)])
+    assert r.status_code == 201, r.json
+    seen = client.get(f"/v1/exports/{r.json['id']}", headers=auth["carol"]).json
+    return next(c for c in seen["files"][0]["checks"] if c["rule"] == "identifiers")
+
+
+@pytest.mark.parametrize(("name", "data"), [
+    ("floats.csv", ("grp,mean\n" + "".join(f"g{i},{s}.5\n" for i, s in enumerate(SEQNS[:60]))).encode()),
+    ("concatenated.csv", ("grp,code\n" + "".join(f"g{i},{''.join(str(s + k) for k in range(4))}\n"
+                                                 for i, s in enumerate(SEQNS[:60]))).encode()),
+    ("concatenated.txt", ("codes: " + " ".join("".join(str(s + k) for k in range(4)) for s in SEQNS[:60])).encode()),
+])
+def test_ids_in_floats_and_long_digit_runs_fail(client, auth, name, data) -> None:  # noqa: ANN001
+    check = _identifiers(client, auth, name, data)
+    assert check["outcome"] == "fail", check
+    assert "spelled out" in check["detail"]  # reviewers are told what no check catches
+
+
+def test_an_identifier_scan_that_stops_early_never_passes(client, auth) -> None:  # noqa: ANN001
+    decoys = " ".join(str(n) for n in range(1_000_000, 1_020_001))
+    text = f"Appendix\n{decoys}\n" + " ".join(f"id{s}" for s in SEQNS[:200]) + "\n"
+    check = _identifiers(client, auth, "notes.txt", text.encode())
+    assert check["outcome"] != "pass" and "did not finish" in json.dumps(check)
+
+
+def test_ids_in_a_file_name_fail(client, auth) -> None:  # noqa: ANN001
+    name = "-".join(str(s) for s in SEQNS[:7]) + ".csv"
+    check = _identifiers(client, auth, name, b"sex,n\nfemale,4180\nmale,4016\n")
+    assert check["outcome"] == "fail" and any(c.get("column") == "(file name)" for c in check["cells"])
