@@ -296,3 +296,29 @@ def test_ids_in_a_file_name_fail(client, auth) -> None:  # noqa: ANN001
     name = "-".join(str(s) for s in SEQNS[:7]) + ".csv"
     check = _identifiers(client, auth, name, b"sex,n\nfemale,4180\nmale,4016\n")
     assert check["outcome"] == "fail" and any(c.get("column") == "(file name)" for c in check["cells"])
+
+
+# -- 7. invisible characters outside the removed categories ----------------------------------------
+def test_default_ignorable_characters_do_not_leave_a_text(client, auth) -> None:  # noqa: ANN001
+    bits = "".join(f"{ord(c):08b}" for c in "93703,44,female")
+    hidden = "".join("\u034f" if b == "1" else "\u17b4" for b in bits)
+    upload = f"Mean age 35.4{hidden}\na\u2028b\u3164c\u2800d\u00a0e\u2062f\u3000g\u2009h\u2029i\u180fj\n"
+    seen, got = release(client, auth, "notes.txt", upload.encode())
+    assert got == b"Mean age 35.4\na\nbc d ef g h\nij\n"
+    assert outcomes(seen)["canonical.invisible"] == "review"
+
+
+def test_default_ignorable_and_unicode_spaces_do_not_leave_a_table(client, auth) -> None:  # noqa: ANN001
+    hidden = "".join("\u034f" if b == "1" else "\u17b5" for b in f"{93703:017b}")
+    upload = f"sex,n\nfe{hidden}male,4180\nma\u00a0le\u2028x\u3000y,4016\n".encode()
+    seen, got = release(client, auth, "t.csv", upload)
+    assert got == b"sex,n\nfemale,4180\nma le x y,4016\n"
+    assert outcomes(seen)["canonical.invisible"] == "review"
+
+
+def test_combining_mark_stacks_are_flagged(client, auth) -> None:  # noqa: ANN001
+    stacked = "e" + "\u0301\u0300\u0302\u0303" * 4
+    seen, got = release(client, auth, "notes.txt", f"R{stacked}sult\n".encode())
+    assert outcomes(seen)["canonical.marks"] == "review"
+    seen, _ = release(client, auth, "plain.txt", "Résumé, naïve, Việt Nam\n".encode())
+    assert outcomes(seen)["canonical.marks"] == "pass"

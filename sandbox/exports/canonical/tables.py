@@ -30,7 +30,7 @@ import re
 from collections import Counter
 
 from sandbox.errors import BadRequest
-from sandbox.exports.canonical.text import clean, decode, invisible_result
+from sandbox.exports.canonical.text import clean, decode, invisible_result, mark_stacks, marks_result
 from sandbox.exports.tables import Table, read_delimited, read_parquet
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -132,7 +132,7 @@ def _clean_table(table: Table, removed: Counter[str], changed: list[dict], numbe
     (counted in ``numbers``)."""
     columns = []
     for c in table.columns:
-        name = squeeze(clean(c, removed))
+        name = squeeze(clean(c, removed, line_sep=" "))
         if len(name) > MAX_NAME:
             raise BadRequest(f"a column name is longer than {MAX_NAME} characters", code="bad_table")
         if name != c.strip():
@@ -146,7 +146,7 @@ def _clean_table(table: Table, removed: Counter[str], changed: list[dict], numbe
             if isinstance(v, float):
                 v = canonical_float(v, numbers)
             elif isinstance(v, str):
-                text = clean(v, removed)
+                text = clean(v, removed, line_sep=" ")
                 v = squeeze(text)
                 if v != text and len(changed) < 10_000:
                     changed.append({"row": r, "column": columns[i] if i < len(columns) else str(i),
@@ -209,6 +209,11 @@ def long_cells_result(table: Table) -> dict:
                   "characters: read them in full, a cell can carry a whole table", cells[:200])
 
 
+def _marks(table: Table) -> dict:
+    return marks_result(sum(mark_stacks(v) for v in table.columns)
+                        + sum(mark_stacks(v) for row in table.rows for v in row if isinstance(v, str)))
+
+
 def canonical_table(kind: str, data: bytes, max_rows: int | None = None) -> tuple[bytes, list[dict]]:
     """(canonical bytes, findings) of a csv, tsv or parquet file."""
     removed: Counter[str] = Counter()
@@ -217,16 +222,16 @@ def canonical_table(kind: str, data: bytes, max_rows: int | None = None) -> tupl
     if kind == "parquet":
         table = _clean_table(read_parquet(data, max_rows), removed, changed, numbers)
         return write_parquet(table), [invisible_result(removed), whitespace_result(changed),
-                                      numbers_result(numbers), long_cells_result(table)]
+                                      numbers_result(numbers), _marks(table), long_cells_result(table)]
     try:
         text = decode(data)
     except UnicodeDecodeError:
         raise BadRequest("the table is not UTF-8 text", code="bad_table") from None
-    text = clean(text, removed)
+    text = clean(text, removed, line_sep=" ")  # a separator inside a cell is no row break
     table = _clean_table(read_delimited(text, DELIMITERS[kind] if kind == "tsv" else None, max_rows), removed,
                          changed, numbers)
     findings = [invisible_result(removed), whitespace_result(changed), numbers_result(numbers),
-                formula_result(table), long_cells_result(table)]
+                _marks(table), formula_result(table), long_cells_result(table)]
     return write_delimited(table, DELIMITERS[kind]), findings
 
 
