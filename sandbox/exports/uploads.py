@@ -33,6 +33,7 @@ from sandbox.exports.workflow import (
     next_state,
     transition,
 )
+from sandbox.policy.models import Grant
 from sandbox.services import Services
 from sandbox.state.audit import AuditEvent
 
@@ -133,8 +134,19 @@ def _submit(services: Services, user: str, *, grant_id: object, title: object, j
     check_count_columns(counts, checked)
     rid = store.new_request_id()
     blobs = store.BlobStore(services.db)
-    for f in checked:
-        blobs.put(rid, f["data"])
+    written: list[tuple[str, str]] = []
+    try:
+        _insert_request(services, user, rid, grant, title_s, justification_s, counts, checked, blobs, written)
+    except BaseException:
+        blobs.delete(written)  # the transaction did not commit: no bytes of it stay on disk
+        raise
+    services.audit.write_head()
+    return rid
+
+
+def _insert_request(services: Services, user: str, rid: str, grant: Grant, title_s: str, justification_s: str,
+                    counts: list[str], checked: list[dict], blobs: store.BlobStore,
+                    written: list[tuple[str, str]]) -> None:
     with services.db.write() as conn:
         _usable_grant(services, grant.id, user)  # again, inside the transaction: a revoke may have won
         ts = store.now()
@@ -147,8 +159,8 @@ def _submit(services: Services, user: str, *, grant_id: object, title: object, j
         transition(services, conn, None, "submit", user, request_id=rid, grant_id=grant.id,
                    detail={"title": title_s, "files": {f["name"]: f["sha256"] for f in checked},
                            "uploads": [f["uploaded"] for f in checked]})
-    services.audit.write_head()
-    return rid
+        for f in checked:  # last: every deciding check has passed; the commit follows
+            blobs.put_new(rid, f["data"], written)
 
 
 def change_files(services: Services, request_id: str, user: str, files: list[tuple[str, bytes]],
@@ -177,8 +189,18 @@ def _change_files(services: Services, request_id: str, user: str, files: list[tu
     ctx = check_context(services, grant, user, json.loads(row["count_columns"]))
     checked = _checked_files(services, ctx, files)
     blobs = store.BlobStore(services.db)
-    for f in checked:
-        blobs.put(request_id, f["data"])
+    written: list[tuple[str, str]] = []
+    try:
+        new = _apply_change(services, request_id, user, remove, checked, blobs, written)
+    except BaseException:
+        blobs.delete(written)  # the transaction did not commit: no bytes of it stay on disk
+        raise
+    services.audit.write_head()
+    return new
+
+
+def _apply_change(services: Services, request_id: str, user: str, remove: list[str], checked: list[dict],
+                  blobs: store.BlobStore, written: list[tuple[str, str]]) -> str:
     with services.db.write() as conn:
         row = store.request_row(conn, request_id)
         for name in remove:
@@ -192,5 +214,6 @@ def _change_files(services: Services, request_id: str, user: str, files: list[tu
         new = transition(services, conn, row, "change_files", user, detail={
             "added": {f["name"]: f["sha256"] for f in checked}, "removed": remove,
             "uploads": [f["uploaded"] for f in checked]})
-    services.audit.write_head()
+        for f in checked:  # last: every deciding check has passed; the commit follows
+            blobs.put_new(request_id, f["data"], written)
     return new

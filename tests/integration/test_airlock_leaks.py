@@ -322,3 +322,35 @@ def test_combining_mark_stacks_are_flagged(client, auth) -> None:  # noqa: ANN00
     assert outcomes(seen)["canonical.marks"] == "review"
     seen, _ = release(client, auth, "plain.txt", "Résumé, naïve, Việt Nam\n".encode())
     assert outcomes(seen)["canonical.marks"] == "pass"
+
+
+# -- 8. no canonical bytes of a refused change or submit stay on disk --------------------------------
+def _blobs(services) -> set[str]:  # noqa: ANN001
+    root = services.db.dir / "exports"
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def test_a_refused_file_change_leaves_no_bytes_behind(client, auth, services) -> None:  # noqa: ANN001
+    rid = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,4180\n")]).json["id"]
+    for reviewer in ("carol", "dave"):
+        vote(client, auth[reviewer], rid, "return", "x")
+    before = _blobs(services)
+    payload = ("grp,v\n" + "".join(f"g{i},{s}\n" for i, s in enumerate(SEQNS[:50]))).encode()
+    r = client.post(f"/v1/exports/{rid}/files", headers=auth["alice"], content_type="multipart/form-data",
+                    data={"files": [(io.BytesIO(payload), "new.csv")], "remove": ["does-not-exist"]})
+    assert (r.status_code, r.json["error"]["code"]) == (404, "unknown_file")
+    assert _blobs(services) == before
+    assert [e for e in services.audit.entries() if e["action"] == "export.upload_refused"]
+
+
+def test_a_submit_that_fails_in_its_transaction_leaves_no_bytes_behind(client, auth, services,  # noqa: ANN001
+                                                                      monkeypatch) -> None:
+    from sandbox.exports import store
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise store.SandboxError("the disk is full", code="storage_error")
+
+    monkeypatch.setattr(store, "insert_file", broken)
+    r = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,4180\n")])
+    assert r.status_code >= 400
+    assert _blobs(services) == set()
