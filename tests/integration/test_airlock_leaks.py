@@ -354,3 +354,37 @@ def test_a_submit_that_fails_in_its_transaction_leaves_no_bytes_behind(client, a
     r = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,4180\n")])
     assert r.status_code >= 400
     assert _blobs(services) == set()
+
+
+# -- 9. the identifier lookup table is keyed with a key outside the engine file -------------------------
+def test_the_id_table_cannot_be_enumerated_from_the_engine_file(services, client, auth, tmp_path) -> None:  # noqa: ANN001
+    import hmac
+    import shutil
+
+    import duckdb
+
+    from sandbox.engine import ID_TABLE_PREFIX
+
+    engine_file = next(services.engine.engine_dir.glob("catalog-*.duckdb"))
+    key = services.engine.bounding_key()
+    ids_key = services.engine.ids_key()
+    data = engine_file.read_bytes()
+    assert key not in data and ids_key not in data and key.hex().encode() not in data
+    assert ids_key.hex().encode() not in data
+    copy = tmp_path / "engine.duckdb"
+    shutil.copy(engine_file, copy)
+    con = duckdb.connect(str(copy), read_only=True)
+    table = f'"{ID_TABLE_PREFIX}nhanes_2017"'
+    meta_cols = [r[0] for r in con.execute("DESCRIBE __meta").fetchall()]
+    assert "salt" not in meta_cols
+    enumerate_sql = (f"SELECT COUNT(*) FROM (SELECT CAST(i AS VARCHAR) AS v FROM range(90000, 110000) t(i)) "
+                     f"WHERE {{}} IN (SELECT h FROM {table})")
+    assert con.execute(enumerate_sql.format("CAST(hash(v) AS VARCHAR)")).fetchone()[0] == 0
+    # with the key (outside the file) the same enumeration finds them: the test could fail
+    keyed = [hmac.new(ids_key, str(i).encode(), "sha256").hexdigest() for i in range(93703, 93803)]
+    found = con.execute(f"SELECT COUNT(*) FROM (SELECT UNNEST(?::VARCHAR[]) AS h) f "
+                        f"WHERE f.h IN (SELECT h FROM {table})", [keyed]).fetchone()[0]
+    assert found > 50
+    con.close()
+    assert services.engine.unit_id_matches("nhanes_2017", [str(s) for s in SEQNS[:100]]) == found
+    assert services.engine.unit_id_matches("nhanes_2017", ["93703.0", " 93704 "]) == 2
