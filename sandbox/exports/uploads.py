@@ -102,6 +102,15 @@ def audit_refused(services: Services, user: str, grant_id: object, files: list[t
     services.audit.write_head()
 
 
+def audit_oversize(services: Services, user: str, path: str, size: int | None, code: str, message: str) -> None:
+    """A request refused before its form was read (over the size or part limits): audited by size only."""
+    detail = {"grant": None, "files": [], "path": path[:MAX_AUDITED_NAME], "size": size,
+              "reason": {"code": code, "message": message[:2000]}}
+    with services.db.write() as conn:
+        services.audit.append(conn, AuditEvent(user, "export.upload_refused", None, detail))
+    services.audit.write_head()
+
+
 def parse_count_columns(value: object) -> list[str]:
     items = value if isinstance(value, list) else str(value or "").split(",")
     return [c.strip() for c in items if isinstance(c, str) and c.strip()]

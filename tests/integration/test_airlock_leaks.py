@@ -388,3 +388,26 @@ def test_the_id_table_cannot_be_enumerated_from_the_engine_file(services, client
     con.close()
     assert services.engine.unit_id_matches("nhanes_2017", [str(s) for s in SEQNS[:100]]) == found
     assert services.engine.unit_id_matches("nhanes_2017", ["93703.0", " 93704 "]) == 2
+
+
+# -- 10. requests over the multipart limits are audited ------------------------------------------------
+def test_an_oversize_upload_is_refused_and_audited_by_size(app, client, auth, services) -> None:  # noqa: ANN001
+    app.config["MAX_CONTENT_LENGTH"] = 10_000
+    body = b"sex,n\n" + b"female,4180\n" * 2000
+    r = submit(client, auth["alice"], [("big.csv", body)])
+    assert r.status_code == 413 and r.json["error"]["code"]
+    refused = [e for e in services.audit.entries() if e["action"] == "export.upload_refused"]
+    assert len(refused) == 1
+    e = refused[0]
+    assert e["actor"] == "alice" and e["detail"]["size"] > 10_000 and e["detail"]["reason"]["code"]
+    assert "female" not in json.dumps(e["detail"])
+    exports = services.db.dir / "exports"
+    assert not exports.exists() or not any(exports.rglob("*"))
+
+
+def test_too_many_parts_is_refused_and_audited(client, auth, services) -> None:  # noqa: ANN001
+    files = [(io.BytesIO(b"a\n1\n"), f"a{i}.csv") for i in range(1200)]
+    r = client.post("/v1/exports", headers=auth["alice"], content_type="multipart/form-data",
+                    data={"grant": GRANT, "title": "t", "justification": "j", "files": files})
+    assert r.status_code == 413
+    assert [e for e in services.audit.entries() if e["action"] == "export.upload_refused"]
