@@ -321,7 +321,10 @@ class Engine:
             return 0
         cur = self._cursor()
         ids_key = self.ids_key()
-        check = cur.execute("SELECT key_check FROM __meta").fetchone()
+        try:
+            check = cur.execute("SELECT key_check FROM __meta").fetchone()
+        except duckdb.Error:
+            raise EngineError("the engine file has no identifier key check: rebuild the engine") from None
         if check is None or not hmac.compare_digest(str(check[0]), keyed_id(ids_key, KEY_CHECK)):
             raise EngineError("the identifier key does not match the engine file: rebuild the engine")
         keyed = [keyed_id(ids_key, _normalize_id(v)) for v in values]

@@ -411,3 +411,14 @@ def test_too_many_parts_is_refused_and_audited(client, auth, services) -> None: 
                     data={"grant": GRANT, "title": "t", "justification": "j", "files": files})
     assert r.status_code == 413
     assert [e for e in services.audit.entries() if e["action"] == "export.upload_refused"]
+
+
+def test_a_key_that_does_not_match_the_engine_file_is_an_error_not_silent_zeros(services, client, auth) -> None:  # noqa: ANN001, E501
+    from sandbox.engine import EngineError
+
+    services.engine._ids_key = b"\x01" * 32  # e.g. the state directory's key file was replaced
+    with pytest.raises(EngineError):
+        services.engine.unit_id_matches("nhanes_2017", [str(s) for s in SEQNS[:10]])
+    table = "k,v\n" + "".join(f"r{i},{s}\n" for i, s in enumerate(SEQNS[:60]))
+    check = _identifiers(client, auth, "t.csv", table.encode())
+    assert check["outcome"] == "review" and "could not run" in check["detail"]
