@@ -14,7 +14,8 @@ opens a new round, so changing files on a returned request always resets its rev
 Separation of duties: nobody reviews their own request or a request on a grant they are a member
 of. A file with a failed check cannot be approved until an admin outside the grant overrides it
 (:mod:`sandbox.exports.override`). Files are kept as their canonical rendering only
-(:mod:`sandbox.exports.canonical`); every upload attempt, refused ones included, is audited.
+(:mod:`sandbox.exports.canonical`); every upload attempt, refused ones included, is audited. The
+upload paths (submit, change files) are in :mod:`sandbox.exports.uploads`.
 """
 
 from __future__ import annotations
