@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify, request
 from gateway.context import identity, json_body, services
 from sandbox.errors import BadRequest
 from sandbox.exports import override as overrides
-from sandbox.exports import views, workflow
+from sandbox.exports import uploads, views, workflow
 
 bp = Blueprint("exports", __name__)
 
@@ -40,10 +40,10 @@ def submit():  # noqa: ANN201
     user = identity().user
     form = request.form
     counts = form.getlist("count_columns")
-    rid = workflow.submit(
+    rid = uploads.submit(
         services(), user, grant_id=form.get("grant"), title=form.get("title"),
         justification=form.get("justification"), files=uploaded_files(),
-        count_columns=workflow.parse_count_columns(counts if len(counts) > 1 else (counts or [""])[0]),
+        count_columns=uploads.parse_count_columns(counts if len(counts) > 1 else (counts or [""])[0]),
     )
     return export_response(rid, user, 201)
 
@@ -92,7 +92,7 @@ def withdraw(request_id: str):  # noqa: ANN201
 def change_files(request_id: str):  # noqa: ANN201
     user = identity().user
     remove = [n for n in request.form.getlist("remove") if n]
-    workflow.change_files(services(), request_id, user, uploaded_files(), remove)
+    uploads.change_files(services(), request_id, user, uploaded_files(), remove)
     return export_response(request_id, user)
 
 

@@ -24,6 +24,15 @@ HIDDEN_DETAIL = "checked against raw data; shown to reviewers only"
 # flagged cells quote the file (values, column names, chunk names) and the requester can read
 # them from outside the sandbox, so they would carry unreleased content out of the airlock.
 REQUESTER_DETAIL = "details and flagged cells are shown to reviewers only: they quote the file"
+# The requester's own words (title, justification, count columns, withdraw and resubmit comments)
+# are unreleased content as well until the request is approved: echoed back, they would carry text
+# (rows pasted into a justification) out of the airlock without a review.
+REVIEWED = ("approved", "released")
+HIDDEN_TEXT = "(shown to the requester once approved: not reviewed yet)"
+
+
+def shows_metadata(row: sqlite3.Row | dict, privileged: bool) -> bool:
+    return privileged or row["status"] in REVIEWED
 
 
 def is_privileged(services: Services, user: str) -> bool:
@@ -98,10 +107,18 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
     # which files are blocked is shown to reviewers and admins only: a requester would learn from it,
     # for free, that the (reviewer-only) identifier check failed
     blocked = [f["name"] for f in blocked_files(conn, row)] if privileged and status in OPEN else []
+    shown = shows_metadata(row, privileged)
+    history = [{k: e[k] for k in ("ts", "actor", "action", "from_status", "to_status", "comment")}
+               for e in store.events(conn, request_id)]
+    if not shown:
+        for e in history:
+            if e["actor"] == row["requester"] and e["comment"]:
+                e["comment"] = HIDDEN_TEXT
     return {
-        "id": row["id"], "grant": row["grant_id"], "requester": row["requester"], "title": row["title"],
-        "justification": row["justification"], "status": status, "round": row["round"],
-        "count_columns": json.loads(row["count_columns"]),
+        "id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
+        "title": row["title"] if shown else HIDDEN_TEXT,
+        "justification": row["justification"] if shown else HIDDEN_TEXT, "status": status, "round": row["round"],
+        "count_columns": json.loads(row["count_columns"]) if shown else [],
         "created_at": row["created_at"], "updated_at": row["updated_at"],
         "reviewers_required": reviewers_required(services, row["grant_id"]),
         "votes_this_round": votes if status in OPEN else None,
@@ -109,8 +126,7 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
         "reviews": reviews,
         "overrides": [override_view(o) for o in store.overrides(conn, request_id)],
         "blocked": blocked,
-        "history": [{k: e[k] for k in ("ts", "actor", "action", "from_status", "to_status", "comment")}
-                    for e in store.events(conn, request_id)],
+        "history": history,
         "can": {
             "review": can_review(services, conn, row, user),
             "approve": can_approve(services, conn, row, user),
@@ -126,7 +142,8 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
 def summary(conn: sqlite3.Connection, row: dict, privileged: bool = True) -> dict:
     files = store.current_files(conn, row["id"])
     return {"id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
-            "title": row["title"], "status": row["status"], "round": row["round"],
+            "title": row["title"] if shows_metadata(row, privileged) else HIDDEN_TEXT,
+            "status": row["status"], "round": row["round"],
             "created_at": row["created_at"], "updated_at": row["updated_at"],
             "files": [f["name"] for f in files],
             "outcome": worst([c for f in files for c in visible_checks(f["checks"], privileged)])}
