@@ -29,6 +29,8 @@ REQUESTER_DETAIL = "details and flagged cells are shown to reviewers only: they 
 # (rows pasted into a justification) out of the airlock without a review.
 REVIEWED = ("approved", "released")
 HIDDEN_TEXT = "(shown to the requester once approved: not reviewed yet)"
+SEALED_TEXT = ("digest, sizes and check outcomes are shown to the requester in the answer to the upload and "
+               "again once approved: read back later they would be a channel around the review")
 
 
 def shows_metadata(row: sqlite3.Row | dict, privileged: bool) -> bool:
@@ -77,8 +79,17 @@ def load(services: Services, request_id: str, user: str) -> sqlite3.Row:
     return row
 
 
-def file_view(f: dict, privileged: bool) -> dict:
-    """One file: ``sha256`` and ``size`` are the canonical file's (what leaves); ``uploaded_size`` the upload's."""
+def file_view(f: dict, privileged: bool, sealed: bool = False) -> dict:
+    """One file: ``sha256`` and ``size`` are the canonical file's (what leaves); ``uploaded_size`` the upload's.
+
+    ``sealed`` (a requester's later view of a request not yet approved) leaves out the digest, the sizes
+    and the check outcomes: whoever is inside the sandbox chooses the file, so its exact size, a ground
+    sha256 prefix or a pattern of outcomes would carry unreviewed bits to anyone reading the request from
+    outside. The uploader sees them once, in the answer to the upload itself.
+    """
+    if sealed:
+        return {"name": f["name"], "sha256": None, "size": None, "uploaded_size": None, "kind": f["kind"],
+                "outcome": None, "checks": [], "added_round": f["added_round"], "sealed": SEALED_TEXT}
     checks = visible_checks(f["checks"], privileged)
     sizes: dict = next((c for c in f["checks"] if c["rule"] == "canonical.size"), {})
     return {"name": f["name"], "sha256": f["sha256"], "size": f["size"], "uploaded_size": sizes.get("uploaded"),
@@ -89,8 +100,11 @@ def override_view(o: dict) -> dict:
     return {"admin": o["admin"], "reason": o["reason"], "round": o["round"], "ts": o["ts"], "files": o["files"]}
 
 
-def request_view(services: Services, request_id: str, user: str) -> dict:
-    """The request with its files, checks, visible reviews, history and what ``user`` may do."""
+def request_view(services: Services, request_id: str, user: str, uploaded: bool = False) -> dict:
+    """The request with its files, checks, visible reviews, history and what ``user`` may do.
+
+    ``uploaded``: the answer to ``user``'s own upload (submit, file change), which shows them the digests
+    and outcomes of what they just sent; any later read by the requester is sealed until approval."""
     row = load(services, request_id, user)
     conn = services.db.conn
     complete = row["status"] not in OPEN
@@ -108,6 +122,7 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
     # for free, that the (reviewer-only) identifier check failed
     blocked = [f["name"] for f in blocked_files(conn, row)] if privileged and status in OPEN else []
     shown = shows_metadata(row, privileged)
+    sealed = not shown and not uploaded
     history = [{k: e[k] for k in ("ts", "actor", "action", "from_status", "to_status", "comment")}
                for e in store.events(conn, request_id)]
     if not shown:
@@ -122,7 +137,7 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
         "created_at": row["created_at"], "updated_at": row["updated_at"],
         "reviewers_required": reviewers_required(services, row["grant_id"]),
         "votes_this_round": votes if status in OPEN else None,
-        "files": [file_view(f, privileged) for f in store.current_files(conn, request_id)],
+        "files": [file_view(f, privileged, sealed) for f in store.current_files(conn, request_id)],
         "reviews": reviews,
         "overrides": [override_view(o) for o in store.overrides(conn, request_id)],
         "blocked": blocked,
@@ -146,7 +161,8 @@ def summary(conn: sqlite3.Connection, row: dict, privileged: bool = True) -> dic
             "status": row["status"], "round": row["round"],
             "created_at": row["created_at"], "updated_at": row["updated_at"],
             "files": [f["name"] for f in files],
-            "outcome": worst([c for f in files for c in visible_checks(f["checks"], privileged)])}
+            "outcome": worst([c for f in files for c in visible_checks(f["checks"], privileged)])
+            if shows_metadata(row, privileged) else None}
 
 
 def mine(services: Services, user: str) -> list[dict]:

@@ -213,6 +213,30 @@ def test_metadata_cannot_carry_unreviewed_text_back_to_the_requester(client, aut
     assert comments[-2:] == [resubmit_comment.strip(), withdraw_reason.strip()]
 
 
+def test_digest_size_and_outcomes_cannot_carry_bits_back_to_the_requester(client, auth) -> None:  # noqa: ANN001
+    """Inside the sandbox the requester chooses the file: by padding it to an exact size, grinding a
+    sha256 prefix or steering check outcomes they could encode bits; read back from outside before any
+    review, those would leave around the airlock. Later reads are sealed until approval."""
+    secret_size = 93703  # e.g. a respondent number, as the exact length of the canonical file
+    body = b"sex,note\nfemale," + b"x" * (secret_size - len(b"sex,note\nfemale,") - 1) + b"\n"
+    r = submit(client, auth["alice"], [("t.csv", body)])
+    assert r.status_code == 201, r.json
+    rid, digest = r.json["id"], r.json["files"][0]["sha256"]
+    assert r.json["files"][0]["size"] == secret_size  # the answer to the upload itself, inside the sandbox
+    later = client.get(f"/v1/exports/{rid}", headers=auth["alice"]).json
+    assert later["files"][0]["size"] is None and later["files"][0]["uploaded_size"] is None
+    assert later["files"][0]["sha256"] is None and later["files"][0]["checks"] == []
+    listing = client.get("/v1/exports", headers=auth["alice"]).json
+    assert all(m["outcome"] is None for m in listing["mine"])
+    seen = _requester_sees(client, auth, rid) + json.dumps(listing)
+    assert digest not in seen and digest[:16] not in seen
+    assert f"{secret_size:,}" not in seen and str(secret_size) not in seen
+    for reviewer in ("carol", "dave"):
+        vote(client, auth[reviewer], rid)
+    approved = client.get(f"/v1/exports/{rid}", headers=auth["alice"]).json
+    assert (approved["files"][0]["sha256"], approved["files"][0]["size"]) == (digest, secret_size)
+
+
 def test_approved_metadata_is_shown_to_the_requester(client, auth) -> None:  # noqa: ANN001
     r = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,4180\n")], title="Counts by sex",
                justification="for the planning report")
