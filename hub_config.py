@@ -47,7 +47,12 @@ def env(name: str, default: str | None = None) -> str:
 
 
 STACK = env("SANDBOX_STACK", "sandbox")  # prefix of containers, volumes and networks
-GATEWAY_URL = env("SANDBOX_GATEWAY_URL", "http://gateway:8080")  # as seen on that network
+# The gateway as the hub sees it: an alias that exists on the stack's internal network only.
+# (The gateway is also on every user's network as `gateway`; a hub-to-gateway connection
+# through one of those would break when that user's server stops and the network goes.)
+GATEWAY_URL = env("SANDBOX_GATEWAY_URL", "http://gateway-internal:8080")
+# The gateway as notebooks see it (its alias on each user's network).
+NOTEBOOK_GATEWAY_URL = env("SANDBOX_NOTEBOOK_GATEWAY_URL", "http://gateway:8080")
 INTERNAL_TOKEN = env("SANDBOX_INTERNAL_TOKEN")  # shared secret for the spawn check
 NOTEBOOK_IMAGE = env("SANDBOX_NOTEBOOK_IMAGE", "trusted-sandbox/notebook:latest")
 # A resolver address that routes nowhere: notebook containers keep Docker's embedded DNS
@@ -404,7 +409,7 @@ async def pre_spawn_hook(spawner: Any) -> None:
             raise web.HTTPError(503, f"cannot prepare the sandbox of {name}: {exc}") from exc
     spawner.environment.update(
         {
-            "SANDBOX_GATEWAY_URL": GATEWAY_URL,
+            "SANDBOX_GATEWAY_URL": NOTEBOOK_GATEWAY_URL,
             "SANDBOX_GRANT": str(grant["id"]),
             "SANDBOX_GRANTS": ",".join(str(g["id"]) for g in grants),
         }
