@@ -349,6 +349,11 @@ c.DockerSpawner.extra_host_config = {
     "pids_limit": PIDS_LIMIT,  # no fork bombs (the grant's resources.pids, set per spawn)
     "dns": [BLACKHOLE_DNS],  # outside names resolve nowhere (see BLACKHOLE_DNS)
     "init": True,  # reap zombie kernels
+    # What a kernel writes to the container's stdout lands in the engine's log files: capped
+    # here (3 x 10 MB), whatever the daemon's defaults are, so a loop cannot fill the host.
+    "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
+    # Open files (sockets included) per process.
+    "ulimits": [{"name": "nofile", "soft": 8192, "hard": 8192}],
 }
 # The single-user server ignores ~/.jupyter (JUPYTERHUB_DISABLE_USER_CONFIG=1); the image
 # also points JUPYTER_CONFIG_DIR at the read-only /etc/jupyter.

@@ -19,6 +19,7 @@ import json
 import textwrap
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -294,3 +295,25 @@ def test_filling_the_home_stops_at_the_cap(stack: Stack, frank: dict) -> None:
     apparent, blocks, block_size = (int(x) for x in du)
     assert apparent == DISK_CAP and blocks * block_size <= DISK_CAP, du
     assert stack.exec_nb("frank", "print(open('/home/jovyan/after.txt').read())").stdout.strip() == "ok"
+
+
+def test_container_log_is_capped(stack: Stack, frank: dict) -> None:
+    """A kernel writing to the container's stdout cannot fill the host: 3 x 10 MB of log."""
+    host = frank["HostConfig"]
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
+    log_path = Path(frank["LogPath"])
+    try:
+        log_path.stat()
+    except PermissionError:
+        pytest.skip("the engine's log files are not readable by this user (run as root)")
+    stack.exec_nb("frank", textwrap.dedent("""
+        line = b"x" * 1023 + b"\\n"
+        with open("/proc/1/fd/1", "wb", buffering=0) as out:
+            for _ in range(60 * 1024):  # 60 MB
+                out.write(line)
+    """), timeout=300)
+    time.sleep(1)
+    logs = list(log_path.parent.glob(log_path.name + "*"))
+    total = sum(p.stat().st_size for p in logs)
+    # json-file wraps each line (~1.1 kB per 1 kB line): written ~66 MB, kept at most ~30 MB
+    assert 10 * 1024**2 < total <= 31 * 1024**2, (total, [p.name for p in logs])
