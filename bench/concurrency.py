@@ -43,22 +43,23 @@ EPSILON = 0.01  # x (clients x per-client + 36) queries must fit the 100-epsilon
 
 def workload(n: int) -> list[tuple[str, str]]:
     """``n`` distinct (DP SQL, raw SQL with {src}) pairs: four shapes, distinct filters."""
-    shapes = [
-        ("SELECT district, COUNT(*) AS n FROM synthetic WHERE year = {y} AND sector = '{s}' GROUP BY district",
-         "SELECT district, COUNT(*) FROM {{src}} WHERE year = {y} AND sector = '{s}' GROUP BY district"),
-        ("SELECT district, AVG(income) AS m FROM synthetic WHERE sector = '{s}' AND year >= {y} GROUP BY district",
-         "SELECT district, AVG(income) FROM {{src}} WHERE sector = '{s}' AND year >= {y} GROUP BY district"),
-        ("SELECT year, SUM(income) AS t FROM synthetic WHERE district = '{d}' AND sector <> '{s}' GROUP BY year",
-         "SELECT year, SUM(income) FROM {{src}} WHERE district = '{d}' AND sector <> '{s}' GROUP BY year"),
-        ("SELECT sector, COUNT(*) AS n FROM synthetic WHERE income BETWEEN {lo} AND {hi} GROUP BY sector",
-         "SELECT sector, COUNT(*) FROM {{src}} WHERE income BETWEEN {lo} AND {hi} GROUP BY sector"),
+    shapes = [  # (DP select list, raw select list, WHERE, GROUP BY)
+        ("district, COUNT(*) AS n", "district, COUNT(*)",
+         "year = {y} AND sector = '{s}' AND income >= {k}", "district"),
+        ("district, AVG(income) AS m", "district, AVG(income)",
+         "sector = '{s}' AND year >= {y} AND income >= {k}", "district"),
+        ("year, SUM(income) AS t", "year, SUM(income)",
+         "district = '{d}' AND sector <> '{s}' AND income >= {k}", "year"),
+        ("sector, COUNT(*) AS n", "sector, COUNT(*)", "income BETWEEN {lo} AND {hi}", "sector"),
     ]
     out = []
     for i in range(n):
-        params = {"y": 2019 + i % 6, "s": f"s{1 + i % 40:02d}", "d": f"d{1 + (i * 7) % 16:02d}",
+        params = {"k": i, "y": 2019 + i % 6, "s": f"s{1 + i % 40:02d}", "d": f"d{1 + (i * 7) % 16:02d}",
                   "lo": (i * 3917) % 400_000, "hi": (i * 3917) % 400_000 + 50_000 + i}
-        dp, raw = shapes[i % len(shapes)]
-        out.append((dp.format(**params), raw.format(**params)))
+        dp_cols, raw_cols, where, group = shapes[i % len(shapes)]
+        cond = where.format(**params)
+        out.append((f"SELECT {dp_cols} FROM synthetic WHERE {cond} GROUP BY {group}",
+                    f"SELECT {raw_cols} FROM {{src}} WHERE {cond} GROUP BY {group}"))
     assert len({dp for dp, _ in out}) == n, "queries must be distinct"
     return out
 
