@@ -151,6 +151,19 @@ def profile_summary(raw_file: Path) -> list[tuple[str, int]]:
     return [(name, counts[name]) for name, _ in CATEGORIES]
 
 
+def ledger_hotspots(raw_file: Path, top: int = 5) -> list[tuple[str, float]]:
+    """The innermost project frame (sandbox/...) of ledger samples, by share of ledger samples."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in raw_file.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not any(nd in stack for nd in CATEGORIES[0][1]):
+            continue
+        ours = [f for f in stack.split(";") if "sandbox/" in f]
+        counts[ours[-1] if ours else "?"] += int(n)
+    total = sum(counts.values()) or 1
+    return [(frame, 100 * c / total) for frame, c in counts.most_common(top)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=10_000_000)
@@ -158,6 +171,7 @@ def main() -> None:
     ap.add_argument("--per-client", type=int, default=8, help="queries each client sends")
     ap.add_argument("--no-profile", action="store_true", help="do not sample the gateway with py-spy")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--profile-out", type=Path, help="keep py-spy's raw (collapsed) stacks here")
     args = ap.parse_args()
     cores = os.cpu_count() or 2
     n = args.clients * args.per_client
@@ -255,6 +269,11 @@ def main() -> None:
                 for name, c in summary:
                     print(f"  {name:42} {100 * c / total:5.1f}%")
                 fig["profile_pct"] = {name: round(100 * c / total, 1) for name, c in summary}
+                print("  innermost gateway frames of the ledger samples:")
+                for frame, share in ledger_hotspots(prof):
+                    print(f"    {share:5.1f}%  {frame}")
+                if args.profile_out:
+                    shutil.copyfile(prof, args.profile_out)
             if args.json:
                 args.json.write_text(json.dumps(fig, indent=2) + "\n")
         finally:
