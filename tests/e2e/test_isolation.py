@@ -36,7 +36,7 @@ LIMITS_GRANT_YAML = textwrap.dedent(
     f"""\
     id: {LIMITS_GRANT}
     operator: Limits Test Ltd.
-    members: [frank]
+    members: [frank, grace]
     mode: scenario
     purpose: End-to-end test of resource limits
     datasets: {{nhanes_2017: {{columns: [sex, age]}}}}
@@ -45,7 +45,7 @@ LIMITS_GRANT_YAML = textwrap.dedent(
     budget: {{epsilon: 1.0, delta: 1.0e-6}}
     max_epsilon_per_query: 0.5
     exports: {{reviewers_required: 2}}
-    resources: {{cpu: 0.5, memory: 512M, pids: {PIDS_CAP}, disk: 64M}}
+    resources: {{cpu: 0.5, memory: 512M, pids: {PIDS_CAP}, disk: {{disk}}}}
     status: active
     use: public_welfare
     """
@@ -193,12 +193,16 @@ def test_network_and_home_released_when_server_stops(stack: Stack, pair: dict) -
     assert stack.exec_nb("bob", "print(open('/home/jovyan/bob.txt').read())").stdout.strip() == "kept"
 
 
+def _apply_limits(stack: Stack, disk: str) -> None:
+    run(["docker", "exec", "-i", stack.container("gateway"), "sh", "-c",
+         f"cat > /tmp/{LIMITS_GRANT}.yaml"], input=LIMITS_GRANT_YAML.replace("{disk}", disk))
+    stack.sandbox_cli("grants", "apply", f"/tmp/{LIMITS_GRANT}.yaml")
+
+
 @pytest.fixture(scope="module")
 def frank(stack: Stack) -> Iterator[dict]:
     """frank's server under a grant with small caps."""
-    run(["docker", "exec", "-i", stack.container("gateway"), "sh", "-c",
-         f"cat > /tmp/{LIMITS_GRANT}.yaml"], input=LIMITS_GRANT_YAML)
-    stack.sandbox_cli("grants", "apply", f"/tmp/{LIMITS_GRANT}.yaml")
+    _apply_limits(stack, "64M")
     _start_as_provisioner(stack, "frank")
     try:
         yield _inspect(stack.notebook("frank"))
@@ -317,3 +321,38 @@ def test_container_log_is_capped(stack: Stack, frank: dict) -> None:
     total = sum(p.stat().st_size for p in logs)
     # json-file wraps each line (~1.1 kB per 1 kB line): written ~66 MB, kept at most ~30 MB
     assert 10 * 1024**2 < total <= 31 * 1024**2, (total, [p.name for p in logs])
+
+
+def _home_df(stack: Stack, user: str) -> int:
+    out = stack.exec_nb(user, "import os; st = os.statvfs('/home/jovyan'); print(st.f_blocks * st.f_frsize)")
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_raising_the_disk_cap_grows_the_home(stack: Stack, frank: dict) -> None:
+    """Runs after the limit tests: frank's grant goes from 64M to 96M; files are kept."""
+    stack.exec_nb("frank", "open('/home/jovyan/keep.txt', 'w').write('kept')")
+    before = _home_df(stack, "frank")
+    _stop(stack, "frank")
+    _apply_limits(stack, "96M")
+    _start_as_provisioner(stack, "frank")
+    after = _home_df(stack, "frank")
+    assert before <= DISK_CAP < after <= 96 * 1024**2, (before, after)
+    assert stack.exec_nb("frank", "print(open('/home/jovyan/keep.txt').read())").stdout.strip() == "kept"
+
+
+def test_a_plain_home_volume_moves_into_a_capped_image(stack: Stack, frank: dict) -> None:
+    """A home from before the size caps (a plain named volume) keeps its files."""
+    vol = f"{stack.name}-home-grace"
+    run(["docker", "volume", "create", vol])
+    run(["docker", "run", "--rm", "--network", "none", "--user", "1000:1000", "-v", f"{vol}:/home/jovyan",
+         "--entrypoint", "sh", "trusted-sandbox/notebook:latest", "-c",  # as a first spawn made it
+         "mkdir -p /home/jovyan/work && echo old-notes > /home/jovyan/work/notes.txt"])
+    _start_as_provisioner(stack, "grace")
+    try:
+        home = json.loads(run(["docker", "volume", "inspect", vol]).stdout)[0]
+        assert home["Options"]["type"] == "ext4" and home["Options"]["device"].startswith("/dev/loop")
+        out = stack.exec_nb("grace", "print(open('/home/jovyan/work/notes.txt').read())").stdout
+        assert out.strip() == "old-notes"
+        assert _home_df(stack, "grace") <= 96 * 1024**2  # now under the grant's cap
+    finally:
+        _stop(stack, "grace")
