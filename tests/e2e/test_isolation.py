@@ -182,6 +182,21 @@ def test_public_proxy_port_not_on_notebook_networks(stack: Stack, pair: dict) ->
     assert requests.get(f"{stack.url}/hub/api/", timeout=30).status_code == 200
 
 
+def test_only_the_gateway_and_hub_api_ports_are_open(stack: Stack, pair: dict) -> None:
+    """Every TCP port of the two shared containers, as alice sees them on her network."""
+    out = stack.exec_nb("alice", textwrap.dedent("""
+        import json, socket
+        found = {}
+        for host in ("gateway", "hub"):
+            ip = socket.gethostbyname(host)
+            found[host] = [p for p in range(1, 65536)
+                           if socket.socket().connect_ex((ip, p)) == 0]
+        print(json.dumps(found))
+    """), timeout=600).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    assert found == {"gateway": [8080], "hub": [8081]}, found  # positive controls included
+
+
 def test_network_and_home_released_when_server_stops(stack: Stack, pair: dict) -> None:
     stack.exec_nb("bob", "open('/home/jovyan/bob.txt', 'w').write('kept')")
     _stop(stack, "bob")
