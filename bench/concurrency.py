@@ -7,7 +7,7 @@ aggregates on the same Parquet with 16 concurrent cursors, in one run.
 Reports throughput (queries/s) and p50/p99 latency for both, the gateway's peak memory, and,
 unless --no-profile, where the gateway's request threads spent their time during the
 concurrent run (py-spy, sampling the serving process without stopping it, idle time
-included so waiting on SQLite's write lock shows up): the ledger (charge in one
+included so waiting on SQLite's write lock shows up; `pip install -e ".[bench]"`): the ledger (charge in one
 `BEGIN IMMEDIATE` transaction + audit entry, then storing the answer), the engine (DuckDB),
 noise (OpenDP), SQL analysis, the rest. Not a test: nothing here asserts; every query is
 distinct (no cached replays) and the audit log must record each one.
