@@ -250,16 +250,20 @@ def publish_reason(services: Services, grant_id: str, actor: str, text: str) -> 
 
 
 def public_reason(services: Services, record: dict) -> str | None:
-    """The published reason for a suspension or revocation (None while active)."""
+    """The published reason for a suspension or revocation (None while active).
+
+    Only text published on purpose is shown: a notice (``grants publish-reason``, an automatic
+    suspension's rule, the emergency stop) or a revocation's ``--reason``, given for the status in
+    force and recorded after it was set. The stored ``status_reason`` is never published: it may
+    name people (a suspension's ``--reason``, an emergency stop's reason).
+    """
     status = record["grant"].status
     if status == "active":
         return None
     notice = store.latest_notice(services.db.conn, record["grant"].id, status)
-    if notice is not None and notice["ts"] >= record["updated_at"]:
+    if notice is not None and _utc(notice["ts"]) >= _utc(record["updated_at"]).replace(microsecond=0):
         return notice["text"]
-    if status == "revoked":
-        return record["status_reason"] or "revoked by the authority"
-    return GENERIC_SUSPENSION
+    return "revoked by the authority" if status == "revoked" else GENERIC_SUSPENSION
 
 
 def grant_record(services: Services, grant_id: str) -> dict:
