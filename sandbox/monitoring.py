@@ -39,6 +39,7 @@ from sandbox.state.audit import AuditEvent
 log = logging.getLogger("sandbox.monitoring")
 SCAN_BATCH = 5000
 _scan_lock = threading.Lock()
+REFUSALS = ("query.refused", "query.plan_refused")  # SQL tuple literal: fixed strings, no user input
 
 
 @dataclass
@@ -157,21 +158,22 @@ def _evaluate(services: Services, conn: sqlite3.Connection, policy: MonitoringPo
     action, ts, actor, gid = e["action"], e["ts"], e["actor"], e["grant_id"]
     detail = json.loads(e["detail"])
     found: list[Alert] = []
-    if action == "query.refused":
+    if action in REFUSALS:  # plans are refused by the same checks: probing through /v1/plan counts too
         rule = policy.refused_burst
         if rule.enabled:
             since = _window_start(ts, rule.window_minutes)
-            n = _count(conn, "action = 'query.refused' AND actor = ? AND ts >= ? AND seq <= ?",
+            n = _count(conn, f"action IN {REFUSALS} AND actor = ? AND ts >= ? AND seq <= ?",
                        (actor, since, e["seq"]))
             if n >= rule.threshold:
-                found.append(Alert("refused_burst", f"user:{actor}", gid, actor,
-                                   f"{actor}: {n} refused queries within {rule.window_minutes} min",
-                                   {"count": n}, rule.suspend and gid is not None))
+                # any grant id may be named in a refused request: this rule is about the user, never a grant
+                found.append(Alert("refused_burst", f"user:{actor}", None, actor,
+                                   f"{actor}: {n} refused queries or plans within {rule.window_minutes} min",
+                                   {"count": n}, False))
         rule_p = policy.id_probing
         if rule_p.enabled and detail.get("code") in rule_p.codes:
             since = _window_start(ts, rule_p.window_minutes)
             marks = ", ".join("?" for _ in rule_p.codes)
-            n = _count(conn, "action = 'query.refused' AND actor = ? AND grant_id IS ? AND ts >= ? AND seq <= ?"
+            n = _count(conn, f"action IN {REFUSALS} AND actor = ? AND grant_id IS ? AND ts >= ? AND seq <= ?"
                        f" AND json_extract(detail, '$.code') IN ({marks})",
                        (actor, gid, since, e["seq"], *rule_p.codes))
             if n >= rule_p.threshold:
