@@ -25,7 +25,6 @@ import sqlite3
 from decimal import ROUND_HALF_UP, Decimal
 
 from sandbox.errors import BadRequest
-from sandbox.policy.models import Grant
 from sandbox.policy.prices import PriceSchedule, default_prices_path, load_prices
 from sandbox.services import Services
 from sandbox.state.ledger import NANO
@@ -140,7 +139,7 @@ def usage_report(services: Services, period: str, prices: PriceSchedule | None =
     days = (end - start).days
     report = []
     for grant in sorted(services.policies.grants(), key=lambda g: g.id):
-        billable, not_billed = billable_days(services, grant.id, start, end, prices, _priced_products(services, grant))
+        billable, not_billed = billable_days(services, grant.id, start, end, prices)
         on = set(billable)
         charges = [c for c in services.ledger.charges(grant.id) if start <= _ts(c["ts"]) < end]
         submitted = exports.get(grant.id, [])
@@ -179,16 +178,6 @@ def usage_report(services: Services, period: str, prices: PriceSchedule | None =
 
 def _day(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
-
-
-def _priced_products(services: Services, grant: Grant) -> bool:
-    """Whether an approved product of the grant is not free to the public (public-welfare condition)."""
-    try:
-        rows = services.db.read("SELECT price, free_to_public FROM offerings WHERE grant_id = ? AND status = 'approved'"
-                                " AND kind = 'product'", (grant.id,))
-    except sqlite3.Error:
-        return False
-    return any(not r["free_to_public"] and r["price"] not in (None, "0", "0.00") for r in rows)
 
 
 def format_csv(report: list[dict]) -> str:
