@@ -151,6 +151,10 @@ class PolicyStore:
         """Check and apply a grant; with ``dry_run`` the same steps run and are rolled back."""
         catalog = self.datasets()
         check_grant_fits_catalog(grant, catalog)
+        auditors = sorted(set(grant.members) & set(self.roles().auditors))
+        if auditors:  # audit authorities are read-only: no data access, whatever a grant says
+            raise PolicyError(f"grant {grant.id}: members {', '.join(auditors)} are auditors; "
+                              "an auditor cannot be a member of a grant")
         with self.db.write() as conn:
             existing = conn.execute(
                 "SELECT body, status FROM grants WHERE id = ?", (grant.id,)
