@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import statistics
 
 from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound, SandboxError
@@ -77,10 +78,37 @@ def _text(value: object, field: str, limit: int, required: bool = True) -> str:
     return text
 
 
-def client_key(services: Services, address: str) -> str:
-    """A keyed hash of the client's address: enough to rate-limit, useless to identify anyone."""
+def _networks(address: str) -> tuple[str, str]:
+    """(client, network) for rate limits: an IPv4 address and its /24; an IPv6 client is its /64
+    (one subscriber usually holds a whole /64), and so is its network."""
+    try:
+        ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
+    except ValueError:
+        return address, address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip), str(ipaddress.ip_network(f"{ip}/24", strict=False))
+    net = str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return net, net
+
+
+def _keyed(services: Services, text: str) -> str:
     key = state_key(services.db.dir, "oversight")
-    return hmac.new(key, address.encode(), hashlib.sha256).hexdigest()[:16]
+    return hmac.new(key, text.encode("utf-8", "backslashreplace"), hashlib.sha256).hexdigest()[:16]
+
+
+def client_key(services: Services, address: str) -> str:
+    """A keyed hash of the client (an IPv4 address, an IPv6 /64): enough to rate-limit, useless to
+    identify anyone."""
+    return _keyed(services, _networks(address)[0])
+
+
+def filing_key(services: Services, address: str) -> str:
+    """What a public filing stores: the keyed hash of the client's network (IPv4 /24, IPv6 /64), then
+    the keyed hash of the client, so both limits read one column."""
+    client, network = _networks(address)
+    return _keyed(services, network) + _keyed(services, client)
 
 
 def _since(hours: float) -> str:
@@ -105,10 +133,14 @@ def file_public(services: Services, kind: object, form: dict, client_address: st
     subject = _text(form.get("subject"), "subject", MAX_SUBJECT)
     body = _text(form.get("message"), "message", cfg.max_case_text)
     contact = _text(form.get("contact"), "contact", MAX_CONTACT, required=False) or None
-    client = client_key(services, client_address)
+    client = filing_key(services, client_address)
     with services.db.write() as conn:
         if store.filed_since(conn, _since(1), client) >= cfg.public_filings_per_client_hour:
             raise RateLimited("too many filings from your address in the last hour; try again later")
+        # no one network (IPv4 /24, IPv6 /64) may take more than its share of the hourly total
+        network_share = max(1, int(cfg.public_filings_per_hour * cfg.public_filings_network_share))
+        if store.filed_since_network(conn, _since(1), client[:16]) >= network_share:
+            raise RateLimited("too many filings from your network in the last hour; try again later")
         if store.filed_since(conn, _since(1)) >= cfg.public_filings_per_hour:
             raise RateLimited("too many filings in the last hour; try again later")
         case_id = _insert(services, conn, kind, ds_id, None, subject, body, contact, "public", client)

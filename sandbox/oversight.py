@@ -18,6 +18,8 @@ from sandbox.policy.monitoring import MonitoringPolicy
 HELP = {
     "public_filings_per_client_hour": "Public requests, feedback and complaints accepted per client address per hour.",
     "public_filings_per_hour": "Public filings accepted per hour from all clients together.",
+    "public_filings_network_share": "The largest share of that hourly total one network (IPv4 /24, IPv6 /64) "
+                                    "may take; clients are IPv4 addresses and IPv6 /64s.",
     "max_case_text": "Longest message (characters) a case may carry; the subject is capped at 200.",
     "alert_webhook_url": "If set, every alert is also POSTed there as JSON (env SANDBOX_ALERT_WEBHOOK).",
     "alert_webhook_timeout": "Seconds to wait for the webhook before giving up (the alert is stored anyway).",
@@ -33,6 +35,7 @@ HELP = {
 class OversightSettings:
     public_filings_per_client_hour: int = 5
     public_filings_per_hour: int = 200
+    public_filings_network_share: float = 0.1
     max_case_text: int = 4000
     alert_webhook_url: str | None = field(default_factory=lambda: os.environ.get("SANDBOX_ALERT_WEBHOOK") or None)
     alert_webhook_timeout: float = 3.0
