@@ -60,6 +60,13 @@ def _member_grant(services: Services, grant_id: object, user: str) -> Grant:
     return grant
 
 
+def _members(services: Services, grant_id: str) -> tuple[str, ...]:
+    try:
+        return tuple(services.policies.grant(grant_id).members)
+    except NotFound:
+        return ()
+
+
 def parse_price(value: object) -> Decimal | None:
     """A price as an exact decimal string (``"120.00"``); None when not given."""
     if value is None or value == "":
@@ -129,6 +136,9 @@ def act(services: Services, offering_id: int, user: str, action: object, comment
         if action in BY_AUTHORITY:
             if user not in services.policies.roles().admins:
                 raise Forbidden(f"{user} is not an admin: the authority reviews declarations", code="not_admin")
+            if user == row["submitted_by"] or user in _members(services, row["grant_id"]):
+                raise Forbidden(f"{user} declared this or is a member of grant {row['grant_id']}: "
+                                "another admin reviews it", code="own_declaration")
         else:
             _member_grant(services, row["grant_id"], user)
         new = next_status(row["status"], action)
