@@ -118,12 +118,12 @@ def _since(hours: float) -> str:
 # -- filing -------------------------------------------------------------------------------------
 def file_public(services: Services, kind: object, form: dict, client_address: str) -> str:
     """A request, feedback or complaint from anyone (no login). Returns the case id."""
-    if kind not in PUBLIC_KINDS:
+    if not isinstance(kind, str) or kind not in PUBLIC_KINDS:
         raise BadRequest(f"`kind` must be one of {', '.join(PUBLIC_KINDS)}", code="bad_kind")
     cfg = settings_of(services)
     datasets = services.policies.datasets()
     ds_id = form.get("dataset") or None
-    if ds_id is not None and ds_id not in datasets:
+    if ds_id is not None and (not isinstance(ds_id, str) or ds_id not in datasets):
         raise BadRequest("`dataset` is not a registered resource", code="unknown_dataset")
     if kind == "open_request":
         if ds_id is None:
@@ -192,7 +192,7 @@ def act(services: Services, case_id: str, user: str, action: object, *, owner: o
         response: object = None, note: object = None) -> str:
     """assign (owner), respond (response), reopen, close (note; a response must exist). Returns the new status."""
     check_authority(services, user)
-    if action not in AUDIT_ACTIONS or action == "file":
+    if not isinstance(action, str) or action not in AUDIT_ACTIONS or action == "file":
         raise BadRequest("`action` must be assign, respond, reopen or close", code="bad_action")
     cfg = settings_of(services)
     note_s = _text(note, "note", cfg.max_case_text, required=False)

@@ -133,6 +133,8 @@ def _announce(services: Services, alerts: Iterable[Alert]) -> None:
 
 
 def acknowledge(services: Services, alert_id: int, user: str) -> dict:
+    if not 0 < alert_id < 2**63:  # SQLite integers: anything else names no alert
+        raise NotFound(f"no alert {alert_id}", code="unknown_alert")
     with services.db.write() as conn:
         alert = alerts_store.get(conn, alert_id)
         if alert is None:

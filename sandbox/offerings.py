@@ -43,6 +43,10 @@ def _text(value: object, field: str, limit: int, required: bool = True) -> str:
         raise BadRequest(f"`{field}` is required", code=f"missing_{field}")
     if len(text) > limit:
         raise BadRequest(f"`{field}` is longer than {limit} characters", code=f"bad_{field}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from JSON "\ud800"
+        raise BadRequest(f"`{field}` is not valid Unicode text", code="bad_text") from None
     return text
 
 
@@ -86,7 +90,7 @@ def declare(services: Services, user: str, body: dict) -> int:
     """A member of the grant declares a product or service capability; it waits for the authority."""
     grant = _member_grant(services, body.get("grant"), user)
     kind = body.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise BadRequest("`kind` must be product or service", code="bad_kind")
     name = _text(body.get("name"), "name", MAX_NAME)
     description = _text(body.get("description"), "description", MAX_DESCRIPTION)
@@ -129,6 +133,8 @@ def act(services: Services, offering_id: int, user: str, action: object, comment
     if action not in ("approve", "reject", "withdraw"):
         raise BadRequest("`decision` must be approve, reject or withdraw", code="bad_decision")
     note = _text(comment, "comment", MAX_DESCRIPTION, required=action == "reject")
+    if not 0 < offering_id < 2**63:  # SQLite integers: anything else names no declaration
+        raise NotFound(f"no declaration {offering_id}", code="unknown_offering")
     with services.db.write() as conn:
         row = store.get(conn, offering_id)
         if row is None:

@@ -29,7 +29,8 @@ from sandbox.policy.prices import PriceSchedule, default_prices_path, load_price
 from sandbox.services import Services
 from sandbox.state.ledger import NANO
 
-PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
+PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
+YEARS = (1970, 2999)
 CENT = Decimal("0.01")
 CSV_FIELDS = ("period", "grant", "operator", "use", "item", "description", "quantity", "unit_price", "amount",
               "currency")
@@ -37,9 +38,9 @@ CSV_FIELDS = ("period", "grant", "operator", "use", "item", "description", "quan
 
 def parse_period(period: str) -> tuple[dt.datetime, dt.datetime]:
     """``YYYY-MM`` as the half-open UTC interval [first instant of the month, first of the next)."""
-    match = PERIOD.match(period or "")
+    match = PERIOD.fullmatch(period) if isinstance(period, str) else None
     year, month = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-    if not match or not 1 <= month <= 12 or year < 1970:
+    if not match or not 1 <= month <= 12 or not YEARS[0] <= year <= YEARS[1]:
         raise BadRequest(f"period must be a month written YYYY-MM, e.g. 2026-12 (got {period!r})",
                          code="bad_period")
     start = dt.datetime(year, month, 1, tzinfo=dt.UTC)
