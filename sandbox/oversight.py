@@ -27,6 +27,9 @@ HELP = {
                                    "minute per process; beyond it they are counted, not stored one by one.",
     "monitor_horizon_hours": "Audit entries older than this raise no alert when first scanned (e.g. the history "
                              "present when monitoring is installed, or a scan that ran late).",
+    "public_base_url": "Absolute URL the public reaches the gateway at (e.g. https://data.example.gov), used for "
+                       "the DCAT @id and download URLs; unset: they are relative. Env SANDBOX_PUBLIC_BASE_URL, "
+                       "`sandbox serve --public-base-url`.",
     "monitoring": "The alert rules (thresholds, windows, which rules suspend a grant); policies/monitoring.yaml.",
 }
 
@@ -41,6 +44,7 @@ class OversightSettings:
     alert_webhook_timeout: float = 3.0
     bad_token_audits_per_minute: int = 120
     monitor_horizon_hours: float = 24.0
+    public_base_url: str | None = field(default_factory=lambda: os.environ.get("SANDBOX_PUBLIC_BASE_URL") or None)
     monitoring: MonitoringPolicy = field(default_factory=MonitoringPolicy)
 
 
