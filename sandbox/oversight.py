@@ -23,8 +23,6 @@ HELP = {
     "max_case_text": "Longest message (characters) a case may carry; the subject is capped at 200.",
     "alert_webhook_url": "If set, every alert is also POSTed there as JSON (env SANDBOX_ALERT_WEBHOOK).",
     "alert_webhook_timeout": "Seconds to wait for the webhook before giving up (the alert is stored anyway).",
-    "bad_token_audits_per_minute": "At most this many bad-token attempts are written to the audit log per "
-                                   "minute per process; beyond it they are counted, not stored one by one.",
     "monitor_horizon_hours": "Audit entries older than this raise no alert when first scanned (e.g. the history "
                              "present when monitoring is installed, or a scan that ran late).",
     "public_base_url": "Absolute URL the public reaches the gateway at (e.g. https://data.example.gov), used for "
@@ -42,7 +40,6 @@ class OversightSettings:
     max_case_text: int = 4000
     alert_webhook_url: str | None = field(default_factory=lambda: os.environ.get("SANDBOX_ALERT_WEBHOOK") or None)
     alert_webhook_timeout: float = 3.0
-    bad_token_audits_per_minute: int = 120
     monitor_horizon_hours: float = 24.0
     public_base_url: str | None = field(default_factory=lambda: os.environ.get("SANDBOX_PUBLIC_BASE_URL") or None)
     monitoring: MonitoringPolicy = field(default_factory=MonitoringPolicy)
