@@ -184,6 +184,8 @@ class QueryService:
 
     def _guarded(self, user: str, body: object, *, plan: bool) -> dict:
         requested = body.get("grant") if isinstance(body, dict) and isinstance(body.get("grant"), str) else None
+        if requested is not None:  # a hostile id may hold text SQLite cannot store as UTF-8
+            requested = requested[:100].encode("utf-8", "backslashreplace").decode("utf-8")
         sql = body.get("sql") if isinstance(body, dict) and isinstance(body.get("sql"), str) else None
         grant_id: str | None = None  # a refusal is filed under a grant only once it is the caller's
         try:
@@ -213,8 +215,7 @@ class QueryService:
         detail: dict[str, object] = {"sql": (sql or "")[:2000], "code": code, "status": status}
         if requested is not None and requested != grant_id:
             # whatever id the body named, it is not the caller's: recorded, never blamed on that grant
-            # (a hostile id may hold text SQLite cannot store as UTF-8)
-            detail["requested_grant"] = requested[:100].encode("utf-8", "backslashreplace").decode("utf-8")
+            detail["requested_grant"] = requested
         action = "query.plan_refused" if plan else "query.refused"
         self.s.audit.record(AuditEvent(user, action, grant_id, detail))
 
