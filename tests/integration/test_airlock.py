@@ -29,7 +29,7 @@ SEQNS = list(range(93703, 95703))  # 2,000 real NHANES respondent numbers (publi
 @pytest.fixture
 def auth(services: Services) -> dict[str, dict[str, str]]:
     return {u: {"Authorization": f"Bearer {services.tokens.create(u)}"}
-            for u in ("alice", "bob", "carol", "dave", "admin", "erin")}
+            for u in ("alice", "bob", "carol", "dave", "admin", "erin", "frank")}
 
 
 def submit(client, headers, files, grant=GRANT):  # noqa: ANN001, ANN201
@@ -256,10 +256,10 @@ def test_refused_uploads_are_audited_without_their_bytes(client, auth, services,
 
 
 def test_refusals_for_other_reasons_are_audited_too(client, auth, services) -> None:  # noqa: ANN001
-    r = submit(client, auth["erin"], [("t.csv", b"a,n\nx,12\n")])  # not a member
+    r = submit(client, auth["frank"], [("t.csv", b"a,n\nx,12\n")])  # not a member
     assert r.json["error"]["code"] == "not_a_member"
     e = [e for e in services.audit.entries() if e["action"] == "export.upload_refused"][0]
-    assert e["actor"] == "erin" and e["detail"]["reason"]["code"] == "not_a_member"
+    assert e["actor"] == "frank" and e["detail"]["reason"]["code"] == "not_a_member"
 
 
 def test_accepted_uploads_record_both_digests(client, auth, services) -> None:  # noqa: ANN001
