@@ -31,8 +31,8 @@ def _form_or_json() -> dict:
     return request.form.to_dict()
 
 
-def export_response(request_id: str, user: str, status: int = 200) -> tuple[Response, int]:
-    return jsonify(views.request_view(services(), request_id, user)), status
+def export_response(request_id: str, user: str, status: int = 200, uploaded: bool = False) -> tuple[Response, int]:
+    return jsonify(views.request_view(services(), request_id, user, uploaded)), status
 
 
 @bp.post("/v1/exports")
@@ -45,7 +45,7 @@ def submit():  # noqa: ANN201
         justification=form.get("justification"), files=uploaded_files(),
         count_columns=uploads.parse_count_columns(counts if len(counts) > 1 else (counts or [""])[0]),
     )
-    return export_response(rid, user, 201)
+    return export_response(rid, user, 201, uploaded=True)
 
 
 @bp.get("/v1/exports")
@@ -92,8 +92,9 @@ def withdraw(request_id: str):  # noqa: ANN201
 def change_files(request_id: str):  # noqa: ANN201
     user = identity().user
     remove = [n for n in request.form.getlist("remove") if n]
+    remove = views.resolve_names(services(), request_id, remove)
     uploads.change_files(services(), request_id, user, uploaded_files(), remove)
-    return export_response(request_id, user)
+    return export_response(request_id, user, uploaded=True)
 
 
 @bp.post("/v1/exports/<request_id>/resubmit")

@@ -241,6 +241,7 @@ def change_files(request_id: str):  # noqa: ANN201
     user = identity().user
     check_csrf()
     remove = [n for n in request.form.getlist("remove") if n]
+    remove = views.resolve_names(services(), request_id, remove)
     new = uploads.change_files(services(), request_id, user, uploaded_files(), remove)
     return _back(request_id, new)
 

@@ -115,9 +115,12 @@ def _apply_and_warm(services, policies_dir: Path, actor: str) -> None:  # noqa: 
                    "Env: SANDBOX_CHECKPOINT_INTERVAL.")
 @click.option("--alert-webhook", envvar="SANDBOX_ALERT_WEBHOOK", default=None,
               help="POST every early-warning alert there as JSON. Env: SANDBOX_ALERT_WEBHOOK.")
+@click.option("--public-base-url", envvar="SANDBOX_PUBLIC_BASE_URL", default=None,
+              help="Absolute URL the public reaches the gateway at, for the DCAT catalogue's URLs (unset: relative). "
+                   "Env: SANDBOX_PUBLIC_BASE_URL.")
 @translate_errors
 def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_threads, engine_memory, build_memory,  # noqa: ANN001, ANN201
-          checkpoint_interval, alert_webhook):
+          checkpoint_interval, alert_webhook, public_base_url):
     """Serve the gateway (query API, exports, review UI, public register) with waitress.
 
     Applies the policies directory at start, builds the locked engine file from the Parquet
@@ -136,6 +139,8 @@ def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_
 
     services.settings.oversight.monitoring = load_monitoring(policies_dir)  # monitoring.yaml, if any
     services.settings.oversight.alert_webhook_url = alert_webhook
+    if public_base_url:
+        services.settings.oversight.public_base_url = _base_url(public_base_url)
     _start_checkpoints(services)
     authenticator = None
     if auth == "hub":
@@ -196,3 +201,13 @@ Signed audit checkpoints: {url}/public/checkpoints   admin credential: {admin_to
 
 def new_internal_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+def _base_url(value: str) -> str:
+    """An absolute http(s) URL without query or fragment, or a usage error."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise click.BadParameter(f"{value!r} is not an absolute http(s) URL", param_hint="--public-base-url")
+    return value.rstrip("/")

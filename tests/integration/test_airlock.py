@@ -29,7 +29,7 @@ SEQNS = list(range(93703, 95703))  # 2,000 real NHANES respondent numbers (publi
 @pytest.fixture
 def auth(services: Services) -> dict[str, dict[str, str]]:
     return {u: {"Authorization": f"Bearer {services.tokens.create(u)}"}
-            for u in ("alice", "bob", "carol", "dave", "admin", "erin")}
+            for u in ("alice", "bob", "carol", "dave", "admin", "erin", "frank")}
 
 
 def submit(client, headers, files, grant=GRANT):  # noqa: ANN001, ANN201
@@ -256,10 +256,10 @@ def test_refused_uploads_are_audited_without_their_bytes(client, auth, services,
 
 
 def test_refusals_for_other_reasons_are_audited_too(client, auth, services) -> None:  # noqa: ANN001
-    r = submit(client, auth["erin"], [("t.csv", b"a,n\nx,12\n")])  # not a member
+    r = submit(client, auth["frank"], [("t.csv", b"a,n\nx,12\n")])  # not a member
     assert r.json["error"]["code"] == "not_a_member"
     e = [e for e in services.audit.entries() if e["action"] == "export.upload_refused"][0]
-    assert e["actor"] == "erin" and e["detail"]["reason"]["code"] == "not_a_member"
+    assert e["actor"] == "frank" and e["detail"]["reason"]["code"] == "not_a_member"
 
 
 def test_accepted_uploads_record_both_digests(client, auth, services) -> None:  # noqa: ANN001
@@ -394,11 +394,14 @@ def test_a_reviewer_who_is_a_member_sees_requests_on_that_grant_as_a_requester_d
     """Otherwise an operator who is also a reviewer would have the identifier oracle and the previews."""
     _grant(services, "g-carol", ["alice", "carol"])
     for user in ("carol", "alice"):
-        rid = submit(client, auth[user], [("leak.csv", b"person,v\n93703,1\n93704,2\n93705,3\n")],
-                     grant="g-carol").json["id"]
+        answer = submit(client, auth[user], [("leak.csv", b"person,v\n93703,1\n93704,2\n93705,3\n")],
+                        grant="g-carol").json
+        rid = answer["id"]
+        if user == "carol":  # the answer to her own upload: outcomes, the identifier one hidden
+            ident = {c["rule"]: c for c in answer["files"][0]["checks"]}["identifiers"]
+            assert ident["outcome"] == "review" and "reviewers only" in ident["detail"], user
         view = client.get(f"/v1/exports/{rid}", headers=auth["carol"]).json
-        ident = {c["rule"]: c for c in view["files"][0]["checks"]}["identifiers"]
-        assert ident["outcome"] == "review" and "reviewers only" in ident["detail"], user
+        assert view["files"][0]["checks"] == [] and view["files"][0]["sha256"] is None, user  # sealed
         assert view["blocked"] == []
         r = client.get(f"/review/exports/{rid}/files/leak.csv/preview?format=json", headers=auth["carol"])
         assert r.status_code == 403

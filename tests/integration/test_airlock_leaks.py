@@ -213,6 +213,46 @@ def test_metadata_cannot_carry_unreviewed_text_back_to_the_requester(client, aut
     assert comments[-2:] == [resubmit_comment.strip(), withdraw_reason.strip()]
 
 
+def test_digest_size_and_outcomes_cannot_carry_bits_back_to_the_requester(client, auth) -> None:  # noqa: ANN001
+    """Inside the sandbox the requester chooses the file: by padding it to an exact size, grinding a
+    sha256 prefix or steering check outcomes they could encode bits; read back from outside before any
+    review, those would leave around the airlock. Later reads are sealed until approval."""
+    secret_size = 93703  # e.g. a respondent number, as the exact length of the canonical file
+    body = b"sex,note\nfemale," + b"x" * (secret_size - len(b"sex,note\nfemale,") - 1) + b"\n"
+    named = "QmlyLmU6MTk4Mi0wNC0xMnxzZXg6ZnxpbmM6MS4y.csv"  # base64 of a record, past the identifier scan
+    r = submit(client, auth["alice"], [(named, body)])
+    assert r.status_code == 201, r.json
+    rid, digest = r.json["id"], r.json["files"][0]["sha256"]
+    assert r.json["files"][0]["size"] == secret_size  # the answer to the upload itself, inside the sandbox
+    later = client.get(f"/v1/exports/{rid}", headers=auth["alice"]).json
+    assert later["files"][0]["size"] is None and later["files"][0]["uploaded_size"] is None
+    assert later["files"][0]["sha256"] is None and later["files"][0]["checks"] == []
+    listing = client.get("/v1/exports", headers=auth["alice"]).json
+    assert all(m["outcome"] is None for m in listing["mine"])
+    seen = _requester_sees(client, auth, rid) + json.dumps(listing)
+    assert digest not in seen and digest[:16] not in seen and named[:-4] not in seen
+    assert later["files"][0]["name"] == "file-1.csv"
+    assert f"{secret_size:,}" not in seen and str(secret_size) not in seen
+    for reviewer in ("carol", "dave"):
+        vote(client, auth[reviewer], rid)
+    approved = client.get(f"/v1/exports/{rid}", headers=auth["alice"]).json
+    assert (approved["files"][0]["sha256"], approved["files"][0]["size"]) == (digest, secret_size)
+    assert approved["files"][0]["name"] == named
+
+
+def test_a_returned_request_takes_file_changes_by_the_sealed_name(client, auth) -> None:  # noqa: ANN001
+    r = submit(client, auth["alice"], [("counts.csv", b"sex,n\nfemale,4180\n"), ("more.csv", b"sex,n\nmale,4016\n")])
+    rid = r.json["id"]
+    for reviewer in ("carol", "dave"):
+        assert vote(client, auth[reviewer], rid, "return", "split it").status_code == 200
+    sealed = client.get(f"/v1/exports/{rid}", headers=auth["alice"]).json
+    assert [f["name"] for f in sealed["files"]] == ["file-1.csv", "file-2.csv"]
+    r = client.post(f"/v1/exports/{rid}/files", headers=auth["alice"], data={"remove": ["file-2.csv"]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 200, r.json
+    assert [f["name"] for f in r.json["files"]] == ["counts.csv"]  # the answer to the change itself
+
+
 def test_approved_metadata_is_shown_to_the_requester(client, auth) -> None:  # noqa: ANN001
     r = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,4180\n")], title="Counts by sex",
                justification="for the planning report")

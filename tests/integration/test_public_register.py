@@ -34,7 +34,7 @@ def _csv(client, year: object) -> list[dict]:  # noqa: ANN001
 def _apply_other(services: Services, grant_id: str, valid_from: dt.date, valid_until: dt.date) -> None:
     demo = services.policies.grant(DEMO)
     services.policies.apply_grant(demo.model_copy(update={
-        "id": grant_id, "operator": "Beta Insights GmbH", "members": ("erin",), "use": "commercial",
+        "id": grant_id, "operator": "Beta Insights GmbH", "members": ("frank",), "use": "commercial",
         "purpose": "Labour market dashboards", "valid_from": valid_from, "valid_until": valid_until,
     }), "admin")
 
