@@ -230,6 +230,16 @@ class Client:
             return body
         return budget_frame(items, body)
 
+    def mock(self, dataset: str, rows: int = 1000, seed: int | None = 0) -> pd.DataFrame:
+        """``rows`` mock rows of ``dataset`` generated from its catalog metadata alone.
+
+        Reads only the catalog (types, bounds, categories): no data is touched and no budget
+        spent. ``df.attrs["mock"]`` is True. See :mod:`sandbox.mock`.
+        """
+        from sandbox.mock import MockClient
+
+        return MockClient(self.catalog(raw=True), self.grant).mock(dataset, rows, seed)
+
     def export(
         self,
         items: Iterable[str | os.PathLike[str] | pd.DataFrame] | str | os.PathLike[str],
@@ -274,16 +284,29 @@ def connect(
     grant: str | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT,
-) -> Client:
+    mock: bool = False,
+    rows: int = 1000,
+    seed: int | None = 0,
+    catalog: list[dict[str, Any]] | None = None,
+) -> Any:
     """A :class:`Client` configured from arguments, else from the environment.
 
     ``url``: ``SANDBOX_GATEWAY_URL``; ``token``: ``SANDBOX_TOKEN`` or the kernel's
     ``JUPYTERHUB_API_TOKEN``; ``grant``: ``SANDBOX_GRANT`` (optional when the caller holds
     exactly one grant).
+
+    ``mock=True`` returns a :class:`sandbox.mock.MockClient` instead: the same ``query`` checked
+    by the same analyser, answered locally over ``rows`` mock rows per dataset generated from
+    the catalog metadata (fetched from the gateway, or given as ``catalog``), spending nothing.
     """
     url = url or os.environ.get("SANDBOX_GATEWAY_URL")
     token = token or os.environ.get("SANDBOX_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
     grant = grant or os.environ.get("SANDBOX_GRANT") or None
+    if mock:
+        from sandbox.mock import connect_mock
+
+        remote = Client(url, token, grant, timeout=timeout) if url and token else None
+        return connect_mock(remote, grant, rows=rows, seed=seed, catalog=catalog)
     if not url:
         raise GatewayError("not_configured", "no gateway URL: set SANDBOX_GATEWAY_URL or pass url=")
     if not token:

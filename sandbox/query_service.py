@@ -18,6 +18,7 @@ from sandbox.policy.models import Grant
 from sandbox.policy.rules import can_use_grant, check_grant_fits_catalog, check_grant_usable, granted_columns
 from sandbox.services import Services
 from sandbox.sql.analyze import analyze
+from sandbox.sql.post import apply_post
 from sandbox.state.audit import AuditEvent
 from sandbox.state.ledger import from_nano, to_nano
 
@@ -175,7 +176,7 @@ class QueryService:
         except Exception as exc:  # the budget stays spent; nothing is released
             self.s.ledger.forget_pending(key, query_id, user, grant.id, type(exc).__name__)
             raise
-        rows = _apply_order_limit(plan, released.columns, released.rows)
+        rows = apply_post(plan, released.columns, released.rows)
         response = {
             "query_id": query_id,
             "grant": grant.id,
@@ -193,17 +194,3 @@ class QueryService:
         response["budget"] = self.s.ledger.state(grant.id).to_dict()
         return response
 
-
-def _sort_value(value: object) -> tuple:
-    return (value is None, value if value is not None else 0)
-
-
-def _apply_order_limit(plan, columns: list[str], rows: list[list]) -> list[list]:  # noqa: ANN001
-    """ORDER BY / LIMIT on the noisy rows: post-processing, free of privacy cost."""
-    out = list(rows)
-    for item in reversed(plan.order_by):
-        idx = columns.index(item.name)
-        out.sort(key=lambda r, i=idx: _sort_value(r[i]), reverse=item.descending)
-    if plan.limit is not None:
-        out = out[: plan.limit]
-    return out
