@@ -10,14 +10,22 @@ from typing import Literal
 
 from sqlglot import exp
 
-AggregateKind = Literal["count", "sum", "avg"]
+AggregateKind = Literal[
+    "count", "sum", "avg",
+    "var_pop", "var_samp", "stddev_pop", "stddev_samp",  # spread: from count, sum and sum of squares
+    "count_units",  # COUNT(DISTINCT <privacy unit>): column is None
+    "quantile", "min", "max",  # order statistics: q in [0, 1] (min: 0, max: 1)
+]
+SPREAD_KINDS = ("var_pop", "var_samp", "stddev_pop", "stddev_samp")
+ORDER_KINDS = ("quantile", "min", "max")
 
 
 @dataclass(frozen=True)
 class Aggregate:
     kind: AggregateKind
-    column: str | None  # None only for COUNT(*)
-    name: str  # output column name: the alias, or count / count_<col> / sum_<col> / avg_<col>
+    column: str | None  # None for COUNT(*) and COUNT(DISTINCT <privacy unit>)
+    name: str  # output column name: the alias, or count / count_<col> / sum_<col> / avg_<col> ...
+    q: float | None = None  # the quantile of "quantile", "min" (0.0) and "max" (1.0)
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class QueryPlan:
     order_by: tuple[OrderItem, ...] = ()
     limit: int | None = None
     normalized_sql: str = ""  # canonical text: cache key and audit record
+    having: exp.Expression | None = None  # over output column names; applied to the noisy rows only
 
     @property
     def n_groups(self) -> int:

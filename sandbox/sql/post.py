@@ -18,7 +18,7 @@ def apply_post(plan: QueryPlan, columns: list[str], rows: list[list]) -> list[li
     out = list(rows)
     having = getattr(plan, "having", None)
     if having is not None:
-        from sandbox.sql._having import evaluate
+        from sandbox.sql._eval import evaluate
 
         out = [row for row in out if evaluate(having, dict(zip(columns, row, strict=True))) is True]
     for item in reversed(plan.order_by):

@@ -199,11 +199,6 @@ REFUSED = [
     ),
     refused("SELECT DISTINCT sex, COUNT(*) FROM nhanes_2017 GROUP BY sex", "distinct_not_allowed", "select-distinct"),
     refused("SELECT COUNT(DISTINCT age) FROM nhanes_2017", "distinct_not_allowed", "count-distinct"),
-    refused(
-        "SELECT sex, COUNT(*) FROM nhanes_2017 GROUP BY sex HAVING COUNT(*) > 5",
-        "unsupported_clause",
-        "having",
-    ),
     refused("SELECT COUNT(*) FROM nhanes_2017 QUALIFY 1 = 1", "unsupported_clause", "qualify"),
     refused("SELECT COUNT(*) FROM nhanes_2017 LIMIT 5 OFFSET 10", "unsupported_clause", "offset"),
     refused("SELECT COUNT(*) FROM nhanes_2017 USING SAMPLE 10 PERCENT (bernoulli)", "unsupported_clause", "sample"),
@@ -330,7 +325,7 @@ def test_golden_table_is_large_enough() -> None:
 @pytest.mark.parametrize(
     ("sql", "words"),
     [
-        ("SELECT MIN(age) FROM nhanes_2017", ["MIN", "extreme", "COUNT", "SUM", "AVG"]),
+        ("SELECT MIN(age) FROM nhanes_2017", ["MIN", "order statistics"]),
         ("SELECT SUM(x) FROM nhanes_2017", ["Granted columns", "weight_kg"]),
         ("SELECT SUM(weight_kg) / COUNT(*) FROM nhanes_2017", ["client-side"]),
         ("SELECT weight_kg, COUNT(*) FROM nhanes_2017 GROUP BY 1", ["FLOOR(weight_kg / 10) * 10"]),

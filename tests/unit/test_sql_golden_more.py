@@ -1,0 +1,112 @@
+"""Golden tables for the forms added after the first subset: HAVING, spread, units, quantiles.
+
+Same catalog and grant as test_sql_golden.py (the real policies, grant g-2026-001). Each form
+has accepted variants (with the plan they must give) and refused variants (with their code).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox.errors import SandboxError
+from sandbox.policy.loader import load_policies
+from sandbox.sql.analyze import analyze
+from sandbox.sql.plan import QueryPlan
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+_POLICIES = load_policies(POLICIES)
+CATALOG = _POLICIES.datasets
+GRANTED = {ds: frozenset(g.columns) for ds, g in _POLICIES.grants["g-2026-001"].datasets.items()}
+
+
+def run(sql: str) -> QueryPlan:
+    return analyze(sql, CATALOG, GRANTED)
+
+
+def refused(sql: str, code: str, name: str) -> object:
+    return pytest.param(sql, code, GRANTED, id=name)
+
+
+def accepted(sql: str, name: str, **expect: object) -> object:
+    return pytest.param(sql, expect, id=name)
+
+
+REFUSED = [
+    # HAVING reads released values only
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING SUM(age) > 5", "having_not_selected",
+            "having-unselected-aggregate"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING AVG(age) > 30", "having_not_selected",
+            "having-unselected-avg"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING age > 5", "unknown_column",
+            "having-input-column"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING nhanes_2017.n > 5", "unknown_column",
+            "having-qualified"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING n", "type_mismatch",
+            "having-not-condition"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING sex > 5", "type_mismatch",
+            "having-type-mismatch"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING n > (SELECT 1)", "subquery_not_allowed",
+            "having-subquery"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING ABS(n) > 5", "unsupported_function",
+            "having-function"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING n LIKE '1%'", "unsupported_expression",
+            "having-like"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING COUNT(weight_kg) > 1",
+            "having_not_selected", "having-other-count"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING SUM(total_cholesterol) > 1",
+            "column_not_granted", "having-not-granted"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING COUNT(seqn) > 1", "id_column",
+            "having-id"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING MIN(n) > 1", "unknown_column",
+            "having-aggregate-of-output"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING n IN (SELECT 1)", "subquery_not_allowed",
+            "having-in-subquery"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 AS t GROUP BY sex HAVING COUNT(t.age) > 1 OR n > 1",
+            "having_not_selected", "having-qualified-unselected"),
+    refused("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING n > 1e999", "unsupported_expression",
+            "having-infinite-literal"),
+]
+
+ACCEPTED = [
+    accepted("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING n > 100", "having-alias",
+             having="n > 100"),
+    accepted("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING COUNT(*) > 100", "having-aggregate",
+             having="n > 100"),
+    accepted("SELECT sex, COUNT(*) FROM nhanes_2017 GROUP BY sex HAVING COUNT(*) >= 10", "having-default-name",
+             having="count >= 10"),
+    accepted("SELECT race, AVG(age) AS a, COUNT(*) AS n FROM nhanes_2017 GROUP BY race "
+             "HAVING AVG(age) BETWEEN 20 AND 60 AND NOT race = 'other_or_multi' OR n IS NULL", "having-mixed",
+             having="a BETWEEN 20 AND 60 AND NOT race = 'other_or_multi' OR n IS NULL"),
+    accepted("SELECT FLOOR(age / 10) * 10 AS decade, SUM(weight_kg) AS w FROM nhanes_2017 GROUP BY decade "
+             "HAVING decade >= 20 AND w > 0 ORDER BY w DESC LIMIT 3", "having-bin-key-order-limit",
+             having="decade >= 20 AND w > 0"),
+    accepted("SELECT COUNT(*) AS n FROM nhanes_2017 HAVING n > 0", "having-without-group", having="n > 0"),
+]
+
+
+@pytest.mark.parametrize(("sql", "code", "granted"), REFUSED)
+def test_refused(sql: str, code: str, granted: dict) -> None:
+    with pytest.raises(SandboxError) as info:
+        analyze(sql, CATALOG, granted)
+    assert info.value.code == code, info.value.message
+    assert info.value.message
+
+
+@pytest.mark.parametrize(("sql", "expect"), ACCEPTED)
+def test_accepted(sql: str, expect: dict) -> None:
+    plan = run(sql)
+    if "having" in expect:
+        assert plan.having is not None and plan.having.sql(dialect="duckdb") == expect["having"]
+        assert "HAVING " + expect["having"] in plan.normalized_sql  # type: ignore[operator]
+    if "aggregates" in expect:
+        assert tuple((a.kind, a.column, a.q) for a in plan.aggregates) == expect["aggregates"]
+    if "columns" in expect:
+        assert plan.columns == expect["columns"]
+
+
+def test_having_normalizes_aggregate_and_alias_alike() -> None:
+    a = run("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING COUNT(*) > 100")
+    b = run("select SEX, count(*) as N from nhanes_2017 group by sex having n > 100")
+    assert a.normalized_sql == b.normalized_sql
