@@ -28,6 +28,7 @@ import duckdb
 from sqlglot import exp
 
 from sandbox.dp.planner import DPPlan, Primitive
+from sandbox.dp.spread import centred_sql, square_sql
 from sandbox.errors import SandboxError
 from sandbox.policy.models import Dataset
 
@@ -359,6 +360,10 @@ def aggregate_sql(plan: DPPlan) -> str:
         if prim.kind == "count":
             arg = "*" if prim.column is None else _q(prim.column)
             select.append(f"COUNT({arg}) AS a{j}")
+        elif prim.kind in ("centred_sum", "centred_sumsq"):
+            value, column = _q(value_column(prim.column)), ds.columns[prim.column]
+            term = centred_sql(value, column) if prim.kind == "centred_sum" else square_sql(value, column)
+            select.append(f"SUM({term}) AS a{j}")
         else:
             select.append(f"SUM({_q(value_column(prim.column))}) AS a{j}")
     if plan.query.where is not None:

@@ -187,7 +187,8 @@ class QueryService:
             "cached": False,
             "accuracy": {"alpha": ALPHA, "ci_halfwidth": released.ci_halfwidth},
             "mechanism": {"name": "discrete_laplace", "scales": released.scales,
-                          "epsilon_per_measurement": dp_plan.epsilon_each},
+                          "epsilon_per_measurement": dp_plan.epsilon_each,
+                          "measurements": released.measurements},
             "answer_sha256": answer_digest(released.columns, rows),
         }
         self.s.ledger.store_answer(key, query_id, user, grant.id, response)

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from sandbox.dp import spread
 from sandbox.dp.noise import add_discrete_laplace, halfwidth
+from sandbox.errors import BadRequest
 from sandbox.policy.models import Dataset
-from sandbox.sql.plan import QueryPlan
+from sandbox.sql.plan import SPREAD_KINDS, QueryPlan
 
 ALPHA = 0.05
 
 
 @dataclass(frozen=True)
 class Primitive:
-    kind: str  # "count" | "sum"
+    kind: str  # "count" | "sum" | "centred_sum" | "centred_sumsq" (sandbox.dp.spread)
     column: str | None  # None: COUNT(*)
 
     @property
@@ -46,6 +48,8 @@ class DPPlan:
         k = self.dataset.max_rows_per_unit
         if prim.kind == "count":
             return k
+        if prim.kind in SPREAD_PRIMITIVES:
+            return k * spread_sensitivity(prim, self.dataset.columns[prim.column])
         low, high = self.dataset.columns[prim.column].fixed_bounds
         return k * max(abs(low), abs(high), 1)
 
@@ -53,15 +57,23 @@ class DPPlan:
         return list(itertools.product(*(k.values for k in self.query.group_keys)))
 
 
+def needed(agg) -> list[Primitive]:  # noqa: ANN001
+    """The measurements an aggregate reads (shared between aggregates that read the same)."""
+    if agg.kind == "count":
+        return [Primitive("count", agg.column)]
+    if agg.kind == "sum":
+        return [Primitive("sum", agg.column)]
+    if agg.kind == "avg":
+        return [Primitive("sum", agg.column), Primitive("count", agg.column)]
+    if agg.kind in SPREAD_KINDS:
+        return spread_primitives(agg.column)
+    raise BadRequest(f"{agg.kind} has no mechanism here", "unsupported_function")  # refused before any charge
+
+
 def plan_dp(query: QueryPlan, dataset: Dataset, epsilon: float) -> DPPlan:
     prims: list[Primitive] = []
     for agg in query.aggregates:
-        needed = [Primitive("count", agg.column)]
-        if agg.kind == "sum":
-            needed = [Primitive("sum", agg.column)]
-        elif agg.kind == "avg":
-            needed = [Primitive("sum", agg.column), Primitive("count", agg.column)]
-        for p in needed:
+        for p in needed(agg):
             if p not in prims:
                 prims.append(p)
     return DPPlan(query, dataset, epsilon, tuple(prims))
@@ -73,6 +85,40 @@ class Release:
     rows: list[list]
     ci_halfwidth: dict[str, float | None]
     scales: dict[str, float]
+    measurements: dict[str, list[str]] = field(default_factory=dict)  # output column -> what it reads
+
+
+SPREAD_PRIMITIVES = ("centred_sum", "centred_sumsq")
+
+
+def spread_primitives(column: str | None) -> list[Primitive]:
+    return [Primitive("count", column), Primitive("centred_sum", column), Primitive("centred_sumsq", column)]
+
+
+def spread_sensitivity(prim: Primitive, column) -> int:  # noqa: ANN001
+    c = spread.centring(column)
+    return c.half if prim.kind == "centred_sum" else c.square_sensitivity
+
+
+def _spread_parts(plan: DPPlan, agg, noisy, i: int) -> spread.Parts:  # noqa: ANN001
+    n, s, q = (noisy[p][i] for p in spread_primitives(agg.column))
+    return spread.Parts.from_fixed(n, s, q, plan.dataset.columns[agg.column])
+
+
+def _spread_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float:  # noqa: ANN001
+    column = plan.dataset.columns[agg.column]
+    count, csum, csq = spread_primitives(agg.column)
+    t_n = halfwidth(scales[count], ALPHA / 3)
+    t_s = halfwidth(scales[csum], ALPHA / 3) / column.factor
+    t_q = halfwidth(scales[csq], ALPHA / 3) * (1 << spread.centring(column).shift) / column.factor**2
+    return max(
+        (spread.halfwidth(agg.kind, _spread_parts(plan, agg, noisy, i), t_n, t_s, t_q, column) for i in range(n_keys)),
+        default=0.0,
+    )
+
+
+def _measurements(plan: DPPlan) -> dict[str, list[str]]:
+    return {agg.name: [p.label for p in needed(agg)] for agg in plan.query.aggregates}
 
 
 def release(plan: DPPlan, exact: dict[tuple, dict[Primitive, int]]) -> Release:
@@ -112,6 +158,10 @@ def _assemble(plan: DPPlan, keys, noisy, scales) -> Release:  # noqa: ANN001
             if agg.kind == "count":
                 row.append(noisy[_count_of(agg)][i])
                 continue
+            if agg.kind in SPREAD_KINDS:
+                column = plan.dataset.columns[agg.column]
+                row.append(spread.estimate(agg.kind, _spread_parts(plan, agg, noisy, i), column))
+                continue
             total = noisy[_sum_of(agg)][i] / _factor(plan, agg.column)
             if agg.kind == "sum":
                 row.append(total)
@@ -119,7 +169,7 @@ def _assemble(plan: DPPlan, keys, noisy, scales) -> Release:  # noqa: ANN001
                 row.append(_bounded_avg(plan, agg.column, total, noisy[_count_of(agg)][i]))
         rows.append(row)
     return Release(
-        list(query.columns), rows, ci, {p.label: s for p, s in scales.items()}
+        list(query.columns), rows, ci, {p.label: s for p, s in scales.items()}, _measurements(plan)
     )
 
 
@@ -141,6 +191,8 @@ def _bounded_avg(plan: DPPlan, column: str, total: float, count: int) -> float:
 def _aggregate_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float | None:  # noqa: ANN001
     if agg.kind == "count":
         return halfwidth(scales[_count_of(agg)], ALPHA)
+    if agg.kind in SPREAD_KINDS:
+        return _spread_halfwidth(plan, agg, noisy, scales, n_keys)
     factor = _factor(plan, agg.column)
     if agg.kind == "sum":
         return halfwidth(scales[_sum_of(agg)], ALPHA) / factor

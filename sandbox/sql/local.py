@@ -81,7 +81,7 @@ def aggregate(agg: Aggregate, rows: Sequence[Mapping[str, object]], dataset: Dat
     low, high = dataset.columns[col].bounds or (0.0, 0.0)
     if kind in ("var_pop", "var_samp", "stddev_pop", "stddev_samp"):
         if len(values) < 2:
-            return 0.0
+            return None  # as the gateway: no estimate below 2 rows
         var = statistics.pvariance(values) if kind.endswith("pop") else statistics.variance(values)
         return math.sqrt(var) if kind.startswith("stddev") else var
     if not values:

@@ -139,7 +139,7 @@ REFUSED = [
     refused("SELECT ARG_MAX(age, weight_kg) FROM nhanes_2017", "unsupported_function", "arg-max"),
     refused("SELECT MEDIAN(age) FROM nhanes_2017", "unsupported_function", "median"),
     refused("SELECT QUANTILE_CONT(age, 0.5) FROM nhanes_2017", "unsupported_function", "quantile"),
-    refused("SELECT STDDEV(age) FROM nhanes_2017", "unsupported_function", "stddev"),
+    refused("SELECT STDDEV(sex) FROM nhanes_2017", "not_numeric", "stddev-category"),
     refused("SELECT getenv('HOME'), COUNT(*) FROM nhanes_2017", "unsupported_function", "getenv"),
     refused("SELECT current_setting('enable_external_access')", "unsupported_function", "current-setting"),
     refused(

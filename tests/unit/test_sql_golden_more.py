@@ -69,7 +69,35 @@ REFUSED = [
             "having-infinite-literal"),
 ]
 
+REFUSED += [
+    # spread: numeric columns, one plain column, no DISTINCT, no arithmetic around it
+    refused("SELECT VAR_POP(sex) FROM nhanes_2017", "not_numeric", "var-category"),
+    refused("SELECT STDDEV(age * 2) FROM nhanes_2017", "unsupported_expression", "stddev-expression"),
+    refused("SELECT VAR_SAMP(total_cholesterol) FROM nhanes_2017", "column_not_granted", "var-not-granted"),
+    refused("SELECT VAR_POP(seqn) FROM nhanes_2017", "id_column", "var-id"),
+    refused("SELECT STDDEV(age) / AVG(age) FROM nhanes_2017", "unsupported_expression", "stddev-arithmetic"),
+    refused("SELECT VAR_POP(DISTINCT age) FROM nhanes_2017", "distinct_not_allowed", "var-distinct"),
+    refused("SELECT STDDEV(*) FROM nhanes_2017", "not_aggregate", "stddev-star"),
+    refused("SELECT COVAR_POP(age, weight_kg) FROM nhanes_2017", "unsupported_function", "covariance"),
+    refused("SELECT CORR(age, weight_kg) FROM nhanes_2017", "unsupported_function", "correlation"),
+    refused("SELECT KURTOSIS(age) FROM nhanes_2017", "unsupported_function", "kurtosis"),
+    refused("SELECT COUNT(*) FROM nhanes_2017 WHERE STDDEV(age) > 1", "unsupported_function", "stddev-in-where"),
+]
+
 ACCEPTED = [
+    accepted("SELECT VAR_POP(age) FROM nhanes_2017", "var-pop", aggregates=(("var_pop", "age", None),),
+             columns=("var_pop_age",)),
+    accepted("SELECT VAR_SAMP(age), VARIANCE(weight_kg) FROM nhanes_2017", "var-samp",
+             aggregates=(("var_samp", "age", None), ("var_samp", "weight_kg", None)),
+             columns=("var_samp_age", "var_samp_weight_kg")),
+    accepted("SELECT sex, STDDEV(height_cm) AS sd FROM nhanes_2017 GROUP BY sex", "stddev-grouped",
+             aggregates=(("stddev_samp", "height_cm", None),), columns=("sex", "sd")),
+    accepted("SELECT STDDEV_POP(income_ratio), STDDEV_SAMP(income_ratio) FROM nhanes_2017", "stddev-pop-samp",
+             aggregates=(("stddev_pop", "income_ratio", None), ("stddev_samp", "income_ratio", None))),
+    accepted("SELECT race, AVG(age) AS a, STDDEV(age) AS s FROM nhanes_2017 GROUP BY race HAVING s > 10",
+             "stddev-having", having="s > 10"),
+    accepted("SELECT sex, STDDEV(hours_per_week) AS s FROM adult_income GROUP BY sex", "stddev-adult",
+             aggregates=(("stddev_samp", "hours_per_week", None),)),
     accepted("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING n > 100", "having-alias",
              having="n > 100"),
     accepted("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING COUNT(*) > 100", "having-aggregate",
