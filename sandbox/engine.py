@@ -41,6 +41,8 @@ LOCKED_CONFIG = {
 
 
 ID_TABLE_PREFIX = "__ids_"
+UNIT_FIRST = "__unit_first"  # per kept row: is it its unit's representative (first kept) row?
+ENGINE_FORMAT = 2  # bumped when the engine file's columns change, so that old files are rebuilt
 
 
 class EngineError(SandboxError):
@@ -88,9 +90,11 @@ def _bounded_rows_sql(ds: Dataset, source: Path, salt: str) -> str:
     src = f"read_parquet({_lit(str(source))}, file_row_number = true)"
     cols = ", ".join(_select_list(ds))
     if ds.privacy_unit == "row":
-        return f"SELECT {cols} FROM {src}"
+        return f"SELECT {cols}, TRUE AS {_q(UNIT_FIRST)} FROM {src}"
     unit = _q(ds.privacy_unit)
     order = f"hash(file_row_number, {_lit(salt)})"
+    # each unit's representative row (the first it keeps): COUNT(DISTINCT <unit>) counts these
+    cols += f", row_number() OVER (PARTITION BY {unit} ORDER BY {order}) = 1 AS {_q(UNIT_FIRST)}"
     return (
         f"SELECT {cols} FROM {src} WHERE {unit} IS NOT NULL "
         f"QUALIFY row_number() OVER (PARTITION BY {unit} ORDER BY {order}) <= {ds.max_rows_per_unit}"
@@ -99,7 +103,7 @@ def _bounded_rows_sql(ds: Dataset, source: Path, salt: str) -> str:
 
 def fingerprint(datasets: Mapping[str, Dataset], data_root: Path) -> str:
     """Changes when a catalog entry or a source file changes: then the engine file is rebuilt."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"engine-format-{ENGINE_FORMAT}".encode())
     for ds_id in sorted(datasets):
         ds = datasets[ds_id]
         h.update(json.dumps(ds.model_dump(mode="json"), sort_keys=True).encode())
@@ -360,6 +364,8 @@ def aggregate_sql(plan: DPPlan) -> str:
         if prim.kind == "count":
             arg = "*" if prim.column is None else _q(prim.column)
             select.append(f"COUNT({arg}) AS a{j}")
+        elif prim.kind == "units":
+            select.append(f"COUNT(*) FILTER (WHERE {_q(UNIT_FIRST)}) AS a{j}")
         elif prim.kind in ("centred_sum", "centred_sumsq"):
             value, column = _q(value_column(prim.column)), ds.columns[prim.column]
             term = centred_sql(value, column) if prim.kind == "centred_sum" else square_sql(value, column)

@@ -25,7 +25,7 @@ ALPHA = 0.05
 
 @dataclass(frozen=True)
 class Primitive:
-    kind: str  # "count" | "sum" | "centred_sum" | "centred_sumsq" (sandbox.dp.spread)
+    kind: str  # "count" | "sum" | "units" | "centred_sum" | "centred_sumsq" (sandbox.dp.spread)
     column: str | None  # None: COUNT(*)
 
     @property
@@ -48,6 +48,8 @@ class DPPlan:
         k = self.dataset.max_rows_per_unit
         if prim.kind == "count":
             return k
+        if prim.kind == "units":
+            return 1  # one representative row per unit, in one group
         if prim.kind in SPREAD_PRIMITIVES:
             return k * spread_sensitivity(prim, self.dataset.columns[prim.column])
         low, high = self.dataset.columns[prim.column].fixed_bounds
@@ -61,6 +63,8 @@ def needed(agg) -> list[Primitive]:  # noqa: ANN001
     """The measurements an aggregate reads (shared between aggregates that read the same)."""
     if agg.kind == "count":
         return [Primitive("count", agg.column)]
+    if agg.kind == "count_units":
+        return [Primitive("units", None)]
     if agg.kind == "sum":
         return [Primitive("sum", agg.column)]
     if agg.kind == "avg":
@@ -158,6 +162,9 @@ def _assemble(plan: DPPlan, keys, noisy, scales) -> Release:  # noqa: ANN001
             if agg.kind == "count":
                 row.append(noisy[_count_of(agg)][i])
                 continue
+            if agg.kind == "count_units":
+                row.append(noisy[Primitive("units", None)][i])
+                continue
             if agg.kind in SPREAD_KINDS:
                 column = plan.dataset.columns[agg.column]
                 row.append(spread.estimate(agg.kind, _spread_parts(plan, agg, noisy, i), column))
@@ -191,6 +198,8 @@ def _bounded_avg(plan: DPPlan, column: str, total: float, count: int) -> float:
 def _aggregate_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float | None:  # noqa: ANN001
     if agg.kind == "count":
         return halfwidth(scales[_count_of(agg)], ALPHA)
+    if agg.kind == "count_units":
+        return halfwidth(scales[Primitive("units", None)], ALPHA)
     if agg.kind in SPREAD_KINDS:
         return _spread_halfwidth(plan, agg, noisy, scales, n_keys)
     factor = _factor(plan, agg.column)

@@ -84,7 +84,33 @@ REFUSED += [
     refused("SELECT COUNT(*) FROM nhanes_2017 WHERE STDDEV(age) > 1", "unsupported_function", "stddev-in-where"),
 ]
 
+REFUSED += [
+    # people: COUNT(DISTINCT <privacy unit>) is the one place the id may be named
+    refused("SELECT COUNT(DISTINCT age) FROM nhanes_2017", "distinct_not_allowed", "units-other-column"),
+    refused("SELECT COUNT(DISTINCT seqn + 1) FROM nhanes_2017", "distinct_not_allowed", "units-expression"),
+    refused("SELECT COUNT(DISTINCT (seqn)) FROM nhanes_2017", "distinct_not_allowed", "units-parenthesised"),
+    refused("SELECT COUNT(DISTINCT seqn, sex) FROM nhanes_2017", "distinct_not_allowed", "units-two-columns"),
+    refused("SELECT SUM(DISTINCT seqn) FROM nhanes_2017", "distinct_not_allowed", "units-sum"),
+    refused("SELECT COUNT(seqn) FROM nhanes_2017", "id_column", "units-without-distinct"),
+    refused("SELECT seqn, COUNT(DISTINCT seqn) FROM nhanes_2017 GROUP BY seqn", "id_column", "units-and-id-key"),
+    refused("SELECT COUNT(DISTINCT seqn) FROM nhanes_2017 WHERE seqn > 1", "id_column", "units-id-in-where"),
+    refused("SELECT COUNT(DISTINCT x.seqn) FROM nhanes_2017 AS n", "unknown_column", "units-wrong-qualifier"),
+    refused("SELECT COUNT(DISTINCT age) FROM adult_income", "distinct_not_allowed", "units-row-dataset"),
+    refused("SELECT COUNT(DISTINCT seqn) FROM adult_income", "unknown_column", "units-other-datasets-id"),
+    refused("SELECT COUNT(DISTINCT seqn) FILTER (WHERE age > 1) FROM nhanes_2017", "unsupported_clause",
+            "units-filter"),
+    refused("SELECT COUNT(DISTINCT seqn) OVER () FROM nhanes_2017", "window_not_allowed", "units-window"),
+    refused("SELECT COUNT(*) FROM nhanes_2017 WHERE COUNT(DISTINCT seqn) > 1", "unsupported_function",
+            "units-in-where"),
+]
+
 ACCEPTED = [
+    accepted("SELECT COUNT(DISTINCT seqn) FROM nhanes_2017", "units", aggregates=(("count_units", None, None),),
+             columns=("count_units",)),
+    accepted("SELECT sex, COUNT(DISTINCT n.seqn) AS people FROM nhanes_2017 AS n GROUP BY sex", "units-qualified",
+             aggregates=(("count_units", None, None),), columns=("sex", "people")),
+    accepted("SELECT race, COUNT(DISTINCT SEQN) AS people, COUNT(*) AS n FROM nhanes_2017 WHERE age >= 18 "
+             "GROUP BY race HAVING COUNT(DISTINCT seqn) > 100", "units-having", having="people > 100"),
     accepted("SELECT VAR_POP(age) FROM nhanes_2017", "var-pop", aggregates=(("var_pop", "age", None),),
              columns=("var_pop_age",)),
     accepted("SELECT VAR_SAMP(age), VARIANCE(weight_kg) FROM nhanes_2017", "var-samp",
