@@ -28,9 +28,11 @@ import duckdb
 from sqlglot import exp
 
 from sandbox.dp.planner import DPPlan, Primitive
+from sandbox.dp.quantiles import counts_from_rows
 from sandbox.dp.spread import centred_sql, square_sql
 from sandbox.errors import SandboxError
 from sandbox.policy.models import Dataset
+from sandbox.sql.plan import QuantileGrid, quantile_grid
 
 LOCKED_CONFIG = {
     "enable_external_access": False,
@@ -309,21 +311,35 @@ class Engine:
         return int(row[0])
 
     def exact(self, plan: DPPlan) -> dict[tuple, dict[Primitive, int]]:
-        """Exact bounded aggregates per public key present in the data."""
-        sql = aggregate_sql(plan)
-        try:
-            rows = self._cursor().execute(sql).fetchall()
-        except duckdb.Error as exc:
-            raise EngineError(f"the engine could not run the query: {type(exc).__name__}") from None
+        """Exact bounded aggregates per public key present in the data (for a quantile: the
+        per-candidate counts its scores are computed from, :class:`QuantileCounts`)."""
+        scalar = tuple(p for p in plan.primitives if p.kind != "quantile")
         n_keys = len(plan.query.group_keys)
         domains = [{v: v for v in k.values} for k in plan.query.group_keys]
         out: dict[tuple, dict[Primitive, int]] = {}
-        for row in rows:
+        for row in self._run(aggregate_sql(plan, scalar)) if scalar else []:
             key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
             if any(k is _MISSING for k in key):
                 continue
-            out[key] = {p: int(row[n_keys + j] or 0) for j, p in enumerate(plan.primitives)}
+            out[key] = {p: int(row[n_keys + j] or 0) for j, p in enumerate(scalar)}
+        for prim in plan.primitives:
+            if prim.kind != "quantile":
+                continue
+            grid = quantile_grid(plan.dataset.columns[prim.column])
+            cells: dict[tuple, list] = {}
+            for row in self._run(quantile_counts_sql(plan, prim, grid)):
+                key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
+                if not any(k is _MISSING for k in key):
+                    cells.setdefault(key, []).append(tuple(row[n_keys:]))
+            for key, rows in cells.items():
+                out.setdefault(key, {})[prim] = counts_from_rows(rows, grid)  # type: ignore[assignment]
         return out
+
+    def _run(self, sql: str) -> list[tuple]:
+        try:
+            return self._cursor().execute(sql).fetchall()
+        except duckdb.Error as exc:
+            raise EngineError(f"the engine could not run the query: {type(exc).__name__}") from None
 
 
 _MISSING = object()
@@ -354,13 +370,28 @@ def _key_sql(key) -> str:  # noqa: ANN001
     return f"FLOOR({ref} / {w}) * {w}"
 
 
-def aggregate_sql(plan: DPPlan) -> str:
+def quantile_counts_sql(plan: DPPlan, prim: Primitive, grid: QuantileGrid) -> str:
+    """Per key: (g, at, n) for the bounded fixed-point values v of the column, g = (v - low) // step
+    the candidate cell and at = (v == c_g). NULLs are not counted."""
+    ds = plan.dataset
+    keys = [f"{_key_sql(key)} AS k{i}" for i, key in enumerate(plan.query.group_keys)]
+    value = _q(value_column(prim.column))
+    offset = f"({value} - {grid.low})"
+    select = [*keys, f"{offset} // {grid.step} AS qg", f"{offset} % {grid.step} = 0 AS qat", "COUNT(*) AS qn"]
+    where = [f"{value} IS NOT NULL"]
+    if plan.query.where is not None:
+        where.append(_where_sql(plan.query.where, ds))
+    group = [f"k{i}" for i in range(len(keys))] + ["qg", "qat"]
+    return f"SELECT {', '.join(select)} FROM {_q(ds.id)} WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}"
+
+
+def aggregate_sql(plan: DPPlan, primitives: tuple[Primitive, ...] | None = None) -> str:
     ds = plan.dataset
     select, where, group = [], [], []
     for i, key in enumerate(plan.query.group_keys):
         select.append(f"{_key_sql(key)} AS k{i}")
         group.append(f"k{i}")
-    for j, prim in enumerate(plan.primitives):
+    for j, prim in enumerate(plan.primitives if primitives is None else primitives):
         if prim.kind == "count":
             arg = "*" if prim.column is None else _q(prim.column)
             select.append(f"COUNT({arg}) AS a{j}")

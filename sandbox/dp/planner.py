@@ -14,22 +14,25 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from sandbox.dp import spread
+from sandbox.dp import quantiles, spread
 from sandbox.dp.noise import add_discrete_laplace, halfwidth
 from sandbox.errors import BadRequest
 from sandbox.policy.models import Dataset
-from sandbox.sql.plan import SPREAD_KINDS, QueryPlan
+from sandbox.sql.plan import MAX_QUANTILE_CELLS, ORDER_KINDS, SPREAD_KINDS, QueryPlan, quantile_grid
 
 ALPHA = 0.05
 
 
 @dataclass(frozen=True)
 class Primitive:
-    kind: str  # "count" | "sum" | "units" | "centred_sum" | "centred_sumsq" (sandbox.dp.spread)
+    kind: str  # "count" | "sum" | "units" | "centred_sum" | "centred_sumsq" (dp.spread) | "quantile" (dp.quantiles)
     column: str | None  # None: COUNT(*)
+    q: float | None = None  # "quantile" only
 
     @property
     def label(self) -> str:
+        if self.kind == "quantile":
+            return f"quantile({self.column}, {self.q:g})"
         return f"{self.kind}({self.column or '*'})"
 
 
@@ -50,6 +53,8 @@ class DPPlan:
             return k
         if prim.kind == "units":
             return 1  # one representative row per unit, in one group
+        if prim.kind == "quantile":
+            return quantiles.score_sensitivity(prim.q, k)
         if prim.kind in SPREAD_PRIMITIVES:
             return k * spread_sensitivity(prim, self.dataset.columns[prim.column])
         low, high = self.dataset.columns[prim.column].fixed_bounds
@@ -71,12 +76,17 @@ def needed(agg) -> list[Primitive]:  # noqa: ANN001
         return [Primitive("sum", agg.column), Primitive("count", agg.column)]
     if agg.kind in SPREAD_KINDS:
         return spread_primitives(agg.column)
+    if agg.kind in ORDER_KINDS:
+        return [Primitive("quantile", agg.column, agg.q)]
     raise BadRequest(f"{agg.kind} has no mechanism here", "unsupported_function")  # refused before any charge
 
 
 def plan_dp(query: QueryPlan, dataset: Dataset, epsilon: float) -> DPPlan:
     prims: list[Primitive] = []
     for agg in query.aggregates:
+        cells = query.n_groups * quantile_grid(dataset.columns[agg.column]).m if agg.kind in ORDER_KINDS else 0
+        if cells > MAX_QUANTILE_CELLS:  # the analyser refuses these first; belt and braces
+            raise BadRequest(f"{agg.name}: too many groups for a quantile; use fewer keys", "too_many_groups")
         for p in needed(agg):
             if p not in prims:
                 prims.append(p)
@@ -90,6 +100,7 @@ class Release:
     ci_halfwidth: dict[str, float | None]
     scales: dict[str, float]
     measurements: dict[str, list[str]] = field(default_factory=dict)  # output column -> what it reads
+    quantiles: dict[str, dict] = field(default_factory=dict)  # output column -> rank accuracy
 
 
 SPREAD_PRIMITIVES = ("centred_sum", "centred_sumsq")
@@ -128,14 +139,34 @@ def _measurements(plan: DPPlan) -> dict[str, list[str]]:
 def release(plan: DPPlan, exact: dict[tuple, dict[Primitive, int]]) -> Release:
     """Add noise to the exact aggregates of every public key (empty groups included)."""
     keys = plan.keys()
-    noisy: dict[Primitive, list[int]] = {}
+    noisy: dict[Primitive, list] = {}
     scales: dict[Primitive, float] = {}
+    accuracy: dict[Primitive, dict] = {}
     for prim in plan.primitives:
+        if prim.kind == "quantile":
+            out = quantiles.release_quantile(
+                plan.dataset.columns[prim.column], prim.q, plan.dataset.max_rows_per_unit, plan.epsilon_each,
+                [exact.get(key, {}).get(prim) for key in keys],
+            )
+            noisy[prim], scales[prim] = out.values, out.scale
+            accuracy[prim] = {"rank_error": round(out.rank_error, 3), "resolution": out.resolution, "q": prim.q,
+                              "meaning": QUANTILE_MEANING}
+            continue
         values = [int(exact.get(key, {}).get(prim, 0)) for key in keys]
         noisy[prim], scales[prim] = add_discrete_laplace(
             values, plan.sensitivity(prim), plan.epsilon_each
         )
-    return _assemble(plan, keys, noisy, scales)
+    release_ = _assemble(plan, keys, noisy, scales)
+    for agg in plan.query.aggregates:
+        if agg.kind in ORDER_KINDS:
+            release_.quantiles[agg.name] = accuracy[needed(agg)[0]]
+    return release_
+
+
+QUANTILE_MEANING = (
+    "a rank error, not a value interval: with 95% probability the released value's rank among the "
+    "group's rows is within rank_error rows of q * n, to the candidate grid's resolution (value units)"
+)
 
 
 def _factor(plan: DPPlan, column: str | None) -> int:
@@ -164,6 +195,9 @@ def _assemble(plan: DPPlan, keys, noisy, scales) -> Release:  # noqa: ANN001
                 continue
             if agg.kind == "count_units":
                 row.append(noisy[Primitive("units", None)][i])
+                continue
+            if agg.kind in ORDER_KINDS:
+                row.append(noisy[needed(agg)[0]][i])
                 continue
             if agg.kind in SPREAD_KINDS:
                 column = plan.dataset.columns[agg.column]
@@ -200,6 +234,8 @@ def _aggregate_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float
         return halfwidth(scales[_count_of(agg)], ALPHA)
     if agg.kind == "count_units":
         return halfwidth(scales[Primitive("units", None)], ALPHA)
+    if agg.kind in ORDER_KINDS:
+        return None  # a rank statement instead: Release.quantiles
     if agg.kind in SPREAD_KINDS:
         return _spread_halfwidth(plan, agg, noisy, scales, n_keys)
     factor = _factor(plan, agg.column)

@@ -41,7 +41,7 @@ _SQL_NAME = {
 _PREFIX = {exp.Median: "median", exp.PercentileCont: "quantile", exp.Stddev: "stddev", exp.Variance: "var_samp"}
 # the kinds the gateway's planner can measure; the others are refused as before
 AVAILABLE: frozenset[str] = frozenset(
-    {"count", "sum", "avg", "var_pop", "var_samp", "stddev_pop", "stddev_samp", "count_units"}
+    {"count", "sum", "avg", "var_pop", "var_samp", "stddev_pop", "stddev_samp", "count_units", "quantile", "min", "max"}
 )
 QUANTILE_EXAMPLE = "e.g. MEDIAN(age), QUANTILE_CONT(age, 0.9) or PERCENTILE_CONT(0.9) WITHIN GROUP (ORDER BY age)"
 

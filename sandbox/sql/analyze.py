@@ -41,7 +41,7 @@ from sandbox.sql._keys import MAX_GROUPS, KeySpec, domain_size, domain_values, k
 from sandbox.sql._parse import DIALECT, parse_select
 from sandbox.sql._scope import Scope, fold, resolve_columns, resolve_from
 from sandbox.sql._where import check_where
-from sandbox.sql.plan import Aggregate, GroupKey, OrderItem, QueryPlan
+from sandbox.sql.plan import MAX_QUANTILE_CELLS, ORDER_KINDS, Aggregate, GroupKey, OrderItem, QueryPlan, quantile_grid
 
 __all__ = ["analyze"]
 
@@ -83,6 +83,7 @@ def _analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Co
         for item, name in zip(items, names, strict=True)
         if isinstance(item, Aggregate)
     )
+    _check_quantile_cells(aggregates, group_keys, scope)
     having = having_predicate(select, aggregates, group_keys, scope)
     order_by = _order_by(select, names)
     limit = _limit(select)
@@ -295,3 +296,16 @@ def _canonicalize(select: exp.Select, scope: Scope) -> str:
     for node in select.walk():
         node.comments = None
     return select.sql(dialect=DIALECT, comments=False)
+
+
+def _check_quantile_cells(aggregates: tuple[Aggregate, ...], keys: tuple[GroupKey, ...], scope: Scope) -> None:
+    groups = math.prod(len(k.values) for k in keys)
+    for agg in aggregates:
+        if agg.kind in ORDER_KINDS and agg.column is not None:
+            m = quantile_grid(scope.dataset.columns[agg.column]).m
+            if groups * m > MAX_QUANTILE_CELLS:
+                raise BadRequest(
+                    f"{agg.name} over {groups} groups scores {groups * m} candidates; at most "
+                    f"{MAX_QUANTILE_CELLS} are accepted. Use fewer keys or wider bins",
+                    "too_many_groups",
+                )

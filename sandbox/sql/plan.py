@@ -10,6 +10,8 @@ from typing import Literal
 
 from sqlglot import exp
 
+from sandbox.policy.models import Column
+
 AggregateKind = Literal[
     "count", "sum", "avg",
     "var_pop", "var_samp", "stddev_pop", "stddev_samp",  # spread: from count, sum and sum of squares
@@ -60,3 +62,28 @@ class QueryPlan:
         for key in self.group_keys:
             n *= len(key.values)
         return n
+
+
+MAX_QUANTILE_CANDIDATES = 1000
+MAX_QUANTILE_CELLS = 100_000  # groups x candidates of one quantile
+
+
+@dataclass(frozen=True)
+class QuantileGrid:
+    """The public candidates of a column's quantiles: low + i * step (fixed point), i < m."""
+
+    low: int
+    step: int
+    m: int
+
+    def value(self, index: int, column: Column) -> float | int:
+        fixed = self.low + index * self.step
+        return fixed if column.type == "int" else fixed / column.factor
+
+
+def quantile_grid(column: Column) -> QuantileGrid:
+    """Every fixed-point value of the bounds if there are at most 1,000, else a grid with a
+    whole-number step that spans them in at most 1,000 candidates. Depends on the bounds only."""
+    low, high = column.fixed_bounds
+    step = max(1, -(-(high - low) // (MAX_QUANTILE_CANDIDATES - 1)))
+    return QuantileGrid(low, step, (high - low) // step + 1)

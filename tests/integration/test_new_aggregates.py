@@ -31,3 +31,36 @@ def test_spread_by_group_is_near_the_truth(client, alice, demo_data_root) -> Non
     assert mech["measurements"]["m"] == ["sum(height_cm)", "count(height_cm)"]
     # count(height_cm) is shared: 4 measurements, each a quarter of epsilon
     assert mech["epsilon_per_measurement"] == 0.9 / 4 and len(mech["scales"]) == 4
+
+
+def test_quantiles_by_group_are_near_the_truth(client, alice, demo_data_root) -> None:  # noqa: ANN001
+    sql = ("SELECT sex, MEDIAN(age) AS med, QUANTILE_CONT(height_cm, 0.9) AS p90, MIN(age) AS lo, MAX(age) AS hi, "
+           "PERCENTILE_CONT(0.25) WITHIN GROUP (ORDER BY weight_kg) AS q1 FROM nhanes_2017 GROUP BY sex")
+    body = ask(client, alice, sql, epsilon=1.0)
+    parquet = f"'{demo_data_root}/nhanes_2017.parquet'"
+    acc = body["accuracy"]
+    assert set(acc["quantiles"]) == {"med", "p90", "lo", "hi", "q1"}
+    assert all(acc["ci_halfwidth"][c] is None for c in acc["quantiles"])  # a rank statement instead
+    assert "rank error" in acc["quantiles"]["med"]["meaning"]
+    assert body["mechanism"]["measurements"]["q1"] == ["quantile(weight_kg, 0.25)"]
+    assert body["mechanism"]["epsilon_per_measurement"] == 1.0 / 5
+    for sex, med, p90, lo, hi, q1 in body["rows"]:
+        for col, value, q, source in [("med", med, 0.5, "age"), ("p90", p90, 0.9, "height_cm"),
+                                      ("lo", lo, 0.0, "age"), ("hi", hi, 1.0, "age"), ("q1", q1, 0.25, "weight_kg")]:
+            n, below, upto = duckdb.sql(
+                f"SELECT COUNT({source}), COUNT(*) FILTER (WHERE {source} < {value}), "
+                f"COUNT(*) FILTER (WHERE {source} <= {value}) FROM {parquet} WHERE sex = '{sex}'").fetchall()[0]
+            error = max(0.0, below - q * n, q * n - upto)
+            grid_cell = duckdb.sql(  # rows in the candidate cell next to the value (the grid's resolution)
+                f"SELECT COUNT(*) FILTER (WHERE ABS({source} - {value}) <= {acc['quantiles'][col]['resolution']}) "
+                f"FROM {parquet} WHERE sex = '{sex}'").fetchall()[0][0]
+            assert error <= 2 * acc["quantiles"][col]["rank_error"] + grid_cell, (col, sex, value, error)
+
+
+def test_quantile_too_many_cells_is_refused_before_any_charge(client, alice, services) -> None:  # noqa: ANN001
+    before = services.ledger.state(GRANT).to_dict()
+    resp = client.post("/v1/query", headers=alice, json={
+        "sql": "SELECT age, race, QUANTILE_CONT(height_cm, 0.5) FROM nhanes_2017 GROUP BY age, race",
+        "epsilon": 0.5, "grant": GRANT})
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "too_many_groups"
+    assert services.ledger.state(GRANT).to_dict() == before

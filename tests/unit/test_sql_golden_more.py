@@ -104,7 +104,48 @@ REFUSED += [
             "units-in-where"),
 ]
 
+REFUSED += [
+    # quantiles: bounded numeric columns, q a literal in [0, 1], one plain column, not too many cells
+    refused("SELECT MEDIAN(sex) FROM nhanes_2017", "not_numeric", "median-category"),
+    refused("SELECT QUANTILE_CONT(age, 1.2) FROM nhanes_2017", "unsupported_expression", "quantile-above-1"),
+    refused("SELECT QUANTILE_CONT(age, -0.1) FROM nhanes_2017", "unsupported_expression", "quantile-negative"),
+    refused("SELECT QUANTILE_CONT(age, '0.5') FROM nhanes_2017", "unsupported_expression", "quantile-string"),
+    refused("SELECT QUANTILE_CONT(age, age) FROM nhanes_2017", "unsupported_expression", "quantile-column-q"),
+    refused("SELECT QUANTILE_CONT(age, [0.1, 0.9]) FROM nhanes_2017", "unsupported_function", "quantile-list"),
+    refused("SELECT QUANTILE_CONT(age) FROM nhanes_2017", "unsupported_expression", "quantile-no-q"),
+    refused("SELECT QUANTILE_DISC(age, 0.5) FROM nhanes_2017", "unsupported_function", "quantile-disc"),
+    refused("SELECT PERCENTILE_DISC(0.5) WITHIN GROUP (ORDER BY age) FROM nhanes_2017", "unsupported_function",
+            "percentile-disc-within-group"),
+    refused("SELECT PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY age DESC) FROM nhanes_2017",
+            "unsupported_expression", "percentile-desc"),
+    refused("SELECT PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY age, weight_kg) FROM nhanes_2017",
+            "unsupported_function", "percentile-two-orders"),
+    refused("SELECT PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY sex) FROM nhanes_2017", "not_numeric",
+            "percentile-category"),
+    refused("SELECT MODE(age) FROM nhanes_2017", "unsupported_function", "mode"),
+    refused("SELECT MIN(seqn) FROM nhanes_2017", "id_column", "min-id"),
+    refused("SELECT MAX(total_cholesterol) FROM nhanes_2017", "column_not_granted", "max-not-granted"),
+    refused("SELECT MAX(age) - MIN(age) FROM nhanes_2017", "unsupported_expression", "range-arithmetic"),
+    refused("SELECT COUNT(*) FROM nhanes_2017 WHERE age > MEDIAN(age)", "unsupported_function", "median-in-where"),
+    refused("SELECT age, race, MEDIAN(height_cm) FROM nhanes_2017 GROUP BY age, race", "too_many_groups",
+            "quantile-too-many-cells"),
+    refused("SELECT ARG_MIN(age, weight_kg) FROM nhanes_2017", "unsupported_function", "arg-min"),
+]
+
 ACCEPTED = [
+    accepted("SELECT MEDIAN(age) FROM nhanes_2017", "median", aggregates=(("quantile", "age", 0.5),),
+             columns=("median_age",)),
+    accepted("SELECT QUANTILE_CONT(weight_kg, 0.9) AS p90 FROM nhanes_2017", "quantile-cont",
+             aggregates=(("quantile", "weight_kg", 0.9),), columns=("p90",)),
+    accepted("SELECT sex, PERCENTILE_CONT(0.25) WITHIN GROUP (ORDER BY height_cm) AS q1 FROM nhanes_2017 "
+             "GROUP BY sex", "percentile-within-group", aggregates=(("quantile", "height_cm", 0.25),),
+             columns=("sex", "q1")),
+    accepted("SELECT MIN(age), MAX(age) FROM nhanes_2017", "min-max",
+             aggregates=(("min", "age", 0.0), ("max", "age", 1.0)), columns=("min_age", "max_age")),
+    accepted("SELECT race, MEDIAN(income_ratio) AS m FROM nhanes_2017 WHERE age >= 18 GROUP BY race HAVING m < 2",
+             "median-having", having="m < 2"),
+    accepted("SELECT sex, QUANTILE_CONT(hours_per_week, 1) AS top FROM adult_income GROUP BY sex",
+             "quantile-one", aggregates=(("quantile", "hours_per_week", 1.0),)),
     accepted("SELECT COUNT(DISTINCT seqn) FROM nhanes_2017", "units", aggregates=(("count_units", None, None),),
              columns=("count_units",)),
     accepted("SELECT sex, COUNT(DISTINCT n.seqn) AS people FROM nhanes_2017 AS n GROUP BY sex", "units-qualified",
