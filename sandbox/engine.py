@@ -71,7 +71,7 @@ def _select_list(ds: Dataset) -> list[str]:
     for name, col in ds.columns.items():
         if col.type == "id":
             continue
-        if col.type == "category":
+        if col.type in ("category", "text"):
             items.append(f"CAST({_q(name)} AS VARCHAR) AS {_q(name)}")
             continue
         raw = f"TRY_CAST({_q(name)} AS DOUBLE)"
@@ -315,7 +315,7 @@ class Engine:
         per-candidate counts its scores are computed from, :class:`QuantileCounts`)."""
         scalar = tuple(p for p in plan.primitives if p.kind != "quantile")
         n_keys = len(plan.query.group_keys)
-        domains = [{v: v for v in k.values} for k in plan.query.group_keys]
+        domains = [_OPEN if k.open else {v: v for v in k.values} for k in plan.query.group_keys]
         out: dict[tuple, dict[Primitive, int]] = {}
         for row in self._run(aggregate_sql(plan, scalar)) if scalar else []:
             key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
@@ -350,6 +350,16 @@ def _normalize_id(value: object) -> str:
     if text.endswith(".0") and text[:-2].lstrip("-").isdigit():
         return text[:-2]
     return text
+
+
+class _Open(dict):
+    """The domain of a key without declared values (DP partition selection decides)."""
+
+    def get(self, value: object, default: object = None) -> object:
+        return value if isinstance(value, str) else default
+
+
+_OPEN = _Open()
 
 
 def _match(value: object, domain: dict) -> object:
@@ -395,7 +405,7 @@ def aggregate_sql(plan: DPPlan, primitives: tuple[Primitive, ...] | None = None)
         if prim.kind == "count":
             arg = "*" if prim.column is None else _q(prim.column)
             select.append(f"COUNT({arg}) AS a{j}")
-        elif prim.kind == "units":
+        elif prim.kind in ("units", "select"):
             select.append(f"COUNT(*) FILTER (WHERE {_q(UNIT_FIRST)}) AS a{j}")
         elif prim.kind in ("centred_sum", "centred_sumsq"):
             value, column = _q(value_column(prim.column)), ds.columns[prim.column]

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from sandbox.dp.planner import ALPHA, plan_dp, release
+from sandbox.dp.selection import selection_delta
 from sandbox.errors import BadRequest, Forbidden, NotFound, PolicyError, SandboxError
 from sandbox.policy.models import Grant
 from sandbox.policy.rules import can_use_grant, check_grant_fits_catalog, check_grant_usable, granted_columns
@@ -149,7 +150,8 @@ class QueryService:
         dataset = catalog[plan.dataset]
         if not self.s.engine.has_table(dataset.id):
             raise SandboxError(f"dataset {dataset.id} has no data loaded yet", code="dataset_unavailable")
-        dp_plan = plan_dp(plan, dataset, from_nano(to_nano(req.epsilon)))
+        delta = selection_delta(grant.budget.delta) if plan.open_keys else 0.0
+        dp_plan = plan_dp(plan, dataset, from_nano(to_nano(req.epsilon)), delta)
         key = cache_key(grant.id, plan.normalized_sql, req.epsilon)
         query_id = "q-" + uuid.uuid4().hex[:16]
         charge = self.s.ledger.charge(
@@ -160,6 +162,7 @@ class QueryService:
             max_epsilon_per_query=grant.max_epsilon_per_query,
             cache_key=key,
             audit_detail={"sql": req.sql, "normalized_sql": plan.normalized_sql, "dataset": plan.dataset},
+            delta=dp_plan.delta,
         )
         if charge.cached_response is not None:
             return {
@@ -189,7 +192,8 @@ class QueryService:
                          **({"quantiles": released.quantiles} if released.quantiles else {})},
             "mechanism": {"name": "discrete_laplace", "scales": released.scales,
                           "epsilon_per_measurement": dp_plan.epsilon_each,
-                          "measurements": released.measurements},
+                          "measurements": released.measurements,
+                          **({"partition_selection": released.selection} if released.selection else {})},
             "answer_sha256": answer_digest(released.columns, rows),
         }
         self.s.ledger.store_answer(key, query_id, user, grant.id, response)

@@ -14,7 +14,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from sandbox.dp import quantiles, spread
+from sandbox.dp import quantiles, selection, spread
 from sandbox.dp.noise import add_discrete_laplace, halfwidth
 from sandbox.errors import BadRequest
 from sandbox.policy.models import Dataset
@@ -42,6 +42,7 @@ class DPPlan:
     dataset: Dataset
     epsilon: float
     primitives: tuple[Primitive, ...]
+    delta: float = 0.0  # spent by DP partition selection (keys without declared values)
 
     @property
     def epsilon_each(self) -> float:
@@ -51,7 +52,7 @@ class DPPlan:
         k = self.dataset.max_rows_per_unit
         if prim.kind == "count":
             return k
-        if prim.kind == "units":
+        if prim.kind in ("units", "select"):
             return 1  # one representative row per unit, in one group
         if prim.kind == "quantile":
             return quantiles.score_sensitivity(prim.q, k)
@@ -81,8 +82,16 @@ def needed(agg) -> list[Primitive]:  # noqa: ANN001
     raise BadRequest(f"{agg.kind} has no mechanism here", "unsupported_function")  # refused before any charge
 
 
-def plan_dp(query: QueryPlan, dataset: Dataset, epsilon: float) -> DPPlan:
+def plan_dp(query: QueryPlan, dataset: Dataset, epsilon: float, delta: float = 0.0) -> DPPlan:
     prims: list[Primitive] = []
+    if query.open_keys:
+        if delta <= 0:
+            raise BadRequest(
+                "grouping by a text column releases only keys chosen by DP partition selection, which "
+                "spends delta; this grant has no delta budget. Group by declared categories instead",
+                "no_delta_budget",
+            )
+        prims.append(SELECT)
     for agg in query.aggregates:
         cells = query.n_groups * quantile_grid(dataset.columns[agg.column]).m if agg.kind in ORDER_KINDS else 0
         if cells > MAX_QUANTILE_CELLS:  # the analyser refuses these first; belt and braces
@@ -90,7 +99,7 @@ def plan_dp(query: QueryPlan, dataset: Dataset, epsilon: float) -> DPPlan:
         for p in needed(agg):
             if p not in prims:
                 prims.append(p)
-    return DPPlan(query, dataset, epsilon, tuple(prims))
+    return DPPlan(query, dataset, epsilon, tuple(prims), delta if query.open_keys else 0.0)
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,10 @@ class Release:
     scales: dict[str, float]
     measurements: dict[str, list[str]] = field(default_factory=dict)  # output column -> what it reads
     quantiles: dict[str, dict] = field(default_factory=dict)  # output column -> rank accuracy
+    selection: dict = field(default_factory=dict)  # partition selection: threshold, delta, keys released
+
+
+SELECT = Primitive("select", None)  # the unit count per key that partition selection thresholds
 
 
 SPREAD_PRIMITIVES = ("centred_sum", "centred_sumsq")
@@ -142,7 +155,15 @@ def release(plan: DPPlan, exact: dict[tuple, dict[Primitive, int]]) -> Release:
     noisy: dict[Primitive, list] = {}
     scales: dict[Primitive, float] = {}
     accuracy: dict[Primitive, dict] = {}
+    chosen = None
+    if plan.query.open_keys:  # only keys whose noisy unit count clears OpenDP's threshold
+        chosen = selection.select_keys(
+            {key: int(values.get(SELECT, 0)) for key, values in exact.items()}, plan.epsilon_each, plan.delta
+        )
+        keys = chosen.keys
     for prim in plan.primitives:
+        if prim == SELECT:
+            continue
         if prim.kind == "quantile":
             out = quantiles.release_quantile(
                 plan.dataset.columns[prim.column], prim.q, plan.dataset.max_rows_per_unit, plan.epsilon_each,
@@ -157,6 +178,12 @@ def release(plan: DPPlan, exact: dict[tuple, dict[Primitive, int]]) -> Release:
             values, plan.sensitivity(prim), plan.epsilon_each
         )
     release_ = _assemble(plan, keys, noisy, scales)
+    if chosen is not None:
+        release_.selection.update({
+            "mechanism": "laplace_threshold", "scale": chosen.scale, "threshold": chosen.threshold,
+            "epsilon": plan.epsilon_each, "delta": chosen.delta, "keys_released": len(chosen.keys),
+            "counts": "units per key (one representative row per unit)",
+        })
     for agg in plan.query.aggregates:
         if agg.kind in ORDER_KINDS:
             release_.quantiles[agg.name] = accuracy[needed(agg)[0]]

@@ -17,7 +17,7 @@ IDENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 GRANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
 
-ColumnType = Literal["id", "category", "int", "float"]
+ColumnType = Literal["id", "category", "int", "float", "text"]  # text: keys only through DP selection
 Classification = Literal["L1", "L2", "L3", "L4"]
 
 
@@ -60,7 +60,7 @@ class Column(_Strict):
             if self.values is not None:
                 raise ValueError(f"an {self.type} column takes `bounds`, not `values`")
         elif self.values is not None or self.bounds is not None:
-            raise ValueError("an id column takes neither `values` nor `bounds`")
+            raise ValueError(f"an {self.type} column takes neither `values` nor `bounds`")
         return self
 
     @property

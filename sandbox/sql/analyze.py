@@ -240,8 +240,17 @@ def _group_keys(
                 f"{spec.label} is selected twice ({', '.join(selected)}); select each key once",
                 "duplicate_column_name",
             )
+        if columns[spec.column].type == "text" and spec.width is None:
+            keys.append(GroupKey(spec.column, selected[0], None, (), open=True))
+            continue
         values = domain_values(spec, columns[spec.column])
         keys.append(GroupKey(spec.column, selected[0], spec.bin_width, values))
+    if sum(key.open for key in keys) > 1:
+        raise BadRequest(
+            "at most one GROUP BY key may be a text column (keys without declared values); "
+            "group by one of them, or by declared categories",
+            "unbounded_group_keys",
+        )
     return tuple(keys)
 
 
@@ -301,6 +310,12 @@ def _canonicalize(select: exp.Select, scope: Scope) -> str:
 def _check_quantile_cells(aggregates: tuple[Aggregate, ...], keys: tuple[GroupKey, ...], scope: Scope) -> None:
     groups = math.prod(len(k.values) for k in keys)
     for agg in aggregates:
+        if agg.kind in ORDER_KINDS and any(k.open for k in keys):
+            raise BadRequest(
+                f"{agg.name}: quantiles group only by keys with declared values (categories, int "
+                "ranges, bins), not by a text column",
+                "unbounded_group_keys",
+            )
         if agg.kind in ORDER_KINDS and agg.column is not None:
             m = quantile_grid(scope.dataset.columns[agg.column]).m
             if groups * m > MAX_QUANTILE_CELLS:

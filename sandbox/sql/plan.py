@@ -36,6 +36,7 @@ class GroupKey:
     name: str  # output column name: the alias, or the column name
     bin_width: float | int | None  # FLOOR(col / w) * w  ->  w;  None: the column's own values
     values: tuple  # the whole public key domain, in a stable order (never read from data)
+    open: bool = False  # a text column: no declared values; keys are chosen by DP partition selection
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,15 @@ class QueryPlan:
 
     @property
     def n_groups(self) -> int:
+        """Groups of the declared keys (keys without declared values count as 1)."""
         n = 1
         for key in self.group_keys:
-            n *= len(key.values)
+            n *= 1 if key.open else len(key.values)
         return n
+
+    @property
+    def open_keys(self) -> bool:
+        return any(key.open for key in self.group_keys)
 
 
 MAX_QUANTILE_CANDIDATES = 1000

@@ -152,6 +152,7 @@ class Ledger:
         max_epsilon_per_query: float,
         cache_key: str,
         audit_detail: dict,
+        delta: float = 0.0,
     ) -> Charge:
         """Check and charge in one IMMEDIATE transaction, with its audit entry; or replay.
 
@@ -167,7 +168,7 @@ class Ledger:
             )
         deadline = time.monotonic() + self.wait_for_twin_s
         while True:
-            outcome = self._try_charge(grant_id, user, query_id, units, cache_key, audit_detail)
+            outcome = self._try_charge(grant_id, user, query_id, units, cache_key, audit_detail, delta)
             if outcome is not None:
                 if outcome.cached_response is not None:
                     self.audit.write_head()
@@ -178,7 +179,7 @@ class Ledger:
             time.sleep(0.02)
 
     def _try_charge(
-        self, grant_id: str, user: str, query_id: str, units: int, cache_key: str, detail: dict
+        self, grant_id: str, user: str, query_id: str, units: int, cache_key: str, detail: dict, delta: float = 0.0
     ) -> Charge | None:
         with self.db.write() as conn:
             cached = conn.execute(
@@ -214,13 +215,16 @@ class Ledger:
                     f"grant {grant_id} has {from_nano(remaining)} left",
                     code="budget_exhausted",
                 )
+            if delta > 0:
+                self._check_delta(conn, grant_id, delta)
             conn.execute(
-                "UPDATE budgets SET epsilon_spent_nano = epsilon_spent_nano + ? WHERE grant_id = ?",
-                (units, grant_id),
+                "UPDATE budgets SET epsilon_spent_nano = epsilon_spent_nano + ?, delta_spent = delta_spent + ?"
+                " WHERE grant_id = ?",
+                (units, delta, grant_id),
             )
             conn.execute(
-                "INSERT INTO charges (query_id, grant_id, user, epsilon_nano, ts) VALUES (?, ?, ?, ?, ?)",
-                (query_id, grant_id, user, units, _now()),
+                "INSERT INTO charges (query_id, grant_id, user, epsilon_nano, delta, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                (query_id, grant_id, user, units, delta, _now()),
             )
             conn.execute(
                 "INSERT INTO answers (cache_key, grant_id, query_id, status, created_at)"
@@ -230,9 +234,27 @@ class Ledger:
             self.audit.append(
                 conn,
                 AuditEvent(user, "query.charged", grant_id,
-                           {**detail, "query_id": query_id, "epsilon": from_nano(units)}),
+                           {**detail, "query_id": query_id, "epsilon": from_nano(units),
+                            **({"delta": delta} if delta > 0 else {})}),
             )
             return Charge(query_id, units)
+
+    @staticmethod
+    def _check_delta(conn: sqlite3.Connection, grant_id: str, delta: float) -> None:
+        row = conn.execute("SELECT delta_total, delta_spent FROM budgets WHERE grant_id = ?", (grant_id,)).fetchone()
+        if row["delta_spent"] + delta > row["delta_total"] * (1 + 1e-9):
+            raise Conflict(
+                f"delta budget exhausted: this query needs delta {delta:g}, grant {grant_id} has "
+                f"{max(0.0, row['delta_total'] - row['delta_spent']):g} left",
+                code="budget_exhausted",
+            )
+
+    def delta_state(self, grant_id: str) -> tuple[float, float]:
+        """(delta total, delta spent) of a grant."""
+        rows = self.db.read("SELECT delta_total, delta_spent FROM budgets WHERE grant_id = ?", (grant_id,))
+        if not rows:
+            raise NotFound(f"no budget for grant {grant_id}", code="unknown_grant")
+        return float(rows[0]["delta_total"]), float(rows[0]["delta_spent"])
 
     def store_answer(self, cache_key: str, query_id: str, user: str, grant_id: str, response: dict) -> None:
         with self.db.write() as conn:

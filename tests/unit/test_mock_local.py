@@ -108,3 +108,16 @@ def _same(a: object, b: object) -> bool:
 def test_predicate_logic_is_sql_three_valued(predicate: str, row: dict, expected: object) -> None:
     tree = exp.maybe_parse(predicate, dialect="duckdb")
     assert evaluate(tree, row) is expected
+
+
+def test_mock_mode_groups_by_text_and_counts_units() -> None:
+    from sandbox.mock import MockClient
+
+    entry = {"grant": "g", "dataset": "visits", "privacy_unit": "pid", "max_rows_per_unit": 3,
+             "columns": [{"name": "city", "type": "text"}, {"name": "cost", "type": "int", "bounds": [0, 100]}]}
+    db = MockClient.from_catalog([entry], "g", rows=600, seed=4)
+    df = db.query("SELECT city, COUNT(*) AS n, COUNT(DISTINCT pid) AS people FROM visits GROUP BY city", epsilon=1)
+    assert len(df) > 1 and df["n"].sum() <= 600 and (df["people"] <= df["n"]).all()
+    assert list(df["city"]) == sorted(df["city"])
+    frame = db.mock("visits", rows=600, seed=4)
+    assert frame["pid"].value_counts().max() <= 3 and frame.attrs["mock"] is True

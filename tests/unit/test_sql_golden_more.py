@@ -6,12 +6,14 @@ has accepted variants (with the plan they must give) and refused variants (with 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from sandbox.errors import SandboxError
 from sandbox.policy.loader import load_policies
+from sandbox.policy.models import Dataset
 from sandbox.sql.analyze import analyze
 from sandbox.sql.plan import QueryPlan
 
@@ -205,3 +207,47 @@ def test_having_normalizes_aggregate_and_alias_alike() -> None:
     a = run("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex HAVING COUNT(*) > 100")
     b = run("select SEX, count(*) as N from nhanes_2017 group by sex having n > 100")
     assert a.normalized_sql == b.normalized_sql
+
+
+# -- keys without declared values: a text column (DP partition selection) -----------------------
+TEXT_CATALOG = {
+    "visits": Dataset(
+        id="visits", title="t", source="visits.parquet", classification="L2", privacy_unit="pid",
+        max_rows_per_unit=3,
+        columns={"pid": {"type": "id"}, "city": {"type": "text"}, "street": {"type": "text"},
+                 "ward": {"type": "category", "values": ["a", "b"]}, "cost": {"type": "int", "bounds": [0, 100]}},
+    )
+}
+TEXT_GRANTED = {"visits": frozenset({"city", "street", "ward", "cost"})}
+
+TEXT_REFUSED = [
+    ("SELECT city, street, COUNT(*) FROM visits GROUP BY city, street", "unbounded_group_keys"),
+    ("SELECT FLOOR(city / 10) * 10 AS b, COUNT(*) FROM visits GROUP BY b", "not_numeric"),
+    ("SELECT city, MEDIAN(cost) FROM visits GROUP BY city", "unbounded_group_keys"),
+    ("SELECT SUM(city) FROM visits", "not_numeric"),
+    ("SELECT city FROM visits", "not_aggregate"),
+    ("SELECT city, COUNT(*) FROM visits", "not_aggregate"),
+    ("SELECT COUNT(*) FROM visits WHERE city > 5", "type_mismatch"),
+    ("SELECT COUNT(DISTINCT city) FROM visits", "distinct_not_allowed"),
+]
+TEXT_ACCEPTED = [
+    "SELECT city, COUNT(*) AS n FROM visits GROUP BY city",
+    "SELECT city, ward, COUNT(*) AS n, AVG(cost) FROM visits WHERE city <> 'x' GROUP BY city, ward HAVING n > 10",
+    "SELECT city, COUNT(DISTINCT pid) AS people FROM visits GROUP BY 1 ORDER BY people DESC LIMIT 5",
+    "SELECT COUNT(city) FROM visits WHERE city IN ('a', 'b')",
+]
+
+
+@pytest.mark.parametrize(("sql", "code"), TEXT_REFUSED)
+def test_text_keys_refused(sql: str, code: str) -> None:
+    with pytest.raises(SandboxError) as info:
+        analyze(sql, TEXT_CATALOG, TEXT_GRANTED)
+    assert info.value.code == code, info.value.message
+
+
+@pytest.mark.parametrize("sql", TEXT_ACCEPTED)
+def test_text_keys_accepted(sql: str) -> None:
+    plan = analyze(sql, TEXT_CATALOG, TEXT_GRANTED)
+    opened = [k for k in plan.group_keys if k.open]
+    assert plan.open_keys == bool(opened) and all(k.column == "city" and k.values == () for k in opened)
+    assert plan.n_groups == math.prod(len(k.values) for k in plan.group_keys if not k.open)
