@@ -335,6 +335,11 @@ class Engine:
                 out.setdefault(key, {})[prim] = counts_from_rows(rows, grid)  # type: ignore[assignment]
         return out
 
+    def lookup_key_unique(self, lookup: str, key: str) -> bool:
+        """Whether a public lookup's key column holds each value at most once (public data only)."""
+        row = self._run(f"SELECT COUNT({_q(key)}) = COUNT(DISTINCT {_q(key)}) FROM {_q(lookup)}")
+        return bool(row[0][0])
+
     def _run(self, sql: str) -> list[tuple]:
         try:
             return self._cursor().execute(sql).fetchall()
@@ -380,6 +385,25 @@ def _key_sql(key) -> str:  # noqa: ANN001
     return f"FLOOR({ref} / {w}) * {w}"
 
 
+def _from_sql(plan: DPPlan) -> str:
+    """The dataset, or the dataset left/inner-joined to a public lookup on the lookup's unique key,
+    with the lookup's columns (and fixed-point values) named ``<lookup>__<column>``."""
+    ds, join = plan.dataset, plan.query.join
+    if join is None:
+        return _q(ds.id)
+    prefix = f"{join.lookup}__"
+    items = ["p.*"]
+    for name, column in ds.columns.items():
+        if name.startswith(prefix):
+            original = name[len(prefix):]
+            items.append(f"l.{_q(original)} AS {_q(name)}")
+            if column.numeric:
+                items.append(f"l.{_q(value_column(original))} AS {_q(value_column(name))}")
+    kind = "LEFT JOIN" if join.left else "JOIN"
+    on = f"CAST(p.{_q(join.column)} AS VARCHAR) = CAST(l.{_q(join.key)} AS VARCHAR)"
+    return f"(SELECT {', '.join(items)} FROM {_q(ds.id)} AS p {kind} {_q(join.lookup)} AS l ON {on}) AS {_q(ds.id)}"
+
+
 def quantile_counts_sql(plan: DPPlan, prim: Primitive, grid: QuantileGrid) -> str:
     """Per key: (g, at, n) for the bounded fixed-point values v of the column, g = (v - low) // step
     the candidate cell and at = (v == c_g). NULLs are not counted."""
@@ -392,7 +416,7 @@ def quantile_counts_sql(plan: DPPlan, prim: Primitive, grid: QuantileGrid) -> st
     if plan.query.where is not None:
         where.append(_where_sql(plan.query.where, ds))
     group = [f"k{i}" for i in range(len(keys))] + ["qg", "qat"]
-    return f"SELECT {', '.join(select)} FROM {_q(ds.id)} WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}"
+    return f"SELECT {', '.join(select)} FROM {_from_sql(plan)} WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}"
 
 
 def aggregate_sql(plan: DPPlan, primitives: tuple[Primitive, ...] | None = None) -> str:
@@ -415,7 +439,7 @@ def aggregate_sql(plan: DPPlan, primitives: tuple[Primitive, ...] | None = None)
             select.append(f"SUM({_q(value_column(prim.column))}) AS a{j}")
     if plan.query.where is not None:
         where.append(_where_sql(plan.query.where, ds))
-    sql = f"SELECT {', '.join(select)} FROM {_q(ds.id)}"
+    sql = f"SELECT {', '.join(select)} FROM {_from_sql(plan)}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     if group:

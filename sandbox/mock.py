@@ -72,6 +72,8 @@ def datasets_from_catalog(
                 privacy_unit=unit,
                 max_rows_per_unit=int(entry.get("max_rows_per_unit") or 1),
                 columns={name: Column.model_validate(spec) for name, spec in columns.items()},
+                public=bool(entry.get("public", False)),
+                key=entry.get("key"),
             )
         except ValidationError as exc:
             raise GatewayError("mock_unavailable", f"cannot mock {ds_id}: {exc.errors()[0]['msg']}") from None
@@ -213,9 +215,24 @@ class MockClient:
         return rows
 
     def _answer(self, plan: QueryPlan) -> tuple[list[str], list[list]]:
+        from sandbox.sql._join import joined_dataset, prefixed
         from sandbox.sql.local import answer_locally
 
-        return answer_locally(self._rows(plan.dataset), plan, self.datasets[plan.dataset])
+        rows, dataset = self._rows(plan.dataset), self.datasets[plan.dataset]
+        if plan.join is not None:  # as the engine: each row meets at most one lookup row (first by key)
+            lookup = self.datasets[plan.join.lookup]
+            by_key: dict[str, dict[str, Any]] = {}
+            for row in self._rows(lookup.id):
+                by_key.setdefault(str(row.get(plan.join.key)), row)
+            joined = []
+            for row in rows:
+                match = by_key.get(str(row.get(plan.join.column))) if row.get(plan.join.column) is not None else None
+                if match is None and not plan.join.left:
+                    continue
+                extra = {prefixed(lookup.id, k): (match or {}).get(k) for k in lookup.columns}
+                joined.append({**row, **extra})
+            rows, dataset = joined, joined_dataset(dataset, lookup)
+        return answer_locally(rows, plan, dataset)
 
     def _frame(self, plan: QueryPlan, columns: list[str], rows: list[list], epsilon: float) -> pd.DataFrame:
         import pandas as pd

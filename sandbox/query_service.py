@@ -18,6 +18,7 @@ from sandbox.errors import BadRequest, Forbidden, NotFound, PolicyError, Sandbox
 from sandbox.policy.models import Grant
 from sandbox.policy.rules import can_use_grant, check_grant_fits_catalog, check_grant_usable, granted_columns
 from sandbox.services import Services
+from sandbox.sql._join import check_lookup
 from sandbox.sql.analyze import analyze
 from sandbox.sql.post import apply_post
 from sandbox.state.audit import AuditEvent
@@ -150,6 +151,8 @@ class QueryService:
         dataset = catalog[plan.dataset]
         if not self.s.engine.has_table(dataset.id):
             raise SandboxError(f"dataset {dataset.id} has no data loaded yet", code="dataset_unavailable")
+        if plan.join is not None:  # checked on public data, before any charge
+            dataset = check_lookup(self.s.engine, plan.join, dataset, catalog)
         delta = selection_delta(grant.budget.delta) if plan.open_keys else 0.0
         dp_plan = plan_dp(plan, dataset, from_nano(to_nano(req.epsilon)), delta)
         key = cache_key(grant.id, plan.normalized_sql, req.epsilon)

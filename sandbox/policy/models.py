@@ -94,6 +94,23 @@ class Dataset(_Strict):
     columns: dict[str, Column]
     description: str = ""
     publisher: str = ""
+    # a public lookup table (region names, populations, codes) that may be joined to private data
+    # on its unique `key` column; it describes no people (privacy_unit: row)
+    public: bool = False
+    key: str | None = None
+
+    @model_validator(mode="after")
+    def _lookup_is_keyed(self) -> Dataset:
+        if not self.public:
+            if self.key is not None:
+                raise ValueError("`key` is only for public lookup tables (public: true)")
+            return self
+        if self.privacy_unit != "row":
+            raise ValueError("a public lookup table describes no people: privacy_unit must be `row`")
+        column = self.columns.get(self.key or "")
+        if column is None or column.type not in ("category", "int", "text"):
+            raise ValueError("a public lookup table needs `key`: a declared category, int or text column")
+        return self
 
     @field_validator("id")
     @classmethod

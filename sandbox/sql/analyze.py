@@ -37,6 +37,7 @@ from sandbox.sql._hints import (
     show,
 )
 from sandbox.sql._hints import describe as _describe
+from sandbox.sql._join import canonical_join, rewrite_join
 from sandbox.sql._keys import MAX_GROUPS, KeySpec, domain_size, domain_values, key_spec, unwrap, whole_number
 from sandbox.sql._parse import DIALECT, parse_select
 from sandbox.sql._scope import Scope, fold, resolve_columns, resolve_from
@@ -59,6 +60,7 @@ def analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Col
 
 def _analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Collection[str]]) -> QueryPlan:
     select = parse_select(sql)
+    join, datasets, granted = rewrite_join(select, datasets, granted)
     check_structure(select)
     check_clauses(select)
     check_nodes(select)
@@ -87,6 +89,8 @@ def _analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Co
     having = having_predicate(select, aggregates, group_keys, scope)
     order_by = _order_by(select, names)
     limit = _limit(select)
+    if join is not None:
+        select.set("joins", [canonical_join(join, scope.dataset.id)])
     normalized = _canonicalize(select, scope)
     return QueryPlan(
         dataset=scope.dataset.id,
@@ -98,6 +102,7 @@ def _analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Co
         limit=limit,
         normalized_sql=normalized,
         having=having,
+        join=join,
     )
 
 

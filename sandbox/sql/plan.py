@@ -6,11 +6,14 @@ The engine never sees the operator's text; it builds its own SQL from this plan.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlglot import exp
 
 from sandbox.policy.models import Column
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sandbox.sql._join import LookupJoin
 
 AggregateKind = Literal[
     "count", "sum", "avg",
@@ -56,6 +59,7 @@ class QueryPlan:
     limit: int | None = None
     normalized_sql: str = ""  # canonical text: cache key and audit record
     having: exp.Expression | None = None  # over output column names; applied to the noisy rows only
+    join: LookupJoin | None = None  # a public lookup table folded in as <lookup>__<column> columns
 
     @property
     def n_groups(self) -> int:

@@ -251,3 +251,55 @@ def test_text_keys_accepted(sql: str) -> None:
     opened = [k for k in plan.group_keys if k.open]
     assert plan.open_keys == bool(opened) and all(k.column == "city" and k.values == () for k in opened)
     assert plan.n_groups == math.prod(len(k.values) for k in plan.group_keys if not k.open)
+
+
+# -- joins to a public lookup table on its key --------------------------------------------------
+JOIN_CATALOG = {
+    **TEXT_CATALOG,
+    "regions": Dataset(
+        id="regions", title="r", source="regions.parquet", classification="L1", privacy_unit="row",
+        max_rows_per_unit=1, public=True, key="code",
+        columns={"code": {"type": "category", "values": ["a", "b"]}, "name": {"type": "category", "values": ["A", "B"]},
+                 "pop": {"type": "int", "bounds": [0, 1000]}, "secret": {"type": "int", "bounds": [0, 9]}},
+    ),
+}
+JOIN_GRANTED = {**TEXT_GRANTED, "regions": frozenset({"code", "name", "pop"})}
+
+JOIN_REFUSED = [
+    ("SELECT COUNT(*) FROM visits v JOIN regions r ON v.ward = r.name", "join_not_allowed"),  # not the key
+    ("SELECT COUNT(*) FROM regions r JOIN visits v ON v.ward = r.code", "join_not_allowed"),  # order
+    ("SELECT COUNT(*) FROM visits v JOIN regions r ON v.ward = r.code OR v.cost = 1", "join_not_allowed"),
+    ("SELECT COUNT(*) FROM visits v JOIN regions r ON ward = code", "join_not_allowed"),  # unqualified
+    ("SELECT COUNT(*) FROM visits v RIGHT JOIN regions r ON v.ward = r.code", "join_not_allowed"),
+    ("SELECT COUNT(*) FROM visits v NATURAL JOIN regions r", "join_not_allowed"),
+    ("SELECT COUNT(*) FROM visits v ASOF JOIN regions r ON v.ward = r.code", "join_not_allowed"),
+    ("SELECT COUNT(*) FROM visits v JOIN visits w ON v.ward = w.ward", "join_not_allowed"),
+    ("SELECT SUM(r.secret) FROM visits v JOIN regions r ON v.ward = r.code", "column_not_granted"),
+    ("SELECT COUNT(*) FROM visits v JOIN regions r ON v.pid = r.code", "column_not_granted"),
+    ("SELECT COUNT(*) FROM visits v JOIN nowhere r ON v.ward = r.code", "unknown_dataset"),
+    ("SELECT r.code, COUNT(*) FROM visits v JOIN regions r ON v.ward = r.code", "not_aggregate"),
+    ("SELECT x.name, COUNT(*) FROM visits v JOIN regions r ON v.ward = r.code GROUP BY x.name", "unknown_column"),
+]
+JOIN_ACCEPTED = [
+    ("SELECT r.name, COUNT(*) FROM visits v JOIN regions r ON v.ward = r.code GROUP BY r.name",
+     "SELECT regions__name, COUNT(*) FROM visits JOIN regions ON visits.ward = regions.code GROUP BY regions__name"),
+    ("SELECT name AS region, AVG(pop) FROM visits AS v LEFT JOIN regions AS r ON (v.ward = r.code) GROUP BY 1",
+     "SELECT regions__name AS region, AVG(regions__pop) FROM visits LEFT JOIN regions ON visits.ward = regions.code "
+     "GROUP BY 1"),
+    ("SELECT COUNT(DISTINCT v.pid) FROM visits v INNER JOIN regions r ON r.code = v.ward WHERE r.pop > 10",
+     "SELECT COUNT(DISTINCT pid) FROM visits JOIN regions ON visits.ward = regions.code WHERE regions__pop > 10"),
+]
+
+
+@pytest.mark.parametrize(("sql", "code"), JOIN_REFUSED)
+def test_joins_refused(sql: str, code: str) -> None:
+    with pytest.raises(SandboxError) as info:
+        analyze(sql, JOIN_CATALOG, JOIN_GRANTED)
+    assert info.value.code == code, info.value.message
+
+
+@pytest.mark.parametrize(("sql", "normalized"), JOIN_ACCEPTED)
+def test_joins_accepted(sql: str, normalized: str) -> None:
+    plan = analyze(sql, JOIN_CATALOG, JOIN_GRANTED)
+    assert plan.join is not None and plan.join.lookup == "regions" and plan.join.key == "code"
+    assert plan.normalized_sql == normalized
