@@ -219,19 +219,26 @@ class MockClient:
         from sandbox.sql.local import answer_locally
 
         rows, dataset = self._rows(plan.dataset), self.datasets[plan.dataset]
-        if plan.join is not None:  # as the engine: each row meets at most one lookup row (first by key)
+        if plan.join is not None:  # as the engine: a lookup row per key; on the unit, every pair, then the bound
             lookup = self.datasets[plan.join.lookup]
-            by_key: dict[str, dict[str, Any]] = {}
+            by_key: dict[str, list[dict[str, Any]]] = {}
             for row in self._rows(lookup.id):
-                by_key.setdefault(str(row.get(plan.join.key)), row)
-            joined = []
+                matches = by_key.setdefault(str(row.get(plan.join.key)), [])
+                if plan.join.unit or not matches:
+                    matches.append(row)
+            dataset = joined_dataset(dataset, lookup)
+            joined, kept = [], {}
             for row in rows:
-                match = by_key.get(str(row.get(plan.join.column))) if row.get(plan.join.column) is not None else None
-                if match is None and not plan.join.left:
-                    continue
-                extra = {prefixed(lookup.id, k): (match or {}).get(k) for k in lookup.columns}
-                joined.append({**row, **extra})
-            rows, dataset = joined, joined_dataset(dataset, lookup)
+                value = row.get(plan.join.column)
+                matches = by_key.get(str(value), []) if value is not None else []
+                for match in matches or ([{}] if plan.join.left else []):
+                    if plan.join.unit:
+                        kept[value] = kept.get(value, 0) + 1
+                        if kept[value] > dataset.max_rows_per_unit:
+                            break
+                    extra = {prefixed(lookup.id, k): match.get(k) for k, c in lookup.columns.items() if c.type != "id"}
+                    joined.append({**row, **extra})
+            rows = joined
         return answer_locally(rows, plan, dataset)
 
     def _frame(self, plan: QueryPlan, columns: list[str], rows: list[list], epsilon: float) -> pd.DataFrame:

@@ -26,9 +26,9 @@ from sandbox.sql._hints import show
 from sandbox.sql._scope import fold
 
 JOIN_HINT = (
-    "the one join available is to a public lookup table on its key: FROM <dataset> AS d "
-    "[LEFT] JOIN <lookup> AS l ON d.<column> = l.<key>. Query private datasets one at a time "
-    "and combine the noisy results client-side"
+    "the joins available are to a public lookup table on its key, FROM <dataset> AS d [LEFT] JOIN "
+    "<lookup> AS l ON d.<column> = l.<key>, and of two datasets with the same privacy unit on that "
+    "unit, FROM <dataset> AS d [LEFT] JOIN <other> AS o ON d.<unit> = o.<unit>"
 )
 
 
@@ -38,6 +38,7 @@ class LookupJoin:
     column: str  # the private dataset's join column
     key: str  # the lookup's unique key column
     left: bool  # LEFT JOIN keeps private rows without a match; JOIN drops them
+    unit: bool = False  # two private datasets joined on their common privacy unit
 
 
 def prefixed(lookup: str, column: str) -> str:
@@ -45,11 +46,16 @@ def prefixed(lookup: str, column: str) -> str:
 
 
 def joined_dataset(dataset: Dataset, lookup: Dataset) -> Dataset:
-    """The private dataset with the lookup's columns added as ``<lookup>__<column>``."""
+    """The private dataset with the other dataset's columns added as ``<other>__<column>``; joined
+    on the unit, each unit keeps at most the larger of the two contribution bounds after the join."""
     columns = dict(dataset.columns)
     for name, column in lookup.columns.items():
-        columns[prefixed(lookup.id, name)] = column
-    return dataset.model_copy(update={"columns": columns})
+        if column.type != "id":
+            columns[prefixed(lookup.id, name)] = column
+    update: dict = {"columns": columns}
+    if not lookup.public:
+        update["max_rows_per_unit"] = max(dataset.max_rows_per_unit, lookup.max_rows_per_unit)
+    return dataset.model_copy(update=update)
 
 
 def rewrite_join(
@@ -68,13 +74,16 @@ def rewrite_join(
     if not (_plain_table(left_table) and _plain_table(right_table)):
         raise BadRequest(f"joins take dataset ids, not subqueries or functions; {JOIN_HINT}", "join_not_allowed")
     private, lookup = _dataset(left_table, datasets, granted), _dataset(right_table, datasets, granted)
-    if private.public or not lookup.public:
-        what = "two private datasets" if not (private.public or lookup.public) else "this order"
+    unit = not private.public and not lookup.public
+    if private.public or (unit and not _same_unit(private, lookup)):
+        what = "two private datasets with different privacy units" if unit else "this order"
         raise BadRequest(f"a join of {what} is not available; {JOIN_HINT}", "join_not_allowed")
     left = _join_kind(join)
     p_alias, l_alias = _qualifier(left_table), _qualifier(right_table)
     column = _on(join, p_alias, l_alias, private, lookup)
-    if column not in granted[private.id] or private.columns[column].type == "id":
+    if unit and column != private.privacy_unit:
+        raise BadRequest(f"two private datasets join only on their privacy unit; {JOIN_HINT}", "join_not_allowed")
+    if not unit and (column not in granted[private.id] or private.columns[column].type == "id"):
         raise Forbidden(f"column {column} of {private.id} is not in your grant", "column_not_granted")
     for name in lookup.columns:
         if not IDENT.match(prefixed(lookup.id, name)):
@@ -84,7 +93,7 @@ def rewrite_join(
     merged = joined_dataset(private, lookup)
     merged_granted = set(granted[private.id]) | {prefixed(lookup.id, c) for c in granted[lookup.id]}
     return (
-        LookupJoin(lookup.id, column, lookup.key or "", left),
+        LookupJoin(lookup.id, column, lookup.key or column, left, unit),
         {**datasets, private.id: merged},
         {**granted, private.id: merged_granted},
     )
@@ -94,6 +103,10 @@ def canonical_join(join: LookupJoin, dataset_id: str) -> exp.Join:
     """The join as it appears in normalized SQL."""
     on = exp.EQ(this=exp.column(join.column, table=dataset_id), expression=exp.column(join.key, table=join.lookup))
     return exp.Join(this=exp.table_(join.lookup), on=on, side="LEFT" if join.left else None)
+
+
+def _same_unit(a: Dataset, b: Dataset) -> bool:
+    return a.privacy_unit == b.privacy_unit != "row" and a.id != b.id
 
 
 def _plain_table(node: object) -> bool:
@@ -143,7 +156,7 @@ def _on(join: exp.Join, p_alias: str, l_alias: str, private: Dataset, lookup: Da
         sides[qualifier] = fold(side.this)
     if set(sides) != {p_alias, l_alias} or p_alias == l_alias:
         raise BadRequest(f"qualify both sides of ON with their table; {JOIN_HINT}", "join_not_allowed")
-    if sides[l_alias] != lookup.key:
+    if sides[l_alias] != (lookup.key if lookup.public else lookup.privacy_unit):
         raise BadRequest(
             f"{lookup.id} joins on its key {lookup.key} only (unique values, so no row is duplicated); "
             f"{JOIN_HINT}",
@@ -167,7 +180,7 @@ def _rename_columns(select: exp.Select, p_alias: str, l_alias: str, private: Dat
             column.replace(exp.column(prefixed(lookup.id, name), table=p_alias))
         elif qualifier is None and name not in private.columns and name in lookup.columns:
             column.replace(exp.column(prefixed(lookup.id, name)))
-        elif qualifier is None and name in private.columns and name in lookup.columns:
+        elif qualifier is None and name in private.columns and name in lookup.columns and name != private.privacy_unit:
             raise BadRequest(
                 f"{name} is a column of both {private.id} and {lookup.id}; qualify it, e.g. {l_alias}.{name}",
                 "unknown_column",
@@ -181,7 +194,7 @@ def check_lookup(engine, join: LookupJoin, dataset: Dataset, catalog: Mapping[st
     lookup = catalog[join.lookup]
     if not engine.has_table(lookup.id):
         raise SandboxError(f"dataset {lookup.id} has no data loaded yet", code="dataset_unavailable")
-    if not engine.lookup_key_unique(lookup.id, join.key):
+    if not join.unit and not engine.lookup_key_unique(lookup.id, join.key):
         raise BadRequest(
             f"the lookup {lookup.id} holds some {join.key} values more than once, so a join would count "
             "rows twice; the admin must make the key unique",

@@ -1,9 +1,10 @@
-"""Joins to public lookup tables through a real gateway over its own small catalog.
+"""Joins through a real gateway over its own small catalog.
 
 ``visits`` (private: patients, up to 3 visits each, a region code) joins ``regions`` (public:
-code -> name, population). The attacks: a lookup whose key repeats (each visit would count twice)
-is refused before any charge; a patient with many visits contributes no more after the join
-than before; joins of two private datasets, or of any other shape, stay refused.
+code -> name, population) on its key, and ``other`` (private, the same patients) on the unit.
+The attacks: a lookup whose key repeats (each visit would count twice) is refused before any
+charge; a patient with many visits contributes no more after a join than the bound (3 rows),
+even when both sides hold 3 of their rows (9 pairs); other joins stay refused.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def test_a_repeated_lookup_key_is_refused_before_any_charge(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     "sql",
     [
-        "SELECT COUNT(*) FROM visits AS v JOIN other AS o ON v.region = o.region",  # two private datasets
+        "SELECT COUNT(*) FROM visits AS v JOIN other AS o ON v.region = o.region",  # private, not on the unit
+        "SELECT COUNT(*) FROM visits AS v JOIN other AS o ON v.pid = o.region",
         "SELECT COUNT(*) FROM regions AS r JOIN visits AS v ON v.region = r.code",  # lookup first
         "SELECT COUNT(*) FROM visits AS v JOIN regions AS r ON v.region = r.name",  # not the key
         "SELECT COUNT(*) FROM visits AS v JOIN regions AS r ON v.cost > r.pop",
@@ -197,3 +199,29 @@ def test_mock_mode_joins_the_same_way(tmp_path: Path) -> None:
     with pytest.raises(GatewayError) as info:
         mock.query("SELECT COUNT(*) FROM visits AS v JOIN other AS o ON v.region = o.region", epsilon=0.5)
     assert info.value.code == "join_not_allowed"
+
+
+def test_unit_join_bounds_each_unit_after_the_join(tmp_path: Path) -> None:
+    """visits and other hold the same rows: a patient with a rows on each side has a * a pairs,
+    bounded to 3 after the join (the larger of the two bounds). 200 patients have 1 row (1 pair),
+    200 have 2 (4 pairs -> 3), 200 have 3 (9 -> 3), and the frequent visitor 3 (9 -> 3)."""
+    client, alice, services = _world(tmp_path)
+    sql = ("SELECT COUNT(*) AS n, COUNT(DISTINCT pid) AS people FROM visits AS v JOIN other AS o "
+           "ON v.pid = o.pid")
+    exact = _exact(services, sql)[()]
+    assert exact == {"count(*)": 200 * 1 + 200 * 3 + 200 * 3 + 3, "units(*)": 601}
+    resp = _ask(client, alice, "SELECT o.region AS r, COUNT(*) AS n FROM visits AS v LEFT JOIN other AS o "
+                               "ON v.pid = o.pid GROUP BY o.region")
+    assert resp.status_code == 200, resp.get_json()
+    body = resp.get_json()
+    assert [row[0] for row in body["rows"]] == ["n", "s", "e", "w"]
+    assert body["mechanism"]["scales"]["count(*)"] == pytest.approx(3 / 0.5)  # sensitivity: the bound, 3
+
+
+def test_unit_join_in_mock_mode(tmp_path: Path) -> None:
+    client, alice, _ = _world(tmp_path)
+    entries = client.get("/v1/catalog", headers=alice).get_json()["datasets"]
+    mock = MockClient.from_catalog(entries, GRANT, rows=300)
+    df = mock.query("SELECT o.region, COUNT(*) AS n FROM visits AS v JOIN other AS o ON v.pid = o.pid "
+                    "GROUP BY o.region", epsilon=0.5)
+    assert list(df.columns) == ["other__region", "n"] and df["n"].sum() > 0

@@ -263,7 +263,17 @@ JOIN_CATALOG = {
                  "pop": {"type": "int", "bounds": [0, 1000]}, "secret": {"type": "int", "bounds": [0, 9]}},
     ),
 }
-JOIN_GRANTED = {**TEXT_GRANTED, "regions": frozenset({"code", "name", "pop"})}
+JOIN_CATALOG["labs"] = Dataset(
+    id="labs", title="l", source="labs.parquet", classification="L2", privacy_unit="pid", max_rows_per_unit=5,
+    columns={"pid": {"type": "id"}, "test": {"type": "category", "values": ["x", "y"]},
+             "value": {"type": "float", "bounds": [0, 10]}},
+)
+JOIN_CATALOG["people"] = Dataset(
+    id="people", title="p", source="people.parquet", classification="L2", privacy_unit="person_id",
+    max_rows_per_unit=1, columns={"person_id": {"type": "id"}, "age": {"type": "int", "bounds": [0, 99]}},
+)
+JOIN_GRANTED = {**TEXT_GRANTED, "regions": frozenset({"code", "name", "pop"}), "labs": frozenset({"test", "value"}),
+                "people": frozenset({"age"})}
 
 JOIN_REFUSED = [
     ("SELECT COUNT(*) FROM visits v JOIN regions r ON v.ward = r.name", "join_not_allowed"),  # not the key
@@ -274,6 +284,11 @@ JOIN_REFUSED = [
     ("SELECT COUNT(*) FROM visits v NATURAL JOIN regions r", "join_not_allowed"),
     ("SELECT COUNT(*) FROM visits v ASOF JOIN regions r ON v.ward = r.code", "join_not_allowed"),
     ("SELECT COUNT(*) FROM visits v JOIN visits w ON v.ward = w.ward", "join_not_allowed"),
+    ("SELECT COUNT(*) FROM visits v JOIN visits w ON v.pid = w.pid", "join_not_allowed"),  # a self-join
+    ("SELECT COUNT(*) FROM visits v JOIN labs l ON v.ward = l.test", "join_not_allowed"),  # not on the unit
+    ("SELECT COUNT(*) FROM visits v JOIN people p ON v.pid = p.person_id", "join_not_allowed"),  # other unit
+    ("SELECT l.pid, COUNT(*) FROM visits v JOIN labs l ON v.pid = l.pid GROUP BY l.pid", "unknown_column"),
+    ("SELECT COUNT(*) FROM visits v JOIN labs l ON v.pid = l.pid WHERE l.pid = 'x'", "unknown_column"),
     ("SELECT SUM(r.secret) FROM visits v JOIN regions r ON v.ward = r.code", "column_not_granted"),
     ("SELECT COUNT(*) FROM visits v JOIN regions r ON v.pid = r.code", "column_not_granted"),
     ("SELECT COUNT(*) FROM visits v JOIN nowhere r ON v.ward = r.code", "unknown_dataset"),
@@ -281,6 +296,9 @@ JOIN_REFUSED = [
     ("SELECT x.name, COUNT(*) FROM visits v JOIN regions r ON v.ward = r.code GROUP BY x.name", "unknown_column"),
 ]
 JOIN_ACCEPTED = [
+    ("SELECT l.test, AVG(l.value), COUNT(DISTINCT pid) FROM visits v JOIN labs l ON v.pid = l.pid GROUP BY l.test",
+     "SELECT labs__test, AVG(labs__value), COUNT(DISTINCT pid) FROM visits JOIN labs ON visits.pid = labs.pid "
+     "GROUP BY labs__test"),
     ("SELECT r.name, COUNT(*) FROM visits v JOIN regions r ON v.ward = r.code GROUP BY r.name",
      "SELECT regions__name, COUNT(*) FROM visits JOIN regions ON visits.ward = regions.code GROUP BY regions__name"),
     ("SELECT name AS region, AVG(pop) FROM visits AS v LEFT JOIN regions AS r ON (v.ward = r.code) GROUP BY 1",
@@ -301,5 +319,6 @@ def test_joins_refused(sql: str, code: str) -> None:
 @pytest.mark.parametrize(("sql", "normalized"), JOIN_ACCEPTED)
 def test_joins_accepted(sql: str, normalized: str) -> None:
     plan = analyze(sql, JOIN_CATALOG, JOIN_GRANTED)
-    assert plan.join is not None and plan.join.lookup == "regions" and plan.join.key == "code"
+    assert plan.join is not None and (plan.join.lookup, plan.join.key, plan.join.unit) in (
+        ("regions", "code", False), ("labs", "pid", True))
     assert plan.normalized_sql == normalized
