@@ -30,6 +30,8 @@ from sqlglot import exp
 from sandbox.dp.planner import DPPlan, Primitive
 from sandbox.dp.quantiles import counts_from_rows
 from sandbox.dp.spread import centred_sql, square_sql
+from sandbox.engine_joins import ROW_KEY, UNIT_FIRST, UNIT_KEY
+from sandbox.engine_joins import from_sql as _from_sql
 from sandbox.errors import SandboxError
 from sandbox.policy.models import Dataset
 from sandbox.sql.plan import QuantileGrid, quantile_grid
@@ -43,9 +45,6 @@ LOCKED_CONFIG = {
 
 
 ID_TABLE_PREFIX = "__ids_"
-UNIT_FIRST = "__unit_first"  # per kept row: is it its unit's representative (first kept) row?
-UNIT_KEY = "__unit"  # keyed hash of the unit id (never the id): joins of two datasets on their unit
-ROW_KEY = "__row"  # keyed hash of the row's position: the order in which a join's rows are bounded
 ENGINE_FORMAT = 3  # bumped when the engine file's columns change, so that old files are rebuilt
 
 
@@ -386,51 +385,6 @@ def _key_sql(key) -> str:  # noqa: ANN001
         return ref
     w = _lit(key.bin_width)
     return f"FLOOR({ref} / {w}) * {w}"
-
-
-def _from_sql(plan: DPPlan) -> str:
-    """The dataset, or the dataset left/inner-joined to a public lookup on the lookup's unique key,
-    with the lookup's columns (and fixed-point values) named ``<lookup>__<column>``."""
-    ds, join = plan.dataset, plan.query.join
-    if join is None:
-        return _q(ds.id)
-    if join.unit:
-        return _unit_join_sql(plan)
-    prefix = f"{join.lookup}__"
-    items = ["p.*"]
-    for name, column in ds.columns.items():
-        if name.startswith(prefix):
-            original = name[len(prefix):]
-            items.append(f"l.{_q(original)} AS {_q(name)}")
-            if column.numeric:
-                items.append(f"l.{_q(value_column(original))} AS {_q(value_column(name))}")
-    kind = "LEFT JOIN" if join.left else "JOIN"
-    on = f"CAST(p.{_q(join.column)} AS VARCHAR) = CAST(l.{_q(join.key)} AS VARCHAR)"
-    return f"(SELECT {', '.join(items)} FROM {_q(ds.id)} AS p {kind} {_q(join.lookup)} AS l ON {on}) AS {_q(ds.id)}"
-
-
-def _unit_join_sql(plan: DPPlan) -> str:
-    """Two datasets joined on their privacy unit (keyed hashes), then bounded again: each unit keeps
-    at most ``max_rows_per_unit`` joined rows (by a keyed hash of both rows' positions), and its
-    first kept row is its representative."""
-    ds, join = plan.dataset, plan.query.join
-    prefix = f"{join.lookup}__"
-    own = {n: c for n, c in ds.columns.items() if not n.startswith(prefix) and c.type != "id"}
-    items = [f"p.{_q(n)}" for n in own] + [f"p.{_q(value_column(n))}" for n, c in own.items() if c.numeric]
-    for name, column in ds.columns.items():
-        if name.startswith(prefix):
-            original = name[len(prefix):]
-            items.append(f"l.{_q(original)} AS {_q(name)}")
-            if column.numeric:
-                items.append(f"l.{_q(value_column(original))} AS {_q(value_column(name))}")
-    unit = f"p.{_q(UNIT_KEY)}"
-    order = f"hash(p.{_q(ROW_KEY)}, l.{_q(ROW_KEY)})"
-    rank = f"row_number() OVER (PARTITION BY {unit} ORDER BY {order})"
-    kind = "LEFT JOIN" if join.left else "JOIN"
-    inner = (f"SELECT {', '.join(items)}, {rank} AS __rank FROM {_q(ds.id)} AS p {kind} {_q(join.lookup)} AS l "
-             f"ON {unit} = l.{_q(UNIT_KEY)}")
-    return (f"(SELECT * EXCLUDE (__rank), __rank = 1 AS {_q(UNIT_FIRST)} FROM ({inner}) "
-            f"WHERE __rank <= {ds.max_rows_per_unit}) AS {_q(ds.id)}")
 
 
 def quantile_counts_sql(plan: DPPlan, prim: Primitive, grid: QuantileGrid) -> str:
