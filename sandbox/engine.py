@@ -78,6 +78,8 @@ def _select_list(ds: Dataset) -> list[str]:
         raw = f"TRY_CAST({_q(name)} AS DOUBLE)"
         shown = f"TRY_CAST(ROUND({raw}) AS BIGINT)" if col.type == "int" else raw
         items.append(f"{shown} AS {_q(name)}")
+        if col.bounds is None:  # an int without bounds: a key only (no sums, so no fixed point)
+            continue
         low, high = col.bounds
         lo_fixed, hi_fixed = col.fixed_bounds
         # clamp in DOUBLE first (so the cast cannot overflow), then in the integer range the
@@ -363,7 +365,7 @@ class _Open(dict):
     """The domain of a key without declared values (DP partition selection decides)."""
 
     def get(self, value: object, default: object = None) -> object:
-        return value if isinstance(value, str) else default
+        return value if isinstance(value, str | int) and not isinstance(value, bool) else default
 
 
 _OPEN = _Open()

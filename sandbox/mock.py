@@ -108,7 +108,7 @@ def mock_frame(dataset: Dataset, rows: int = 1000, seed: int | None = 0, null_fr
         if col.type == "category":
             values: Any = pd.array(rng.choice(list(col.values or ()), size=rows), dtype="string")
         elif col.type == "int":
-            low, high = int(col.bounds[0]), int(col.bounds[1])
+            low, high = (int(col.bounds[0]), int(col.bounds[1])) if col.bounds else (0, 99)  # no bounds: codes
             values = pd.array(rng.integers(low, high + 1, size=rows), dtype="Int64")
         elif col.type == "float":
             low, high = col.bounds

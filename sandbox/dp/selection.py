@@ -69,11 +69,16 @@ class Selection:
     delta: float
 
 
+def key_order(key: tuple) -> list:
+    """Released keys in a stable order: numbers by value, then strings."""
+    return [(0, v, "") if isinstance(v, int | float) and not isinstance(v, bool) else (1, 0, str(v)) for v in key]
+
+
 def select_keys(unit_counts: dict[tuple, int], epsilon: float, delta: float) -> Selection:
     """The keys whose noisy unit count reaches the threshold (OpenDP decides, not this code)."""
     scale, threshold = calibrate(epsilon, delta)
     encoded = {json.dumps(list(key), default=str): int(n) for key, n in unit_counts.items() if n > 0}
     lookup = {json.dumps(list(key), default=str): key for key in unit_counts}
     released = _measurement(scale, threshold)(encoded) if encoded else {}
-    keys = sorted((lookup[k] for k in released), key=lambda key: [str(v) for v in key])
+    keys = sorted((lookup[k] for k in released), key=key_order)
     return Selection(keys, scale, threshold, delta)

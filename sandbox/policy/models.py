@@ -44,6 +44,9 @@ class Column(_Strict):
                 raise ValueError("`values` has duplicates")
             if self.bounds is not None:
                 raise ValueError("a category column takes `values`, not `bounds`")
+        elif self.type == "int" and self.bounds is None:  # codes without a public range: keys only
+            if self.values is not None:
+                raise ValueError("an int column takes `bounds`, not `values`")
         elif self.type in ("int", "float"):
             if self.bounds is None:
                 raise ValueError(f"an {self.type} column needs `bounds: [low, high]`")
@@ -66,6 +69,11 @@ class Column(_Strict):
     @property
     def numeric(self) -> bool:
         return self.type in ("int", "float")
+
+    @property
+    def open_keys(self) -> bool:
+        """No declared values or bounds: grouped only through DP partition selection (text, unbounded int)."""
+        return self.type == "text" or (self.type == "int" and self.bounds is None)
 
     @property
     def factor(self) -> int:

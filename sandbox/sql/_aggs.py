@@ -98,6 +98,12 @@ def _classify(node: exp.Expression, scope: Scope) -> Aggregate | None:
             f"with SELECT {column}, COUNT(*) ... GROUP BY {column}",
             "not_numeric",
         )
+    if kind != "count" and scope.dataset.columns[column].bounds is None:
+        raise BadRequest(
+            f"{name} needs declared bounds; {column} has none (its values are codes): count them with "
+            f"SELECT {column}, COUNT(*) ... GROUP BY {column}",
+            "unbounded_column",
+        )
     prefix = _PREFIX.get(type(node), kind)
     return Aggregate(kind, column, f"{prefix}_{column}", q)
 

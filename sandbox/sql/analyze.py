@@ -245,14 +245,14 @@ def _group_keys(
                 f"{spec.label} is selected twice ({', '.join(selected)}); select each key once",
                 "duplicate_column_name",
             )
-        if columns[spec.column].type == "text" and spec.width is None:
+        if columns[spec.column].open_keys and spec.width is None:
             keys.append(GroupKey(spec.column, selected[0], None, (), open=True))
             continue
         values = domain_values(spec, columns[spec.column])
         keys.append(GroupKey(spec.column, selected[0], spec.bin_width, values))
     if sum(key.open for key in keys) > 1:
         raise BadRequest(
-            "at most one GROUP BY key may be a text column (keys without declared values); "
+            "at most one GROUP BY key may be without declared values (a text or unbounded int column); "
             "group by one of them, or by declared categories",
             "unbounded_group_keys",
         )

@@ -47,8 +47,10 @@ def answer_locally(
             domain = domains[i]
             if raw is None:
                 key.append(_MISSING)
-            else:  # a text key: any value found (on mock rows; the gateway selects them with DP)
-                key.append(str(raw) if domain is None else domain.get(raw, _MISSING))
+            elif domain is None:  # a key without declared values: any value found (the gateway selects with DP)
+                key.append(int(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else str(raw))
+            else:
+                key.append(domain.get(raw, _MISSING))
         if _MISSING in key:
             continue  # outside the public domain (or NULL): dropped, as by the engine
         groups.setdefault(tuple(key), []).append(row)
@@ -57,7 +59,7 @@ def answer_locally(
     out = []
     keys = itertools.product(*(k.values for k in plan.group_keys))
     if plan.open_keys:
-        keys = iter(sorted(groups, key=lambda key: [str(v) for v in key]))  # type: ignore[assignment]
+        keys = iter(sorted(groups, key=_key_order))  # type: ignore[assignment]
     for key in keys:
         members = groups.get(key, [])
         line = []
@@ -107,3 +109,8 @@ def _quantile(values: list[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(values) - 1)
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def _key_order(key: tuple) -> list:
+    """As the gateway orders the keys it selects (sandbox.dp.selection.key_order)."""
+    return [(0, v, "") if isinstance(v, int | float) and not isinstance(v, bool) else (1, 0, str(v)) for v in key]

@@ -31,18 +31,21 @@ def visits_client(tmp_path: Path):  # noqa: ANN201
     (policies / "datasets").mkdir(parents=True)
     (policies / "grants").mkdir()
     data.mkdir()
-    pids, cities, costs = [], [], []
-    for city, patients in (("Bigcity", 500), ("Midcity", 300)):
+    pids, cities, costs, postcodes = [], [], [], []
+    for city, patients, postcode in (("Bigcity", 500, 10115), ("Midcity", 300, 20095)):
         for p in range(patients):
             for visit in range(1 + p % 3):
                 pids.append(f"{city}-{p}")
                 cities.append(city)
                 costs.append(20 + visit)
+                postcodes.append(postcode)
     for _ in range(5):  # one patient, five visits (the bound keeps at most 3)
         pids.append("lonely-1")
         cities.append("Smalltown")
         costs.append(99)
-    pq.write_table(pa.table({"pid": pids, "city": cities, "cost": costs}), data / "visits.parquet")
+        postcodes.append(99999)
+    pq.write_table(pa.table({"pid": pids, "city": cities, "cost": costs, "postcode": postcodes}),
+                   data / "visits.parquet")
     (policies / "datasets" / "visits.yaml").write_text(textwrap.dedent("""
         id: visits
         title: Clinic visits
@@ -54,6 +57,7 @@ def visits_client(tmp_path: Path):  # noqa: ANN201
           pid: {type: id}
           city: {type: text}
           cost: {type: int, bounds: [0, 100]}
+          postcode: {type: int}
     """))
     (policies / "grants" / "g-visits.yaml").write_text(textwrap.dedent(f"""
         id: {GRANT}
@@ -61,7 +65,7 @@ def visits_client(tmp_path: Path):  # noqa: ANN201
         members: [alice]
         mode: scenario
         purpose: testing unknown categories
-        datasets: {{visits: {{columns: [city, cost]}}}}
+        datasets: {{visits: {{columns: [city, cost, postcode]}}}}
         valid_from: 2020-01-01
         valid_until: 2099-12-31
         budget: {{epsilon: 10.0, delta: {DELTA}}}
@@ -134,3 +138,14 @@ def test_declared_keys_spend_no_delta(client, alice, services) -> None:  # noqa:
                              "grant": "g-2026-001"})
     assert resp.status_code == 200 and "partition_selection" not in resp.get_json()["mechanism"]
     assert services.ledger.delta_state("g-2026-001")[1] == 0.0
+
+
+def test_an_unbounded_int_key_goes_through_selection_too(visits_client) -> None:  # noqa: ANN001
+    client, alice, _ = visits_client
+    for i in range(5):
+        sql = f"SELECT postcode, COUNT(*) AS n FROM visits WHERE cost > -{i + 1} GROUP BY postcode"
+        resp = _ask(client, alice, sql, 1.0)
+        assert resp.status_code == 200, resp.get_json()
+        assert [row[0] for row in resp.get_json()["rows"]] == [10115, 20095]  # numbers, in order; never 99999
+    resp = _ask(client, alice, "SELECT SUM(postcode) FROM visits", 0.1)
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "unbounded_column"

@@ -61,7 +61,7 @@ def test_invalid_grant_names_file_field_problem(tmp_path: Path, change: dict, fi
 
 def test_invalid_dataset_messages(tmp_path: Path) -> None:
     data = yaml.safe_load((POLICIES / "datasets" / "nhanes_2017.yaml").read_text())
-    data["columns"]["age"] = {"type": "int"}
+    data["columns"]["age"] = {"type": "float"}  # (an int without bounds is a code column: keys only)
     data["privacy_unit"] = "sex"
     with pytest.raises(PolicyError) as info:
         load_dataset(_write(tmp_path, data))

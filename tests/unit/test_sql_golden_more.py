@@ -215,10 +215,11 @@ TEXT_CATALOG = {
         id="visits", title="t", source="visits.parquet", classification="L2", privacy_unit="pid",
         max_rows_per_unit=3,
         columns={"pid": {"type": "id"}, "city": {"type": "text"}, "street": {"type": "text"},
-                 "ward": {"type": "category", "values": ["a", "b"]}, "cost": {"type": "int", "bounds": [0, 100]}},
+                 "ward": {"type": "category", "values": ["a", "b"]}, "cost": {"type": "int", "bounds": [0, 100]},
+                 "code": {"type": "int"}},  # an int without bounds: codes, keys only
     )
 }
-TEXT_GRANTED = {"visits": frozenset({"city", "street", "ward", "cost"})}
+TEXT_GRANTED = {"visits": frozenset({"city", "street", "ward", "cost", "code"})}
 
 TEXT_REFUSED = [
     ("SELECT city, street, COUNT(*) FROM visits GROUP BY city, street", "unbounded_group_keys"),
@@ -229,12 +230,22 @@ TEXT_REFUSED = [
     ("SELECT city, COUNT(*) FROM visits", "not_aggregate"),
     ("SELECT COUNT(*) FROM visits WHERE city > 5", "type_mismatch"),
     ("SELECT COUNT(DISTINCT city) FROM visits", "distinct_not_allowed"),
+    ("SELECT code, city, COUNT(*) FROM visits GROUP BY code, city", "unbounded_group_keys"),
+    ("SELECT FLOOR(code / 10) * 10 AS b, COUNT(*) FROM visits GROUP BY b", "unbounded_group_keys"),
+    ("SELECT SUM(code) FROM visits", "unbounded_column"),
+    ("SELECT AVG(code) FROM visits", "unbounded_column"),
+    ("SELECT MEDIAN(code) FROM visits", "unbounded_column"),
+    ("SELECT STDDEV(code) FROM visits", "unbounded_column"),
+    ("SELECT MAX(code) FROM visits", "unbounded_column"),
+    ("SELECT code, MEDIAN(cost) FROM visits GROUP BY code", "unbounded_group_keys"),
 ]
 TEXT_ACCEPTED = [
     "SELECT city, COUNT(*) AS n FROM visits GROUP BY city",
     "SELECT city, ward, COUNT(*) AS n, AVG(cost) FROM visits WHERE city <> 'x' GROUP BY city, ward HAVING n > 10",
     "SELECT city, COUNT(DISTINCT pid) AS people FROM visits GROUP BY 1 ORDER BY people DESC LIMIT 5",
     "SELECT COUNT(city) FROM visits WHERE city IN ('a', 'b')",
+    "SELECT code, COUNT(*) AS n, AVG(cost) FROM visits WHERE code > 100 GROUP BY code",
+    "SELECT code, ward, COUNT(code) FROM visits GROUP BY code, ward",
 ]
 
 
@@ -249,7 +260,7 @@ def test_text_keys_refused(sql: str, code: str) -> None:
 def test_text_keys_accepted(sql: str) -> None:
     plan = analyze(sql, TEXT_CATALOG, TEXT_GRANTED)
     opened = [k for k in plan.group_keys if k.open]
-    assert plan.open_keys == bool(opened) and all(k.column == "city" and k.values == () for k in opened)
+    assert plan.open_keys == bool(opened) and all(k.column in ("city", "code") and k.values == () for k in opened)
     assert plan.n_groups == math.prod(len(k.values) for k in plan.group_keys if not k.open)
 
 
