@@ -7,8 +7,11 @@ spawner set (``SANDBOX_GATEWAY_URL``, ``SANDBOX_GRANT`` and the kernel's hub tok
 Query results travel as Arrow IPC streams and come back as pandas DataFrames with the
 response metadata in ``df.attrs`` (``query_id``, ``epsilon_spent``, ``cached``, ``accuracy``,
 ``budget``). Gateway errors surface as :class:`GatewayError` with the gateway's code and
-message. This module needs only ``requests``, ``pyarrow`` and ``pandas`` (the ``client``
-extra): it never imports DuckDB, Flask or OpenDP.
+message. This module needs only ``requests``, ``pyarrow`` and ``pandas``: it never imports
+DuckDB, Flask or OpenDP. ``db.catalog()`` and ``db.budget()`` return DataFrames (the JSON in
+``df.attrs["raw"]``, or with ``raw=True``). Mock mode (``connect(mock=True)``, ``db.mock``;
+see :mod:`sandbox.mock`) adds the SQL analyser's ``sqlglot``, ``pydantic`` and ``pyyaml`` (the
+``client`` extra), still no SQL engine and no data.
 """
 
 from __future__ import annotations
