@@ -40,7 +40,7 @@ def create_app(
 
     @app.errorhandler(SandboxError)
     def _sandbox_error(exc: SandboxError):  # noqa: ANN202
-        return _error_response(exc.status, exc.code, exc.message)
+        return _error_response(exc.status, exc.code, exc.message, exc.detail)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # noqa: ANN202
@@ -65,10 +65,13 @@ def create_app(
     return app
 
 
-def _error_response(status: int, code: str, message: str):  # noqa: ANN202
+def _error_response(status: int, code: str, message: str, detail: dict | None = None):  # noqa: ANN202
     wants_html = getattr(g, "wants_html", False)
     if wants_html:
         from flask import render_template
 
         return render_template("error.html", status=status, code=code, message=message), status
-    return jsonify({"error": {"code": code, "message": message}}), status
+    error: dict = {"code": code, "message": message}
+    if detail:
+        error["detail"] = detail
+    return jsonify({"error": error}), status

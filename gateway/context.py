@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import current_app, g, request
 
 from gateway.auth import Authenticator, Identity
-from sandbox.errors import BadRequest, Forbidden
+from sandbox.errors import BadRequest, Forbidden, Unauthorized
 from sandbox.services import Services
 
 
@@ -20,14 +20,28 @@ def authenticator() -> Authenticator:
 def identity() -> Identity:
     """The caller, authenticated once per request (raises Unauthorized)."""
     if "identity" not in g:
-        g.identity = authenticator().identify(request)
+        try:
+            g.identity = authenticator().identify(request)
+        except Unauthorized:
+            _note_bad_credential()
+            raise
     return g.identity
+
+
+def _note_bad_credential() -> None:
+    """A credential was presented and refused: audited (hash prefix only) for the early-warning rules."""
+    from gateway.auth import bearer_token
+    from sandbox.monitoring import record_bad_token
+
+    token = bearer_token(request) or request.cookies.get("sandbox_token")
+    if token:
+        record_bad_token(services(), token, request.path, request.remote_addr or "")
 
 
 def require_role(role: str) -> Identity:
     ident = identity()
     roles = services().policies.roles()
-    members = {"reviewer": roles.reviewers, "admin": roles.admins}[role]
+    members = {"reviewer": roles.reviewers, "admin": roles.admins, "auditor": roles.auditors}[role]
     if ident.user not in members:
         raise Forbidden(f"{ident.user} is not a {role}", code=f"not_{role}")
     return ident

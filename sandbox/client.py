@@ -188,14 +188,17 @@ class Client:
         entries = body["datasets"] if isinstance(body, dict) and "datasets" in body else body
         return entries if raw else catalog_frame(entries)
 
-    def query(self, sql: str, epsilon: float, grant: str | None = None) -> pd.DataFrame:
+    def query(
+        self, sql: str, epsilon: float | None = None, grant: str | None = None, *, rho: float | None = None
+    ) -> pd.DataFrame:
         """Run one DP query; returns a DataFrame with the answer's metadata in ``df.attrs``.
 
         ``df.attrs["accuracy"]["ci_halfwidth"]`` holds the confidence half-width per column,
         ``df.attrs["epsilon_spent"]`` what the query charged (0 for a cached replay) and
-        ``df.attrs["budget"]`` the grant's budget after it.
+        ``df.attrs["budget"]`` the grant's budget after it. A grant with ``accounting: zcdp``
+        is charged in rho: pass ``rho=`` instead of ``epsilon``.
         """
-        payload: dict[str, Any] = {"sql": sql, "epsilon": epsilon}
+        payload: dict[str, Any] = {"sql": sql, **({"rho": rho} if rho is not None else {"epsilon": epsilon})}
         grant = grant or self.grant
         if grant:
             payload["grant"] = grant
@@ -210,6 +213,30 @@ class Client:
         except ValueError as exc:
             raise GatewayError("bad_response", f"unexpected {ctype!r}", resp.status_code) from exc
         return frame_from_json(body)
+
+    def plan(
+        self,
+        sql: str,
+        epsilon: float | None = None,
+        grant: str | None = None,
+        *,
+        rho: float | None = None,
+        ci_halfwidth: float | None = None,
+    ) -> dict[str, Any]:
+        """Accuracy before spending (free: no data touched, nothing charged).
+
+        With ``epsilon`` (or ``rho``): the 95% half-width of every released column under
+        ``["accuracy"]["ci_halfwidth"]``. With ``ci_halfwidth``: the epsilon (or rho) that
+        reaches it, under ``["epsilon"]`` (or ``["rho"]``).
+        """
+        payload: dict[str, Any] = {"sql": sql}
+        for name, value in (("epsilon", epsilon), ("rho", rho), ("ci_halfwidth", ci_halfwidth)):
+            if value is not None:
+                payload[name] = value
+        grant = grant or self.grant
+        if grant:
+            payload["grant"] = grant
+        return self._json("POST", "/v1/plan", json=payload)
 
     def budget(self, grant: str | None = None, raw: bool = False) -> Any:
         """The budget of each of the caller's grants (or just ``grant``'s) as a DataFrame.

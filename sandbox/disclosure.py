@@ -1,8 +1,10 @@
 """The public disclosure register: who holds which grant, for what, until when, and what was released.
 
 Everything here is safe to publish: the operator institution (never members' user names), mode, purpose,
-datasets and columns, validity, status and released data-product titles. No budgets, no data values, no
-status reasons (they are free text and may name people).
+datasets and columns, validity, status (``out_of_policy`` when an active grant no longer fits the catalog),
+the published reason of a suspension or revocation (``sandbox.offerings.public_reason``), and released
+data-product titles and how many failed export checks an admin overrode. No budgets, no data values.
+Each grant's declarations and use per quarter are in ``sandbox.offerings``.
 """
 
 from __future__ import annotations
@@ -45,13 +47,18 @@ def status_changes(services: Services) -> dict[str, dt.datetime]:
 
 def grant_entries(services: Services) -> list[dict]:
     """Every grant ever applied, as the register shows it (status as of ``services.today()``)."""
+    from sandbox.offerings import out_of_policy, public_reason
+
     today = services.today()
     titles = {ds_id: ds.title for ds_id, ds in services.policies.datasets().items()}
     changed = status_changes(services)
+    overrides = override_counts(services)
     entries = []
     for record in services.policies.grant_records():
         grant = record["grant"]
         status = effective_status(grant, today)
+        if status == "active" and out_of_policy(services, grant) is not None:
+            status = "out_of_policy"
         status_changed = None
         if status in ("revoked", "suspended"):
             when = changed.get(grant.id)
@@ -70,10 +77,21 @@ def grant_entries(services: Services) -> list[dict]:
             "valid_until": grant.valid_until.isoformat(),
             "status": status,
             "status_changed": status_changed,
+            "status_reason": public_reason(services, record),
             "reviewers_required": grant.exports.reviewers_required,
+            "check_overrides": overrides.get(grant.id, 0),
             "applied": record["applied_at"][:10],
         })
     return entries
+
+
+def override_counts(services: Services) -> dict[str, int]:
+    """Per grant, how many times an admin overrode failed export checks (a count, never the reasons)."""
+    try:
+        from sandbox.exports import store
+    except ImportError:
+        return {}
+    return store.override_counts(services.db.conn)
 
 
 def released_products(services: Services) -> list[dict]:

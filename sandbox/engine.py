@@ -1,11 +1,13 @@
 """The locked-down DuckDB engine behind the gateway.
 
 ``build`` turns the Parquet under the data root into one DuckDB database file that holds,
-per dataset, only the declared columns of the rows kept by the contribution bound (chosen
-per unit by a keyed hash of the row's position, so the choice does not depend on values),
-with numeric columns also carried clamped and in fixed point (``__v_<col>``) so sums are
-exact integers. The id column itself is not copied. The file is then opened read-only with
+per dataset, only the declared columns of the rows kept by the contribution bound, with
+numeric columns also carried clamped and in fixed point (``__v_<col>``) so sums are exact
+integers. The id column itself is not copied. The file is then opened read-only with
 external access, extension autoload and autoinstall off and configuration locked.
+
+The contribution bound (which rows of each unit are kept, and why that depends on the
+unit's own rows only) is in :mod:`sandbox.bounding`.
 
 The engine never sees operator SQL: it runs SQL it builds from the typed plan.
 """
@@ -27,10 +29,12 @@ from pathlib import Path
 import duckdb
 from sqlglot import exp
 
+from sandbox.bounding import KEY_FILE, UNIT_FIRST, bounded_rows_sql, load_or_create_key, value_column
+from sandbox.bounding import literal as _lit
+from sandbox.bounding import quote as _q
 from sandbox.dp.planner import DPPlan, Primitive
 from sandbox.dp.quantiles import counts_from_rows
 from sandbox.dp.spread import centred_sql, square_sql
-from sandbox.engine_joins import ROW_KEY, UNIT_FIRST, UNIT_KEY
 from sandbox.engine_joins import from_sql as _from_sql
 from sandbox.errors import SandboxError
 from sandbox.policy.models import Dataset
@@ -45,7 +49,7 @@ LOCKED_CONFIG = {
 
 
 ID_TABLE_PREFIX = "__ids_"
-ENGINE_FORMAT = 3  # bumped when the engine file's columns change, so that old files are rebuilt
+ENGINE_FORMAT = 4  # bumped when the engine file's columns change, so that old files are rebuilt
 
 
 class EngineError(SandboxError):
@@ -53,71 +57,37 @@ class EngineError(SandboxError):
     code = "engine_unavailable"
 
 
-def value_column(name: str) -> str:
-    return f"__v_{name}"
+# catalog fields that change neither the engine file nor any answer
+_NOT_IN_DIGEST = {"title", "description", "publisher", "budget", "max_epsilon_per_operator", "operator_caps"}
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def catalog_digest(ds: Dataset) -> str:
+    """The digest of what in a catalog entry shapes answers (source, unit, bound, columns, domains)."""
+    body = ds.model_dump(mode="json", exclude=_NOT_IN_DIGEST)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _lit(value: object) -> str:
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    return repr(float(value)) if isinstance(value, float) else str(int(value))
-
-
-def _select_list(ds: Dataset) -> list[str]:
-    items = []
-    for name, col in ds.columns.items():
-        if col.type == "id":
-            continue
-        if col.type in ("category", "text"):
-            items.append(f"CAST({_q(name)} AS VARCHAR) AS {_q(name)}")
-            continue
-        raw = f"TRY_CAST({_q(name)} AS DOUBLE)"
-        shown = f"TRY_CAST(ROUND({raw}) AS BIGINT)" if col.type == "int" else raw
-        items.append(f"{shown} AS {_q(name)}")
-        if col.bounds is None:  # an int without bounds: a key only (no sums, so no fixed point)
-            continue
-        low, high = col.bounds
-        lo_fixed, hi_fixed = col.fixed_bounds
-        # clamp in DOUBLE first (so the cast cannot overflow), then in the integer range the
-        # planner's sensitivity is computed from; NULL stays NULL (GREATEST would drop it)
-        in_bounds = f"LEAST(GREATEST({raw}, {_lit(float(low))}), {_lit(float(high))})"
-        clamped = f"CAST(ROUND({in_bounds} * {col.factor}) AS BIGINT)"
-        fixed = f"LEAST(GREATEST({clamped}, {lo_fixed}), {hi_fixed})"
-        items.append(f"CASE WHEN {raw} IS NULL THEN NULL ELSE {fixed} END AS {_q(value_column(name))}")
-    return items
-
-
-def _bounded_rows_sql(ds: Dataset, source: Path, salt: str) -> str:
-    src = f"read_parquet({_lit(str(source))}, file_row_number = true)"
-    cols = ", ".join(_select_list(ds))
-    if ds.privacy_unit == "row":
-        return f"SELECT {cols}, TRUE AS {_q(UNIT_FIRST)} FROM {src}"
-    unit = _q(ds.privacy_unit)
-    order = f"hash(file_row_number, {_lit(salt)})"
-    # each unit's representative row (the first it keeps): COUNT(DISTINCT <unit>) counts these
-    cols += f", row_number() OVER (PARTITION BY {unit} ORDER BY {order}) = 1 AS {_q(UNIT_FIRST)}"
-    cols += f", hash(TRIM(CAST({unit} AS VARCHAR)), {_lit(salt)}) AS {_q(UNIT_KEY)}, {order} AS {_q(ROW_KEY)}"
-    return (
-        f"SELECT {cols} FROM {src} WHERE {unit} IS NOT NULL "
-        f"QUALIFY row_number() OVER (PARTITION BY {unit} ORDER BY {order}) <= {ds.max_rows_per_unit}"
-    )
+def data_versions(datasets: Mapping[str, Dataset], data_root: Path) -> dict[str, str]:
+    """Per dataset: a version that changes when its catalog entry, its source file or the
+    engine file's format (``ENGINE_FORMAT``) changes."""
+    out = {}
+    for ds_id in sorted(datasets):
+        ds = datasets[ds_id]
+        h = hashlib.sha256(f"engine-format-{ENGINE_FORMAT}:{catalog_digest(ds)}".encode())
+        try:
+            st = (data_root / ds.source).stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode())
+        except OSError:
+            h.update(b"missing")
+        out[ds_id] = h.hexdigest()[:16]
+    return out
 
 
 def fingerprint(datasets: Mapping[str, Dataset], data_root: Path) -> str:
     """Changes when a catalog entry or a source file changes: then the engine file is rebuilt."""
-    h = hashlib.sha256(f"engine-format-{ENGINE_FORMAT}".encode())
-    for ds_id in sorted(datasets):
-        ds = datasets[ds_id]
-        h.update(json.dumps(ds.model_dump(mode="json"), sort_keys=True).encode())
-        try:
-            st = (data_root / ds.source).stat()
-            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-        except OSError:
-            h.update(b"missing")
+    h = hashlib.sha256()
+    for ds_id, version in data_versions(datasets, data_root).items():
+        h.update(f"{ds_id}:{version};".encode())
     return h.hexdigest()[:16]
 
 
@@ -128,10 +98,14 @@ def build(
     progress: Callable[[str], None] = lambda _msg: None,
     memory_limit: str = "1GB",
     threads: int = 2,
+    *,
+    key: bytes,
 ) -> dict[str, int]:
     """Write the engine file (atomically); returns rows kept per dataset.
 
-    The build spills to ``<target dir>/spill`` rather than exceed ``memory_limit``.
+    ``key`` is the bounding PRF's secret (32 bytes, kept in the state directory, never
+    written to the engine file). The build spills to ``<target dir>/spill`` rather than
+    exceed ``memory_limit``.
     """
     tmp = target.with_suffix(".building")
     tmp.unlink(missing_ok=True)
@@ -158,7 +132,7 @@ def build(
                 continue
             progress(f"{ds_id}: bounding contributions and fixing point ...")
             try:
-                con.execute(f"CREATE TABLE {_q(ds_id)} AS {_bounded_rows_sql(ds, source, salt)}")
+                con.execute(f"CREATE TABLE {_q(ds_id)} AS {bounded_rows_sql(ds, source, key)}")
             except duckdb.Error as exc:
                 raise EngineError(f"{ds_id}: cannot import {ds.source}: {exc}", code="import_failed") from None
             kept[ds_id] = con.execute(f"SELECT COUNT(*) FROM {_q(ds_id)}").fetchone()[0]
@@ -189,7 +163,7 @@ def _child_main() -> None:
     try:
         datasets = {k: Dataset.model_validate(v) for k, v in job["datasets"].items()}
         kept = build(datasets, Path(job["data_root"]), Path(job["target"]), lambda m: say("progress", m),
-                     job["memory"], job["threads"])
+                     job["memory"], job["threads"], key=bytes.fromhex(job["key"]))
         say("done", kept)
     except SandboxError as exc:
         say("error", exc.message)
@@ -204,12 +178,16 @@ def build_in_child(
     progress: Callable[[str], None] = lambda _msg: None,
     memory_limit: str = "4GB",
     threads: int = 2,
+    *,
+    key: bytes,
 ) -> dict[str, int]:
     """Run :func:`build` in a child process, so the serving process never holds the import's
-    memory (a bounded-contribution window over tens of millions of rows)."""
+    memory (a bounded-contribution window over tens of millions of rows). The key travels
+    on the child's stdin, never on its command line."""
     job = {
         "datasets": {k: v.model_dump(mode="json") for k, v in datasets.items()},
         "data_root": str(data_root), "target": str(target), "memory": memory_limit, "threads": threads,
+        "key": key.hex(),
     }
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -261,8 +239,10 @@ class Engine:
         self._fingerprint: str | None = None
         self._local = threading.local()
         self._tables: frozenset[str] = frozenset()
+        self._versions: dict[str, str] = {}
 
     def ensure(self, datasets: Mapping[str, Dataset], progress: Callable[[str], None] = lambda _m: None) -> None:
+        versions = data_versions(datasets, self.data_root)
         fp = fingerprint(datasets, self.data_root)
         if fp == self._fingerprint:
             return
@@ -271,17 +251,34 @@ class Engine:
                 return
             target = self.engine_dir / f"catalog-{fp}.duckdb"
             if not target.exists():
-                build_in_child(datasets, self.data_root, target, progress, self.build_memory, self.config["threads"])
+                build_in_child(datasets, self.data_root, target, progress, self.build_memory,
+                               self.config["threads"], key=self.bounding_key())
             con = duckdb.connect(str(target), read_only=True, config=self.config)
             tables = frozenset(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
             old = self._con
-            self._con, self._tables, self._fingerprint = con, tables, fp
+            self._con, self._tables, self._fingerprint, self._versions = con, tables, fp, versions
             self._local = threading.local()
             for stale in self.engine_dir.glob("catalog-*.duckdb"):
                 if stale != target:
                     stale.unlink(missing_ok=True)
             if old is not None:
                 old.close()
+
+    def bounding_key(self) -> bytes:
+        """The bounding PRF's key, created once in the state directory (``engine/bounding.key``, 0600).
+
+        Kept across rebuilds so that the same data keeps the same rows; never in the engine file.
+        """
+        return load_or_create_key(self.engine_dir / KEY_FILE)
+
+    @property
+    def build_id(self) -> str | None:
+        """The build in force: the fingerprint of the catalog and source files built."""
+        return self._fingerprint
+
+    def data_version(self, ds_id: str) -> str | None:
+        """The version of ``ds_id`` in the build in force (catalog entry and source file)."""
+        return self._versions.get(ds_id)
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:

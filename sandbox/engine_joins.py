@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sandbox.bounding import ROW_KEY, UNIT_FIRST, UNIT_KEY
+
 if TYPE_CHECKING:  # pragma: no cover
     from sandbox.dp.planner import DPPlan
 
-UNIT_FIRST = "__unit_first"  # per kept row: is it its unit's representative (first kept) row?
-UNIT_KEY = "__unit"  # keyed hash of the unit id (never the id): joins of two datasets on their unit
-ROW_KEY = "__row"  # keyed hash of the row's position: the order in which a join's rows are bounded
+__all__ = ["ROW_KEY", "UNIT_FIRST", "UNIT_KEY", "from_sql"]
 
 
 def from_sql(plan: DPPlan) -> str:
@@ -41,8 +41,9 @@ def from_sql(plan: DPPlan) -> str:
 
 def _unit_join_sql(plan: DPPlan) -> str:
     """Two datasets joined on their privacy unit (keyed hashes), then bounded again: each unit keeps
-    at most ``max_rows_per_unit`` joined rows (by a keyed hash of both rows' positions), and its
-    first kept row is its representative."""
+    at most ``max_rows_per_unit`` joined rows (ordered by the XOR of both rows' keyed PRF values,
+    ``__row``, so the choice depends on the unit's own rows only), and its first kept row is its
+    representative."""
     from sandbox.engine import _q, value_column
 
     ds, join = plan.dataset, plan.query.join
@@ -56,7 +57,8 @@ def _unit_join_sql(plan: DPPlan) -> str:
             if column.numeric:
                 items.append(f"l.{_q(value_column(original))} AS {_q(value_column(name))}")
     unit = f"p.{_q(UNIT_KEY)}"
-    order = f"hash(p.{_q(ROW_KEY)}, l.{_q(ROW_KEY)})"
+    p_row, l_row = f"p.{_q(ROW_KEY)}", f"COALESCE(l.{_q(ROW_KEY)}, 0)"  # LEFT JOIN: no lookup row
+    order = f"xor({p_row}, {l_row}), {p_row}, {l_row}"
     rank = f"row_number() OVER (PARTITION BY {unit} ORDER BY {order})"
     kind = "LEFT JOIN" if join.left else "JOIN"
     inner = (f"SELECT {', '.join(items)}, {rank} AS __rank FROM {_q(ds.id)} AS p {kind} {_q(join.lookup)} AS l "

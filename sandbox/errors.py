@@ -13,14 +13,18 @@ class SandboxError(Exception):
     status: int = 400
     code: str = "error"
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, detail: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.detail = detail
         if code is not None:
             self.code = code
 
     def to_dict(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
+        error: dict = {"code": self.code, "message": self.message}
+        if self.detail:
+            error["detail"] = self.detail
+        return {"error": error}
 
 
 class BadRequest(SandboxError):

@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 # the gateway's own limits (sandbox.query_service); a unit test keeps them equal
 MIN_EPSILON = 0.001
 MAX_EPSILON = 100.0
+MIN_RHO = MIN_EPSILON**2 / 2  # query_service.MIN_RHO / MAX_RHO: a zcdp grant is charged in rho
+MAX_RHO = MAX_EPSILON**2 / 2
 MAX_SQL_CHARS = 8_000  # sandbox.services.Settings.max_sql_chars
 NULL_FRACTION = 0.02
 MOCK_NOTE = "mock data generated from the catalog's public metadata (types, bounds, categories): not real data"
@@ -140,6 +142,20 @@ def _parse_epsilon(epsilon: object) -> float:
     return value
 
 
+def _parse_rho(rho: object) -> float:
+    """The gateway's checks of ``rho`` (query_service._parse_rho), same codes."""
+    if isinstance(rho, bool) or not isinstance(rho, int | float):
+        raise GatewayError("bad_epsilon", "`rho` must be a number", 400)
+    value = float(rho)
+    if not math.isfinite(value) or value <= 0:
+        raise GatewayError("bad_epsilon", "`rho` must be a finite number above 0", 400)
+    if value < MIN_RHO:
+        raise GatewayError("bad_epsilon", f"`rho` below {MIN_RHO:g} is refused", 400)
+    if value > MAX_RHO:
+        raise GatewayError("epsilon_over_cap", f"`rho` above {MAX_RHO:g} is over any grant's cap", 400)
+    return value
+
+
 class MockClient:
     """The notebook client's query interface over mock data: nothing leaves, nothing is spent.
 
@@ -186,8 +202,20 @@ class MockClient:
             "sandbox.connect() (without mock=True) to get real answers, then export those",
         )
 
-    def query(self, sql: str, epsilon: float, grant: str | None = None) -> pd.DataFrame:
-        """Check ``sql`` exactly as the gateway does, then answer it over mock rows."""
+    def plan(self, sql: str, epsilon: float | None = None, grant: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """The gateway's plan (free: it touches no data); there is no local plan."""
+        if self.remote is None:
+            raise GatewayError("mock_mode", "no gateway to plan with; mock queries spend nothing")
+        return self.remote.plan(sql, epsilon, grant, **kwargs)
+
+    def query(
+        self, sql: str, epsilon: float | None = None, grant: str | None = None, *, rho: float | None = None
+    ) -> pd.DataFrame:
+        """Check ``sql`` exactly as the gateway does, then answer it over mock rows.
+
+        ``rho`` instead of ``epsilon`` is a zcdp grant's query: checked as the gateway checks it
+        (and, as there, a text or unbounded int key, which needs DP partition selection and hence
+        a pure grant, is refused with ``selection_needs_pure``)."""
         from sandbox.errors import SandboxError
         from sandbox.sql.analyze import analyze
         from sandbox.sql.post import apply_post
@@ -196,14 +224,23 @@ class MockClient:
             raise GatewayError("empty_query", "`sql` must be a non-empty string", 400)
         if len(sql) > MAX_SQL_CHARS:
             raise GatewayError("sql_too_long", f"`sql` is longer than {MAX_SQL_CHARS} characters", 400)
-        eps = _parse_epsilon(epsilon)
+        if epsilon is not None and rho is not None:
+            raise GatewayError("bad_epsilon", "send one of `epsilon`, `rho`, not several", 400)
+        eps = _parse_rho(rho) if rho is not None else _parse_epsilon(epsilon)
         try:
             plan = analyze(sql, self.datasets, self.granted)
         except SandboxError as exc:
             raise GatewayError(exc.code, exc.message, exc.status) from None
+        if rho is not None and plan.open_keys:
+            raise GatewayError(
+                "selection_needs_pure",
+                "grouping by a text column (or an int column without bounds) needs DP partition selection, "
+                "which a zcdp grant cannot pay for: group by declared categories or bins, or use a pure grant",
+                400,
+            )
         columns, rows = self._answer(plan)
         rows = apply_post(plan, columns, rows)
-        return self._frame(plan, columns, rows, eps)
+        return self._frame(plan, columns, rows, eps, "rho" if rho is not None else "epsilon")
 
     # -- the local evaluation ----------------------------------------------------------------------
     def _rows(self, ds_id: str) -> list[dict[str, Any]]:
@@ -241,14 +278,17 @@ class MockClient:
             rows = joined
         return answer_locally(rows, plan, dataset)
 
-    def _frame(self, plan: QueryPlan, columns: list[str], rows: list[list], epsilon: float) -> pd.DataFrame:
+    def _frame(
+        self, plan: QueryPlan, columns: list[str], rows: list[list], cost: float, unit: str = "epsilon"
+    ) -> pd.DataFrame:
         import pandas as pd
 
         df = pd.DataFrame(rows, columns=columns)
         df.attrs.update({
             "mock": True, "note": MOCK_NOTE, "query_id": "mock-" + uuid.uuid4().hex[:12],
             "grant": self.grant, "dataset": plan.dataset, "epsilon_spent": 0.0,
-            "epsilon_requested": epsilon, "cached": False, "normalized_sql": plan.normalized_sql,
+            f"{unit}_requested": cost, **({"rho_spent": 0.0} if unit == "rho" else {}),
+            "cached": False, "normalized_sql": plan.normalized_sql,
             "rows_mocked": self.rows,
         })
         return df

@@ -12,14 +12,26 @@ import math
 import uuid
 from dataclasses import dataclass
 
-from sandbox.dp.planner import ALPHA, plan_dp, release
-from sandbox.dp.selection import selection_delta
+from sandbox.dp.accounting import rho_to_epsilon
+from sandbox.dp.planner import (
+    ALPHA,
+    SELECT,
+    cost_for_halfwidth,
+    plan_dp,
+    planned_halfwidths,
+    planned_notes,
+    planned_quantiles,
+    release,
+)
+from sandbox.dp.selection import calibrate, selection_delta
+from sandbox.engine import catalog_digest
 from sandbox.errors import BadRequest, Forbidden, NotFound, PolicyError, SandboxError
-from sandbox.policy.models import Grant
+from sandbox.policy.models import Dataset, Grant
 from sandbox.policy.rules import can_use_grant, check_grant_fits_catalog, check_grant_usable, granted_columns
 from sandbox.services import Services
-from sandbox.sql._join import check_lookup
+from sandbox.sql._join import check_lookup, joined_dataset
 from sandbox.sql.analyze import analyze
+from sandbox.sql.plan import QueryPlan
 from sandbox.sql.post import apply_post
 from sandbox.state.audit import AuditEvent
 from sandbox.state.ledger import from_nano, to_nano
@@ -28,14 +40,27 @@ MIN_EPSILON = 0.001
 MAX_EPSILON = 100.0
 
 
+MIN_RHO = MIN_EPSILON**2 / 2  # the rho of a pure query at the smallest epsilon
+MAX_RHO = MAX_EPSILON**2 / 2
+MAX_HALFWIDTH = 1e15
+
+
 @dataclass(frozen=True)
 class QueryRequest:
+    """``cost`` is epsilon (``unit == "epsilon"``, pure grants) or rho (``unit == "rho"``, zcdp grants)."""
+
     sql: str
-    epsilon: float
+    cost: float
     grant: str | None
+    unit: str = "epsilon"
+    ci_halfwidth: float | None = None  # plans only: the target instead of a cost
+
+    @property
+    def epsilon(self) -> float:
+        return self.cost
 
 
-def parse_request(body: object, max_sql_chars: int) -> QueryRequest:
+def parse_request(body: object, max_sql_chars: int, *, plan: bool = False) -> QueryRequest:
     if not isinstance(body, dict):
         raise BadRequest('send a JSON object: {"sql": ..., "epsilon": ..., "grant": ...}', code="bad_json")
     sql = body.get("sql")
@@ -44,16 +69,23 @@ def parse_request(body: object, max_sql_chars: int) -> QueryRequest:
     if len(sql) > max_sql_chars:
         raise BadRequest(f"`sql` is longer than {max_sql_chars} characters", code="sql_too_long")
     _check_text(sql, "sql")
-    epsilon = _parse_epsilon(body.get("epsilon"))
     grant = body.get("grant")
     if grant is not None and not isinstance(grant, str):
         raise BadRequest("`grant` must be a grant id string", code="bad_grant")
     if grant is not None:
         _check_text(grant, "grant")
-    unknown = set(body) - {"sql", "epsilon", "grant"}
+    allowed = {"sql", "epsilon", "rho", "grant"} | ({"ci_halfwidth"} if plan else set())
+    unknown = set(body) - allowed
     if unknown:
         raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}", code="unknown_field")
-    return QueryRequest(sql=sql, epsilon=epsilon, grant=grant)
+    given = [k for k in ("epsilon", "rho", "ci_halfwidth") if body.get(k) is not None]
+    if len(given) > 1:
+        raise BadRequest(f"send one of {', '.join('`' + g + '`' for g in given)}, not several", code="bad_epsilon")
+    if plan and given == ["ci_halfwidth"]:
+        return QueryRequest(sql, 0.0, grant, "epsilon", _parse_halfwidth(body["ci_halfwidth"]))
+    if given == ["rho"]:
+        return QueryRequest(sql, _parse_rho(body["rho"]), grant, "rho")
+    return QueryRequest(sql=sql, cost=_parse_epsilon(body.get("epsilon")), grant=grant)
 
 
 def _check_text(value: str, field: str) -> None:
@@ -63,17 +95,22 @@ def _check_text(value: str, field: str) -> None:
         raise BadRequest(f"`{field}` is not valid Unicode text", code="bad_text") from None
 
 
+def _number(value: object, field: str, code: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"`{field}` must be a number", code=code)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number <= 0:
+        raise BadRequest(f"`{field}` must be a finite number above 0", code=code)
+    return number
+
+
 def _parse_epsilon(epsilon: object) -> float:
     if epsilon is None:
         raise BadRequest("`epsilon` is required: the privacy loss you choose to spend, e.g. 0.1", code="bad_epsilon")
-    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
-        raise BadRequest("`epsilon` must be a number", code="bad_epsilon")
-    try:
-        value = float(epsilon)
-    except OverflowError:
-        value = math.inf
-    if not math.isfinite(value) or value <= 0:
-        raise BadRequest("`epsilon` must be a finite number above 0", code="bad_epsilon")
+    value = _number(epsilon, "epsilon", "bad_epsilon")
     if value < MIN_EPSILON:
         raise BadRequest(
             f"`epsilon` below {MIN_EPSILON} is refused: such answers are pure noise, and dust-sized "
@@ -83,6 +120,33 @@ def _parse_epsilon(epsilon: object) -> float:
     if value > MAX_EPSILON:
         raise BadRequest(f"`epsilon` above {MAX_EPSILON} is over any grant's cap", code="epsilon_over_cap")
     return value
+
+
+def _parse_rho(rho: object) -> float:
+    value = _number(rho, "rho", "bad_epsilon")
+    if value < MIN_RHO:
+        raise BadRequest(f"`rho` below {MIN_RHO:g} is refused: such answers are pure noise", code="bad_epsilon")
+    if value > MAX_RHO:
+        raise BadRequest(f"`rho` above {MAX_RHO:g} is over any grant's cap", code="epsilon_over_cap")
+    return value
+
+
+def _parse_halfwidth(value: object) -> float:
+    number = _number(value, "ci_halfwidth", "bad_halfwidth")
+    if number > MAX_HALFWIDTH:
+        raise BadRequest(f"`ci_halfwidth` above {MAX_HALFWIDTH:g} is not a useful target", code="bad_halfwidth")
+    return number
+
+
+def check_accounting(grant: Grant, unit: str) -> None:
+    """A pure grant is charged in epsilon, a zcdp grant in rho."""
+    if grant.accounting == "zcdp" and unit != "rho":
+        raise BadRequest(
+            f"grant {grant.id} uses zcdp accounting: send `rho` (a pure query at epsilon e costs e**2/2 in rho)",
+            code="wrong_accounting",
+        )
+    if grant.accounting == "pure" and unit != "epsilon":
+        raise BadRequest(f"grant {grant.id} uses pure accounting: send `epsilon`", code="wrong_accounting")
 
 
 def resolve_grant(services: Services, user: str, grant_id: str | None) -> Grant:
@@ -105,8 +169,14 @@ def resolve_grant(services: Services, user: str, grant_id: str | None) -> Grant:
     return grant
 
 
-def cache_key(grant_id: str, normalized_sql: str, epsilon: float) -> str:
-    return hashlib.sha256(f"{grant_id}\x00{normalized_sql}\x00{to_nano(epsilon)}".encode()).hexdigest()
+def cache_key(
+    grant_id: str, normalized_sql: str, cost: float, data_version: str, catalog_entry: str, unit: str = "epsilon"
+) -> str:
+    """The answer cache key: grant, data version (source file and catalog entry as built), the
+    catalog entry's digest, normalized SQL and cost. A refresh or a new bound is a new key,
+    so an old answer is never replayed as current (and the new one is charged)."""
+    parts = [grant_id, data_version, catalog_entry, normalized_sql, unit, str(to_nano(cost))]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
 def answer_digest(columns: list, rows: list) -> str:
@@ -118,27 +188,37 @@ class QueryService:
         self.s = services
 
     def run(self, user: str, body: object) -> dict:
+        return self._guarded(user, body, plan=False)
+
+    def plan(self, user: str, body: object) -> dict:
+        """Accuracy before spending: free, touches no data and no ledger; same checks and analyzer."""
+        return self._guarded(user, body, plan=True)
+
+    def _guarded(self, user: str, body: object, *, plan: bool) -> dict:
         grant_id = body.get("grant") if isinstance(body, dict) and isinstance(body.get("grant"), str) else None
         sql = body.get("sql") if isinstance(body, dict) and isinstance(body.get("sql"), str) else None
         try:
-            req = parse_request(body, self.s.settings.max_sql_chars)
+            req = parse_request(body, self.s.settings.max_sql_chars, plan=plan)
             grant = resolve_grant(self.s, user, req.grant)
             grant_id = grant.id
-            return self._run(user, grant, req)
+            return self._plan(user, grant, req) if plan else self._run(user, grant, req)
         except SandboxError as exc:
-            self._audit_refusal(user, grant_id, sql, exc.code, exc.status)
+            self._audit_refusal(user, grant_id, sql, exc.code, exc.status, plan)
             raise
         except Exception:
-            self._audit_refusal(user, grant_id, sql, "internal_error", 500)
+            self._audit_refusal(user, grant_id, sql, "internal_error", 500, plan)
             raise
 
-    def _audit_refusal(self, user: str, grant_id: str | None, sql: str | None, code: str, status: int) -> None:
+    def _audit_refusal(
+        self, user: str, grant_id: str | None, sql: str | None, code: str, status: int, plan: bool = False
+    ) -> None:
         detail = {"sql": (sql or "")[:2000], "code": code, "status": status}
         if grant_id is not None:  # a hostile id may hold text SQLite cannot store as UTF-8
             grant_id = grant_id[:100].encode("utf-8", "backslashreplace").decode("utf-8")
-        self.s.audit.record(AuditEvent(user, "query.refused", grant_id, detail))
+        action = "query.plan_refused" if plan else "query.refused"
+        self.s.audit.record(AuditEvent(user, action, grant_id, detail))
 
-    def _run(self, user: str, grant: Grant, req: QueryRequest) -> dict:
+    def _analyze(self, grant: Grant, req: QueryRequest) -> tuple[QueryPlan, Dataset, dict[str, Dataset]]:
         catalog = self.s.policies.datasets()
         try:  # classification rules are enforced at query time too, not only at apply time
             check_grant_fits_catalog(grant, catalog)
@@ -147,30 +227,83 @@ class QueryService:
                 f"grant {grant.id} no longer fits the catalog: {exc.message}", code="grant_out_of_policy"
             ) from None
         plan = analyze(req.sql, catalog, granted_columns(grant, catalog))
-        self.s.engine.ensure(catalog)
-        dataset = catalog[plan.dataset]
+        return plan, catalog[plan.dataset], catalog
+
+    def _plan(self, user: str, grant: Grant, req: QueryRequest) -> dict:
+        plan, dataset, catalog = self._analyze(grant, req)
+        if plan.join is not None:  # the merged catalog entry, from metadata alone (the key check needs data)
+            dataset = joined_dataset(dataset, catalog[plan.join.lookup])
+        delta = _selection_delta(grant, plan)
+        unit = "rho" if grant.accounting == "zcdp" else "epsilon"
+        out: dict = {"grant": grant.id, "dataset": dataset.id, "accounting": grant.accounting, "charged": False}
+        if req.ci_halfwidth is not None:
+            cost = cost_for_halfwidth(plan, dataset, req.ci_halfwidth, grant.accounting, delta)
+            if cost is None:
+                raise BadRequest("a target half-width needs a COUNT, COUNT(DISTINCT unit) or SUM column; the "
+                                 "intervals of AVG and the spreads depend on the noisy count, and a quantile's "
+                                 "accuracy is a rank error: plan it with an epsilon instead", code="bad_halfwidth")
+            out["target_ci_halfwidth"] = req.ci_halfwidth
+            cost = max(cost, MIN_RHO if unit == "rho" else MIN_EPSILON)  # the smallest cost a query may ask
+        else:
+            check_accounting(grant, req.unit)
+            cost = req.cost
+        cap = grant.max_epsilon_per_query if unit == "epsilon" else grant.max_epsilon_per_query**2 / 2
+        dp_plan = plan_dp(plan, dataset, from_nano(to_nano(cost)), grant.accounting, delta)
+        notes, ranks = planned_notes(dp_plan), planned_quantiles(dp_plan)
+        out.update({
+            unit: cost,
+            "within_per_query_cap": to_nano(cost) <= to_nano(cap),
+            "budget": self.s.ledger.state(grant.id).to_dict(),
+            "accuracy": {"alpha": ALPHA, "ci_halfwidth": planned_halfwidths(dp_plan),
+                         **({"ci_halfwidth_null": notes} if notes else {}),
+                         **({"quantiles": ranks} if ranks else {})},
+            "mechanism": {"name": dp_plan.mechanism,
+                          "scales": {p.label: dp_plan.scale(p) for p in dp_plan.primitives},
+                          f"{unit}_per_measurement": dp_plan.epsilon_each,
+                          **_selection_block(dp_plan)},
+        })
+        if unit == "rho":
+            out["epsilon_equivalent"] = rho_to_epsilon(cost, grant.budget.delta)
+        self.s.audit.record(AuditEvent(user, "query.planned", grant.id,
+                                       {"sql": req.sql[:2000], "normalized_sql": plan.normalized_sql,
+                                        "dataset": dataset.id, unit: cost}))
+        return out
+
+    def _run(self, user: str, grant: Grant, req: QueryRequest) -> dict:
+        check_accounting(grant, req.unit)
+        plan, dataset, catalog = self._analyze(grant, req)
+        self.s.engine.ensure(self.s.policies.datasets())
         if not self.s.engine.has_table(dataset.id):
             raise SandboxError(f"dataset {dataset.id} has no data loaded yet", code="dataset_unavailable")
+        versioned = [dataset]
         if plan.join is not None:  # checked on public data, before any charge
+            versioned.append(catalog[plan.join.lookup])
             dataset = check_lookup(self.s.engine, plan.join, dataset, catalog)
-        delta = selection_delta(grant.budget.delta) if plan.open_keys else 0.0
-        dp_plan = plan_dp(plan, dataset, from_nano(to_nano(req.epsilon)), delta)
-        key = cache_key(grant.id, plan.normalized_sql, req.epsilon)
+        dp_plan = plan_dp(plan, dataset, from_nano(to_nano(req.cost)), grant.accounting, _selection_delta(grant, plan))
+        data_version = "+".join(self.s.engine.data_version(d.id) or "" for d in versioned)
+        digest = "+".join(catalog_digest(d) for d in [dataset, *versioned[1:]])
+        key = cache_key(grant.id, plan.normalized_sql, req.cost, data_version, digest, req.unit)
         query_id = "q-" + uuid.uuid4().hex[:16]
+        zcdp = req.unit == "rho"
         charge = self.s.ledger.charge(
             grant_id=grant.id,
             user=user,
             query_id=query_id,
-            epsilon=req.epsilon,
+            epsilon=None if zcdp else req.cost,
+            rho=req.cost if zcdp else None,
             max_epsilon_per_query=grant.max_epsilon_per_query,
             cache_key=key,
-            audit_detail={"sql": req.sql, "normalized_sql": plan.normalized_sql, "dataset": plan.dataset},
+            audit_detail={"sql": req.sql, "normalized_sql": plan.normalized_sql, "dataset": plan.dataset,
+                          "data_version": data_version},
+            dataset=dataset,
+            operator=grant.operator,
             delta=dp_plan.delta,
         )
         if charge.cached_response is not None:
             return {
                 **charge.cached_response,
                 "epsilon_spent": 0.0,
+                **({"rho_spent": 0.0} if zcdp else {}),
                 "cached": True,
                 "budget": self.s.ledger.state(grant.id).to_dict(),
             }
@@ -183,6 +316,7 @@ class QueryService:
             self.s.ledger.forget_pending(key, query_id, user, grant.id, type(exc).__name__)
             raise
         rows = apply_post(plan, released.columns, released.rows)
+        unit = "rho" if zcdp else "epsilon"
         response = {
             "query_id": query_id,
             "grant": grant.id,
@@ -190,11 +324,12 @@ class QueryService:
             "columns": released.columns,
             "rows": rows,
             "epsilon_spent": from_nano(charge.epsilon_nano),
+            **({"rho_spent": from_nano(charge.rho_nano)} if zcdp else {}),
             "cached": False,
             "accuracy": {"alpha": ALPHA, "ci_halfwidth": released.ci_halfwidth,
                          **({"quantiles": released.quantiles} if released.quantiles else {})},
-            "mechanism": {"name": "discrete_laplace", "scales": released.scales,
-                          "epsilon_per_measurement": dp_plan.epsilon_each,
+            "mechanism": {"name": dp_plan.mechanism, "scales": released.scales,
+                          f"{unit}_per_measurement": dp_plan.epsilon_each,
                           "measurements": released.measurements,
                           **({"partition_selection": released.selection} if released.selection else {})},
             "answer_sha256": answer_digest(released.columns, rows),
@@ -203,3 +338,16 @@ class QueryService:
         response["budget"] = self.s.ledger.state(grant.id).to_dict()
         return response
 
+
+def _selection_delta(grant: Grant, plan: QueryPlan) -> float:
+    """The delta DP partition selection spends (pure grants; zcdp grants are refused it by the planner)."""
+    return selection_delta(grant.budget.delta) if plan.open_keys and grant.accounting == "pure" else 0.0
+
+
+def _selection_block(dp_plan) -> dict:  # noqa: ANN001
+    """The partition selection a plan would run: its threshold and delta (before any data)."""
+    if SELECT not in dp_plan.primitives:
+        return {}
+    scale, threshold = calibrate(dp_plan.epsilon_each, dp_plan.delta)
+    return {"partition_selection": {"mechanism": "laplace_threshold", "scale": scale, "threshold": threshold,
+                                    "epsilon": dp_plan.epsilon_each, "delta": dp_plan.delta}}

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandbox.engine import Engine
+from sandbox.oversight import OversightSettings
 from sandbox.state.audit import AuditLog
 from sandbox.state.db import StateDB
 from sandbox.state.grants_store import PolicyStore
@@ -30,6 +31,8 @@ class Settings:
     engine_build_memory: str = "4GB"  # the import child process (contribution bound); spills beyond
     internal_token: str | None = None  # shared secret for the hub's spawn check
     today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(dt.UTC).date())
+    # directory, cases and monitoring; each field's help is in sandbox.oversight.HELP
+    oversight: OversightSettings = field(default_factory=OversightSettings)
 
 
 class Services:

@@ -4,11 +4,15 @@ Sources of truth, all in the state database:
 
 - queries and epsilon: the ledger's ``charges`` (a cached replay costs nothing and writes no charge);
 - exports: audit entries whose action starts with ``export.submitted`` (so the count does not depend on
-  the exports module being installed);
-- notebook hours: :meth:`SessionLog.hours` (a running session counts until now).
+  the exports module being installed); a request the authority withdrew (e.g. on revocation) is never billed;
+- notebook hours: :meth:`SessionLog.hours` (a running session counts until now);
+- which days are billable: ``sandbox.billing``, from the effective-dated history of the grant's terms in the
+  audit log (nothing is billed for days a grant was suspended, revoked, out of policy, not yet applied,
+  outside its window, or in free public-welfare use; a change never applies before it was made).
 
-Amounts are exact decimals rounded half-up to cents, returned as strings (``"12.50"``) so that a report
-serializes to JSON or CSV without any float rounding.
+The monthly base is prorated by billable days; usage is billed only on billable days. Amounts are exact
+decimals rounded half-up to cents, returned as strings (``"12.50"``) so that a report serializes to JSON or
+CSV without any float rounding.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import csv
 import datetime as dt
 import io
 import re
+import sqlite3
 from decimal import ROUND_HALF_UP, Decimal
 
-from sandbox.disclosure import status_changes
 from sandbox.errors import BadRequest
 from sandbox.policy.models import Grant
 from sandbox.policy.prices import PriceSchedule, default_prices_path, load_prices
@@ -54,19 +58,27 @@ def _money(value: Decimal) -> str:
     return str(value + 0)  # + 0 turns -0.00 into 0.00
 
 
-def _in_force(grant: Grant, changed: dt.datetime | None, start: dt.datetime, end: dt.datetime) -> bool:
-    """The grant's window overlaps the period and it was not already suspended/revoked when it began."""
-    overlaps = grant.valid_from < end.date() and grant.valid_until >= start.date()
-    stopped_before = grant.status != "active" and changed is not None and changed < start
-    return overlaps and not stopped_before
-
-
-def _exports_by_grant(services: Services, start: dt.datetime, end: dt.datetime) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def _exports_by_grant(services: Services, start: dt.datetime, end: dt.datetime) -> dict[str, list[dict]]:
+    """Export submissions in [start, end) per grant, each with whether the authority withdrew it."""
+    found: dict[str, list[dict]] = {}
+    withdrawn = _withdrawn_by_authority(services)
     for entry in services.audit.entries(since=start.isoformat()):
         if entry["action"].startswith("export.submitted") and entry["grant_id"] and _ts(entry["ts"]) < end:
-            counts[entry["grant_id"]] = counts.get(entry["grant_id"], 0) + 1
-    return counts
+            request_id = entry["detail"].get("request")
+            found.setdefault(entry["grant_id"], []).append(
+                {"ts": _ts(entry["ts"]), "withdrawn_by_authority": request_id in withdrawn})
+    return found
+
+
+def _withdrawn_by_authority(services: Services) -> set[str]:
+    """Export requests withdrawn by someone other than their requester (the authority, e.g. on revocation)."""
+    try:
+        rows = services.db.read(
+            "SELECT e.request_id FROM export_events e JOIN export_requests r ON r.id = e.request_id"
+            " WHERE e.action = 'withdraw' AND e.actor != r.requester")
+    except sqlite3.Error:  # the exports module is not installed
+        return set()
+    return {r["request_id"] for r in rows}
 
 
 def _quantity(value: Decimal) -> str:
@@ -74,82 +86,109 @@ def _quantity(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def _line(item: str, description: str, quantity: Decimal, unit_price: Decimal) -> dict:
+def _line(item: str, description: str, quantity: Decimal, unit_price: Decimal, amount: Decimal | None = None) -> dict:
     return {
         "item": item,
         "description": description,
         "quantity": _quantity(quantity),
         "unit_price": str(unit_price),
-        "amount": _money(quantity * unit_price),
+        "amount": _money(quantity * unit_price if amount is None else amount),
     }
 
 
-def _statement(grant: Grant, metrics: dict, in_force: bool, prices: PriceSchedule) -> tuple[list[dict], str]:
-    lines = []
-    if in_force:
-        lines.append(_line("monthly_base", "Monthly base fee (grant in force during the period)",
-                           Decimal(1), prices.monthly_base))
-    lines += [
-        _line("queries", "Charged DP queries (cached replays are free)", Decimal(metrics["queries"]),
-              prices.per_query),
-        _line("epsilon", "Privacy budget spent (epsilon)", metrics["epsilon_exact"], prices.per_epsilon),
-        _line("exports", "Export requests submitted for review", Decimal(metrics["exports"]), prices.per_export),
-        _line("notebook_hours", "Notebook server hours", metrics["hours_exact"], prices.per_notebook_hour),
+REASONS = {"not_applied": "not yet applied", "outside_window": "outside the validity period",
+           "suspended": "suspended", "revoked": "revoked", "out_of_policy": "out of policy",
+           "public_welfare": "free public-welfare use"}
+
+
+def _statement(metrics: dict, days: int, billable: int, not_billed: dict, prices: PriceSchedule) -> list[dict]:
+    share = Decimal(billable) / Decimal(days)
+    lines = [
+        _line("monthly_base", f"Monthly base fee for {billable} of {days} days billable",
+              share.quantize(Decimal("0.000001")), prices.monthly_base, prices.monthly_base * share),
+        _line("queries", "Charged DP queries on billable days (cached replays are free)",
+              Decimal(metrics["queries"]), prices.per_query),
+        _line("epsilon", "Privacy budget spent on billable days (epsilon)", metrics["epsilon_exact"],
+              prices.per_epsilon),
+        _line("exports", "Export requests submitted on billable days (never those the authority withdrew)",
+              Decimal(metrics["exports"]), prices.per_export),
+        _line("notebook_hours", "Notebook server hours on billable days", metrics["hours_exact"],
+              prices.per_notebook_hour),
     ]
-    subtotal = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
-    if grant.use == "public_welfare" and prices.public_welfare == "free":
-        lines.append({
-            "item": "public_welfare_waiver",
-            "description": "Public-welfare use: free of charge under the price schedule (public_welfare: free)",
-            "quantity": "1",
-            "unit_price": _money(-subtotal),
-            "amount": _money(-subtotal),
-        })
-        subtotal = Decimal(0)
-    return lines, _money(subtotal)
+    if not_billed:
+        text = ", ".join(f"{n} {REASONS.get(reason, reason)}" for reason, n in sorted(not_billed.items()))
+        lines.append(_line("days_not_billed", f"Days not billed: {text}", Decimal(sum(not_billed.values())),
+                           Decimal("0.00"), Decimal(0)))
+    return lines
 
 
 def usage_report(services: Services, period: str, prices: PriceSchedule | None = None) -> list[dict]:
-    """One statement per grant in force during ``period`` (``YYYY-MM``, UTC) or with usage in it.
+    """One statement per grant billable or used during ``period`` (``YYYY-MM``, UTC).
 
-    Each statement: ``period``, ``grant``, ``operator``, ``use``, ``currency``, the metrics ``queries``
-    (charged), ``epsilon``, ``exports`` (submitted), ``notebook_hours``, then ``lines`` (each ``item``,
-    ``description``, ``quantity``, ``unit_price``, ``amount``) and ``total``. Raises BadRequest for a bad
-    period and PolicyError when no price schedule is given and ``policies/prices.yaml`` cannot be read.
+    Each statement: ``period``, ``grant``, ``operator``, ``use``, ``currency``, the metered totals
+    ``queries`` (charged), ``epsilon``, ``exports`` (submitted), ``notebook_hours``; the day counts
+    ``days``, ``billable_days`` and ``not_billed_days`` (per reason, see ``sandbox.billing``); then
+    ``lines`` (each ``item``, ``description``, ``quantity``, ``unit_price``, ``amount``) billed for the
+    billable days only, and ``total``. Raises BadRequest for a bad period and PolicyError when no price
+    schedule is given and ``policies/prices.yaml`` cannot be read.
     """
+    from sandbox.billing import billable_days
+
     start, end = parse_period(period)
     prices = prices or load_prices(default_prices_path())
     exports = _exports_by_grant(services, start, end)
-    changed = status_changes(services)
+    days = (end - start).days
     report = []
     for grant in sorted(services.policies.grants(), key=lambda g: g.id):
+        billable, not_billed = billable_days(services, grant.id, start, end, prices, _priced_products(services, grant))
+        on = set(billable)
         charges = [c for c in services.ledger.charges(grant.id) if start <= _ts(c["ts"]) < end]
-        nano = sum(c["epsilon_nano"] for c in charges)
-        hours = services.sessions.hours(grant.id, start, end)
+        submitted = exports.get(grant.id, [])
+        hours_all = services.sessions.hours(grant.id, start, end)
+        in_force = billable or set(not_billed) - {"not_applied", "outside_window", "revoked"}
+        if not in_force and not (charges or submitted or hours_all):
+            continue
+        billed_charges = [c for c in charges if _ts(c["ts"]).date() in on]
+        hours = sum(services.sessions.hours(grant.id, _day(d), _day(d) + dt.timedelta(days=1)) for d in billable)
         metrics = {
-            "queries": len(charges),
-            "epsilon_exact": Decimal(nano) / NANO,
-            "exports": exports.get(grant.id, 0),
+            "queries": len(billed_charges),
+            "epsilon_exact": Decimal(sum(c["epsilon_nano"] for c in billed_charges)) / NANO,
+            "exports": sum(1 for x in submitted if x["ts"].date() in on and not x["withdrawn_by_authority"]),
             "hours_exact": Decimal(str(round(hours, 4))),
         }
-        in_force = _in_force(grant, changed.get(grant.id), start, end)
-        if not in_force and not (charges or metrics["exports"] or hours):
-            continue
-        lines, total = _statement(grant, metrics, in_force, prices)
+        lines = _statement(metrics, days, len(billable), dict(not_billed), prices)
+        total = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
         report.append({
             "period": period,
             "grant": grant.id,
             "operator": grant.operator,
             "use": grant.use,
             "currency": prices.currency,
-            "queries": metrics["queries"],
-            "epsilon": nano / NANO,
-            "exports": metrics["exports"],
-            "notebook_hours": round(hours, 4),
+            "queries": len(charges),
+            "epsilon": sum(c["epsilon_nano"] for c in charges) / NANO,
+            "exports": len(submitted),
+            "notebook_hours": round(hours_all, 4),
+            "days": days,
+            "billable_days": len(billable),
+            "not_billed_days": dict(sorted(not_billed.items())),
             "lines": lines,
-            "total": total,
+            "total": _money(total),
         })
     return report
+
+
+def _day(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+def _priced_products(services: Services, grant: Grant) -> bool:
+    """Whether an approved product of the grant is not free to the public (public-welfare condition)."""
+    try:
+        rows = services.db.read("SELECT price, free_to_public FROM offerings WHERE grant_id = ? AND status = 'approved'"
+                                " AND kind = 'product'", (grant.id,))
+    except sqlite3.Error:
+        return False
+    return any(not r["free_to_public"] and r["price"] not in (None, "0", "0.00") for r in rows)
 
 
 def format_csv(report: list[dict]) -> str:

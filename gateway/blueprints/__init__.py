@@ -13,6 +13,12 @@ MODULES = (
     "gateway.blueprints.review",
     "gateway.blueprints.admin",
     "gateway.blueprints.public",
+    "gateway.blueprints.directory",
+    "gateway.blueprints.cases",
+    "gateway.blueprints.auditor",
+    "gateway.blueprints.admin_alerts",
+    "gateway.blueprints.offerings",
+    "gateway.blueprints.pricing",
     "gateway.hub_oauth",
 )
 

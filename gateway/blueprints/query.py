@@ -8,6 +8,7 @@ import pyarrow as pa
 from flask import Blueprint, Response, jsonify, request
 
 from gateway.context import identity, json_body, services
+from sandbox.auditing import check_no_data_access
 from sandbox.errors import BadRequest
 from sandbox.policy.rules import can_use_grant, granted_columns
 from sandbox.query_service import QueryService
@@ -20,6 +21,7 @@ ARROW = "application/vnd.apache.arrow.stream"
 def catalog():  # noqa: ANN201
     user = identity().user
     s = services()
+    check_no_data_access(s, user)
     datasets = s.policies.datasets()
     out = []
     for grant in s.policies.grants_for(user):
@@ -51,6 +53,7 @@ def catalog():  # noqa: ANN201
 def query():  # noqa: ANN201
     user = identity().user
     s = services()
+    check_no_data_access(s, user, "query.refused")
     if request.content_length and request.content_length > s.settings.max_body_bytes:
         raise BadRequest(f"the body is larger than {s.settings.max_body_bytes} bytes", code="body_too_large")
     body = json_body()
@@ -60,13 +63,28 @@ def query():  # noqa: ANN201
     return jsonify(result)
 
 
-@bp.get("/v1/budget")
-def budget():  # noqa: ANN201
+@bp.post("/v1/plan")
+def plan():  # noqa: ANN201
+    """Half-widths for a cost, or the cost for a half-width: free, no data touched, nothing charged."""
     user = identity().user
     s = services()
+    if request.content_length and request.content_length > s.settings.max_body_bytes:
+        raise BadRequest(f"the body is larger than {s.settings.max_body_bytes} bytes", code="body_too_large")
+    return jsonify(QueryService(s).plan(user, json_body()))
+
+
+@bp.get("/v1/budget")
+def budget():  # noqa: ANN201
+    """Each grant's budget, with its operator's cap and the dataset cap on each of its datasets."""
+    user = identity().user
+    s = services()
+    catalog = s.policies.datasets()
     grants = []
     for grant in s.policies.grants_for(user):
-        grants.append({"grant": grant.id, "status": grant.status, **s.ledger.state(grant.id).to_dict()})
+        caps = [c.to_dict() for ds_id in sorted(grant.datasets) if ds_id in catalog
+                for c in s.ledger.cap_states(catalog[ds_id], grant.operator)]
+        grants.append({"grant": grant.id, "status": grant.status, **s.ledger.state(grant.id).to_dict(),
+                       "caps": caps})
     return jsonify({"grants": grants})
 
 

@@ -22,7 +22,9 @@ from gateway.blueprints.exports import file_response, uploaded_files
 from gateway.context import authenticator, identity, services
 from sandbox.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from sandbox.exports import store, views, workflow
-from sandbox.exports.tables import read_table
+from sandbox.exports.canonical import TABLE_KINDS
+from sandbox.exports.canonical.tables import read_canonical
+from sandbox.exports.override import override as override_checks
 
 bp = Blueprint("review", __name__, url_prefix="/review")
 COOKIE = "sandbox_token"
@@ -148,7 +150,12 @@ def request_page(request_id: str):  # noqa: ANN201
     req = views.request_view(services(), request_id, user)
     if wants_json():
         return jsonify(req)
-    previews = {f["name"]: _preview(request_id, f) for f in req["files"]}
+    # previews are for reviewers and admins: a requester reading them from outside the sandbox
+    # would take unreleased content out without any approval (they download once approved)
+    privileged = views.sees_all(services(), views.load(services(), request_id, user), user)
+    previews = {f["name"]: _preview(request_id, f) if privileged else {"kind": f["kind"], "hidden": True,
+                                                                          "marks": {}, "column_marks": {}}
+                for f in req["files"]}
     return page("review/request.html", req=req, previews=previews, done=request.args.get("done"))
 
 
@@ -165,11 +172,11 @@ def _preview(request_id: str, f: dict) -> dict:
                     (check["outcome"], note))
             else:
                 out["column_marks"].setdefault(cell["column"], []).append((check["outcome"], note))
-    if f["kind"] in ("csv", "parquet"):
+    if f["kind"] in TABLE_KINDS:
         try:
-            table = read_table(f["kind"], data, PREVIEW_ROWS)
-        except BadRequest as exc:
-            out["error"] = exc.message
+            table = read_canonical(f["kind"], data, PREVIEW_ROWS)
+        except (BadRequest, ValueError) as exc:
+            out["error"] = getattr(exc, "message", "the stored file cannot be read")
             return out
         out["table"] = {"columns": table.columns, "rows": table.rows[:PREVIEW_ROWS],
                         "truncated": len(table.rows) > PREVIEW_ROWS}
@@ -182,16 +189,21 @@ def _preview(request_id: str, f: dict) -> dict:
 
 @bp.get("/exports/<request_id>/files/<name>/preview")
 def preview_file(request_id: str, name: str):  # noqa: ANN201
-    """The stored bytes for reviewers and the requester, inside the review UI (images inline)."""
+    """The canonical bytes (what would leave) for reviewers and admins, inside the review UI.
+
+    Not for the requester: they get files through the download, once approved (and audited)."""
     user = identity().user
     row = views.load(services(), request_id, user)
+    if not views.sees_all(services(), row, user):
+        raise Forbidden("previews are for reviewers; download the files once they are approved",
+                        code="preview_reviewers_only")
     f = next((f for f in store.current_files(services().db.conn, row["id"]) if f["name"] == name), None)
     if f is None:
         raise NotFound(f"no file {name} on this request", code="unknown_file")
     data = store.BlobStore(services().db).get(request_id, f["sha256"])
     if data is None or store.sha256(data) != f["sha256"]:
         raise workflow.IntegrityError(f"{name}: the stored bytes do not match their sha256")
-    return file_response(f, data, attachment=f["kind"] != "png")
+    return file_response(f, data, attachment=f["kind"] not in ("png", "jpeg"))
 
 
 # -- forms ------------------------------------------------------------------------------------
@@ -205,6 +217,14 @@ def decide(request_id: str):  # noqa: ANN201
     check_csrf()
     new = workflow.review(services(), request_id, user, request.form.get("decision"),
                           request.form.get("comment", ""))
+    return _back(request_id, new)
+
+
+@bp.post("/exports/<request_id>/override")
+def override(request_id: str):  # noqa: ANN201
+    user = identity().user
+    check_csrf()
+    new = override_checks(services(), request_id, user, request.form.get("reason", ""))
     return _back(request_id, new)
 
 

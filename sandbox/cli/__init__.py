@@ -16,6 +16,7 @@ from sandbox.errors import SandboxError
 
 # command groups register themselves on `cli`
 from sandbox.cli import admin, serve  # noqa: E402, F401  isort: skip
+from sandbox.cli import oversight  # noqa: E402, F401  isort: skip
 
 
 def main() -> None:

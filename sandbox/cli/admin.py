@@ -50,16 +50,26 @@ def datasets_validate(paths, data_root):  # noqa: ANN001, ANN201
 
 @datasets.command("register")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data-root", envvar="SANDBOX_DATA_ROOT", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder with the Parquet files: each source must exist there and match its declared schema.")
 @STATE
 @ACTOR
 @translate_errors
-def datasets_register(paths, state_dir, actor):  # noqa: ANN001, ANN201
-    """Register (or update) catalog entries from YAML files."""
+def datasets_register(paths, data_root, state_dir, actor):  # noqa: ANN001, ANN201
+    """Register (or update) catalog entries from YAML files, once each source matches its declared schema."""
+    from sandbox.catalog_check import check_dataset_against_parquet
     from sandbox.policy.loader import load_dataset
 
+    entries = [(path, load_dataset(path)) for path in paths]
+    problems = [f"{path}: {p}" for path, ds in entries for p in check_dataset_against_parquet(ds, data_root)]
+    if problems:
+        for line in problems:
+            click.echo(line, err=True)
+        fail(f"{len(problems)} problem(s); nothing registered", 1)
     store = services_for(state_dir).policies
-    for path in paths:
-        result = store.apply_dataset(load_dataset(path), actor)
+    for _path, ds in entries:
+        result = store.apply_dataset(ds, actor)
         click.echo(f"{result.grant_id}: {result.outcome}")
 
 
@@ -235,14 +245,28 @@ def budget() -> None:
 @STATE
 @translate_errors
 def budget_show(grant_id, state_dir):  # noqa: ANN001, ANN201
-    """Epsilon total, spent and remaining, for one grant or all."""
+    """Epsilon total, spent and remaining, for one grant or all: the grant, its operator's cap
+    and the dataset's cap for all grants together, on each of its datasets."""
     s = services_for(state_dir)
-    ids = [grant_id] if grant_id else [g.id for g in s.policies.grants()]
-    for gid in ids:
-        b = s.ledger.state(gid)
-        click.echo(
-            f"{gid}: epsilon total {b.epsilon_total:g}, spent {b.epsilon_spent:g}, remaining {b.epsilon_remaining:g}"
-        )
+    if grant_id:
+        s.ledger.state(grant_id)  # "no budget for grant ..." before anything else
+    grants = [s.policies.grant(grant_id)] if grant_id else s.policies.grants()
+    catalog = s.policies.datasets()
+    for grant in grants:
+        b = s.ledger.state(grant.id)
+        line = (f"{grant.id}: epsilon total {b.epsilon_total:g}, spent {b.epsilon_spent:g}, "
+                f"remaining {b.epsilon_remaining:g}")
+        if b.accounting == "zcdp":
+            line += f" (zcdp at delta {b.delta:g}: rho total {b.rho_total:g}, spent {b.rho_spent:g})"
+        click.echo(line)
+        for ds_id in sorted(grant.datasets):
+            if ds_id not in catalog:
+                continue
+            for cap in s.ledger.cap_states(catalog[ds_id], grant.operator):
+                who = f"operator {cap.operator}" if cap.cap == "operator" else "all grants"
+                total = "no cap" if cap.epsilon_total is None else f"cap {cap.epsilon_total:g}"
+                left = "" if cap.epsilon_remaining is None else f", remaining {cap.epsilon_remaining:g}"
+                click.echo(f"  {ds_id}, {who}: {total}, spent {cap.epsilon_spent:g}{left}")
 
 
 # -- audit -----------------------------------------------------------------------------------

@@ -60,10 +60,12 @@ def _apply_and_warm(services, policies_dir: Path, actor: str) -> None:  # noqa: 
 @click.option("--engine-memory", default="1GB", show_default=True, help="DuckDB memory limit while serving.")
 @click.option("--build-memory", default="4GB", show_default=True,
               help="Memory limit of the import child process that builds the engine file (it spills beyond).")
+@click.option("--alert-webhook", envvar="SANDBOX_ALERT_WEBHOOK", default=None,
+              help="POST every early-warning alert there as JSON. Env: SANDBOX_ALERT_WEBHOOK.")
 @ACTOR
 @translate_errors
 def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_threads, engine_memory, build_memory,  # noqa: ANN001, ANN201
-          actor):
+          actor, alert_webhook):
     """Serve the gateway (query API, exports, review UI, public register) with waitress.
 
     Applies the policies directory at start, builds the locked engine file from the Parquet
@@ -76,6 +78,10 @@ def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_
     internal = os.environ.get("SANDBOX_INTERNAL_TOKEN") or None
     services = _build_services(state_dir, data_root, internal, engine_threads, engine_memory, build_memory)
     _apply_and_warm(services, policies_dir, actor)
+    from sandbox.policy.monitoring import load_monitoring
+
+    services.settings.oversight.monitoring = load_monitoring(policies_dir)  # monitoring.yaml, if any
+    services.settings.oversight.alert_webhook_url = alert_webhook
     authenticator = None
     if auth == "hub":
         from gateway.hub_auth import HubAuthenticator
@@ -110,6 +116,7 @@ def demo(data_root, policies_dir, state_dir, host, port, user):  # noqa: ANN001,
     _apply_and_warm(services, policies_dir, "demo")
     token = services.tokens.create(user)
     reviewer = services.tokens.create("carol")
+    auditor = services.tokens.create("erin")
     url = f"http://{host}:{port}"
     example = json.dumps({"sql": DEMO_SQL, "epsilon": 0.5, "grant": "g-2026-001"})
     click.echo(
@@ -117,12 +124,13 @@ def demo(data_root, policies_dir, state_dir, host, port, user):  # noqa: ANN001,
 Gateway ready at {url}
   operator {user}: token {token}
   reviewer carol:  token {reviewer}   (review UI: {url}/review/login)
+  auditor erin:    token {auditor}   (read-only audit view: {url}/auditor/login)
 Try:
   curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
     -d '{example}' \\
     {url}/v1/query
   curl -s -H 'Authorization: Bearer {token}' {url}/v1/budget
-Public register: {url}/public/grants
+Public register: {url}/public/grants · directory of data resources: {url}/public/datasets
 """
     )
     waitress.serve(create_app(services=services), host=host, port=port, threads=8, ident="sandbox-gateway")

@@ -6,6 +6,12 @@ all groups a count moves by at most k (L1) and a fixed-point sum by at most
 k * max(|low|, |high|) * factor. Each distinct primitive (COUNT(*), COUNT(col), SUM(col))
 is measured once with an equal share of epsilon; AVG reuses COUNT(col) and SUM(col), so it
 is never charged twice. Basic composition: the shares add up to the epsilon charged.
+
+Under ``zcdp`` accounting each primitive gets an equal share of rho instead and discrete
+Gaussian noise; rho composes by addition too. The L2 sensitivity used is the L1 one above:
+a unit's change to the vector of per-group values is a vector whose entries add up (in
+absolute value) to at most k (or k times the largest bound), and a vector's L2 norm is never
+above its L1 norm.
 """
 
 from __future__ import annotations
@@ -14,8 +20,17 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
+import opendp.prelude as _dp
+
 from sandbox.dp import quantiles, selection, spread
-from sandbox.dp.noise import add_discrete_laplace, halfwidth
+from sandbox.dp.noise import (
+    add_discrete_gaussian,
+    add_discrete_laplace,
+    gaussian_halfwidth,
+    gaussian_scale,
+    halfwidth,
+    laplace_scale,
+)
 from sandbox.errors import BadRequest
 from sandbox.policy.models import Dataset
 from sandbox.sql.plan import MAX_QUANTILE_CELLS, ORDER_KINDS, SPREAD_KINDS, QueryPlan, quantile_grid
@@ -38,15 +53,52 @@ class Primitive:
 
 @dataclass(frozen=True)
 class DPPlan:
+    """``epsilon`` is the cost charged: epsilon (pure accounting) or rho (``accounting == "zcdp"``)."""
+
     query: QueryPlan
     dataset: Dataset
     epsilon: float
     primitives: tuple[Primitive, ...]
-    delta: float = 0.0  # spent by DP partition selection (keys without declared values)
+    accounting: str = "pure"
+    delta: float = 0.0  # spent by DP partition selection (keys without declared values; pure only)
 
     @property
     def epsilon_each(self) -> float:
+        """The share of each primitive (epsilon, or rho under zcdp)."""
         return self.epsilon / len(self.primitives)
+
+    @property
+    def mechanism(self) -> str:
+        return "discrete_gaussian" if self.accounting == "zcdp" else "discrete_laplace"
+
+    @property
+    def quantile_epsilon(self) -> float:
+        """The pure epsilon of a quantile's noisy max: its share, or under zcdp the epsilon whose
+        pure-DP selection is (epsilon**2 / 2)-zCDP, i.e. sqrt(2 * rho share) (OpenDP checks it)."""
+        if self.accounting == "zcdp":
+            return math.sqrt(2 * self.epsilon_each)
+        return self.epsilon_each
+
+    def scale(self, prim: Primitive) -> float:
+        """The noise scale of a primitive, without touching any data."""
+        if prim.kind == "quantile":
+            return quantiles.selection_scale(self.sensitivity(prim), self.quantile_epsilon, self.zcdp_share)
+        if prim == SELECT:
+            return selection.calibrate(self.epsilon_each, self.delta)[0]
+        if self.accounting == "zcdp":
+            return gaussian_scale(self.sensitivity(prim), self.epsilon_each)
+        return laplace_scale(self.sensitivity(prim), self.epsilon_each)
+
+    @property
+    def zcdp_share(self) -> float | None:
+        return self.epsilon_each if self.accounting == "zcdp" else None
+
+    def halfwidth(self, scale: float, alpha: float) -> float:
+        return gaussian_halfwidth(scale, alpha) if self.accounting == "zcdp" else halfwidth(scale, alpha)
+
+    def add_noise(self, values: list[int], prim: Primitive) -> tuple[list[int], float]:
+        add = add_discrete_gaussian if self.accounting == "zcdp" else add_discrete_laplace
+        return add(values, self.sensitivity(prim), self.epsilon_each)
 
     def sensitivity(self, prim: Primitive) -> int:
         k = self.dataset.max_rows_per_unit
@@ -82,9 +134,18 @@ def needed(agg) -> list[Primitive]:  # noqa: ANN001
     raise BadRequest(f"{agg.kind} has no mechanism here", "unsupported_function")  # refused before any charge
 
 
-def plan_dp(query: QueryPlan, dataset: Dataset, epsilon: float, delta: float = 0.0) -> DPPlan:
+def plan_dp(
+    query: QueryPlan, dataset: Dataset, epsilon: float, accounting: str = "pure", delta: float = 0.0
+) -> DPPlan:
     prims: list[Primitive] = []
     if query.open_keys:
+        if accounting == "zcdp":
+            raise BadRequest(
+                "grouping by a text column (or an int column without bounds) releases only keys chosen by DP "
+                "partition selection, which spends delta; under zcdp accounting the grant's delta already pays "
+                "for the rho conversion. Group by declared categories or bins, or use a pure grant",
+                "selection_needs_pure",
+            )
         if delta <= 0:
             raise BadRequest(
                 "grouping by a text column releases only keys chosen by DP partition selection, which "
@@ -99,7 +160,7 @@ def plan_dp(query: QueryPlan, dataset: Dataset, epsilon: float, delta: float = 0
         for p in needed(agg):
             if p not in prims:
                 prims.append(p)
-    return DPPlan(query, dataset, epsilon, tuple(prims), delta if query.open_keys else 0.0)
+    return DPPlan(query, dataset, epsilon, tuple(prims), accounting, delta if query.open_keys else 0.0)
 
 
 @dataclass(frozen=True)
@@ -136,9 +197,9 @@ def _spread_parts(plan: DPPlan, agg, noisy, i: int) -> spread.Parts:  # noqa: AN
 def _spread_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float:  # noqa: ANN001
     column = plan.dataset.columns[agg.column]
     count, csum, csq = spread_primitives(agg.column)
-    t_n = halfwidth(scales[count], ALPHA / 3)
-    t_s = halfwidth(scales[csum], ALPHA / 3) / column.factor
-    t_q = halfwidth(scales[csq], ALPHA / 3) * (1 << spread.centring(column).shift) / column.factor**2
+    t_n = plan.halfwidth(scales[count], ALPHA / 3)
+    t_s = plan.halfwidth(scales[csum], ALPHA / 3) / column.factor
+    t_q = plan.halfwidth(scales[csq], ALPHA / 3) * (1 << spread.centring(column).shift) / column.factor**2
     return max(
         (spread.halfwidth(agg.kind, _spread_parts(plan, agg, noisy, i), t_n, t_s, t_q, column) for i in range(n_keys)),
         default=0.0,
@@ -166,17 +227,15 @@ def release(plan: DPPlan, exact: dict[tuple, dict[Primitive, int]]) -> Release:
             continue
         if prim.kind == "quantile":
             out = quantiles.release_quantile(
-                plan.dataset.columns[prim.column], prim.q, plan.dataset.max_rows_per_unit, plan.epsilon_each,
-                [exact.get(key, {}).get(prim) for key in keys],
+                plan.dataset.columns[prim.column], prim.q, plan.dataset.max_rows_per_unit, plan.quantile_epsilon,
+                [exact.get(key, {}).get(prim) for key in keys], zcdp_rho=plan.zcdp_share,
             )
             noisy[prim], scales[prim] = out.values, out.scale
             accuracy[prim] = {"rank_error": round(out.rank_error, 3), "resolution": out.resolution, "q": prim.q,
                               "meaning": QUANTILE_MEANING}
             continue
         values = [int(exact.get(key, {}).get(prim, 0)) for key in keys]
-        noisy[prim], scales[prim] = add_discrete_laplace(
-            values, plan.sensitivity(prim), plan.epsilon_each
-        )
+        noisy[prim], scales[prim] = plan.add_noise(values, prim)
     release_ = _assemble(plan, keys, noisy, scales)
     if chosen is not None:
         release_.selection.update({
@@ -258,19 +317,19 @@ def _bounded_avg(plan: DPPlan, column: str, total: float, count: int) -> float:
 
 def _aggregate_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float | None:  # noqa: ANN001
     if agg.kind == "count":
-        return halfwidth(scales[_count_of(agg)], ALPHA)
+        return plan.halfwidth(scales[_count_of(agg)], ALPHA)
     if agg.kind == "count_units":
-        return halfwidth(scales[Primitive("units", None)], ALPHA)
+        return plan.halfwidth(scales[Primitive("units", None)], ALPHA)
     if agg.kind in ORDER_KINDS:
         return None  # a rank statement instead: Release.quantiles
     if agg.kind in SPREAD_KINDS:
         return _spread_halfwidth(plan, agg, noisy, scales, n_keys)
     factor = _factor(plan, agg.column)
     if agg.kind == "sum":
-        return halfwidth(scales[_sum_of(agg)], ALPHA) / factor
+        return plan.halfwidth(scales[_sum_of(agg)], ALPHA) / factor
     # AVG: a conservative interval from each part at alpha/2, worst row reported
-    ts = halfwidth(scales[_sum_of(agg)], ALPHA / 2) / factor
-    tc = halfwidth(scales[_count_of(agg)], ALPHA / 2)
+    ts = plan.halfwidth(scales[_sum_of(agg)], ALPHA / 2) / factor
+    tc = plan.halfwidth(scales[_count_of(agg)], ALPHA / 2)
     low, high = plan.dataset.columns[agg.column].bounds
     worst = 0.0
     for i in range(n_keys):
@@ -283,3 +342,101 @@ def _aggregate_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float
         lo = min((s - ts) / (c + tc), (s - ts) / (c - tc))
         worst = max(worst, hi - a, a - lo)
     return min(worst, float(high - low)) if math.isfinite(worst) else None
+
+
+def planned_halfwidths(plan: DPPlan) -> dict[str, float | None]:
+    """The 95% half-width of every released aggregate column, from the plan alone (no data).
+
+    COUNT, COUNT(DISTINCT unit) and SUM are exactly what the release reports for the same query
+    and cost. AVG's and the spreads' intervals depend on the noisy count, so they are only known
+    after release, and a quantile's accuracy is a rank statement: None here, with the reason in
+    :func:`planned_notes` (and the quantile's rank error in :func:`planned_quantiles`).
+    """
+    out: dict[str, float | None] = {}
+    for agg in plan.query.aggregates:
+        if agg.kind == "count":
+            out[agg.name] = plan.halfwidth(plan.scale(_count_of(agg)), ALPHA)
+        elif agg.kind == "count_units":
+            out[agg.name] = plan.halfwidth(plan.scale(Primitive("units", None)), ALPHA)
+        elif agg.kind == "sum":
+            out[agg.name] = plan.halfwidth(plan.scale(_sum_of(agg)), ALPHA) / _factor(plan, agg.column)
+        else:
+            out[agg.name] = None
+    return {name: out[name] for name in plan.query.columns if name in out}
+
+
+NULL_REASONS = {
+    "avg": "depends on the noisy count: known only after release (the response's ci_halfwidth)",
+    "spread": "depends on the noisy count and sums: known only after release (the response's ci_halfwidth)",
+    "quantile": "a rank error, not a value interval: see accuracy.quantiles",
+}
+
+
+def planned_notes(plan: DPPlan) -> dict[str, str]:
+    """Why a column's planned half-width is null."""
+    out = {}
+    for agg in plan.query.aggregates:
+        if agg.kind == "avg":
+            out[agg.name] = NULL_REASONS["avg"]
+        elif agg.kind in SPREAD_KINDS:
+            out[agg.name] = NULL_REASONS["spread"]
+        elif agg.kind in ORDER_KINDS:
+            out[agg.name] = NULL_REASONS["quantile"]
+    return out
+
+
+def planned_quantiles(plan: DPPlan) -> dict[str, dict]:
+    """Each quantile column's rank accuracy, exactly as the release states it (no data needed)."""
+    out = {}
+    for agg in plan.query.aggregates:
+        if agg.kind not in ORDER_KINDS:
+            continue
+        column = plan.dataset.columns[agg.column]
+        grid = quantile_grid(column)
+        sens = quantiles.score_sensitivity(agg.q, plan.dataset.max_rows_per_unit)
+        error = quantiles.rank_error(agg.q, sens, plan.quantile_epsilon, grid.m, plan.zcdp_share)
+        out[agg.name] = {"rank_error": round(error, 3), "resolution": grid.step / column.factor, "q": agg.q,
+                         "meaning": QUANTILE_MEANING}
+    return out
+
+
+SIZED_KINDS = ("count", "count_units", "sum")
+
+
+def cost_for_halfwidth(
+    query: QueryPlan, dataset: Dataset, target: float, accounting: str = "pure", delta: float = 0.0
+) -> float | None:
+    """The smallest cost (epsilon, or rho under zcdp; in 1e-9 steps) at which every COUNT,
+    COUNT(DISTINCT unit) and SUM column's 95% half-width is at most ``target``; None if the
+    query has no such column."""
+    probe = plan_dp(query, dataset, 1.0, accounting, delta)
+    sized = [a for a in query.aggregates if a.kind in SIZED_KINDS]
+    if not sized:
+        return None
+    n = len(probe.primitives)
+    need = 0.0
+    for agg in sized:
+        prim = {"count": _count_of(agg), "count_units": Primitive("units", None), "sum": _sum_of(agg)}[agg.kind]
+        t = target * _factor(probe, agg.column if agg.kind == "sum" else None)
+        sens = probe.sensitivity(prim)
+        if accounting == "zcdp":
+            scale = float(_accuracy_to_gaussian_scale(t))
+            need = max(need, n * sens**2 / (2 * scale**2))
+        else:
+            scale = float(_accuracy_to_laplace_scale(t))
+            need = max(need, n * sens / scale)
+    cost = math.ceil(need * 1e9) / 1e9
+    for _ in range(60):  # the discrete accuracy is a step function: step up until it holds
+        widths = planned_halfwidths(plan_dp(query, dataset, cost, accounting, delta))
+        if all(widths[a.name] is not None and widths[a.name] <= target * (1 + 1e-12) for a in sized):
+            return cost
+        cost = math.ceil(cost * 1.0005 * 1e9) / 1e9
+    return cost
+
+
+def _accuracy_to_laplace_scale(accuracy: float) -> float:
+    return float(_dp.accuracy_to_discrete_laplacian_scale(accuracy=float(accuracy), alpha=ALPHA, T="f64"))
+
+
+def _accuracy_to_gaussian_scale(accuracy: float) -> float:
+    return float(_dp.accuracy_to_discrete_gaussian_scale(accuracy=float(accuracy), alpha=ALPHA, T="f64"))

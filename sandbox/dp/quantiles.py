@@ -15,6 +15,10 @@ A unit's k rows move a group's scores by at most k * max(num, den - num) (symmet
 k); across groups the rows are disjoint and the loss is linear in k, so each group's selection
 is calibrated for k and the whole release costs the share once (parallel composition).
 
+Under ``zcdp`` accounting the same pure-DP selection is charged in rho: an epsilon-DP mechanism
+is (epsilon**2 / 2)-zCDP, so a rho share buys the selection at epsilon = sqrt(2 * rho), and
+OpenDP's ``make_pureDP_to_zCDP`` checks that the converted map is within the share.
+
 Accuracy is a statement about ranks, not values: with 95% probability the released value's
 rank among the group's rows is within ``rank_error`` rows of q * n (the exponential-mechanism
 tail bound scale * ln(m / 0.05) / den), up to the grid ``resolution`` in value units.
@@ -91,23 +95,28 @@ def _selector(scale: float):  # noqa: ANN202
 
 
 @lru_cache(maxsize=1024)
-def selection_scale(sensitivity: int, epsilon: float) -> float:
+def selection_scale(sensitivity: int, epsilon: float, zcdp_rho: float | None = None) -> float:
+    """Noisy max scale for ``epsilon``; with ``zcdp_rho`` also checked as a zCDP charge of that rho."""
     scale = 2.0 * sensitivity / epsilon
     spent = _selector(scale).map(sensitivity)
     if spent > epsilon * (1 + 1e-9):
         raise BadRequest(f"quantile calibration failed: {spent} > {epsilon}", code="calibration_failed")
+    if zcdp_rho is not None:
+        rho = dp.c.make_pureDP_to_zCDP(_selector(scale)).map(sensitivity)
+        if rho > zcdp_rho * (1 + 1e-9):
+            raise BadRequest(f"quantile calibration failed: rho {rho} > {zcdp_rho}", code="calibration_failed")
     return scale
 
 
-def select(counts: QuantileCounts, q: float, sensitivity: int, epsilon: float) -> int:
+def select(counts: QuantileCounts, q: float, sensitivity: int, epsilon: float, zcdp_rho: float | None = None) -> int:
     """The index of the released candidate (OpenDP noisy max over the negated scores)."""
-    return int(_selector(selection_scale(sensitivity, epsilon))(scores(counts, q)))
+    return int(_selector(selection_scale(sensitivity, epsilon, zcdp_rho))(scores(counts, q)))
 
 
-def rank_error(q: float, sensitivity: int, epsilon: float, m: int) -> float:
+def rank_error(q: float, sensitivity: int, epsilon: float, m: int, zcdp_rho: float | None = None) -> float:
     """Rows by which the released value's rank may miss q * n, with probability 1 - BETA."""
     _, den = alpha_fraction(q)
-    return selection_scale(sensitivity, epsilon) * math.log(m / BETA) / den
+    return selection_scale(sensitivity, epsilon, zcdp_rho) * math.log(m / BETA) / den
 
 
 @dataclass(frozen=True)
@@ -119,18 +128,19 @@ class QuantileRelease:
 
 
 def release_quantile(column: Column, q: float, rows_per_unit: int, epsilon: float,
-                     per_key: list[QuantileCounts | None]) -> QuantileRelease:
+                     per_key: list[QuantileCounts | None], zcdp_rho: float | None = None) -> QuantileRelease:
     """One released value per key (keys without rows select among candidates uniformly)."""
     grid = quantile_grid(column)
     sensitivity = score_sensitivity(q, rows_per_unit)
     values = []
     for counts in per_key:
-        index = select(counts if counts is not None else QuantileCounts.empty(grid.m), q, sensitivity, epsilon)
+        empty = QuantileCounts.empty(grid.m)
+        index = select(counts if counts is not None else empty, q, sensitivity, epsilon, zcdp_rho)
         values.append(grid.value(index, column))
     return QuantileRelease(
         values=values,
-        scale=selection_scale(sensitivity, epsilon),
-        rank_error=rank_error(q, sensitivity, epsilon, grid.m),
+        scale=selection_scale(sensitivity, epsilon, zcdp_rho),
+        rank_error=rank_error(q, sensitivity, epsilon, grid.m, zcdp_rho),
         resolution=grid.step / column.factor,
     )
 

@@ -4,9 +4,10 @@ the noisy answers the grant released, and the tables of its already approved exp
 from __future__ import annotations
 
 from sandbox.exports import store
+from sandbox.exports.canonical import TABLE_KINDS
+from sandbox.exports.canonical.tables import read_canonical
 from sandbox.exports.checks import CheckContext
 from sandbox.exports.checks.file_gates import DEFAULT_LIMITS
-from sandbox.exports.tables import read_table
 from sandbox.policy.models import Grant
 from sandbox.services import Services
 
@@ -35,9 +36,9 @@ def _released_exports(services: Services, grant_id: str) -> list[dict]:
     for req in store.list_requests(conn, grant_id=grant_id, statuses=("approved", "released")):
         for f in store.current_files(conn, req["id"]):
             data = blobs.get(req["id"], f["sha256"])
-            if data is None or f["kind"] not in ("csv", "parquet"):
+            if data is None or f["kind"] not in TABLE_KINDS:
                 continue
-            table = read_table(f["kind"], data)
+            table = read_canonical(f["kind"], data)
             out.append({"query_id": f"{req['id']}/{f['name']}", "epsilon": 0.0,
                         "response": {"columns": table.columns, "rows": table.rows}})
     return out

@@ -1,7 +1,8 @@
 """Export tables and the blob store.
 
 Rows live in SQLite (``export_requests``, ``export_files``, ``export_reviews``,
-``export_events``); the bytes live beside the database under
+``export_events``, ``export_overrides``); the canonical bytes (never the uploaded ones) live
+beside the database under
 ``<state>/exports/<request>/<sha256>``, written atomically and never overwritten. Files that a
 returned request replaced stay in ``export_files`` with ``removed_at`` set, and every review of
 every round stays in ``export_reviews``: the history is never rewritten.
@@ -71,7 +72,18 @@ register_schema(
         to_status TEXT NOT NULL,
         comment TEXT NOT NULL DEFAULT '',
         audit_seq INTEGER
-    )
+    );
+    CREATE TABLE IF NOT EXISTS export_overrides (
+        id INTEGER PRIMARY KEY,
+        request_id TEXT NOT NULL REFERENCES export_requests(id),
+        grant_id TEXT NOT NULL,
+        round INTEGER NOT NULL,
+        admin TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        files TEXT NOT NULL,
+        ts TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS export_overrides_by_request ON export_overrides(request_id, round)
     """
 )
 
@@ -203,3 +215,30 @@ def list_requests(conn: sqlite3.Connection, *, requester: str | None = None,
     sql += " ORDER BY created_at DESC LIMIT ?"
     params.append(limit)
     return [dict(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def overrides(conn: sqlite3.Connection, request_id: str, round_: int | None = None) -> list[dict]:
+    sql = "SELECT * FROM export_overrides WHERE request_id = ?"
+    params: tuple = (request_id,)
+    if round_ is not None:
+        sql += " AND round = ?"
+        params = (request_id, round_)
+    out = []
+    for r in conn.execute(sql + " ORDER BY id", params).fetchall():
+        item = dict(r)
+        item["files"] = json.loads(item["files"])
+        out.append(item)
+    return out
+
+
+def insert_override(conn: sqlite3.Connection, request_id: str, grant_id: str, round_: int, admin: str,
+                    reason: str, files: dict[str, str]) -> None:
+    conn.execute(
+        "INSERT INTO export_overrides (request_id, grant_id, round, admin, reason, files, ts)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)", (request_id, grant_id, round_, admin, reason, json.dumps(files), now()))
+
+
+def override_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many check-failure overrides each grant has had (for the public register)."""
+    rows = conn.execute("SELECT grant_id, COUNT(*) AS n FROM export_overrides GROUP BY grant_id").fetchall()
+    return {r["grant_id"]: int(r["n"]) for r in rows}

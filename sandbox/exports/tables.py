@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sandbox.errors import BadRequest
 
 INT_RE = re.compile(r"^[+-]?\d+$")
+MAX_PARQUET_BYTES = 200_000_000  # uncompressed: a small file must not unpack into gigabytes
 FLOAT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
 
 
@@ -58,11 +59,19 @@ def read_csv(data: bytes, max_rows: int | None = None) -> Table:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise BadRequest("the CSV file is not UTF-8 text", code="bad_table") from None
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
+    return read_delimited(text, None, max_rows)
+
+
+def read_delimited(text: str, delimiter: str | None = None, max_rows: int | None = None) -> Table:
+    """Typed cells of delimited text; ``delimiter`` None sniffs one of ``,``, ``;`` and tab."""
+    if delimiter is None:
+        # only the delimiter is sniffed: the quote character is always '"' (a sniffed one would read a
+        # neutralized formula cell such as '= as quoted, and the canonical file would not be a fixed point)
+        try:
+            delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
+        except csv.Error:
+            delimiter = ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, quotechar='"', doublequote=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -93,11 +102,18 @@ def read_parquet(data: bytes, max_rows: int | None = None) -> Table:
 
     try:
         pf = pq.ParquetFile(io.BytesIO(data))
-        table = pf.read()
+        meta = pf.metadata
+        unpacked = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        if unpacked > MAX_PARQUET_BYTES:
+            raise BadRequest(f"the Parquet file unpacks to {unpacked:,} bytes (cap {MAX_PARQUET_BYTES:,})",
+                             code="bad_table")
+        if max_rows is not None and meta.num_rows > max_rows:  # read no more than the caps need
+            first = next(pf.iter_batches(batch_size=max_rows + 1), None)
+            table = pa.Table.from_batches([first]) if first is not None else pf.read()
+        else:
+            table = pf.read()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise BadRequest(f"the Parquet file cannot be read: {exc}", code="bad_table") from None
-    if max_rows is not None and table.num_rows > max_rows:
-        table = table.slice(0, max_rows + 1)
     columns = [str(n) for n in table.column_names]
     pylists = [table.column(i).to_pylist() for i in range(table.num_columns)]
     rows = [[_plain(col[r]) for col in pylists] for r in range(table.num_rows)]

@@ -12,18 +12,36 @@ import sqlite3
 from sandbox.errors import NotFound
 from sandbox.exports import store
 from sandbox.exports.checks import worst
-from sandbox.exports.workflow import OPEN, can_review, can_transition, reviewers_required
+from sandbox.exports.override import can_override
+from sandbox.exports.workflow import OPEN, blocked_files, can_approve, can_review, can_transition, reviewers_required
 from sandbox.services import Services
 
 # Checks that consult raw data answer reviewers only: shown to a requester, the identifier
 # check would tell them, for free, which ids are in a dataset (a membership oracle).
 REVIEWER_ONLY_RULES = frozenset({"identifiers"})
 HIDDEN_DETAIL = "checked against raw data; shown to reviewers only"
+# Everything else a requester sees of their checks is the rule and its outcome: the details and
+# flagged cells quote the file (values, column names, chunk names) and the requester can read
+# them from outside the sandbox, so they would carry unreleased content out of the airlock.
+REQUESTER_DETAIL = "details and flagged cells are shown to reviewers only: they quote the file"
 
 
 def is_privileged(services: Services, user: str) -> bool:
     roles = services.policies.roles()
     return user in roles.reviewers or user in roles.admins
+
+
+def sees_all(services: Services, row: sqlite3.Row | dict, user: str) -> bool:
+    """Reviewers and admins see a request's previews, check details and identifier results, unless
+    it is their own or on a grant they are a member of: then they see it as its requester does
+    (otherwise a reviewer who is also an operator would have the membership oracle and the
+    unreleased content that requesters are denied)."""
+    if not is_privileged(services, user) or row["requester"] == user:
+        return False
+    try:
+        return user not in services.policies.grant(row["grant_id"]).members
+    except NotFound:
+        return False
 
 
 def visible_checks(checks: list[dict], privileged: bool) -> list[dict]:
@@ -32,7 +50,8 @@ def visible_checks(checks: list[dict], privileged: bool) -> list[dict]:
     return [
         {"rule": c["rule"], "outcome": "review", "detail": HIDDEN_DETAIL, "cells": []}
         if c["rule"] in REVIEWER_ONLY_RULES
-        else c
+        else {"rule": c["rule"], "outcome": c["outcome"], "detail": REQUESTER_DETAIL, "cells": [],
+              **({"queries": c["queries"]} if "queries" in c else {})}
         for c in checks
     ]
 
@@ -50,16 +69,21 @@ def load(services: Services, request_id: str, user: str) -> sqlite3.Row:
 
 
 def file_view(f: dict, privileged: bool) -> dict:
+    """One file: ``sha256`` and ``size`` are the canonical file's (what leaves); ``uploaded_size`` the upload's."""
     checks = visible_checks(f["checks"], privileged)
-    return {"name": f["name"], "sha256": f["sha256"], "size": f["size"], "kind": f["kind"],
-            "outcome": worst(checks), "checks": checks, "added_round": f["added_round"]}
+    sizes: dict = next((c for c in f["checks"] if c["rule"] == "canonical.size"), {})
+    return {"name": f["name"], "sha256": f["sha256"], "size": f["size"], "uploaded_size": sizes.get("uploaded"),
+            "kind": f["kind"], "outcome": worst(checks), "checks": checks, "added_round": f["added_round"]}
+
+
+def override_view(o: dict) -> dict:
+    return {"admin": o["admin"], "reason": o["reason"], "round": o["round"], "ts": o["ts"], "files": o["files"]}
 
 
 def request_view(services: Services, request_id: str, user: str) -> dict:
     """The request with its files, checks, visible reviews, history and what ``user`` may do."""
     row = load(services, request_id, user)
     conn = services.db.conn
-    roles = services.policies.roles()
     complete = row["status"] not in OPEN
     reviews = [
         {"reviewer": r["reviewer"], "decision": r["decision"], "comment": r["comment"],
@@ -70,6 +94,10 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
     votes = len(store.reviews(conn, request_id, row["round"]))
     is_requester = row["requester"] == user
     status = row["status"]
+    privileged = sees_all(services, row, user)
+    # which files are blocked is shown to reviewers and admins only: a requester would learn from it,
+    # for free, that the (reviewer-only) identifier check failed
+    blocked = [f["name"] for f in blocked_files(conn, row)] if privileged and status in OPEN else []
     return {
         "id": row["id"], "grant": row["grant_id"], "requester": row["requester"], "title": row["title"],
         "justification": row["justification"], "status": status, "round": row["round"],
@@ -77,12 +105,16 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
         "created_at": row["created_at"], "updated_at": row["updated_at"],
         "reviewers_required": reviewers_required(services, row["grant_id"]),
         "votes_this_round": votes if status in OPEN else None,
-        "files": [file_view(f, is_privileged(services, user)) for f in store.current_files(conn, request_id)],
+        "files": [file_view(f, privileged) for f in store.current_files(conn, request_id)],
         "reviews": reviews,
+        "overrides": [override_view(o) for o in store.overrides(conn, request_id)],
+        "blocked": blocked,
         "history": [{k: e[k] for k in ("ts", "actor", "action", "from_status", "to_status", "comment")}
                     for e in store.events(conn, request_id)],
         "can": {
-            "review": can_review(conn, roles, row, user),
+            "review": can_review(services, conn, row, user),
+            "approve": can_approve(services, conn, row, user),
+            "override": can_override(services, conn, row, user),
             "withdraw": is_requester and can_transition(status, "withdraw"),
             "change_files": is_requester and can_transition(status, "change_files"),
             "resubmit": is_requester and can_transition(status, "resubmit"),
@@ -102,8 +134,7 @@ def summary(conn: sqlite3.Connection, row: dict, privileged: bool = True) -> dic
 
 def mine(services: Services, user: str) -> list[dict]:
     conn = services.db.conn
-    privileged = is_privileged(services, user)
-    return [summary(conn, r, privileged) for r in store.list_requests(conn, requester=user)]
+    return [summary(conn, r, sees_all(services, r, user)) for r in store.list_requests(conn, requester=user)]
 
 
 def queue(services: Services, user: str) -> list[dict]:
@@ -113,7 +144,7 @@ def queue(services: Services, user: str) -> list[dict]:
     if user not in roles.reviewers:
         return []
     return [summary(conn, r) for r in reversed(store.list_requests(conn, statuses=OPEN, limit=1000))
-            if can_review(conn, roles, r, user)]
+            if can_review(services, conn, r, user)]
 
 
 def recent(services: Services, user: str, limit: int = 50) -> list[dict]:
@@ -122,4 +153,4 @@ def recent(services: Services, user: str, limit: int = 50) -> list[dict]:
     if user not in roles.reviewers and user not in roles.admins:
         return []
     conn = services.db.conn
-    return [summary(conn, r) for r in store.list_requests(conn, limit=limit)]
+    return [summary(conn, r, sees_all(services, r, user)) for r in store.list_requests(conn, limit=limit)]

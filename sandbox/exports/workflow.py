@@ -10,14 +10,20 @@ completes the round decides: all approve -> ``approve``; any reject -> ``reject`
 ``return``. Until the round is complete each reviewer sees only their own vote. ``resubmit``
 opens a new round, so changing files on a returned request always resets its reviews.
 ``released`` is the state after the requester's first download of an approved request.
+
+Separation of duties: nobody reviews their own request or a request on a grant they are a member
+of. A file with a failed check cannot be approved until an admin outside the grant overrides it
+(:mod:`sandbox.exports.override`). Files are kept as their canonical rendering only
+(:mod:`sandbox.exports.canonical`); every upload attempt, refused ones included, is audited.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 
-from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound
+from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound, SandboxError
 from sandbox.exports import store
 from sandbox.exports.checks import CheckContext, run_all, worst
 from sandbox.exports.checks.file_gates import DEFAULT_LIMITS, NAME_RE
@@ -31,7 +37,7 @@ STATES = ("submitted", "partially_reviewed", "approved", "rejected", "returned",
 OPEN = ("submitted", "partially_reviewed")
 PENDING = (*OPEN, "returned", "approved")  # what a revoked grant's withdrawal sweeps
 ACTIONS = ("submit", "vote", "approve", "reject", "return", "withdraw", "change_files", "resubmit",
-           "release")
+           "release", "override")
 DECISIONS = ("approve", "reject", "return")
 
 TRANSITIONS: dict[tuple[str | None, str], str] = {
@@ -46,6 +52,8 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     ("partially_reviewed", "reject"): "rejected",
     ("partially_reviewed", "return"): "returned",
     ("partially_reviewed", "withdraw"): "withdrawn",
+    ("submitted", "override"): "submitted",  # an admin lifts the block of failed checks; state unchanged
+    ("partially_reviewed", "override"): "partially_reviewed",
     ("returned", "change_files"): "returned",
     ("returned", "resubmit"): "submitted",
     ("returned", "withdraw"): "withdrawn",
@@ -56,7 +64,9 @@ AUDIT_ACTIONS = {
     "submit": "export.submitted", "vote": "export.reviewed", "approve": "export.approved",
     "reject": "export.rejected", "return": "export.returned", "withdraw": "export.withdrawn",
     "change_files": "export.files_changed", "resubmit": "export.resubmitted", "release": "export.released",
+    "override": "export.override",
 }
+MAX_AUDITED_NAME = 300
 MAX_TITLE = 200
 MAX_TEXT = 5000
 
@@ -95,20 +105,63 @@ def check_requester(row: sqlite3.Row | dict, user: str) -> None:
         raise Forbidden("only the requester may do this", code="not_requester")
 
 
+def grant_members(services: Services, grant_id: str) -> frozenset[str] | None:
+    """The grant's members, or None when the grant cannot be read (then nobody may review it)."""
+    try:
+        return frozenset(services.policies.grant(grant_id).members)
+    except NotFound:
+        return None
+
+
+def check_not_member(members: frozenset[str] | None, user: str) -> None:
+    """Separation of duties: nobody reviews a request on a grant they are a member of."""
+    if members is None:
+        raise Forbidden("the request's grant cannot be read, so nobody may review it", code="unknown_grant")
+    if user in members:
+        raise Forbidden("members of a grant never review its exports", code="reviewer_is_member")
+
+
+def check_not_overrider(conn: sqlite3.Connection, row: sqlite3.Row | dict, user: str) -> None:
+    if any(o["admin"] == user for o in store.overrides(conn, row["id"])):
+        raise Forbidden("the admin who overrode a check does not also review the request",
+                        code="reviewer_is_overrider")
+
+
+def blocked_files(conn: sqlite3.Connection, row: sqlite3.Row | dict) -> list[dict]:
+    """Current files with a failed check that no admin override of this round covers."""
+    covered = {(n, sha) for o in store.overrides(conn, row["id"], row["round"]) for n, sha in o["files"].items()}
+    return [f for f in store.current_files(conn, row["id"])
+            if worst(f["checks"]) == "fail" and (f["name"], f["sha256"]) not in covered]
+
+
+def check_not_blocked(conn: sqlite3.Connection, row: sqlite3.Row | dict) -> None:
+    blocked = blocked_files(conn, row)
+    if blocked:
+        names = ", ".join(f["name"] for f in blocked)
+        raise Conflict(f"a check failed on {names}: reviewers cannot approve it; return or reject it, "
+                       "or ask an admin outside the grant for a written override", code="check_failed")
+
+
 def check_not_voted(conn: sqlite3.Connection, row: sqlite3.Row | dict, user: str) -> None:
     if any(r["reviewer"] == user for r in store.reviews(conn, row["id"], row["round"])):
         raise Conflict("you already reviewed this round; reviews are independent and final",
                        code="already_reviewed")
 
 
-def can_review(conn: sqlite3.Connection, roles: Roles, row: sqlite3.Row | dict, user: str) -> bool:
+def can_review(services: Services, conn: sqlite3.Connection, row: sqlite3.Row | dict, user: str) -> bool:
     try:
-        check_reviewer(roles, user)
+        check_reviewer(services.policies.roles(), user)
         check_not_own(row, user)
+        check_not_member(grant_members(services, row["grant_id"]), user)
+        check_not_overrider(conn, row, user)
         check_not_voted(conn, row, user)
     except (Forbidden, Conflict):
         return False
     return row["status"] in OPEN
+
+
+def can_approve(services: Services, conn: sqlite3.Connection, row: sqlite3.Row | dict, user: str) -> bool:
+    return can_review(services, conn, row, user) and not blocked_files(conn, row)
 
 
 def reviewers_required(services: Services, grant_id: str) -> int:
@@ -172,15 +225,35 @@ def _usable_grant(services: Services, grant_id: object, user: str) -> Grant:
 
 
 def _checked_files(services: Services, ctx: CheckContext, files: list[tuple[str, bytes]]) -> list[dict]:
+    """Each upload rendered canonical and checked; only the canonical bytes are kept."""
     names = [n for n, _ in files]
     if len(set(names)) != len(names):
         raise BadRequest("two files have the same name", code="duplicate_file")
     out = []
     for name, data in files:
-        kind, checks = run_all(name, data, ctx)
-        out.append({"name": name, "data": data, "sha256": store.sha256(data), "size": len(data),
-                    "kind": kind, "checks": checks})
+        canon, checks = run_all(name, data, ctx)
+        out.append({"name": name, "data": canon.data, "sha256": store.sha256(canon.data), "size": len(canon.data),
+                    "kind": canon.kind, "checks": checks,
+                    "uploaded": {"name": name, "size": canon.uploaded_size, "sha256": canon.uploaded_sha256}})
     return out
+
+
+def _uploads(files: Sequence[tuple[object, bytes]]) -> list[dict]:
+    """What the audit log keeps of uploads: name as given (truncated), size and sha256; never bytes."""
+    return [{"name": str(name)[:MAX_AUDITED_NAME], "size": len(data), "sha256": store.sha256(data)}
+            for name, data in files]
+
+
+def audit_refused(services: Services, user: str, grant_id: object, files: list[tuple[str, bytes]],
+                  exc: SandboxError, request_id: str | None = None) -> None:
+    """Every refused upload attempt leaves an audit entry (who, grant, files, reason); the bytes are dropped."""
+    given = grant_id[:MAX_AUDITED_NAME] if isinstance(grant_id, str) else None
+    detail = {"grant": given, "files": _uploads(files), "reason": {"code": exc.code, "message": exc.message[:2000]},
+              **({"request": request_id} if request_id else {})}
+    known = given if given is not None and grant_members(services, given) is not None else None
+    with services.db.write() as conn:  # the grant column names only grants that exist; the detail keeps the text
+        services.audit.append(conn, AuditEvent(user, "export.upload_refused", known, detail))
+    services.audit.write_head()
 
 
 def parse_count_columns(value: object) -> list[str]:
@@ -190,7 +263,19 @@ def parse_count_columns(value: object) -> list[str]:
 
 def submit(services: Services, user: str, *, grant_id: object, title: object, justification: object,
            files: list[tuple[str, bytes]], count_columns: list[str] | None = None) -> str:
-    """Create a request in ``submitted``; returns its id. Gate failures refuse the whole request."""
+    """Create a request in ``submitted``; returns its id. Gate failures refuse the whole request.
+
+    A refused attempt is audited (``export.upload_refused``) and its bytes are not kept."""
+    try:
+        return _submit(services, user, grant_id=grant_id, title=title, justification=justification,
+                       files=files, count_columns=count_columns)
+    except SandboxError as exc:
+        audit_refused(services, user, grant_id, files, exc)
+        raise
+
+
+def _submit(services: Services, user: str, *, grant_id: object, title: object, justification: object,
+            files: list[tuple[str, bytes]], count_columns: list[str] | None) -> str:
     title_s = _text(title, "title", MAX_TITLE)
     justification_s = _text(justification, "justification", MAX_TEXT)
     if not files:
@@ -214,7 +299,8 @@ def submit(services: Services, user: str, *, grant_id: object, title: object, ju
         for f in checked:
             store.insert_file(conn, rid, f["name"], f["sha256"], f["size"], f["kind"], f["checks"], 1)
         transition(services, conn, None, "submit", user, request_id=rid, grant_id=grant.id,
-                   detail={"title": title_s, "files": {f["name"]: f["sha256"] for f in checked}})
+                   detail={"title": title_s, "files": {f["name"]: f["sha256"] for f in checked},
+                           "uploads": [f["uploaded"] for f in checked]})
     services.audit.write_head()
     return rid
 
@@ -229,13 +315,17 @@ def review(services: Services, request_id: str, reviewer: str, decision: object,
     with services.db.write() as conn:
         row = store.request_row(conn, request_id)
         check_not_own(row, reviewer)
+        check_not_member(grant_members(services, row["grant_id"]), reviewer)
+        check_not_overrider(conn, row, reviewer)
         if row["status"] not in OPEN:
             next_state(row["status"], "vote")  # raises illegal_transition
         check_not_voted(conn, row, reviewer)
         files = store.current_files(conn, request_id)
-        if decision == "approve" and not text and any(worst(f["checks"]) == "fail" for f in files):
-            raise BadRequest("a check failed: approving it needs a comment that says why",
-                             code="comment_required")
+        if decision == "approve":
+            check_not_blocked(conn, row)
+            if not text and any(worst(f["checks"]) == "fail" for f in files):
+                raise BadRequest("a check failed and an admin overrode it: approving needs a comment that says why",
+                                 code="comment_required")
         conn.execute(
             "INSERT INTO export_reviews (request_id, round, reviewer, decision, comment, ts)"
             " VALUES (?, ?, ?, ?, ?, ?)", (request_id, row["round"], reviewer, decision, text, store.now()))
@@ -279,7 +369,19 @@ def withdraw_pending_for_grant(services: Services, grant_id: str, actor: str) ->
 def change_files(services: Services, request_id: str, user: str, files: list[tuple[str, bytes]],
                  remove: list[str] | None = None) -> str:
     """Add or replace files (same name replaces) and remove files on a returned request."""
-    remove = remove or []
+    try:
+        return _change_files(services, request_id, user, files, remove or [])
+    except SandboxError as exc:
+        if files:
+            grant_id = services.db.conn.execute("SELECT grant_id FROM export_requests WHERE id = ?",
+                                                (request_id,)).fetchone()
+            audit_refused(services, user, grant_id["grant_id"] if grant_id else None, files, exc,
+                          request_id=request_id[:MAX_AUDITED_NAME])
+        raise
+
+
+def _change_files(services: Services, request_id: str, user: str, files: list[tuple[str, bytes]],
+                  remove: list[str]) -> str:
     if not files and not remove:
         raise BadRequest("attach files as `files` or name files to `remove`", code="no_files")
     conn = services.db.conn
@@ -303,7 +405,8 @@ def change_files(services: Services, request_id: str, user: str, files: list[tup
         if not store.current_files(conn, request_id):
             raise BadRequest("a request needs at least one file", code="no_files")
         new = transition(services, conn, row, "change_files", user, detail={
-            "added": {f["name"]: f["sha256"] for f in checked}, "removed": remove})
+            "added": {f["name"]: f["sha256"] for f in checked}, "removed": remove,
+            "uploads": [f["uploaded"] for f in checked]})
     services.audit.write_head()
     return new
 

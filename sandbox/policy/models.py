@@ -18,6 +18,22 @@ GRANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
 
 ColumnType = Literal["id", "category", "int", "float", "text"]  # text: keys only through DP selection
+
+# names the engine gives a meaning of its own: the `privacy_unit: row` sentinel, DuckDB's
+# pseudo-columns and read_parquet's virtual columns; the engine's internal prefix is ``__``
+RESERVED_COLUMNS = frozenset({"row", "rowid", "file_row_number", "filename", "file_index"})
+RESERVED_PREFIXES = ("__",)
+
+
+def check_column_name(name: str) -> None:
+    """Raise ValueError for a column name the engine reserves or cannot quote safely."""
+    if name in RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
+        raise ValueError(
+            f"column name {name!r} is reserved (reserved: {', '.join(sorted(RESERVED_COLUMNS))} and names "
+            f"starting with {', '.join(RESERVED_PREFIXES)}); rename the column in the Parquet and the catalog entry"
+        )
+    if not IDENT.match(name):
+        raise ValueError(f"column name {name!r} is not a lower-case SQL identifier")
 Classification = Literal["L1", "L2", "L3", "L4"]
 
 
@@ -92,6 +108,12 @@ def _fixed(low: float, high: float, factor: int) -> tuple[int, int]:
     return math.ceil(round(low * factor, 9)), math.floor(round(high * factor, 9))
 
 
+class DatasetBudget(_Strict):
+    """The total privacy loss of all grants together on a dataset (what is released to the world)."""
+
+    epsilon: float = Field(gt=0, le=1000)
+
+
 class Dataset(_Strict):
     id: str
     title: str
@@ -106,6 +128,22 @@ class Dataset(_Strict):
     # on its unique `key` column; it describes no people (privacy_unit: row)
     public: bool = False
     key: str | None = None
+    # caps across grants, in epsilon (a zCDP grant counts with its epsilon at its delta):
+    budget: DatasetBudget | None = None  # all grants together; required for L3
+    max_epsilon_per_operator: float | None = Field(default=None, gt=0, le=1000)  # each operator's grants together
+    operator_caps: dict[str, float] = Field(default_factory=dict)  # per-operator overrides of the default
+
+    def operator_cap(self, operator: str) -> float | None:
+        """The cap on ``operator``'s grants together on this dataset, or None."""
+        return self.operator_caps.get(operator, self.max_epsilon_per_operator)
+
+    @field_validator("operator_caps")
+    @classmethod
+    def _caps_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for operator, cap in v.items():
+            if not (isinstance(cap, int | float) and 0 < cap <= 1000):
+                raise ValueError(f"{operator!r}: a cap is an epsilon above 0 and at most 1000")
+        return v
 
     @model_validator(mode="after")
     def _lookup_is_keyed(self) -> Dataset:
@@ -137,8 +175,9 @@ class Dataset(_Strict):
     @model_validator(mode="after")
     def _unit_is_declared(self) -> Dataset:
         for name in self.columns:
-            if not IDENT.match(name):
-                raise ValueError(f"column name {name!r} is not a lower-case SQL identifier")
+            check_column_name(name)
+        if self.classification == "L3" and self.budget is None:
+            raise ValueError("an L3 dataset needs `budget: {epsilon: ...}`, the total for all grants together")
         if self.privacy_unit == "row":
             if self.max_rows_per_unit != 1:
                 raise ValueError("privacy_unit `row` means max_rows_per_unit 1")
@@ -181,7 +220,7 @@ GrantStatus = Literal["active", "suspended", "revoked"]
 
 class Grant(_Strict):
     id: str
-    operator: str
+    operator: str = Field(min_length=1, max_length=200, pattern=r"\S")  # caps across grants key on it
     members: tuple[str, ...]
     mode: Literal["overall", "domain", "scenario"]
     purpose: str
@@ -194,6 +233,11 @@ class Grant(_Strict):
     resources: Resources = Resources()
     status: GrantStatus = "active"
     use: Literal["commercial", "public_welfare"] = "commercial"
+    # pure: epsilon-DP, discrete Laplace, basic composition. zcdp: discrete Gaussian, charged in
+    # rho; the budget's (epsilon, delta) is converted to a rho total with OpenDP's conversion
+    accounting: Literal["pure", "zcdp"] = "pure"
+    # the declared purpose category (prices.yaml lists those that qualify for free public-welfare use)
+    purpose_category: str = Field(default="", max_length=64, pattern=r"^[a-z_]*$")
 
     @field_validator("id")
     @classmethod
@@ -201,6 +245,16 @@ class Grant(_Strict):
         if not GRANT_ID.match(v):
             raise ValueError("must be letters, digits, '.', '_' or '-'")
         return v
+
+    @field_validator("operator", "purpose")
+    @classmethod
+    def _published_text(cls, v: str) -> str:
+        # both are published on the register: a blank would disclose nothing
+        if not v.strip():
+            raise ValueError("must not be blank: it is published on the register")
+        if len(v) > 500:
+            raise ValueError("at most 500 characters")
+        return v.strip()
 
     @field_validator("members")
     @classmethod
@@ -220,6 +274,8 @@ class Grant(_Strict):
             raise ValueError("max_epsilon_per_query exceeds the whole budget")
         if not self.datasets:
             raise ValueError("a grant needs at least one dataset")
+        if self.accounting == "zcdp" and self.budget.delta <= 0:
+            raise ValueError("accounting zcdp needs a budget delta above 0, e.g. budget: {epsilon: 10, delta: 1.0e-6}")
         return self
 
     def is_in_window(self, today: dt.date) -> bool:
@@ -229,3 +285,11 @@ class Grant(_Strict):
 class Roles(_Strict):
     reviewers: tuple[str, ...] = ()
     admins: tuple[str, ...] = ()
+    auditors: tuple[str, ...] = ()  # audit authorities: read-only, no data access
+
+    @model_validator(mode="after")
+    def _auditors_only_audit(self) -> Roles:
+        both = sorted(set(self.auditors) & (set(self.reviewers) | set(self.admins)))
+        if both:
+            raise ValueError(f"auditors are read-only and cannot also be reviewers or admins: {', '.join(both)}")
+        return self

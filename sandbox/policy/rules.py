@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-from sandbox.errors import Forbidden, PolicyError
+from sandbox.errors import Conflict, Forbidden, PolicyError
 from sandbox.policy.models import Dataset, Grant
 
 L3_MAX_EPSILON_PER_QUERY = 0.5
@@ -90,3 +90,25 @@ def effective_status(grant: Grant, today: dt.date) -> str:
     if today < grant.valid_from:
         return "pending"
     return "active"
+
+
+def check_caps_not_raised(old: Dataset, new: Dataset) -> None:
+    """A dataset's caps across grants may be declared or lowered, never raised or removed (never refreshed)."""
+    problems = []
+    old_total = old.budget.epsilon if old.budget else None
+    new_total = new.budget.epsilon if new.budget else None
+    if old_total is not None and (new_total is None or new_total > old_total):
+        problems.append(f"budget.epsilon: {old_total:g} -> {new_total}")
+    named = set(old.operator_caps) | set(new.operator_caps)
+    # "" stands for any operator not named: the default cap
+    for operator in sorted(named | {""}):
+        before = old.operator_cap(operator) if operator else old.max_epsilon_per_operator
+        after = new.operator_cap(operator) if operator else new.max_epsilon_per_operator
+        if before is not None and (after is None or after > before):
+            problems.append(f"operator cap of {operator or 'operators not named'}: {before:g} -> {after}")
+    if problems:
+        raise Conflict(
+            f"dataset {new.id}: caps across grants are fixed once applied and only ever lowered ("
+            + "; ".join(problems) + ")",
+            code="budget_fixed",
+        )

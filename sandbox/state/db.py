@@ -59,6 +59,8 @@ class StateDB:
 
         with contextlib.suppress(ImportError):
             import sandbox.exports.store  # noqa: F401
+        with contextlib.suppress(ImportError):  # oversight: cases and alerts
+            from sandbox.state import alerts_store, cases_store, offerings_store  # noqa: F401
         with self.write() as conn:
             for script in _SCHEMAS:
                 for statement in _split(script):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sandbox.errors import Conflict, NotFound, PolicyError
 from sandbox.policy.models import Dataset, Grant, Roles
-from sandbox.policy.rules import check_grant_fits_catalog
+from sandbox.policy.rules import check_caps_not_raised, check_grant_fits_catalog
 from sandbox.state.audit import AuditEvent, AuditLog
 from sandbox.state.db import StateDB, register_schema
 from sandbox.state.ledger import Ledger
@@ -34,6 +34,14 @@ register_schema(
 )
 
 STRICTNESS = {"active": 0, "suspended": 1, "revoked": 2}
+
+
+class _DryRun(Exception):  # noqa: N818 - control flow, never seen outside this module
+    """Ends a dry-run apply inside its transaction, so that everything it did is rolled back."""
+
+    def __init__(self, result: ApplyResult) -> None:
+        super().__init__(result.grant_id)
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ class PolicyStore:
             old = json.loads(row["body"]) if row else None
             if old == body:
                 return ApplyResult(dataset.id, "unchanged", ())
+            if old is not None:
+                check_caps_not_raised(Dataset.model_validate(old), dataset)
             changes = tuple(diff(old or {}, body)) if old else ()
             conn.execute(
                 "INSERT INTO datasets (id, body, applied_at) VALUES (?, ?, ?)"
@@ -114,14 +124,15 @@ class PolicyStore:
 
     # -- grants ----------------------------------------------------------------------------
     def plan_grant(self, grant: Grant) -> ApplyResult:
-        """What applying would change, without changing anything (for `grants apply --dry-run`)."""
-        check_grant_fits_catalog(grant, self.datasets())
-        existing = self._get_row(grant.id)
-        if existing is None:
-            return ApplyResult(grant.id, "created", ())
-        new = self._resolve(grant, existing)
-        changes = tuple(diff(json.loads(existing["body"]), _dump(new)))
-        return ApplyResult(grant.id, "changed" if changes else "unchanged", changes)
+        """What applying would change, without changing anything (for `grants apply --dry-run`).
+
+        It is the real apply, every check included, inside a transaction that is rolled back.
+        """
+        try:
+            self.apply_grant(grant, "dry-run", dry_run=True)
+        except _DryRun as done:
+            return done.result
+        raise AssertionError("a dry run always ends in _DryRun")  # pragma: no cover
 
     def _resolve(self, grant: Grant, existing) -> Grant:  # noqa: ANN001
         in_force = existing["status"]
@@ -130,7 +141,8 @@ class PolicyStore:
         status = grant.status if STRICTNESS[grant.status] > STRICTNESS[in_force] else in_force
         return grant.model_copy(update={"status": status})
 
-    def apply_grant(self, grant: Grant, actor: str) -> ApplyResult:
+    def apply_grant(self, grant: Grant, actor: str, *, dry_run: bool = False) -> ApplyResult:
+        """Check and apply a grant; with ``dry_run`` the same steps run and are rolled back."""
         catalog = self.datasets()
         check_grant_fits_catalog(grant, catalog)
         with self.db.write() as conn:
@@ -144,8 +156,10 @@ class PolicyStore:
                 changes = tuple(diff(json.loads(existing["body"]), _dump(new)))
                 outcome = "changed" if changes else "unchanged"
             if outcome == "unchanged":
+                if dry_run:
+                    raise _DryRun(ApplyResult(grant.id, outcome, ()))
                 return ApplyResult(grant.id, outcome, ())
-            Ledger.ensure_budget(conn, grant.id, new.budget.epsilon, new.budget.delta)
+            Ledger.ensure_budget(conn, grant.id, new.budget.epsilon, new.budget.delta, new.accounting)
             now = _now()
             conn.execute(
                 "INSERT INTO grants (id, body, status, applied_at, updated_at) VALUES (?, ?, ?, ?, ?)"
@@ -155,6 +169,8 @@ class PolicyStore:
             )
             detail = {"changes": list(changes)} if existing else {"grant": _dump(new)}
             self.audit.append(conn, AuditEvent(actor, f"grant.{outcome}", grant.id, detail))
+            if dry_run:  # every check above ran; roll it all back
+                raise _DryRun(ApplyResult(grant.id, outcome, changes))
         self.audit.write_head()
         return ApplyResult(grant.id, outcome, changes)
 

@@ -1,8 +1,15 @@
 """The privacy-budget ledger: charged atomically before any data is touched, never refunded.
 
-Epsilon is kept in integer nano-units so that the sums an operator sees add up exactly.
-An identical query (same grant, same normalized SQL, same epsilon) replays the cached
-noisy answer and costs nothing.
+Epsilon (and rho) are kept in integer nano-units so that the sums an operator sees add up
+exactly. One transaction checks and charges the grant, its operator's cap on the dataset and
+the dataset's cap for all grants together (:mod:`sandbox.state.caps`); a refusal names the
+cap (``detail.cap``: grant | operator | dataset) and changes nothing.
+
+A ``zcdp`` grant is charged in rho against the rho total that OpenDP's conversion gives for
+its (epsilon, delta); ``budgets.epsilon_spent_nano`` then holds the epsilon of the rho spent
+(at the grant's delta), so every charge's ``epsilon`` is the growth of that figure and the
+sums still reconcile exactly. An identical query (same cache key: grant, data version,
+catalog entry, normalized SQL, cost) replays the cached noisy answer and costs nothing.
 """
 
 from __future__ import annotations
@@ -11,9 +18,13 @@ import datetime as dt
 import json
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sandbox.dp.accounting import epsilon_to_rho, rho_nano_to_epsilon_nano
 from sandbox.errors import BadRequest, Conflict, NotFound
+from sandbox.policy.models import Dataset
+from sandbox.state import caps
 from sandbox.state.audit import AuditEvent, AuditLog
 from sandbox.state.db import StateDB, register_schema
 
@@ -42,7 +53,17 @@ register_schema(
         response TEXT,
         created_at TEXT NOT NULL
     );
-    CREATE INDEX IF NOT EXISTS charges_by_grant ON charges(grant_id, ts)
+    CREATE INDEX IF NOT EXISTS charges_by_grant ON charges(grant_id, ts);
+    CREATE TABLE IF NOT EXISTS zcdp_budgets (
+        grant_id TEXT PRIMARY KEY REFERENCES budgets(grant_id),
+        rho_total_nano INTEGER NOT NULL,
+        rho_spent_nano INTEGER NOT NULL DEFAULT 0,
+        delta REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS zcdp_charges (
+        query_id TEXT PRIMARY KEY REFERENCES charges(query_id),
+        rho_nano INTEGER NOT NULL
+    )
     """
 )
 
@@ -62,17 +83,31 @@ class BudgetState:
     grant_id: str
     epsilon_total: float
     epsilon_spent: float
+    accounting: str = "pure"
+    rho_total: float | None = None  # zcdp grants only
+    rho_spent: float | None = None
+    delta: float | None = None
 
     @property
     def epsilon_remaining(self) -> float:
-        return from_nano(to_nano(self.epsilon_total) - to_nano(self.epsilon_spent))
+        return from_nano(max(0, to_nano(self.epsilon_total) - to_nano(self.epsilon_spent)))
+
+    @property
+    def rho_remaining(self) -> float | None:
+        if self.rho_total is None or self.rho_spent is None:
+            return None
+        return from_nano(to_nano(self.rho_total) - to_nano(self.rho_spent))
 
     def to_dict(self) -> dict:
-        return {
+        out: dict = {
             "epsilon_total": self.epsilon_total,
             "epsilon_spent": self.epsilon_spent,
             "epsilon_remaining": self.epsilon_remaining,
         }
+        if self.accounting == "zcdp":
+            out.update(accounting="zcdp", delta=self.delta, rho_total=self.rho_total, rho_spent=self.rho_spent,
+                       rho_remaining=self.rho_remaining)
+        return out
 
 
 @dataclass(frozen=True)
@@ -82,6 +117,7 @@ class Charge:
     query_id: str
     epsilon_nano: int
     cached_response: dict | None = None
+    rho_nano: int = 0  # zcdp grants: what the query cost in rho
 
 
 def _now() -> str:
@@ -102,26 +138,48 @@ class Ledger:
         self.wait_for_twin_s = wait_for_twin_s
 
     @staticmethod
-    def ensure_budget(conn: sqlite3.Connection, grant_id: str, epsilon: float, delta: float) -> None:
-        """Create the grant's budget, or lower it; a budget is never raised or refreshed."""
+    def ensure_budget(
+        conn: sqlite3.Connection, grant_id: str, epsilon: float, delta: float, accounting: str = "pure"
+    ) -> None:
+        """Create the grant's budget, or lower it; a budget is never raised or refreshed.
+
+        A zcdp grant's (epsilon, delta) also becomes a rho total through OpenDP's conversion.
+        The accounting is fixed at first apply.
+        """
         total = to_nano(epsilon)
         row = conn.execute(
             "SELECT epsilon_total_nano, epsilon_spent_nano FROM budgets WHERE grant_id = ?",
             (grant_id,),
         ).fetchone()
+        zrow = conn.execute("SELECT * FROM zcdp_budgets WHERE grant_id = ?", (grant_id,)).fetchone()
+        # a hair under the total, so that the epsilon of the whole rho never rounds above it
+        rho_total = to_nano(epsilon_to_rho(epsilon - 2e-9, delta)) if accounting == "zcdp" else 0
         if row is None:
             conn.execute(
                 "INSERT INTO budgets (grant_id, epsilon_total_nano, delta_total) VALUES (?, ?, ?)",
                 (grant_id, total, delta),
             )
+            if accounting == "zcdp":
+                conn.execute(
+                    "INSERT INTO zcdp_budgets (grant_id, rho_total_nano, delta) VALUES (?, ?, ?)",
+                    (grant_id, rho_total, delta),
+                )
             return
-        if total > row["epsilon_total_nano"]:
+        if (zrow is not None) != (accounting == "zcdp"):
+            raise Conflict(
+                f"grant {grant_id}: the accounting is fixed once applied; issue a new grant instead",
+                code="budget_fixed",
+            )
+        if total > row["epsilon_total_nano"] or (zrow is not None and delta > zrow["delta"]):
             raise Conflict(
                 f"grant {grant_id}: the budget is fixed once applied and never raised "
                 f"(in force: {from_nano(row['epsilon_total_nano'])}); issue a new grant instead",
                 code="budget_fixed",
             )
-        if total < row["epsilon_spent_nano"]:
+        lowered = total < row["epsilon_total_nano"] or (zrow is not None and delta < zrow["delta"])
+        if lowered and (
+            total < row["epsilon_spent_nano"] or (zrow is not None and rho_total < zrow["rho_spent_nano"])
+        ):
             raise Conflict(
                 f"grant {grant_id}: cannot lower the budget below what is spent "
                 f"({from_nano(row['epsilon_spent_nano'])})",
@@ -130,17 +188,33 @@ class Ledger:
         conn.execute(
             "UPDATE budgets SET epsilon_total_nano = ? WHERE grant_id = ?", (total, grant_id)
         )
+        if zrow is not None and (total, delta) != (row["epsilon_total_nano"], zrow["delta"]):
+            conn.execute(
+                "UPDATE zcdp_budgets SET rho_total_nano = ?, delta = ? WHERE grant_id = ?",
+                (rho_total, delta, grant_id),
+            )
 
     def state(self, grant_id: str) -> BudgetState:
         rows = self.db.read(
-            "SELECT epsilon_total_nano, epsilon_spent_nano FROM budgets WHERE grant_id = ?",
+            "SELECT b.epsilon_total_nano, b.epsilon_spent_nano, z.rho_total_nano, z.rho_spent_nano, z.delta"
+            " FROM budgets b LEFT JOIN zcdp_budgets z ON z.grant_id = b.grant_id WHERE b.grant_id = ?",
             (grant_id,),
         )
         if not rows:
             raise NotFound(f"no budget for grant {grant_id}", code="unknown_grant")
-        return BudgetState(
-            grant_id, from_nano(rows[0]["epsilon_total_nano"]), from_nano(rows[0]["epsilon_spent_nano"])
-        )
+        r = rows[0]
+        eps = (from_nano(r["epsilon_total_nano"]), from_nano(r["epsilon_spent_nano"]))
+        if r["rho_total_nano"] is None:
+            return BudgetState(grant_id, *eps)
+        return BudgetState(grant_id, *eps, accounting="zcdp", rho_total=from_nano(r["rho_total_nano"]),
+                           rho_spent=from_nano(r["rho_spent_nano"]), delta=r["delta"])
+
+    def cap_states(self, dataset: Dataset, operator: str | None = None) -> list[caps.CapState]:
+        return caps.cap_states(self.db, dataset, operator)
+
+    def dataset_budgets(self, catalog: Mapping[str, Dataset]) -> list[dict]:
+        """Each dataset's total for all grants together and what is left (for the public directory)."""
+        return caps.dataset_budgets(self.db, catalog)
 
     def charge(
         self,
@@ -148,27 +222,41 @@ class Ledger:
         grant_id: str,
         user: str,
         query_id: str,
-        epsilon: float,
+        epsilon: float | None = None,
         max_epsilon_per_query: float,
         cache_key: str,
         audit_detail: dict,
+        rho: float | None = None,
+        dataset: Dataset | None = None,
+        operator: str | None = None,
         delta: float = 0.0,
     ) -> Charge:
         """Check and charge in one IMMEDIATE transaction, with its audit entry; or replay.
 
-        Raises Conflict(budget_exhausted) and changes nothing when the query would overspend.
+        ``epsilon`` for a pure grant, ``rho`` for a zcdp grant (whose per-query cap is
+        ``max_epsilon_per_query ** 2 / 2``, the rho of a pure query at that cap). With
+        ``dataset`` and ``operator`` the operator and dataset caps are charged in the same
+        transaction. Raises Conflict(budget_exhausted, detail.cap) and changes nothing when
+        the query would overspend any of them. ``delta`` (pure grants: DP partition selection)
+        is charged against the grant's delta budget in the same transaction.
         """
-        units = to_nano(epsilon)
+        if (epsilon is None) == (rho is None):
+            raise BadRequest("send either epsilon (pure grants) or rho (zcdp grants)", code="bad_epsilon")
+        name, cost = ("epsilon", float(epsilon or 0)) if rho is None else ("rho", float(rho))
+        units = to_nano(cost)
         if units <= 0:
-            raise BadRequest("epsilon must be positive", code="bad_epsilon")
-        if units > to_nano(max_epsilon_per_query):
+            raise BadRequest(f"{name} must be positive", code="bad_epsilon")
+        cap = max_epsilon_per_query if rho is None else max_epsilon_per_query**2 / 2
+        if units > to_nano(cap):
             raise BadRequest(
-                f"epsilon {epsilon} is over this grant's per-query cap of {max_epsilon_per_query}",
+                f"{name} {cost} is over this grant's per-query cap of {cap:g}",
                 code="epsilon_over_cap",
             )
         deadline = time.monotonic() + self.wait_for_twin_s
+        scope = (dataset, operator) if dataset is not None and operator is not None else None
         while True:
-            outcome = self._try_charge(grant_id, user, query_id, units, cache_key, audit_detail, delta)
+            outcome = self._try_charge(grant_id, user, query_id, units, rho is not None, cache_key, audit_detail,
+                                       scope, delta)
             if outcome is not None:
                 if outcome.cached_response is not None:
                     self.audit.write_head()
@@ -179,7 +267,8 @@ class Ledger:
             time.sleep(0.02)
 
     def _try_charge(
-        self, grant_id: str, user: str, query_id: str, units: int, cache_key: str, detail: dict, delta: float = 0.0
+        self, grant_id: str, user: str, query_id: str, units: int, zcdp: bool, cache_key: str, detail: dict,
+        scope: tuple[Dataset, str] | None, spend_delta: float = 0.0,
     ) -> Charge | None:
         with self.db.write() as conn:
             cached = conn.execute(
@@ -202,30 +291,33 @@ class Ledger:
                     ),
                 )
                 return Charge(cached["query_id"], 0, cached_response=response)
-            row = conn.execute(
-                "SELECT epsilon_total_nano, epsilon_spent_nano FROM budgets WHERE grant_id = ?",
-                (grant_id,),
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"no budget for grant {grant_id}", code="unknown_grant")
-            remaining = row["epsilon_total_nano"] - row["epsilon_spent_nano"]
-            if units > remaining:
-                raise Conflict(
-                    f"budget exhausted: this query needs epsilon {from_nano(units)}, "
-                    f"grant {grant_id} has {from_nano(remaining)} left",
-                    code="budget_exhausted",
-                )
-            if delta > 0:
-                self._check_delta(conn, grant_id, delta)
+            eps_units, extra = self._charge_grant(conn, grant_id, units, zcdp)
+            if spend_delta > 0:  # pure grants only: under zcdp the grant's delta pays for the rho conversion
+                if zcdp:
+                    raise BadRequest("a zcdp grant spends no delta directly", code="selection_needs_pure")
+                self._check_delta(conn, grant_id, spend_delta)
+                extra["delta"] = spend_delta
+            if scope is not None:
+                dataset, operator = scope
+                delta = extra.get("delta") if zcdp else None
+                cap_units = caps.increment(conn, grant_id, dataset.id, units, delta)
+                caps.check_caps(conn, dataset, operator, cap_units)
+                caps.charge_caps(conn, query_id=query_id, grant_id=grant_id, dataset_id=dataset.id,
+                                 operator=operator, units=units, cap_units=cap_units)
+                extra["cap_epsilon"] = from_nano(cap_units)
             conn.execute(
                 "UPDATE budgets SET epsilon_spent_nano = epsilon_spent_nano + ?, delta_spent = delta_spent + ?"
                 " WHERE grant_id = ?",
-                (units, delta, grant_id),
+                (eps_units, spend_delta, grant_id),
             )
             conn.execute(
                 "INSERT INTO charges (query_id, grant_id, user, epsilon_nano, delta, ts) VALUES (?, ?, ?, ?, ?, ?)",
-                (query_id, grant_id, user, units, delta, _now()),
+                (query_id, grant_id, user, eps_units, spend_delta, _now()),
             )
+            if zcdp:
+                conn.execute("UPDATE zcdp_budgets SET rho_spent_nano = rho_spent_nano + ? WHERE grant_id = ?",
+                             (units, grant_id))
+                conn.execute("INSERT INTO zcdp_charges (query_id, rho_nano) VALUES (?, ?)", (query_id, units))
             conn.execute(
                 "INSERT INTO answers (cache_key, grant_id, query_id, status, created_at)"
                 " VALUES (?, ?, ?, 'pending', ?)",
@@ -234,10 +326,40 @@ class Ledger:
             self.audit.append(
                 conn,
                 AuditEvent(user, "query.charged", grant_id,
-                           {**detail, "query_id": query_id, "epsilon": from_nano(units),
-                            **({"delta": delta} if delta > 0 else {})}),
+                           {**detail, "query_id": query_id, "epsilon": from_nano(eps_units), **extra}),
             )
-            return Charge(query_id, units)
+            return Charge(query_id, eps_units, rho_nano=units if zcdp else 0)
+
+    @staticmethod
+    def _charge_grant(conn: sqlite3.Connection, grant_id: str, units: int, zcdp: bool) -> tuple[int, dict]:
+        """Check the grant's own budget; returns the epsilon it grows by and audit detail."""
+        row = conn.execute(
+            "SELECT b.epsilon_total_nano, b.epsilon_spent_nano, z.rho_total_nano, z.rho_spent_nano, z.delta"
+            " FROM budgets b LEFT JOIN zcdp_budgets z ON z.grant_id = b.grant_id WHERE b.grant_id = ?",
+            (grant_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no budget for grant {grant_id}", code="unknown_grant")
+        if zcdp != (row["rho_total_nano"] is not None):
+            want = "rho (this grant uses zcdp accounting)" if not zcdp else "epsilon (this grant uses pure accounting)"
+            raise BadRequest(f"send {want}", code="wrong_accounting")
+        if not zcdp:
+            total, spent, name = row["epsilon_total_nano"], row["epsilon_spent_nano"], "epsilon"
+        else:
+            total, spent, name = row["rho_total_nano"], row["rho_spent_nano"], "rho"
+        remaining = total - spent
+        if units > remaining:
+            raise Conflict(
+                f"budget exhausted: this query needs {name} {from_nano(units)}, "
+                f"grant {grant_id} has {from_nano(max(remaining, 0))} left",
+                code="budget_exhausted",
+                detail={"cap": "grant", name + "_remaining": from_nano(max(remaining, 0))},
+            )
+        if not zcdp:
+            return units, {}
+        delta = row["delta"]
+        grown = rho_nano_to_epsilon_nano(spent + units, delta) - rho_nano_to_epsilon_nano(spent, delta)
+        return grown, {"rho": from_nano(units), "delta": delta}
 
     @staticmethod
     def _check_delta(conn: sqlite3.Connection, grant_id: str, delta: float) -> None:
@@ -247,6 +369,7 @@ class Ledger:
                 f"delta budget exhausted: this query needs delta {delta:g}, grant {grant_id} has "
                 f"{max(0.0, row['delta_total'] - row['delta_spent']):g} left",
                 code="budget_exhausted",
+                detail={"cap": "grant", "delta_remaining": max(0.0, row["delta_total"] - row["delta_spent"])},
             )
 
     def delta_state(self, grant_id: str) -> tuple[float, float]:
@@ -311,8 +434,16 @@ class Ledger:
         ]
 
     def reconcile(self) -> list[str]:
-        """Spent budgets against the charges table and the audit log's charge entries."""
-        problems = []
+        """Spent budgets (and caps, and rho) against the charges tables and the audit log's charge entries."""
+        problems = caps.reconcile_caps(self.db)
+        for row in self.db.read(
+            "SELECT z.grant_id, z.rho_spent_nano AS spent, COALESCE(SUM(c.rho_nano), 0) AS charged"
+            " FROM zcdp_budgets z LEFT JOIN charges q ON q.grant_id = z.grant_id"
+            " LEFT JOIN zcdp_charges c ON c.query_id = q.query_id GROUP BY z.grant_id"
+        ):
+            if row["spent"] != row["charged"]:
+                problems.append(f"grant {row['grant_id']}: rho spent {from_nano(row['spent'])} "
+                                f"but charges add up to {from_nano(row['charged'])}")
         charged: dict[str, int] = {}
         for entry in self.audit.entries():
             if entry["action"] == "query.charged":

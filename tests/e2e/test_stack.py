@@ -7,6 +7,7 @@ the project's own containers, or the stack's own Docker networks; the one outsid
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import textwrap
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+
+from sandbox.exports.canonical import render
 
 from .conftest import Stack, run
 
@@ -117,7 +120,8 @@ def _gateway_token(stack: Stack, user: str) -> str:
 
 
 def test_export_reviewed_and_downloaded_outside(stack: Stack, alice: dict) -> None:
-    """db.export in the notebook -> two reviewers approve -> alice downloads the exact bytes outside."""
+    """db.export in the notebook -> two reviewers approve -> alice downloads, outside, the canonical
+    rendering of what she sent (the airlock never releases uploaded bytes)."""
     out = stack.exec_nb("alice", textwrap.dedent(f"""
         import json, sandbox
         db = sandbox.connect()
@@ -137,7 +141,9 @@ def test_export_reviewed_and_downloaded_outside(stack: Stack, alice: dict) -> No
     assert status == "approved"
     r = requests.get(f"{gateway}/v1/exports/{sent['id']}/files/result-1.csv", headers=mine, timeout=30)
     assert r.status_code == 200, r.text
-    assert r.content == sent["csv"].encode()
+    expected, _ = render("csv", sent["csv"].encode())  # the same canonicalization the gateway ran
+    assert r.content == expected
+    assert r.headers["X-Content-SHA256"] == hashlib.sha256(expected).hexdigest()
     # a reviewer cannot take the file out
     r = requests.get(f"{gateway}/v1/exports/{sent['id']}/files/result-1.csv",
                      headers={"Authorization": f"token {_gateway_token(stack, 'carol')}"}, timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
+from sandbox.policy.models import Dataset
 from sandbox.services import Services
 
 GRANT = "g-2026-001"
@@ -86,7 +87,8 @@ def test_engine_file_holds_no_identifiers(services: Services) -> None:
 
 def test_reclassified_dataset_is_refused_at_query_time(client, alice, services: Services) -> None:  # noqa: ANN001
     ds = services.policies.datasets()["nhanes_2017"]
-    services.policies.apply_dataset(ds.model_copy(update={"classification": "L3"}), "admin")
+    l3 = Dataset.model_validate({**ds.model_dump(), "classification": "L3", "budget": {"epsilon": 50}})
+    services.policies.apply_dataset(l3, "admin")
     r = client.post("/v1/query", json={"sql": "SELECT COUNT(*) FROM nhanes_2017", "epsilon": 0.5, "grant": GRANT},
                     headers=alice)
     assert r.status_code == 403 and r.get_json()["error"]["code"] == "grant_out_of_policy"

@@ -23,11 +23,12 @@ def state(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def run(state: Path):  # noqa: ANN201
+def run(state: Path, demo_data_root: Path):  # noqa: ANN201
     runner = CliRunner()
+    env = {"SANDBOX_STATE": str(state), "SANDBOX_DATA_ROOT": str(demo_data_root)}
 
     def invoke(*args: str, code: int = 0) -> str:
-        result = runner.invoke(cli, [*args], env={"SANDBOX_STATE": str(state)}, catch_exceptions=False)
+        result = runner.invoke(cli, [*args], env=env, catch_exceptions=False)
         assert result.exit_code == code, result.output
         return result.output
 

@@ -128,7 +128,13 @@ def test_bad_decisions_and_comment_rules(client, auth) -> None:  # noqa: ANN001
     rid = submit(client, auth["alice"], files=[("t.csv", b"sex,n\nfemale,3\n")]).json["id"]
     assert vote(client, auth["carol"], rid, "maybe").json["error"]["code"] == "bad_decision"
     assert vote(client, auth["carol"], rid, "return", "").json["error"]["code"] == "missing_comment"
-    # a failed check (count 3 < 10) needs a reason to approve
+    # a failed check (count 3 < 10) blocks approval, with or without a comment
+    for comment in ("", "suppressed upstream"):
+        r = vote(client, auth["carol"], rid, "approve", comment)
+        assert (r.status_code, r.json["error"]["code"]) == (409, "check_failed")
+    # once an admin outside the grant overrode it, approving still needs a reason
+    r = client.post(f"/v1/exports/{rid}/override", headers=auth["admin"], json={"reason": "published elsewhere"})
+    assert r.status_code == 200, r.json
     assert vote(client, auth["carol"], rid, "approve", "").json["error"]["code"] == "comment_required"
     assert vote(client, auth["carol"], rid, "approve", "suppressed upstream").status_code == 200
 
@@ -186,7 +192,8 @@ def test_tampered_bytes_are_never_released(client, auth, services) -> None:  # n
 
 def test_return_change_resubmit_resets_reviews(client, auth, services) -> None:  # noqa: ANN001
     rid = submit(client, auth["alice"], files=[("t.csv", b"sex,n\nfemale,3\n"), ("x.md", b"# x\n")]).json["id"]
-    vote(client, auth["carol"], rid, "approve", "ok")
+    assert vote(client, auth["carol"], rid, "approve", "ok").json["error"]["code"] == "check_failed"
+    vote(client, auth["carol"], rid, "return", "3 is under the threshold")
     assert vote(client, auth["dave"], rid, "return", "suppress the 3").json["status"] == "returned"
     # the requester now sees both reviews of the completed round
     assert len(client.get(f"/v1/exports/{rid}", headers=auth["alice"]).json["reviews"]) == 2
@@ -301,6 +308,9 @@ def test_provenance_and_differencing_use_released_answers(client, auth, services
     checks = {c["rule"]: c for c in r.json["files"][0]["checks"]}
     assert checks["provenance"]["outcome"] == "review"
     assert checks["differencing"]["outcome"] == "review"
+    assert checks["differencing"]["cells"] == []  # the requester sees outcomes; cells quote the file
+    seen = client.get(f"/v1/exports/{r.json['id']}", headers=auth["carol"]).json
+    checks = {c["rule"]: c for c in seen["files"][0]["checks"]}
     assert checks["differencing"]["cells"][0]["row"] == 0
     # bob ran nothing: no provenance for his file, but differencing sees the grant's answers
     r = submit(client, auth["bob"], files=[("t.csv", b"sex,n\nfemale,4177\n")])

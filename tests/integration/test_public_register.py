@@ -14,7 +14,7 @@ from sandbox.services import Services
 
 DEMO = "g-2026-001"
 GRANT_FIELDS = {"id", "operator", "use", "mode", "purpose", "datasets", "valid_from", "valid_until", "status",
-                "status_changed", "reviewers_required", "applied"}
+                "status_changed", "status_reason", "reviewers_required", "check_overrides", "applied"}
 
 
 def _grant(client, grant_id: str = DEMO) -> dict:  # noqa: ANN001

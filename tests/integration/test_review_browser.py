@@ -1,7 +1,8 @@
 """The reviewer UI in a real browser: Debian's chromium driven by Playwright against a real server.
 
 Two reviewers approve in browsers with JavaScript switched off (the UI needs none); the
-requester then downloads the released file and gets exactly the submitted bytes.
+requester then downloads the released file and gets its canonical rendering (this table is
+written in the canonical dialect already, so those are also the submitted bytes).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+
+from sandbox.exports.canonical import render
 
 pytestmark = pytest.mark.browser
 
@@ -53,7 +56,7 @@ def _approve(browser, base: str, token: str, title: str, comment: str) -> str:  
         context.close()
 
 
-def test_reviewers_approve_and_requester_downloads_exact_bytes(services, client, live_server, browser) -> None:  # noqa: ANN001, E501
+def test_reviewers_approve_and_requester_downloads_the_canonical_bytes(services, client, live_server, browser) -> None:  # noqa: ANN001, E501
     alice = services.tokens.create("alice")
     r = client.post(
         "/v1/exports", headers={"Authorization": f"Bearer {alice}"}, content_type="multipart/form-data",
@@ -77,7 +80,7 @@ def test_reviewers_approve_and_requester_downloads_exact_bytes(services, client,
         got = Path(path).read_bytes()
     finally:
         context.close()
-    assert got == TABLE
+    assert got == render("csv", TABLE)[0] == TABLE
     assert hashlib.sha256(got).hexdigest() == r.json["files"][0]["sha256"]
     assert client.get(f"/v1/exports/{rid}", headers={"Authorization": f"Bearer {alice}"}).json["status"] == "released"
 

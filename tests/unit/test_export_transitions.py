@@ -30,6 +30,8 @@ EXPECTED = {
     ("partially_reviewed", "reject"): "rejected",
     ("partially_reviewed", "return"): "returned",
     ("partially_reviewed", "withdraw"): "withdrawn",
+    ("submitted", "override"): "submitted",  # an admin override changes no state, but is a transition
+    ("partially_reviewed", "override"): "partially_reviewed",
     ("returned", "change_files"): "returned",
     ("returned", "resubmit"): "submitted",
     ("returned", "withdraw"): "withdrawn",

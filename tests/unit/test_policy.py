@@ -48,6 +48,7 @@ def _grant_dict(**over) -> dict:  # noqa: ANN003
         ({"max_epsilon_per_query": 50}, "(top level)", "exceeds the whole budget"),
         ({"surprise": 1}, "surprise", "Extra inputs"),
         ({"exports": {"reviewers_required": 3}}, "exports.reviewers_required", "less than or equal to 2"),
+        ({"operator": " "}, "operator", "match pattern"),  # caps across grants key on the operator
     ],
 )
 def test_invalid_grant_names_file_field_problem(tmp_path: Path, change: dict, field: str, words: str) -> None:
@@ -110,3 +111,49 @@ def test_usable_checks_each_condition() -> None:
             check_grant_usable(g, user, day)
         assert info.value.code == code
     assert effective_status(grant, dt.date(2028, 1, 1)) == "expired"
+
+
+def _dataset_dict(**over) -> dict:  # noqa: ANN003
+    data = yaml.safe_load((POLICIES / "datasets" / "nhanes_2017.yaml").read_text())
+    data.update(over)
+    return data
+
+
+@pytest.mark.parametrize("name", ["row", "rowid", "file_row_number", "filename", "file_index", "__v_age", "__ids_x"])
+def test_reserved_column_names_are_refused(tmp_path: Path, name: str) -> None:
+    data = _dataset_dict()
+    data["columns"] = {**data["columns"], name: {"type": "int", "bounds": [0, 1]}}
+    with pytest.raises(PolicyError) as info:
+        load_dataset(_write(tmp_path, data))
+    assert "reserved" in info.value.message and repr(name) in info.value.message
+
+
+def test_an_id_column_named_row_cannot_turn_bounding_off(tmp_path: Path) -> None:
+    """The attack of the issue: `privacy_unit: row` with a real id column literally named `row`."""
+    data = _dataset_dict(privacy_unit="row", max_rows_per_unit=1)
+    cols = {k: v for k, v in data["columns"].items() if k != "seqn"}
+    data["columns"] = {"row": {"type": "id"}, **cols}
+    with pytest.raises(PolicyError, match="reserved"):
+        load_dataset(_write(tmp_path, data))
+
+
+def test_l3_dataset_needs_a_total_budget(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="L3 dataset needs `budget"):
+        load_dataset(_write(tmp_path, _dataset_dict(classification="L3", budget=None)))
+    ds = load_dataset(_write(tmp_path, _dataset_dict(
+        classification="L3", budget={"epsilon": 50}, max_epsilon_per_operator=20,
+        operator_caps={"Acme Health Analytics Ltd.": 12})))
+    assert ds.budget.epsilon == 50
+    assert ds.operator_cap("Acme Health Analytics Ltd.") == 12 and ds.operator_cap("Other Ltd.") == 20
+
+
+@pytest.mark.parametrize("caps", [{"Acme": 0}, {"Acme": -1}, {"Acme": "lots"}])
+def test_bad_operator_caps_are_refused(tmp_path: Path, caps: dict) -> None:
+    with pytest.raises(PolicyError, match="operator_caps"):
+        load_dataset(_write(tmp_path, _dataset_dict(operator_caps=caps)))
+
+
+def test_zcdp_grant_needs_a_delta(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="needs a budget delta"):
+        load_grant(_write(tmp_path, _grant_dict(accounting="zcdp", budget={"epsilon": 10.0})))
+    assert load_grant(_write(tmp_path, _grant_dict(accounting="zcdp"))).accounting == "zcdp"

@@ -59,6 +59,10 @@ def svc(tmp_path: Path, now: dt.datetime) -> Services:
         "valid_from": start - dt.timedelta(days=60), "valid_until": start + dt.timedelta(days=400),
     })
     services.policies.apply_grant(commercial, "test")
+    # billing starts when a grant was applied: both were applied before this month began
+    applied = (_month_start(now) - dt.timedelta(days=45)).isoformat()
+    with services.db.write() as conn:
+        conn.execute("UPDATE grants SET applied_at = ?", (applied,))
     return services
 
 
@@ -107,16 +111,18 @@ def test_commercial_statement_is_hand_computed(svc: Services, now: dt.datetime, 
     assert st["use"] == "commercial"
     assert st["currency"] == "EUR"
     assert (st["queries"], st["epsilon"], st["exports"], st["notebook_hours"]) == (3, 1.75, 2, 3.5)
+    days = st["days"]
+    assert (st["billable_days"], st["not_billed_days"]) == (days, {})
     assert st["lines"] == [
-        {"item": "monthly_base", "description": "Monthly base fee (grant in force during the period)",
+        {"item": "monthly_base", "description": f"Monthly base fee for {days} of {days} days billable",
          "quantity": "1", "unit_price": "100.00", "amount": "100.00"},
-        {"item": "queries", "description": "Charged DP queries (cached replays are free)",
+        {"item": "queries", "description": "Charged DP queries on billable days (cached replays are free)",
          "quantity": "3", "unit_price": "0.40", "amount": "1.20"},
-        {"item": "epsilon", "description": "Privacy budget spent (epsilon)",
+        {"item": "epsilon", "description": "Privacy budget spent on billable days (epsilon)",
          "quantity": "1.75", "unit_price": "10.00", "amount": "17.50"},
-        {"item": "exports", "description": "Export requests submitted for review",
-         "quantity": "2", "unit_price": "5.00", "amount": "10.00"},
-        {"item": "notebook_hours", "description": "Notebook server hours",
+        {"item": "exports", "description": "Export requests submitted on billable days (never those the "
+         "authority withdrew)", "quantity": "2", "unit_price": "5.00", "amount": "10.00"},
+        {"item": "notebook_hours", "description": "Notebook server hours on billable days",
          "quantity": "3.5", "unit_price": "2.00", "amount": "7.00"},
     ]
     assert st["total"] == "135.70"  # 100 + 1.20 + 17.50 + 10 + 7
@@ -128,10 +134,10 @@ def test_public_welfare_grant_is_metered_but_charged_zero(svc: Services, now: dt
     assert st["use"] == "public_welfare"
     assert (st["queries"], st["epsilon"], st["exports"], st["notebook_hours"]) == (1, 0.3, 0, 0.0)
     amounts = _amounts(st)
-    assert amounts == {"monthly_base": "100.00", "queries": "0.40", "epsilon": "3.00", "exports": "0.00",
-                       "notebook_hours": "0.00", "public_welfare_waiver": "-103.40"}
-    waiver = st["lines"][-1]
-    assert "Public-welfare use" in waiver["description"] and "free of charge" in waiver["description"]
+    assert amounts == {"monthly_base": "0.00", "queries": "0.00", "epsilon": "0.00", "exports": "0.00",
+                       "notebook_hours": "0.00", "days_not_billed": "0.00"}
+    assert st["billable_days"] == 0 and st["not_billed_days"] == {"public_welfare": st["days"]}
+    assert "free public-welfare use" in st["lines"][-1]["description"]
     assert st["total"] == "0.00"
 
 
@@ -159,8 +165,16 @@ def test_grants_out_of_force_without_usage_are_left_out(svc: Services) -> None:
 
 def test_grant_revoked_before_the_period_pays_no_base(svc: Services, now: dt.datetime, period: str) -> None:
     svc.policies.set_status(COMMERCIAL, "revoked", "admin", reason="test")
-    # revoked during this period: still in force for part of it, so the base fee stays
-    assert _amounts(_by_grant(usage_report(svc, period, PRICES))[COMMERCIAL])["monthly_base"] == "100.00"
+    # revoked during this period: billed for the days before the revocation only
+    report = _by_grant(usage_report(svc, period, PRICES))
+    before = now.day - 1
+    if before == 0:  # revoked on the first day: nothing billable and no usage, so no statement
+        assert COMMERCIAL not in report
+        return
+    st = report[COMMERCIAL]
+    assert st["billable_days"] == before and st["not_billed_days"] == {"revoked": st["days"] - before}
+    expected = (Decimal("100.00") * before / st["days"]).quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
+    assert _amounts(st)["monthly_base"] == str(expected)
     next_month = (_month_start(now) + dt.timedelta(days=40)).strftime("%Y-%m")
     assert COMMERCIAL not in _by_grant(usage_report(svc, next_month, PRICES))
 
@@ -188,7 +202,7 @@ def test_format_csv_has_a_row_per_line_and_a_total(svc: Services, now: dt.dateti
     assert commercial[-1]["amount"] == "135.70"
     assert commercial[2] == {
         "period": period, "grant": COMMERCIAL, "operator": "Beta Insights GmbH", "use": "commercial",
-        "item": "epsilon", "description": "Privacy budget spent (epsilon)", "quantity": "1.75",
+        "item": "epsilon", "description": "Privacy budget spent on billable days (epsilon)", "quantity": "1.75",
         "unit_price": "10.00", "amount": "17.50", "currency": "EUR",
     }
     demo_total = [r for r in rows if r["grant"] == DEMO][-1]

@@ -1,16 +1,22 @@
-"""Automatic checks beside every file. Reviewers decide; checks inform.
+"""Automatic checks beside every file. Checks inform; a ``fail`` blocks approval (see the workflow).
 
 Each check is a small pure function returning ``{"rule", "outcome": "pass|review|fail",
-"detail", "cells": [...]}``. :func:`run_all` runs the gates (which refuse a file outright)
-and then every check that applies to the file's kind.
+"detail", "cells": [...]}``. :func:`run_all` runs the gates (which refuse a file outright),
+renders the canonical file, and runs every check that applies to its kind on the canonical bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sandbox.errors import BadRequest, SandboxError
+
+if TYPE_CHECKING:
+    from sandbox.exports.canonical import Canonical
+    from sandbox.exports.checks.file_gates import Limits
 
 OUTCOMES = ("pass", "review", "fail")
 
@@ -45,21 +51,44 @@ class CheckContext:
     answers: Sequence[dict] = ()  # Ledger.released_answers(grant, requester): provenance
     released: Sequence[dict] | None = None  # everything the grant released: differencing
     count_columns: Sequence[str] = ()
-    limits: object = None
+    limits: Limits | None = None
 
 
-def run_all(name: str, data: bytes, ctx: CheckContext) -> tuple[str, list[dict]]:
-    """(kind, results) for one file; raises :class:`FileRefused` when a gate fails."""
-    from sandbox.exports.checks import differencing, file_gates, identifiers, provenance, sdc
-    from sandbox.exports.tables import read_table
+def run_all(name: str, data: bytes, ctx: CheckContext) -> tuple[Canonical, list[dict]]:
+    """(canonical file, results) for one upload; raises :class:`FileRefused` when a gate fails.
+
+    The gates look at the upload; every other check looks at the canonical rendering only, the
+    bytes that reviewers preview and that would leave.
+    """
+    from sandbox.exports import canonical
+    from sandbox.exports.checks import file_gates
 
     limits = ctx.limits or file_gates.DEFAULT_LIMITS
     kind, results = file_gates.gate(name, data, limits)
     if kind is None:
         raise FileRefused(name, results)
-    table = read_table(kind, data, limits.max_rows)
+    try:
+        out, findings = canonical.render(kind, data, limits.max_rows)
+    except BadRequest as exc:
+        results.append(result("file.content", "fail", exc.message))
+        raise FileRefused(name, results) from None
+    canon = canonical.Canonical(name, kind, out, len(data), hashlib.sha256(data).hexdigest(), findings)
+    results.append(canonical.size_result(len(data), len(out)))
+    results.extend(findings)
+    results.extend(check_canonical(name, kind, out, ctx, limits))
+    return canon, results
+
+
+def check_canonical(name: str, kind: str, data: bytes, ctx: CheckContext, limits: Limits) -> list[dict]:
+    """The disclosure checks on canonical bytes (tables, text, pictures)."""
+    from sandbox.exports.canonical import TABLE_KINDS
+    from sandbox.exports.canonical.tables import read_canonical
+    from sandbox.exports.checks import differencing, file_gates, identifiers, provenance, sdc
+
+    results: list[dict] = []
     matcher = _safe(ctx.matcher)
-    if table is not None:
+    if kind in TABLE_KINDS:
+        table = read_canonical(kind, data)
         rows = file_gates.row_gate(len(table.rows), len(table.columns), limits)
         results.append(rows)
         if rows["outcome"] == "fail":
@@ -70,16 +99,16 @@ def run_all(name: str, data: bytes, ctx: CheckContext) -> tuple[str, list[dict]]
         results.append(differencing.check_table(table, ctx.answers if ctx.released is None else ctx.released,
                                                   ctx.count_columns))
     elif kind == "text":
-        text = data.decode("utf-8", errors="replace")
+        text = data.decode("utf-8")
         results.append(_guard("identifiers", lambda: identifiers.check_text(text, ctx.units, matcher)))
         results.append(result("sdc.manual", "review", "free text: the reviewer must read every number"))
         results.append(provenance.check_other(kind, ctx.answers))
     else:
-        results.append(result("identifiers", "review", f"a {kind} cannot be scanned for ids: look at it"))
-        results.append(result("sdc.manual", "review", f"a {kind} cannot be checked automatically: "
+        results.append(result("identifiers", "review", f"a {kind} picture cannot be scanned for ids: look at it"))
+        results.append(result("sdc.manual", "review", f"a {kind} picture cannot be checked automatically: "
                                                       "the reviewer must read every number in it"))
         results.append(provenance.check_other(kind, ctx.answers))
-    return kind, results
+    return results
 
 
 class _CheckUnavailable(Exception):

@@ -1,8 +1,11 @@
 """File gates: what may enter the airlock at all, decided by content, never by name alone.
 
-Allowed: csv, parquet, png, pdf, txt, md. Archives and executables are recognised by their
-magic bytes whatever the file is called; a file whose content does not match its extension
-is refused. Gates run at upload: a failing gate refuses the file (the bytes are not stored).
+Accepted: only what can be rebuilt from its visible content (see :mod:`sandbox.exports.canonical`):
+tables (csv, tsv, parquet), pictures (png, jpg/jpeg) and text (txt, md and code: py, r, sql).
+Everything else (PDF, archives, notebooks, office files, unknown) is refused with a message that
+names the accepted formats. Archives and executables are recognised by their magic bytes whatever
+the file is called; a file whose content does not match its extension is refused. Gates run at
+upload: a failing gate refuses the file (the bytes are not stored).
 """
 
 from __future__ import annotations
@@ -13,7 +16,18 @@ from dataclasses import dataclass
 
 from sandbox.exports.checks import result
 
-ALLOWED_EXTENSIONS = {"csv": "csv", "parquet": "parquet", "png": "png", "pdf": "pdf", "txt": "text", "md": "text"}
+ALLOWED_EXTENSIONS = {"csv": "csv", "tsv": "tsv", "parquet": "parquet", "png": "png", "jpg": "jpeg",
+                      "jpeg": "jpeg", "txt": "text", "md": "text", "py": "text", "r": "text", "sql": "text"}
+ACCEPTED = ("tables (.csv, .tsv, .parquet), pictures (.png, .jpg, .jpeg) and text "
+            "(.txt, .md, .py, .r, .sql)")
+WHY = ("the airlock releases only a file it rebuilt from the visible content the reviewers saw, "
+       "and it can rebuild only these")
+REFUSED_KINDS = {"pdf": "a PDF", "ipynb": "a notebook (outputs and metadata)", "docx": "an office file",
+                 "xlsx": "an office file", "pptx": "an office file", "odt": "an office file",
+                 "ods": "an office file", "doc": "an office file", "xls": "an office file",
+                 "zip": "an archive", "gz": "an archive", "tar": "an archive", "7z": "an archive",
+                 "html": "a web page (scripts, hidden elements)", "svg": "a vector image (scripts, hidden elements)",
+                 "json": "structured data (save tables as CSV or Parquet, prose as .txt)"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 # magic bytes of things that must never leave: archives/compressed containers and executables
@@ -49,7 +63,6 @@ EXECUTABLE_MAGIC = {
     b"#!": "script with an interpreter line",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PDF_ACTIVE = (b"/JavaScript", b"/JS", b"/Launch", b"/EmbeddedFile", b"/RichMedia", b"/XFA")
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,8 @@ def sniff(data: bytes) -> tuple[str, str]:
         return "archive", "tar archive"
     if data.startswith(PNG_MAGIC):
         return "png", "PNG image"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg", "JPEG image"
     if data.startswith(b"%PDF-"):
         return "pdf", "PDF document"
     if data.startswith(b"PAR1") and data.endswith(b"PAR1") and len(data) >= 12:
@@ -107,7 +122,7 @@ def png_trailing_bytes(data: bytes) -> int | None:
 
 
 def gate(name: str, data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str | None, list[dict]]:
-    """Run the gates; returns (kind or None when refused, results). Kind: csv|parquet|png|pdf|text."""
+    """Run the gates; returns (kind or None when refused, results). Kind: csv|tsv|parquet|png|jpeg|text."""
     out: list[dict] = []
     if not NAME_RE.match(name):
         out.append(result("file.name", "fail", "file names are letters, digits, '.', '_' or '-' (no paths)"))
@@ -115,8 +130,8 @@ def gate(name: str, data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str |
     ext = extension(name)
     wanted = ALLOWED_EXTENSIONS.get(ext)
     if wanted is None:
-        allowed = ", ".join(sorted(ALLOWED_EXTENSIONS))
-        out.append(result("file.type", "fail", f"'.{ext}' files are not allowed (allowed: {allowed})"))
+        what = REFUSED_KINDS.get(ext, f"'.{ext}'" if ext else "a file without extension")
+        out.append(result("file.type", "fail", f"{what} cannot be released: accepted are {ACCEPTED}; {WHY}"))
         return None, out
     if len(data) > limits.max_file_bytes:
         out.append(result("file.size", "fail", f"{len(data):,} bytes is over the cap of {limits.max_file_bytes:,}"))
@@ -129,7 +144,7 @@ def gate(name: str, data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str |
     if sniffed in ("archive", "executable"):
         out.append(result("file.content", "fail", f"the content is a {what}; {sniffed}s never leave"))
         return None, out
-    content_kind = "csv" if (sniffed == "text" and wanted == "csv") else sniffed
+    content_kind = wanted if (sniffed == "text" and wanted in ("csv", "tsv")) else sniffed
     if content_kind != wanted:
         out.append(result("file.content", "fail", f"named .{ext} but the content is {what}"))
         return None, out
@@ -148,10 +163,6 @@ def _kind_specific(kind: str, data: bytes) -> str | None:
             return "malformed PNG (no IEND chunk)"
         if trailing > 0:
             return f"{trailing} bytes hidden after the end of the PNG image"
-    if kind == "pdf":
-        for marker in PDF_ACTIVE:
-            if re.search(re.escape(marker) + rb"(?![A-Za-z])", data):
-                return f"the PDF carries active or embedded content ({marker.decode()})"
     return None
 
 

@@ -1,48 +1,136 @@
-"""Identifier leak: does a column carry privacy-unit ids of a granted dataset?
+"""Identifier leak: does a column (or a text) carry privacy-unit ids of a granted dataset?
 
-The gateway compares values against the raw id column as keyed hashes inside the engine
-(:meth:`sandbox.engine.Engine.unit_id_matches`) and learns only *how many* matched, so the
-check itself reveals nothing about the raw data. A column fails when it is named like the
-privacy unit, or when at least two of its distinct values, and at least half of them, are
-unit ids; any smaller match is flagged for review. Text files are checked by their numbers.
+Tokens: every digit run inside any cell or text, whatever surrounds it (``id93703``, ``93703_``,
+``ID-93703``, ``x=93703;``), compared both as written and without zero padding (``00093703``);
+digits of any script are read as ASCII (``９３７０３``) and thousands-grouped numbers are also joined
+(``93,703``, ``93 703``).
+The gateway compares tokens against the raw id column as keyed hashes inside the engine
+(:meth:`sandbox.engine.Engine.unit_id_matches`) and learns only *how many* matched.
+
+Chance: in a dense id space (a panel numbered 1 to a few thousand) ordinary numbers are ids by
+coincidence. For each magnitude (number of digits) present, the check asks the engine how many
+of a fixed set of probe numbers of that magnitude are ids: that is the chance that a number of
+that size is an id. The expected number of chance matches is the sum over tokens; a column
+*fails* when its matches are far beyond that (Poisson tail below ``ALPHA``, at least two
+matches, and an excess over chance of at least a fifth of its tokens), or when it has many
+distinct tokens (``MANY``) that are nearly all ids. A column named like the privacy unit fails.
+Anything else that matches is ``review``, with the chance figure in the explanation.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
-from collections.abc import Callable, Mapping
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
 
 from sandbox.exports.checks import result
 from sandbox.exports.tables import Table
 
 Matcher = Callable[[str, list[str]], int]
 MAX_VALUES = 20_000
-NUMBER_TOKEN = re.compile(r"(?<![\w.])\d{3,}(?![\w.])")
+DIGITS = re.compile(r"\d+")  # any Unicode decimal digits
+GROUPED = re.compile(r"\d{1,3}(?:[,.'\u00a0\u202f _]\d{3})+")  # 93,703 / 93 703 / 93.703 as one number
+MAX_DIGITS = 18
+PROBES = 400  # probe numbers per magnitude
+ALPHA = 0.01
+EXCESS = 0.2
+MANY = 50
+MANY_EXCESS = 10  # ten ids more than chance fail, however many other numbers hide them
+NEARLY_ALL = 0.9
+DENSE = 0.1  # an id space where a tenth or more of the numbers of a size are ids
 
 
-def _distinct(values: list[object]) -> list[str]:
+def tokens_of(values: Iterable[object]) -> list[str]:
+    """Distinct digit runs of the values, as written and without zero padding."""
     seen: dict[str, None] = {}
     for v in values:
-        if v is None:
+        if v is None or isinstance(v, bool):
             continue
         if isinstance(v, float):
             if not math.isfinite(v) or v != int(v):
                 continue
-            text = str(int(v))
-        else:
-            text = str(v).strip()
-        if text:
-            seen[text] = None
+            v = int(v)
+        text = str(v)
+        runs = DIGITS.findall(text) + [re.sub(r"\D", "", g) for g in GROUPED.findall(text)]
+        for run in runs:
+            if len(run) > MAX_DIGITS:
+                continue
+            run = "".join(str(unicodedata.decimal(c)) for c in run)  # fullwidth, Arabic-Indic... as ASCII
+            seen[run] = None
+            seen[run.lstrip("0") or "0"] = None
         if len(seen) >= MAX_VALUES:
             break
-    return list(seen)
+    return list(seen)[:MAX_VALUES]
 
 
-def judge(matched: int, distinct: int) -> str:
-    if matched >= 2 and matched * 2 >= distinct:
+def probes(digits: int) -> list[str]:
+    """A fixed sample of numbers with ``digits`` digits (all of them when there are few)."""
+    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    if hi - lo + 1 <= PROBES:
+        return [str(n) for n in range(lo, hi + 1)]
+    rng = random.Random(digits)  # fixed: the same file always gets the same verdict
+    return [str(rng.randint(lo, hi)) for _ in range(PROBES)]
+
+
+def chance_rates(ds_id: str, tokens: list[str], matcher: Matcher,
+                 memo: dict[tuple[str, int], float] | None = None) -> dict[int, float]:
+    """Per magnitude present in ``tokens``: the share of probe numbers that are ids."""
+    memo = {} if memo is None else memo
+    rates = {}
+    for d in sorted({len(t) for t in tokens}):
+        if (ds_id, d) not in memo:
+            sample = probes(d)
+            memo[(ds_id, d)] = matcher(ds_id, sample) / len(sample)
+        rates[d] = memo[(ds_id, d)]
+    return rates
+
+
+def poisson_tail(k: int, mean: float) -> float:
+    """P(X >= k) for X ~ Poisson(mean)."""
+    if k <= 0:
+        return 1.0
+    if mean <= 0:
+        return 0.0
+    term, cdf = math.exp(-mean), 0.0
+    for i in range(k):
+        cdf += term
+        term *= mean / (i + 1)
+    return max(0.0, 1.0 - cdf)
+
+
+def judge(matched: int, distinct: int, expected: float) -> str:
+    if not matched:
+        return "pass"
+    if distinct >= MANY and matched >= NEARLY_ALL * distinct:
         return "fail"
-    return "review" if matched else "pass"
+    excess = matched - expected
+    beyond = matched >= 2 and poisson_tail(matched, expected) < ALPHA and (
+        excess >= EXCESS * distinct or excess >= MANY_EXCESS)
+    return "fail" if beyond else "review"
+
+
+def assess(ds_id: str, unit: str, tokens: list[str], matcher: Matcher,
+           memo: dict[tuple[str, int], float] | None = None) -> dict | None:
+    """A finding for one dataset, or None when no token is an id."""
+    matched = min(matcher(ds_id, tokens), len(tokens)) if tokens else 0
+    if not matched:
+        return None
+    rates = chance_rates(ds_id, tokens, matcher, memo)
+    expected = sum(rates[len(t)] for t in tokens)
+    outcome = judge(matched, len(tokens), expected)
+    reason = (f"{matched} of {len(tokens)} distinct number(s) are {unit} ids of {ds_id}; "
+              f"chance would give about {expected:.1f} "
+              f"(numbers of these sizes are {unit} ids {_rates(rates)})")
+    if outcome == "review" and max(rates.values()) >= DENSE:
+        reason += ": the id space is dense at these magnitudes, so matches like these are what chance gives"
+    return {"outcome": outcome, "matched": matched, "distinct": len(tokens), "expected": round(expected, 2),
+            "reason": reason}
+
+
+def _rates(rates: dict[int, float]) -> str:
+    return ", ".join(f"{d} digit(s): {r:.0%}" for d, r in rates.items())
 
 
 def check_table(table: Table, units: Mapping[str, str], matcher: Matcher) -> dict:
@@ -50,41 +138,43 @@ def check_table(table: Table, units: Mapping[str, str], matcher: Matcher) -> dic
     if not units:
         return result("identifiers", "pass", "no granted dataset has a privacy-unit id column")
     cells, worst = [], "pass"
+    memo: dict[tuple[str, int], float] = {}
     for col in table.columns:
         unit_named = [ds for ds, unit in units.items() if col.strip().lower() == unit.lower()]
         if unit_named:
             cells.append({"column": col, "reason": f"named like the privacy unit of {', '.join(unit_named)}"})
             worst = "fail"
             continue
-        values = _distinct(table.column(col))
+        tokens = tokens_of(table.column(col))
         for ds_id in sorted(units):
-            matched = matcher(ds_id, values)
-            outcome = judge(matched, len(values))
-            if outcome != "pass":
-                cells.append({"column": col, "matched": matched, "distinct": len(values),
-                              "reason": f"{matched} of {len(values)} distinct value(s) are "
-                                        f"{units[ds_id]} ids of {ds_id}"})
-                worst = outcome if outcome == "fail" or worst == "pass" else worst
+            found = assess(ds_id, units[ds_id], tokens, matcher, memo)
+            if found is None:
+                continue
+            cells.append({"column": col, **{k: v for k, v in found.items() if k != "outcome"},
+                          "outcome": found["outcome"]})
+            worst = _worse(worst, found["outcome"])
     names = ", ".join(f"{ds}.{u}" for ds, u in sorted(units.items()))
     if not cells:
-        return result("identifiers", "pass", f"no column matches the privacy-unit ids ({names})")
-    return result("identifiers", worst, f"{len(cells)} column(s) carry privacy-unit ids ({names})", cells)
+        return result("identifiers", "pass", f"no column carries privacy-unit ids ({names})")
+    return result("identifiers", worst, f"{len(cells)} column(s) match privacy-unit ids ({names})", cells)
 
 
 def check_text(text: str, units: Mapping[str, str], matcher: Matcher) -> dict:
-    """Numbers of three or more digits in free text, compared with the unit ids."""
+    """Every digit run in free text (code, notebook JSON saved as text...), compared with the unit ids."""
     if not units:
         return result("identifiers", "pass", "no granted dataset has a privacy-unit id column")
-    tokens = list(dict.fromkeys(NUMBER_TOKEN.findall(text)))[:MAX_VALUES]
-    cells = []
-    worst = "pass"
+    tokens = tokens_of([text])
+    cells, worst = [], "pass"
     for ds_id in sorted(units):
-        matched = matcher(ds_id, tokens)
-        outcome = judge(matched, len(tokens))
-        if outcome != "pass":
-            cells.append({"matched": matched, "distinct": len(tokens),
-                          "reason": f"{matched} number(s) in the text are {units[ds_id]} ids of {ds_id}"})
-            worst = "fail" if outcome == "fail" or matched >= 2 else "review"
+        found = assess(ds_id, units[ds_id], tokens, matcher)
+        if found is not None:
+            cells.append({k: v for k, v in found.items()})
+            worst = _worse(worst, found["outcome"])
     if cells:
-        return result("identifiers", worst, "the text contains privacy-unit ids", cells)
+        return result("identifiers", worst, "the text contains numbers that are privacy-unit ids", cells)
     return result("identifiers", "pass", f"none of {len(tokens)} number(s) in the text is a unit id")
+
+
+def _worse(a: str, b: str) -> str:
+    order = ("pass", "review", "fail")
+    return a if order.index(a) >= order.index(b) else b

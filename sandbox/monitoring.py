@@ -1,0 +1,369 @@
+"""Early warning: rules over the audit stream raise alerts, and a rule may suspend a grant.
+
+``scan`` reads the audit entries written since the last scan (a cursor in SQLite), evaluates the
+rules of ``sandbox.policy.monitoring`` over sliding windows ending at each entry, and in one write
+transaction stores each new alert with its ``alert.raised`` audit entry and moves the cursor. Then
+it suspends the grants of rules marked ``suspend`` (each suspension audited by the grant store),
+logs each alert and posts it to the webhook if one is set. The gateway scans after every request
+that wrote to the audit log, so a suspension is in force for the very next request.
+
+Rules: ``refused_burst`` (refused queries of one user), ``id_probing`` (refusals for id or ungranted
+columns by one user under one grant), ``bad_tokens`` (bad credentials presented, all clients),
+``budget_burn`` (share of a grant's budget spent within the window), ``export_checks_failed``
+(export requests with a failing automatic check), ``spawn_outside_hours`` (notebook servers started
+outside working hours).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+import zoneinfo
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import requests
+
+from sandbox.errors import Conflict, NotFound
+from sandbox.oversight import settings_of
+from sandbox.policy.monitoring import MonitoringPolicy
+from sandbox.services import Services
+from sandbox.state import alerts_store
+from sandbox.state.audit import AuditEvent
+
+log = logging.getLogger("sandbox.monitoring")
+SCAN_BATCH = 5000
+_scan_lock = threading.Lock()
+
+
+@dataclass
+class Alert:
+    rule: str
+    subject: str
+    grant_id: str | None
+    actor: str | None
+    message: str
+    detail: dict = field(default_factory=dict)
+    suspend: bool = False
+    id: int = 0
+
+
+# -- bad credentials ------------------------------------------------------------------------------
+class _BadTokenBudget:
+    """At most N bad-token entries per minute per process; the rest are counted into the next entry."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.minute = 0
+        self.written = 0
+        self.dropped = 0
+
+    def take(self, limit: int) -> tuple[bool, int]:
+        with self.lock:
+            minute = int(time.time() // 60)
+            if minute != self.minute:
+                self.minute, self.written = minute, 0
+            if self.written >= limit:
+                self.dropped += 1
+                return False, 0
+            self.written += 1
+            dropped, self.dropped = self.dropped, 0
+            return True, dropped
+
+
+_bad_tokens = _BadTokenBudget()
+
+
+def record_bad_token(services: Services, token: str, path: str, client: str) -> None:
+    """Audit a bad credential: the first 8 hex digits of its SHA-256, never the token text."""
+    cfg = settings_of(services)
+    ok, dropped = _bad_tokens.take(cfg.bad_token_audits_per_minute)
+    if not ok:
+        return
+    from sandbox.cases import client_key
+
+    digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+    detail: dict[str, object] = {"token_sha256_prefix": digest[:8],
+                                 "path": path[:200].encode("utf-8", "backslashreplace").decode("utf-8"),
+                                 "client": client_key(services, client)}
+    if dropped:
+        detail["not_recorded_before"] = dropped
+    services.audit.record(AuditEvent("anonymous", "auth.bad_token", None, detail))
+
+
+# -- alerts ---------------------------------------------------------------------------------------
+def _store_alert(services: Services, conn: sqlite3.Connection, alert: Alert) -> int:
+    seq = services.audit.append(conn, AuditEvent("monitor", "alert.raised", alert.grant_id, {
+        "rule": alert.rule, "subject": alert.subject, "message": alert.message, **alert.detail,
+    }))
+    return alerts_store.insert(conn, rule=alert.rule, subject=alert.subject, grant_id=alert.grant_id,
+                               actor=alert.actor, message=alert.message, detail=alert.detail, audit_seq=seq)
+
+
+def raise_alert(services: Services, rule: str, subject: str, grant_id: str | None, actor: str | None,
+                message: str, detail: dict) -> int:
+    """Store and announce one alert outside a scan (e.g. the emergency stop)."""
+    alert = Alert(rule, subject, grant_id, actor, message, detail)
+    with services.db.write() as conn:
+        alert.id = _store_alert(services, conn, alert)
+    services.audit.write_head()
+    _announce(services, [alert])
+    return alert.id
+
+
+def _announce(services: Services, alerts: Iterable[Alert]) -> None:
+    cfg = settings_of(services)
+    for alert in alerts:
+        log.warning("ALERT %s [%s] %s", alert.rule, alert.subject, alert.message)
+        if not cfg.alert_webhook_url:
+            continue
+        body = {"alert": {"id": alert.id, "rule": alert.rule, "subject": alert.subject, "grant": alert.grant_id,
+                          "actor": alert.actor, "message": alert.message, "detail": alert.detail,
+                          "suspended": alert.suspend}}
+        try:
+            requests.post(cfg.alert_webhook_url, json=body, timeout=cfg.alert_webhook_timeout)
+        except requests.RequestException as exc:
+            log.error("alert webhook %s failed: %s", cfg.alert_webhook_url, exc)
+
+
+def acknowledge(services: Services, alert_id: int, user: str) -> dict:
+    with services.db.write() as conn:
+        alert = alerts_store.get(conn, alert_id)
+        if alert is None:
+            raise NotFound(f"no alert {alert_id}", code="unknown_alert")
+        if alert["acknowledged_at"]:
+            raise Conflict(f"alert {alert_id} was already acknowledged", code="already_acknowledged")
+        alerts_store.acknowledge(conn, alert_id, user)
+        services.audit.append(conn, AuditEvent(user, "alert.acknowledged", alert["grant_id"], {"alert": alert_id}))
+    services.audit.write_head()
+    return alerts_store.get(services.db.conn, alert_id) or {}
+
+
+# -- rules ----------------------------------------------------------------------------------------
+def _window_start(ts: str, minutes: int) -> str:
+    return (dt.datetime.fromisoformat(ts) - dt.timedelta(minutes=minutes)).isoformat(timespec="microseconds")
+
+
+def _count(conn: sqlite3.Connection, where: str, params: tuple) -> int:
+    return int(conn.execute(f"SELECT COUNT(*) AS n FROM audit WHERE {where}", params).fetchone()["n"])
+
+
+def _evaluate(services: Services, conn: sqlite3.Connection, policy: MonitoringPolicy, e: sqlite3.Row) -> list[Alert]:
+    action, ts, actor, gid = e["action"], e["ts"], e["actor"], e["grant_id"]
+    detail = json.loads(e["detail"])
+    found: list[Alert] = []
+    if action == "query.refused":
+        rule = policy.refused_burst
+        if rule.enabled:
+            since = _window_start(ts, rule.window_minutes)
+            n = _count(conn, "action = 'query.refused' AND actor = ? AND ts >= ? AND seq <= ?",
+                       (actor, since, e["seq"]))
+            if n >= rule.threshold:
+                found.append(Alert("refused_burst", f"user:{actor}", gid, actor,
+                                   f"{actor}: {n} refused queries within {rule.window_minutes} min",
+                                   {"count": n}, rule.suspend and gid is not None))
+        rule_p = policy.id_probing
+        if rule_p.enabled and detail.get("code") in rule_p.codes:
+            since = _window_start(ts, rule_p.window_minutes)
+            marks = ", ".join("?" for _ in rule_p.codes)
+            n = _count(conn, "action = 'query.refused' AND actor = ? AND grant_id IS ? AND ts >= ? AND seq <= ?"
+                       f" AND json_extract(detail, '$.code') IN ({marks})",
+                       (actor, gid, since, e["seq"], *rule_p.codes))
+            if n >= rule_p.threshold:
+                found.append(Alert("id_probing", f"user:{actor}:grant:{gid}", gid, actor,
+                                   f"{actor} probed identifiers or ungranted columns {n} times within "
+                                   f"{rule_p.window_minutes} min" + (f" under grant {gid}" if gid else ""),
+                                   {"count": n}, rule_p.suspend and gid is not None))
+    elif action == "auth.bad_token" and policy.bad_tokens.enabled:
+        rule_b = policy.bad_tokens
+        since = _window_start(ts, rule_b.window_minutes)
+        n = _count(conn, "action = 'auth.bad_token' AND ts >= ? AND seq <= ?", (since, e["seq"]))
+        if n >= rule_b.threshold:
+            found.append(Alert("bad_tokens", "gateway", None, None,
+                               f"{n} bad credentials presented within {rule_b.window_minutes} min", {"count": n}))
+    elif action == "query.charged" and gid and policy.budget_burn.enabled:
+        found.extend(_budget_burn(services, conn, policy, e))
+    elif action == "export.submitted" and gid and policy.export_checks_failed.enabled:
+        found.extend(_export_failures(conn, policy, e, detail))
+    elif action == "server.started" and policy.spawn_outside_hours.enabled:
+        rule_h = policy.spawn_outside_hours
+        local = dt.datetime.fromisoformat(ts).astimezone(zoneinfo.ZoneInfo(rule_h.timezone))
+        if not rule_h.start_hour <= local.hour < rule_h.end_hour:
+            found.append(Alert("spawn_outside_hours", f"spawn:{e['seq']}", gid, actor,
+                               f"{actor} started a notebook server at {local:%H:%M} {rule_h.timezone}, outside "
+                               f"{rule_h.start_hour:02d}:00-{rule_h.end_hour:02d}:00",
+                               {"local_time": local.isoformat(timespec="minutes")}, rule_h.suspend and gid is not None))
+    return found
+
+
+def _budget_burn(services: Services, conn: sqlite3.Connection, policy: MonitoringPolicy, e: sqlite3.Row) -> list[Alert]:
+    rule = policy.budget_burn
+    row = conn.execute("SELECT epsilon_total_nano FROM budgets WHERE grant_id = ?", (e["grant_id"],)).fetchone()
+    if row is None or not row["epsilon_total_nano"]:
+        return []
+    since = _window_start(e["ts"], rule.window_minutes)
+    spent = conn.execute("SELECT COALESCE(SUM(epsilon_nano), 0) AS s FROM charges WHERE grant_id = ? AND ts >= ?",
+                         (e["grant_id"], since)).fetchone()["s"]
+    share = spent / row["epsilon_total_nano"]
+    if share < rule.fraction:
+        return []
+    return [Alert("budget_burn", f"grant:{e['grant_id']}", e["grant_id"], e["actor"],
+                  f"grant {e['grant_id']} spent {share:.0%} of its budget within {rule.window_minutes} min",
+                  {"share": round(share, 4)}, rule.suspend)]
+
+
+def _export_failures(conn: sqlite3.Connection, policy: MonitoringPolicy, e: sqlite3.Row, detail: dict) -> list[Alert]:
+    rule = policy.export_checks_failed
+    since = _window_start(e["ts"], rule.window_minutes)
+    rows = conn.execute("SELECT detail FROM audit WHERE action = 'export.submitted' AND grant_id = ? AND ts >= ?"
+                        " AND seq <= ?", (e["grant_id"], since, e["seq"])).fetchall()
+    failing = [r for r in (json.loads(x["detail"]).get("request") for x in rows) if r and _has_failure(conn, r)]
+    if detail.get("request") not in failing or len(failing) < rule.threshold:
+        return []
+    return [Alert("export_checks_failed", f"grant:{e['grant_id']}", e["grant_id"], e["actor"],
+                  f"{len(failing)} export request(s) under grant {e['grant_id']} failed an automatic check within "
+                  f"{rule.window_minutes} min", {"requests": failing[-10:]}, rule.suspend)]
+
+
+def _has_failure(conn: sqlite3.Connection, request_id: str) -> bool:
+    try:
+        rows = conn.execute("SELECT checks FROM export_files WHERE request_id = ?", (request_id,)).fetchall()
+    except sqlite3.Error:  # the exports module is not installed
+        return False
+    return any(c.get("outcome") == "fail" for r in rows for c in json.loads(r["checks"]))
+
+
+# -- the scan -------------------------------------------------------------------------------------
+def pending(services: Services) -> bool:
+    """Cheap read: has the audit log grown since the last scan?"""
+    head = services.db.read("SELECT COALESCE(MAX(seq), 0) AS s FROM audit")[0]["s"]
+    return head > alerts_store.cursor(services.db.conn)
+
+
+def scan(services: Services) -> list[Alert]:
+    """Evaluate the rules over entries not scanned yet; store, enforce and announce the new alerts."""
+    policy = settings_of(services).monitoring
+    raised: list[Alert] = []
+    with _scan_lock:
+        while True:
+            with services.db.write() as conn:
+                last = alerts_store.cursor(conn)
+                rows = conn.execute("SELECT * FROM audit WHERE seq > ? AND actor != 'monitor' ORDER BY seq LIMIT ?",
+                                    (last, SCAN_BATCH)).fetchall()
+                head = conn.execute("SELECT COALESCE(MAX(seq), 0) AS s FROM audit").fetchone()["s"]
+                batch: list[Alert] = []
+                horizon = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=settings_of(services).monitor_horizon_hours)
+                           ).isoformat(timespec="microseconds")
+                for e in rows:
+                    if e["ts"] < horizon:  # old history (e.g. a first scan after an upgrade) raises nothing
+                        continue
+                    for alert in _evaluate(services, conn, policy, e):
+                        window = getattr(policy, alert.rule).window_minutes
+                        if alerts_store.raised_since(conn, alert.rule, alert.subject, _window_start(e["ts"], window)) \
+                                or any(a.rule == alert.rule and a.subject == alert.subject for a in batch):
+                            continue
+                        alert.id = _store_alert(services, conn, alert)
+                        batch.append(alert)
+                new_last = rows[-1]["seq"] if len(rows) == SCAN_BATCH else head
+                alerts_store.set_cursor(conn, max(new_last, last))
+            if batch:
+                services.audit.write_head()
+            raised.extend(batch)
+            if len(rows) < SCAN_BATCH:
+                break
+    for alert in raised:
+        if alert.suspend and alert.grant_id:
+            _suspend(services, alert)
+    _announce(services, raised)
+    return raised
+
+
+def _suspend(services: Services, alert: Alert) -> None:
+    try:
+        grant = services.policies.grant(alert.grant_id or "")
+    except NotFound:
+        alert.suspend = False
+        return
+    if grant.status != "active":
+        alert.suspend = False  # already stopped: nothing was done
+        return
+    try:
+        # the reason is published on the register: it names the rule, never the user
+        reason = f"automatic suspension by the early-warning rule {alert.rule} (alert {alert.id})"
+        services.policies.set_status(grant.id, "suspended", "monitor", reason)
+    except Conflict:  # revoked meanwhile
+        alert.suspend = False
+        return
+    from sandbox.offerings import publish_reason
+
+    publish_reason(services, grant.id, "monitor", reason)
+    with services.db.write() as conn:
+        alerts_store.mark_suspended(conn, alert.id)
+    _stop_notebooks(grant.members)
+
+
+def _stop_notebooks(members: Iterable[str]) -> None:
+    """Stop the members' notebook servers when the hub is configured here (best effort, logged)."""
+    from sandbox.hub_api import HubClient
+
+    hub = HubClient.from_env()
+    if hub is None:
+        return
+    try:
+        hub.stop_servers(members)
+    except Exception:  # noqa: BLE001 - the grant is suspended whatever the hub says
+        log.exception("could not stop the notebook servers of a suspended grant")
+
+
+def scan_quietly(services: Services) -> None:
+    """For the gateway's after-request hook: never let monitoring break a response."""
+    try:
+        if pending(services):
+            scan(services)
+    except Exception:  # noqa: BLE001 - logged; the request itself succeeded or failed on its own
+        log.exception("monitoring scan failed")
+
+
+# -- emergency stop -------------------------------------------------------------------------------
+def emergency_stop(services: Services, actor: str, reason: str, hub: object | None = None) -> dict:
+    """Suspend every active grant and stop every member's notebook server, in one audited command.
+
+    ``emergency.stop`` is audited first (with the grants it will suspend), then each suspension
+    through the grant store (``grant.suspended``, reason prefixed ``emergency stop:``), then the
+    servers stopped through the hub client when one is configured; ``emergency.stopped`` records
+    the outcome.
+    """
+    reason = reason.strip()
+    if not reason:
+        from sandbox.errors import BadRequest
+
+        raise BadRequest("an emergency stop needs a reason", code="missing_reason")
+    grants = [g for g in services.policies.grants() if g.status == "active"]
+    members = sorted({m for g in services.policies.grants() for m in g.members})
+    services.audit.record(AuditEvent(actor, "emergency.stop", None,
+                                     {"reason": reason, "grants": [g.id for g in grants]}))
+    suspended = []
+    for grant in grants:
+        try:
+            services.policies.set_status(grant.id, "suspended", actor, f"emergency stop: {reason}")
+            suspended.append(grant.id)
+            from sandbox.offerings import publish_reason
+
+            publish_reason(services, grant.id, actor, "emergency stop of every grant by the authority")
+        except Conflict:  # revoked meanwhile
+            continue
+    stopped: list[str] = []
+    hub_error = None
+    if hub is not None:
+        try:
+            stopped = list(hub.stop_servers(members))  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - recorded; the grants are suspended whatever the hub says
+            hub_error = str(exc)[:500]
+    outcome = {"suspended": suspended, "servers_stopped": stopped, "hub": hub is not None, "hub_error": hub_error}
+    services.audit.record(AuditEvent(actor, "emergency.stopped", None, outcome))
+    return outcome

@@ -1,0 +1,203 @@
+"""Versioned answers, zCDP grants and free plans through the real Flask app, SQLite, DuckDB and OpenDP."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from sandbox.policy.loader import load_policies
+from sandbox.policy.models import Grant
+from sandbox.services import Services, Settings
+from sandbox.state.grants_store import apply_policies
+
+REPO = Path(__file__).resolve().parents[2]
+GRANT = "g-2026-001"
+COUNT = "SELECT COUNT(*) AS n FROM adult_income"
+
+
+def _app(services: Services):  # noqa: ANN202
+    from gateway.app import create_app
+
+    app = create_app(services=services)
+    app.config["TESTING"] = True
+    return app.test_client()
+
+
+@pytest.fixture
+def own_data(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path) -> tuple[Services, Path]:
+    """A data root of this test's own (it rewrites a source file), with the demo policies."""
+    root = tmp_path / "data"
+    shutil.copytree(demo_data_root, root)
+    state = tmp_path / "state"
+    shutil.copytree(warm_engine_dir, state / "engine")
+    svc = Services(Settings(state_dir=state, data_root=root))
+    apply_policies(svc.policies, load_policies(REPO / "policies"), "test")
+    return svc, root
+
+
+def test_a_data_refresh_invalidates_the_cache_and_is_charged_again(own_data, alice_of) -> None:  # noqa: ANN001
+    svc, root = own_data
+    client, headers = _app(svc), alice_of(svc)
+    body = {"sql": COUNT, "epsilon": 0.5, "grant": GRANT}
+    first = client.post("/v1/query", json=body, headers=headers).get_json()
+    again = client.post("/v1/query", json=body, headers=headers).get_json()
+    assert first["cached"] is False and again["cached"] is True and again["rows"] == first["rows"]
+    assert svc.ledger.state(GRANT).epsilon_spent == 0.5
+    # the agency refreshes the data: 2,000 fewer rows
+    src = root / "adult_income.parquet"
+    rows = duckdb.sql(f"SELECT COUNT(*) FROM '{src}'").fetchall()[0][0]
+    tmp = root / "adult_income.new.parquet"
+    duckdb.sql(f"COPY (SELECT * FROM '{src}' LIMIT {rows - 2000}) TO '{tmp}' (FORMAT parquet)")
+    tmp.replace(src)
+    build = svc.engine.build_id
+    fresh = client.post("/v1/query", json=body, headers=headers).get_json()
+    assert svc.engine.build_id != build  # rebuilt from the new file
+    assert fresh["cached"] is False and fresh["query_id"] != first["query_id"]
+    assert fresh["epsilon_spent"] == 0.5
+    assert svc.ledger.state(GRANT).epsilon_spent == 1.0  # charged again; the refresh reset nothing
+    assert abs(fresh["rows"][0][0] - (rows - 2000)) <= 4 * fresh["accuracy"]["ci_halfwidth"]["n"]
+    # and the new answer is the one replayed from now on
+    assert client.post("/v1/query", json=body, headers=headers).get_json()["query_id"] == fresh["query_id"]
+
+
+def test_a_new_bound_in_the_catalog_entry_is_a_new_answer(own_data, alice_of) -> None:  # noqa: ANN001
+    svc, _ = own_data
+    client, headers = _app(svc), alice_of(svc)
+    body = {"sql": "SELECT COUNT(*) AS n FROM nhanes_2017", "epsilon": 0.5, "grant": GRANT}
+    first = client.post("/v1/query", json=body, headers=headers).get_json()
+    ds = svc.policies.datasets()["nhanes_2017"]
+    svc.policies.apply_dataset(ds.model_copy(update={"max_rows_per_unit": 2}), "admin")
+    second = client.post("/v1/query", json=body, headers=headers).get_json()
+    assert second["cached"] is False and second["query_id"] != first["query_id"]
+    assert second["mechanism"]["scales"]["count(*)"] == 2 * first["mechanism"]["scales"]["count(*)"]
+    assert svc.ledger.state(GRANT).epsilon_spent == 1.0
+
+
+@pytest.fixture
+def alice_of():  # noqa: ANN201
+    return lambda svc: {"Authorization": f"Bearer {svc.tokens.create('alice')}"}
+
+
+# -- zCDP grants ---------------------------------------------------------------------------------
+@pytest.fixture
+def zcdp(services: Services) -> Services:
+    g = services.policies.grant(GRANT).model_dump(mode="json")
+    g.update(id="g-zcdp", accounting="zcdp")
+    services.policies.apply_grant(Grant.model_validate(g), "admin")
+    return services
+
+
+def test_zcdp_grant_answers_with_gaussian_noise_charged_in_rho(client, alice, zcdp: Services) -> None:  # noqa: ANN001
+    r = client.post("/v1/query", json={"sql": COUNT, "rho": 0.125, "grant": "g-zcdp"}, headers=alice)
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["mechanism"]["name"] == "discrete_gaussian" and body["rho_spent"] == 0.125
+    assert body["mechanism"]["scales"]["count(*)"] == pytest.approx(2.0)  # 1 / sqrt(2 * 0.125)
+    budget = body["budget"]
+    assert budget["accounting"] == "zcdp" and budget["rho_spent"] == 0.125 and budget["delta"] == 1e-6
+    assert 0 < budget["epsilon_spent"] == body["epsilon_spent"] < budget["epsilon_total"] == 10.0
+    refused = client.post("/v1/query", json={"sql": COUNT, "epsilon": 0.5, "grant": "g-zcdp"}, headers=alice)
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "wrong_accounting"
+    refused = client.post("/v1/query", json={"sql": COUNT, "rho": 0.1, "grant": GRANT}, headers=alice)
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "wrong_accounting"
+    over = client.post("/v1/query", json={"sql": COUNT, "rho": 0.6, "grant": "g-zcdp"}, headers=alice)
+    assert over.status_code == 400 and over.get_json()["error"]["code"] == "epsilon_over_cap"  # 1.0**2 / 2
+
+
+# -- plans ---------------------------------------------------------------------------------------
+PLANNED = [
+    "SELECT sex, COUNT(*) AS n, SUM(income_ratio) AS s FROM nhanes_2017 GROUP BY sex",
+    "SELECT education, COUNT(*) AS n FROM adult_income GROUP BY education",
+]
+
+
+@pytest.mark.parametrize("sql", PLANNED)
+@pytest.mark.parametrize(("grant", "unit", "cost"), [(GRANT, "epsilon", 0.3), ("g-zcdp", "rho", 0.05)])
+def test_plan_halfwidth_equals_the_released_one(client, alice, zcdp, sql, grant, unit, cost) -> None:  # noqa: ANN001, PLR0913
+    before = zcdp.ledger.state(grant)
+    entries = len(list(zcdp.audit.entries()))
+    plan = client.post("/v1/plan", json={"sql": sql, unit: cost, "grant": grant}, headers=alice)
+    assert plan.status_code == 200, plan.get_json()
+    planned = plan.get_json()
+    assert planned["charged"] is False and zcdp.ledger.state(grant) == before  # free
+    assert [e["action"] for e in list(zcdp.audit.entries())[entries:]] == ["query.planned"]
+    released = client.post("/v1/query", json={"sql": sql, unit: cost, "grant": grant}, headers=alice).get_json()
+    assert planned["accuracy"]["ci_halfwidth"] == released["accuracy"]["ci_halfwidth"]
+    assert planned["mechanism"]["scales"] == released["mechanism"]["scales"]
+
+
+@pytest.mark.parametrize(("grant", "unit"), [(GRANT, "epsilon"), ("g-zcdp", "rho")])
+def test_plan_finds_the_cost_of_a_target_halfwidth(client, alice, zcdp, grant, unit) -> None:  # noqa: ANN001
+    sql = "SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex"
+    r = client.post("/v1/plan", json={"sql": sql, "ci_halfwidth": 10, "grant": grant}, headers=alice)
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    cost = body[unit]
+    assert body["accuracy"]["ci_halfwidth"]["n"] <= 10
+    # the smallest such cost (to 0.1%): a little less does not reach the target
+    less = client.post("/v1/plan", json={"sql": sql, unit: cost * 0.995, "grant": grant}, headers=alice).get_json()
+    assert less["accuracy"]["ci_halfwidth"]["n"] > 10
+    released = client.post("/v1/query", json={"sql": sql, unit: cost, "grant": grant}, headers=alice).get_json()
+    assert released["accuracy"]["ci_halfwidth"]["n"] <= 10
+
+
+def test_plan_is_checked_like_a_query(client, alice, mallory, zcdp) -> None:  # noqa: ANN001
+    ok = {"sql": "SELECT COUNT(*) AS n FROM nhanes_2017", "epsilon": 0.1, "grant": GRANT}
+    assert client.post("/v1/plan", json=ok).status_code == 401
+    assert client.post("/v1/plan", json=ok, headers=mallory).status_code == 403
+    bad = client.post("/v1/plan", json={**ok, "sql": "SELECT seqn FROM nhanes_2017"}, headers=alice)
+    assert bad.status_code == 400
+    both = client.post("/v1/plan", json={**ok, "ci_halfwidth": 3}, headers=alice)
+    assert both.status_code == 400 and both.get_json()["error"]["code"] == "bad_epsilon"
+    avg = client.post("/v1/plan", json={"sql": "SELECT AVG(age) AS a FROM nhanes_2017", "ci_halfwidth": 1,
+                                        "grant": GRANT}, headers=alice)
+    assert avg.status_code == 400 and avg.get_json()["error"]["code"] == "bad_halfwidth"
+    for junk in (0, -1, float("inf"), "10", True):
+        r = client.post("/v1/plan", json={**ok, "epsilon": None, "ci_halfwidth": junk}, headers=alice)
+        assert r.status_code == 400
+
+
+def test_notebook_client_plans_then_queries(live_server, services: Services, zcdp) -> None:  # noqa: ANN001
+    from sandbox.client import Client, GatewayError
+
+    db = Client(live_server, services.tokens.create("alice"), grant=GRANT)
+    sql = "SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex"
+    need = db.plan(sql, ci_halfwidth=10)
+    assert need["charged"] is False and need["accuracy"]["ci_halfwidth"]["n"] <= 10
+    planned = db.plan(sql, epsilon=need["epsilon"])
+    df = db.query(sql, need["epsilon"])
+    assert df.attrs["accuracy"]["ci_halfwidth"] == planned["accuracy"]["ci_halfwidth"]
+    assert df.attrs["epsilon_spent"] == need["epsilon"]
+    zdf = db.query(sql, rho=0.02, grant="g-zcdp")
+    assert zdf.attrs["rho_spent"] == 0.02 and zdf.attrs["mechanism"]["name"] == "discrete_gaussian"
+    with pytest.raises(GatewayError) as info:
+        db.plan(sql, epsilon=0.1, grant="g-zcdp")
+    assert info.value.code == "wrong_accounting"
+
+
+def test_plan_touches_no_data(client, alice, services: Services) -> None:  # noqa: ANN001
+    """With the engine gone, a query fails but a plan still answers: it never reaches the data."""
+    services.engine._con = None
+    services.engine._fingerprint = "gone"  # ensure() would otherwise reopen it
+    services.engine._tables = frozenset()
+    body = {"sql": "SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex", "epsilon": 0.2, "grant": GRANT}
+    plan = client.post("/v1/plan", json=body, headers=alice)
+    assert plan.status_code == 200 and plan.get_json()["accuracy"]["ci_halfwidth"]["n"] > 0
+    services.engine.ensure = lambda *_a, **_k: None  # keep it gone for the query
+    assert client.post("/v1/query", json=body, headers=alice).status_code != 200
+
+
+def test_a_dataset_cap_is_never_raised_by_a_file(services: Services) -> None:
+    from sandbox.errors import Conflict
+
+    ds = services.policies.datasets()["nhanes_2017"]
+    assert ds.budget is not None
+    lower = ds.model_copy(update={"budget": ds.budget.model_copy(update={"epsilon": ds.budget.epsilon - 1})})
+    services.policies.apply_dataset(lower, "admin")
+    with pytest.raises(Conflict) as info:
+        services.policies.apply_dataset(ds, "admin")  # back up: refused
+    assert info.value.code == "budget_fixed"
+    assert services.policies.datasets()["nhanes_2017"].budget.epsilon == ds.budget.epsilon - 1

@@ -1,0 +1,185 @@
+"""Caps across grants (operator, dataset) and zCDP budget arithmetic, on a real SQLite ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sandbox.dp.accounting import epsilon_to_rho, rho_to_epsilon
+from sandbox.errors import BadRequest, Conflict
+from sandbox.policy.models import Dataset
+from sandbox.policy.rules import check_caps_not_raised
+from sandbox.state.audit import AuditLog
+from sandbox.state.db import StateDB
+from sandbox.state.ledger import Ledger
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+ACME, OTHER = "Acme Ltd.", "Other Ltd."
+
+
+def _dataset(**over) -> Dataset:  # noqa: ANN003
+    data = yaml.safe_load((POLICIES / "datasets" / "nhanes_2017.yaml").read_text())
+    for cap in ("budget", "max_epsilon_per_operator", "operator_caps"):  # no caps unless a test declares them
+        data.pop(cap, None)
+    data.update(over)
+    return Dataset.model_validate(data)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    db = StateDB(tmp_path)
+    led = Ledger(db, AuditLog(db), wait_for_twin_s=0.5)
+    with db.write() as conn:
+        for gid in ("a1", "a2", "a3", "o1"):
+            Ledger.ensure_budget(conn, gid, 10.0, 0.0)
+        Ledger.ensure_budget(conn, "z1", 10.0, 1e-6, "zcdp")
+    return led
+
+
+def _charge(ledger: Ledger, gid: str, qid: str, ds: Dataset, operator: str, eps: float | None = None,
+            rho: float | None = None):  # noqa: ANN202
+    return ledger.charge(grant_id=gid, user="u", query_id=qid, epsilon=eps, rho=rho, max_epsilon_per_query=10.0,
+                         cache_key=qid, audit_detail={}, dataset=ds, operator=operator)
+
+
+def test_operator_cap_holds_across_its_grants(ledger: Ledger) -> None:
+    """The issue's case: three grants of one operator (10 + 1 + 1) on the same data."""
+    ds = _dataset(operator_caps={ACME: 2.5})
+    _charge(ledger, "a1", "q1", ds, ACME, 1.0)
+    _charge(ledger, "a2", "q2", ds, ACME, 1.0)
+    with pytest.raises(Conflict) as info:
+        _charge(ledger, "a3", "q3", ds, ACME, 1.0)
+    assert info.value.code == "budget_exhausted" and info.value.detail["cap"] == "operator"
+    assert ACME in info.value.message
+    _charge(ledger, "a3", "q3b", ds, ACME, 0.5)  # exactly what is left
+    assert [c.epsilon_remaining for c in ledger.cap_states(ds, ACME)][0] == 0.0
+    _charge(ledger, "o1", "q4", ds, OTHER, 1.0)  # another operator is not held by Acme's cap
+    assert ledger.state("a3").epsilon_spent == 0.5  # the refused charge changed nothing
+
+
+def test_default_operator_cap_and_dataset_cap(ledger: Ledger) -> None:
+    ds = _dataset(budget={"epsilon": 3.0}, max_epsilon_per_operator=2.0)
+    _charge(ledger, "a1", "q1", ds, ACME, 2.0)
+    with pytest.raises(Conflict) as info:
+        _charge(ledger, "a2", "q2", ds, ACME, 0.1)
+    assert info.value.detail["cap"] == "operator"
+    _charge(ledger, "o1", "q3", ds, OTHER, 1.0)
+    with pytest.raises(Conflict) as info:
+        _charge(ledger, "o1", "q4", ds, OTHER, 0.5)
+    assert info.value.detail["cap"] == "dataset"  # Other has 1.0 left of its own, the world has 0
+    states = {c.cap: c for c in ledger.cap_states(ds, OTHER)}
+    assert states["dataset"].epsilon_spent == 3.0 and states["dataset"].epsilon_remaining == 0.0
+    assert ledger.reconcile() == []
+
+
+def test_grant_cap_is_named_first(ledger: Ledger) -> None:
+    ds = _dataset(budget={"epsilon": 100.0})
+    _charge(ledger, "a1", "q1", ds, ACME, 10.0)
+    with pytest.raises(Conflict) as info:
+        _charge(ledger, "a1", "q2", ds, ACME, 0.001)
+    assert info.value.detail["cap"] == "grant"
+
+
+def test_a_cap_declared_later_counts_what_was_spent(ledger: Ledger) -> None:
+    _charge(ledger, "a1", "q1", _dataset(), ACME, 4.0)
+    with pytest.raises(Conflict) as info:
+        _charge(ledger, "a2", "q2", _dataset(budget={"epsilon": 4.5}), ACME, 1.0)
+    assert info.value.detail["cap"] == "dataset"
+
+
+def test_caps_are_never_raised_or_removed() -> None:
+    old = _dataset(budget={"epsilon": 5.0}, max_epsilon_per_operator=2.0, operator_caps={ACME: 1.0})
+    check_caps_not_raised(old, _dataset(budget={"epsilon": 4.0}, max_epsilon_per_operator=2.0,
+                                        operator_caps={ACME: 0.5}))
+    for new in (_dataset(budget={"epsilon": 6.0}, max_epsilon_per_operator=2.0, operator_caps={ACME: 1.0}),
+                _dataset(max_epsilon_per_operator=2.0, operator_caps={ACME: 1.0}),
+                _dataset(budget={"epsilon": 5.0}, max_epsilon_per_operator=2.0),  # Acme back to 2.0
+                _dataset(budget={"epsilon": 5.0}, operator_caps={ACME: 1.0})):
+        with pytest.raises(Conflict, match="only ever lowered"):
+            check_caps_not_raised(old, new)
+
+
+# -- zCDP ----------------------------------------------------------------------------------------
+def test_rho_total_is_opendps_conversion_of_the_grant() -> None:
+    rho = epsilon_to_rho(10.0, 1e-6)
+    assert rho_to_epsilon(rho, 1e-6) == pytest.approx(10.0, abs=1e-8)
+    assert rho_to_epsilon(rho, 1e-6) <= 10.0
+    assert rho_to_epsilon(rho * 1.001, 1e-6) > 10.0  # the largest such rho
+    # the classic bound rho + 2 sqrt(rho log(1/delta)) is looser than OpenDP's conversion
+    import math
+    assert rho_to_epsilon(rho, 1e-6) <= rho + 2 * math.sqrt(rho * math.log(1e6))
+
+
+def test_zcdp_grant_spends_rho_and_shows_epsilon(ledger: Ledger) -> None:
+    ds = _dataset()
+    state = ledger.state("z1")
+    assert state.accounting == "zcdp" and state.rho_total == pytest.approx(epsilon_to_rho(10.0, 1e-6), abs=1e-8)
+    for i in range(10):
+        _charge(ledger, "z1", f"z{i}", ds, ACME, rho=0.1)
+    state = ledger.state("z1")
+    assert state.rho_spent == pytest.approx(1.0)
+    # the epsilon shown is the conversion of the rho spent, and the charges add up to it exactly
+    assert state.epsilon_spent == pytest.approx(rho_to_epsilon(1.0, 1e-6), abs=2e-9)
+    assert sum(c["epsilon_nano"] for c in ledger.charges("z1")) == round(state.epsilon_spent * 1e9)
+    assert ledger.reconcile() == []
+    with pytest.raises(BadRequest) as info:
+        _charge(ledger, "z1", "zx", ds, ACME, eps=0.1)
+    assert info.value.code == "wrong_accounting"
+    with pytest.raises(BadRequest):
+        _charge(ledger, "a1", "ax", ds, ACME, rho=0.1)
+
+
+def test_zcdp_spends_its_whole_rho_and_no_more(ledger: Ledger) -> None:
+    ds = _dataset()
+    total = ledger.state("z1").rho_total
+    _charge(ledger, "z1", "big", ds, ACME, rho=total - 0.5)
+    _charge(ledger, "z1", "rest", ds, ACME, rho=round(ledger.state("z1").rho_remaining, 9))
+    with pytest.raises(Conflict) as info:
+        _charge(ledger, "z1", "over", ds, ACME, rho=1e-6)
+    assert info.value.detail["cap"] == "grant"
+    assert ledger.state("z1").epsilon_spent <= 10.0
+
+
+def test_zcdp_grant_counts_against_caps_with_its_epsilon(ledger: Ledger) -> None:
+    cap = rho_to_epsilon(0.5, 1e-6)
+    ds = _dataset(operator_caps={ACME: round(cap + 1e-6, 6)})
+    for i in range(5):
+        _charge(ledger, "z1", f"z{i}", ds, ACME, rho=0.1)
+    spent = ledger.cap_states(ds, ACME)[0].epsilon_spent
+    assert spent == pytest.approx(cap, abs=1e-8)  # telescoped: the epsilon of the rho spent on it
+    with pytest.raises(Conflict) as info:
+        _charge(ledger, "z1", "z-over", ds, ACME, rho=0.01)
+    assert info.value.detail["cap"] == "operator"
+
+
+def test_accounting_is_fixed_once_applied(ledger: Ledger) -> None:
+    with pytest.raises(Conflict) as info, ledger.db.write() as conn:
+        Ledger.ensure_budget(conn, "a1", 10.0, 1e-6, "zcdp")
+    assert info.value.code == "budget_fixed"
+    with pytest.raises(Conflict), ledger.db.write() as conn:
+        Ledger.ensure_budget(conn, "z1", 10.0, 1e-6, "pure")
+
+
+def test_dataset_budgets_for_the_public_directory(ledger: Ledger) -> None:
+    capped, open_ = _dataset(budget={"epsilon": 5.0}), _dataset(id="other_set")
+    _charge(ledger, "a1", "q1", capped, ACME, 1.5)
+    _charge(ledger, "o1", "q2", capped, OTHER, 0.5)
+    got = ledger.dataset_budgets({"nhanes_2017": capped, "other_set": open_})
+    assert got == [
+        {"cap": "dataset", "dataset": "nhanes_2017", "epsilon_total": 5.0, "epsilon_spent": 2.0,
+         "epsilon_remaining": 3.0},
+        {"cap": "dataset", "dataset": "other_set", "epsilon_total": None, "epsilon_spent": 0.0,
+         "epsilon_remaining": None},
+    ]
+
+
+def test_zcdp_budget_lowered_by_delta_never_below_what_is_spent(ledger: Ledger) -> None:
+    _charge(ledger, "z1", "big", _dataset(), ACME, rho=1.2)
+    with pytest.raises(Conflict) as info, ledger.db.write() as conn:
+        Ledger.ensure_budget(conn, "z1", 10.0, 1e-12, "zcdp")  # rho total would fall under 1.2
+    assert info.value.code == "budget_fixed"
+    with ledger.db.write() as conn:
+        Ledger.ensure_budget(conn, "z1", 10.0, 1e-7, "zcdp")  # still above 1.2: allowed, lowered
+    assert 1.2 < ledger.state("z1").rho_total < epsilon_to_rho(10.0, 1e-6)
