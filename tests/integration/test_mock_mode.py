@@ -174,3 +174,30 @@ def test_connect_mock_switches_by_one_argument(live_server, services) -> None:  
     real = connect(live_server, token, GRANT).query(sql, epsilon=0.5)
     assert "mock" not in real.attrs and list(real.columns) == list(df.columns)
     assert services.ledger.state(GRANT).to_dict()["epsilon_spent"] == pytest.approx(before["epsilon_spent"] + 0.5)
+
+
+def test_mock_takes_rho_like_a_zcdp_grant(entries, services) -> None:  # noqa: ANN001
+    """rho is checked with the gateway's bounds and codes; an open key with rho is refused as on a zcdp grant."""
+    from sandbox import mock as mock_module
+    from sandbox import query_service
+    from sandbox.policy.models import Dataset
+
+    assert (mock_module.MIN_RHO, mock_module.MAX_RHO) == (query_service.MIN_RHO, query_service.MAX_RHO)
+    mock = MockClient.from_catalog(entries, GRANT, rows=200)
+    df = mock.query("SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex", rho=0.05)
+    assert df.attrs["mock"] is True and df.attrs["rho_requested"] == 0.05 and df.attrs["rho_spent"] == 0.0
+    for bad, code in [("1", "bad_epsilon"), (0, "bad_epsilon"), (1e-9, "bad_epsilon"), (1e5, "epsilon_over_cap")]:
+        with pytest.raises(GatewayError) as info:
+            mock.query("SELECT COUNT(*) FROM nhanes_2017", rho=bad)  # type: ignore[arg-type]
+        assert info.value.code == code
+    with pytest.raises(GatewayError) as info:
+        mock.query("SELECT COUNT(*) FROM nhanes_2017", epsilon=0.1, rho=0.05)
+    assert info.value.code == "bad_epsilon"
+    visits = Dataset(id="visits", title="t", source="v.parquet", classification="L2", privacy_unit="pid",
+                     max_rows_per_unit=3, columns={"pid": {"type": "id"}, "city": {"type": "text"}})
+    text = MockClient.from_catalog([{"id": "visits", "privacy_unit": "pid", "max_rows_per_unit": 3,
+                                     "columns": [{"name": "city", **visits.columns["city"].model_dump()}]}])
+    assert len(text.query("SELECT city, COUNT(*) AS n FROM visits GROUP BY city", epsilon=0.5)) > 0
+    with pytest.raises(GatewayError) as info:
+        text.query("SELECT city, COUNT(*) AS n FROM visits GROUP BY city", rho=0.05)
+    assert info.value.code == "selection_needs_pure"

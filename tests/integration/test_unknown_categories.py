@@ -149,3 +149,37 @@ def test_an_unbounded_int_key_goes_through_selection_too(visits_client) -> None:
         assert [row[0] for row in resp.get_json()["rows"]] == [10115, 20095]  # numbers, in order; never 99999
     resp = _ask(client, alice, "SELECT SUM(postcode) FROM visits", 0.1)
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "unbounded_column"
+
+
+def test_a_zcdp_grant_is_refused_partition_selection(visits_client) -> None:  # noqa: ANN001
+    """Selection spends delta, which a zcdp grant already spends converting rho: refused before any charge."""
+    from sandbox.policy.models import Grant
+
+    client, alice, services = visits_client
+    g = services.policies.grant(GRANT).model_dump(mode="json")
+    g.update(id="g-visits-zcdp", accounting="zcdp")
+    services.policies.apply_grant(Grant.model_validate(g), "admin")
+    before = services.ledger.state("g-visits-zcdp").to_dict()
+    for key in ("city", "postcode"):
+        sql = f"SELECT {key}, COUNT(*) FROM visits GROUP BY {key}"
+        for path in ("/v1/query", "/v1/plan"):
+            resp = client.post(path, headers=alice, json={"sql": sql, "rho": 0.05, "grant": "g-visits-zcdp"})
+            assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "selection_needs_pure"
+    assert services.ledger.state("g-visits-zcdp").to_dict() == before
+    assert services.ledger.delta_state("g-visits-zcdp")[1] == 0.0
+    # declared keys and bounded columns still work on it
+    ok = client.post("/v1/query", headers=alice,
+                     json={"sql": "SELECT SUM(cost) FROM visits", "rho": 0.05, "grant": "g-visits-zcdp"})
+    assert ok.status_code == 200, ok.get_json()
+
+
+def test_the_plan_states_the_selection_before_spending(visits_client) -> None:  # noqa: ANN001
+    client, alice, services = visits_client
+    sql = "SELECT city, COUNT(*) AS n FROM visits GROUP BY city"
+    plan = client.post("/v1/plan", headers=alice, json={"sql": sql, "epsilon": 1.0, "grant": GRANT})
+    assert plan.status_code == 200, plan.get_json()
+    planned = plan.get_json()["mechanism"]["partition_selection"]
+    assert services.ledger.delta_state(GRANT)[1] == 0.0  # free
+    released = _ask(client, alice, sql, 1.0).get_json()["mechanism"]["partition_selection"]
+    assert {k: planned[k] for k in ("threshold", "delta", "epsilon", "scale")} == \
+        {k: released[k] for k in ("threshold", "delta", "epsilon", "scale")}

@@ -99,3 +99,17 @@ def test_max_does_not_single_out_an_outlier() -> None:
     assert abs(high_with - high_without) < 0.05
     assert sum(v == 97 for v in with_outlier) / runs < 0.05  # not where the outlier is
     assert min(with_outlier) >= 10  # but still a maximum: never far below the crowd's top
+
+
+def test_under_zcdp_a_quantile_is_charged_rho_by_opendps_conversion() -> None:
+    """A pure epsilon-DP noisy max is (epsilon**2 / 2)-zCDP: a rho share buys epsilon sqrt(2 rho)."""
+    rho = 0.02
+    epsilon = (2 * rho) ** 0.5
+    sensitivity = score_sensitivity(0.5, 3)
+    scale = quantiles.selection_scale(sensitivity, epsilon, rho)
+    assert scale == pytest.approx(2 * sensitivity / epsilon)
+    selector = dp.m.make_noisy_max(dp.vector_domain(dp.atom_domain(T="u64")), dp.linf_distance(T="u64"),
+                                   dp.max_divergence(), scale=scale, negate=True)
+    assert dp.c.make_pureDP_to_zCDP(selector).map(sensitivity) <= rho * (1 + 1e-9)
+    with pytest.raises(Exception, match="calibration"):
+        quantiles.selection_scale(sensitivity, epsilon * 1.01, rho)  # more epsilon than the rho pays for

@@ -105,3 +105,17 @@ def test_few_rows_give_no_estimate_and_the_whole_range() -> None:
     assert spread.halfwidth("var_pop", parts, 1.0, 1.0, 1.0, column) == spread.max_variance(column)
     wild = spread.Parts(100.0, 0.0, 1e12)  # noise far above any bounded variance: clamped
     assert spread.estimate("var_pop", wild, column) == spread.max_variance(column)
+
+
+def test_under_zcdp_the_spread_is_gaussian_and_its_halfwidth_gaussian_too() -> None:
+    from sandbox.dp.noise import gaussian_halfwidth
+
+    plan = plan_dp(analyze("SELECT VAR_POP(height_cm) AS v FROM nhanes_2017", CATALOG, GRANTED), NHANES, 0.3, "zcdp")
+    assert plan.mechanism == "discrete_gaussian"
+    exact = {(): {p: 0 for p in plan.primitives}}
+    exact[()][plan.primitives[0]] = 1000
+    out = release(plan, exact)
+    count_scale = out.scales[plan.primitives[0].label]
+    assert count_scale == pytest.approx(plan.scale(plan.primitives[0]))
+    assert gaussian_halfwidth(count_scale, 0.05 / 3) == plan.halfwidth(count_scale, 0.05 / 3)
+    assert out.ci_halfwidth["v"] is not None and out.ci_halfwidth["v"] > 0
