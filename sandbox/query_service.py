@@ -298,6 +298,8 @@ class QueryService:
             dataset=dataset,
             operator=grant.operator,
             delta=dp_plan.delta,
+            # a join on the privacy unit reads a second private dataset: its caps are charged too
+            also=tuple(d for d in versioned[1:] if not d.public),
         )
         if charge.cached_response is not None:
             return {

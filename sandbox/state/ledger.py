@@ -230,6 +230,7 @@ class Ledger:
         dataset: Dataset | None = None,
         operator: str | None = None,
         delta: float = 0.0,
+        also: tuple[Dataset, ...] = (),
     ) -> Charge:
         """Check and charge in one IMMEDIATE transaction, with its audit entry; or replay.
 
@@ -238,7 +239,9 @@ class Ledger:
         ``dataset`` and ``operator`` the operator and dataset caps are charged in the same
         transaction. Raises Conflict(budget_exhausted, detail.cap) and changes nothing when
         the query would overspend any of them. ``delta`` (pure grants: DP partition selection)
-        is charged against the grant's delta budget in the same transaction.
+        is charged against the grant's delta budget in the same transaction. ``also``: further
+        private datasets the query reads (a join on the privacy unit), whose operator and dataset
+        caps are charged the same cost in the same transaction.
         """
         if (epsilon is None) == (rho is None):
             raise BadRequest("send either epsilon (pure grants) or rho (zcdp grants)", code="bad_epsilon")
@@ -253,7 +256,7 @@ class Ledger:
                 code="epsilon_over_cap",
             )
         deadline = time.monotonic() + self.wait_for_twin_s
-        scope = (dataset, operator) if dataset is not None and operator is not None else None
+        scope = ((dataset, *also), operator) if dataset is not None and operator is not None else None
         while True:
             outcome = self._try_charge(grant_id, user, query_id, units, rho is not None, cache_key, audit_detail,
                                        scope, delta)
@@ -268,7 +271,7 @@ class Ledger:
 
     def _try_charge(
         self, grant_id: str, user: str, query_id: str, units: int, zcdp: bool, cache_key: str, detail: dict,
-        scope: tuple[Dataset, str] | None, spend_delta: float = 0.0,
+        scope: tuple[tuple[Dataset, ...], str] | None, spend_delta: float = 0.0,
     ) -> Charge | None:
         with self.db.write() as conn:
             cached = conn.execute(
@@ -298,13 +301,19 @@ class Ledger:
                 self._check_delta(conn, grant_id, spend_delta)
                 extra["delta"] = spend_delta
             if scope is not None:
-                dataset, operator = scope
+                datasets, operator = scope
                 delta = extra.get("delta") if zcdp else None
-                cap_units = caps.increment(conn, grant_id, dataset.id, units, delta)
-                caps.check_caps(conn, dataset, operator, cap_units)
-                caps.charge_caps(conn, query_id=query_id, grant_id=grant_id, dataset_id=dataset.id,
-                                 operator=operator, units=units, cap_units=cap_units)
-                extra["cap_epsilon"] = from_nano(cap_units)
+                for i, dataset in enumerate(datasets):
+                    cap_units = caps.increment(conn, grant_id, dataset.id, units, delta)
+                    caps.check_caps(conn, dataset, operator, cap_units)
+                    # one scope row per dataset: a joined dataset's row is keyed <query_id>+<dataset>
+                    scope_id = query_id if i == 0 else f"{query_id}+{dataset.id}"
+                    caps.charge_caps(conn, query_id=scope_id, grant_id=grant_id, dataset_id=dataset.id,
+                                     operator=operator, units=units, cap_units=cap_units)
+                    if i == 0:
+                        extra["cap_epsilon"] = from_nano(cap_units)
+                    else:
+                        extra.setdefault("joined_caps", {})[dataset.id] = from_nano(cap_units)
             conn.execute(
                 "UPDATE budgets SET epsilon_spent_nano = epsilon_spent_nano + ?, delta_spent = delta_spent + ?"
                 " WHERE grant_id = ?",

@@ -225,3 +225,27 @@ def test_unit_join_in_mock_mode(tmp_path: Path) -> None:
     df = mock.query("SELECT o.region, COUNT(*) AS n FROM visits AS v JOIN other AS o ON v.pid = o.pid "
                     "GROUP BY o.region", epsilon=0.5)
     assert list(df.columns) == ["other__region", "n"] and df["n"].sum() > 0
+
+
+def test_a_unit_join_charges_the_caps_of_both_private_datasets(tmp_path: Path) -> None:
+    """A join on the unit reads both private datasets: each one's caps across grants are charged,
+    so the join is no way around a cap on the second dataset (the public lookup is never charged)."""
+    client, alice, services = _world(tmp_path)
+    datasets = services.policies.datasets()
+    services.policies.apply_dataset(datasets["other"].model_copy(update={"max_epsilon_per_operator": 0.8}), "admin")
+    unit_join = "SELECT COUNT(*) AS n FROM visits AS v JOIN other AS o ON v.pid = o.pid"
+    assert _ask(client, alice, unit_join, 0.5).status_code == 200
+    caps = {(c.cap, c.dataset): c.epsilon_spent for ds in ("visits", "other", "regions")
+            for c in services.ledger.cap_states(services.policies.datasets()[ds], "Test Ltd.")}
+    assert caps[("operator", "visits")] == caps[("operator", "other")] == 0.5
+    assert caps[("dataset", "other")] == 0.5 and caps[("operator", "regions")] == 0.0
+    before = services.ledger.state(GRANT).to_dict()
+    refused = _ask(client, alice, unit_join.replace("AS n", "AS n2"), 0.5)  # a new query, not a replay
+    assert refused.status_code == 409, refused.get_json()
+    error = refused.get_json()["error"]
+    assert error["code"] == "budget_exhausted" and error["detail"]["cap"] == "operator"
+    assert error["detail"]["dataset"] == "other"
+    assert services.ledger.state(GRANT).to_dict() == before  # nothing charged by the refusal
+    lookup = "SELECT COUNT(*) AS n FROM visits AS v JOIN regions AS r ON v.region = r.code"
+    assert _ask(client, alice, lookup, 0.5).status_code == 200  # visits has no cap; regions is public
+    assert services.ledger.reconcile() == []
