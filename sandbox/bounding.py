@@ -152,7 +152,10 @@ def bounded_rows_sql(ds: Dataset, source: Path, key: bytes) -> str:
     rank = f"row_number() OVER (PARTITION BY {unit} ORDER BY {order})"
     unit_key = _prf64(key, f"'unit:' || TRIM(CAST({unit} AS VARCHAR))")  # a prefix no row message has
     extra = f"{rank} = 1 AS {quote(UNIT_FIRST)}, {unit_key} AS {quote(UNIT_KEY)}, {order} AS {quote(ROW_KEY)}"
+    # only declared columns are read (never ``*``): an undeclared Parquet column named like an
+    # internal one (``__n``) cannot shadow it; declared names never start with ``__``
+    declared = ", ".join(quote(name) for name in ds.columns)
     return (
-        f"SELECT {cols}, {extra} FROM (SELECT *, count(*) OVER (PARTITION BY {unit}) AS __n FROM {src} "
+        f"SELECT {cols}, {extra} FROM (SELECT {declared}, count(*) OVER (PARTITION BY {unit}) AS __n FROM {src} "
         f"WHERE {unit} IS NOT NULL) QUALIFY {rank} <= {k}"
     )

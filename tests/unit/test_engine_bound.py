@@ -149,3 +149,50 @@ def test_neighbour_moves_count_by_year_by_at_most_the_bound(tmp_path: Path) -> N
         con.close()
     l1 = sum(abs(counts[0].get(y, 0) - counts[1].get(y, 0)) for y in set(counts[0]) | set(counts[1]))
     assert l1 == K  # exactly the victim's kept rows, nobody else's
+
+
+def _engine_rows(root: Path, name: str, key: bytes, tmp: Path) -> dict[int, tuple]:
+    target = tmp / f"{name}.duckdb"
+    build({"panel": _dataset(name)}, root, target, key=key)
+    con = duckdb.connect(str(target), read_only=True)
+    try:
+        return {r[0]: r[1:] for r in con.execute(
+            'SELECT tag, "__unit_first", "__unit", "__row" FROM panel').fetchall()}
+    finally:
+        con.close()
+
+
+def test_internal_columns_are_keyed_and_depend_on_the_unit_alone(tmp_path: Path) -> None:
+    """``__unit`` is HMAC-SHA256(key, 'unit:' id) (never DuckDB's unkeyed hash), one representative
+    per unit; the neighbour without one unit changes no other unit's internal columns either."""
+    rows = _panel()
+    _write(tmp_path / "panel.parquet", rows)
+    key = secrets.token_bytes(32)
+    engine = _engine_rows(tmp_path, "panel.parquet", key, tmp_path)
+    pid_of = {r["tag"]: r["pid"] for r in rows}
+    for tag, (_, unit, _) in engine.items():
+        mac = hmac.new(key, f"unit:{pid_of[tag]}".encode(), hashlib.sha256).hexdigest()
+        assert unit == int(mac[:16], 16)
+    firsts: dict[str, int] = {}
+    for tag, (first, _, _) in engine.items():
+        firsts[pid_of[tag]] = firsts.get(pid_of[tag], 0) + int(first)
+    assert set(firsts.values()) == {1}  # each unit exactly one representative row
+    (tmp_path / "k2").mkdir()
+    other = _engine_rows(tmp_path, "panel.parquet", secrets.token_bytes(32), tmp_path / "k2")
+    assert {u for _, u, _ in engine.values()}.isdisjoint({u for _, u, _ in other.values()})  # keyed
+    gone = next(r["pid"] for r in rows if sum(x["pid"] == r["pid"] for x in rows) > K)
+    _write(tmp_path / "minus.parquet", [r for r in rows if r["pid"] != gone])
+    minus = _engine_rows(tmp_path, "minus.parquet", key, tmp_path)
+    assert {t: v for t, v in engine.items() if pid_of[t] != gone} == minus
+
+
+def test_undeclared_columns_named_like_internal_ones_shadow_nothing(tmp_path: Path) -> None:
+    """An attacker-supplied Parquet column named ``__n``, ``__unit``, ``__row`` or ``__unit_first``
+    is never read: the engine file is the same as without those columns."""
+    rows = _panel(persons=60)
+    _write(tmp_path / "panel.parquet", rows)
+    hostile = [{**r, "__n": 1, "__unit": 7, "__row": 0, "__unit_first": True} for r in rows]
+    _write(tmp_path / "hostile.parquet", hostile)
+    key = secrets.token_bytes(32)
+    assert _engine_rows(tmp_path, "hostile.parquet", key, tmp_path) == _engine_rows(
+        tmp_path, "panel.parquet", key, tmp_path)
