@@ -11,7 +11,11 @@ Under ``zcdp`` accounting each primitive gets an equal share of rho instead and 
 Gaussian noise; rho composes by addition too. The L2 sensitivity used is the L1 one above:
 a unit's change to the vector of per-group values is a vector whose entries add up (in
 absolute value) to at most k (or k times the largest bound), and a vector's L2 norm is never
-above its L1 norm.
+above its L1 norm. The same holds for COUNT(DISTINCT unit) (sensitivity 1) and the spreads'
+centred sums. A quantile's noisy max is pure DP: under zcdp its rho share buys it at epsilon
+sqrt(2 * share) (an epsilon-DP mechanism is epsilon**2 / 2-zCDP; OpenDP's make_pureDP_to_zCDP
+checks it). DP partition selection spends delta and is refused under zcdp
+(``selection_needs_pure``): there the grant's delta pays for the rho conversion.
 """
 
 from __future__ import annotations
