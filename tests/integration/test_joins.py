@@ -249,3 +249,15 @@ def test_a_unit_join_charges_the_caps_of_both_private_datasets(tmp_path: Path) -
     lookup = "SELECT COUNT(*) AS n FROM visits AS v JOIN regions AS r ON v.region = r.code"
     assert _ask(client, alice, lookup, 0.5).status_code == 200  # visits has no cap; regions is public
     assert services.ledger.reconcile() == []
+
+
+def test_a_join_is_planned_from_the_joined_catalog_entry(tmp_path: Path) -> None:
+    client, alice, services = _world(tmp_path)
+    sql = ("SELECT r.name AS region, COUNT(*) AS n, SUM(r.pop) AS pop FROM visits AS v JOIN regions AS r "
+           "ON v.region = r.code GROUP BY r.name")
+    plan = client.post("/v1/plan", headers=alice, json={"sql": sql, "epsilon": 0.5, "grant": GRANT})
+    assert plan.status_code == 200, plan.get_json()
+    planned = plan.get_json()
+    released = _ask(client, alice, sql).get_json()
+    assert planned["accuracy"]["ci_halfwidth"] == released["accuracy"]["ci_halfwidth"]
+    assert planned["mechanism"]["scales"] == released["mechanism"]["scales"]
