@@ -25,7 +25,21 @@ def identity() -> Identity:
         except Unauthorized:
             _note_bad_credential()
             raise
+        _refuse_auditor_on_data_routes(g.identity.user)
     return g.identity
+
+
+# refusals of these routes are audited under the action the monitoring rules read
+_REFUSAL_ACTIONS = {"/v1/query": "query.refused", "/v1/plan": "query.plan_refused"}
+
+
+def _refuse_auditor_on_data_routes(user: str) -> None:
+    """Auditors never use the operators' API (``/v1/``: data, plans, budgets, exports, declarations,
+    data-quality reports), even when a grant lists them by mistake."""
+    if request.path.startswith("/v1/") and not request.path.startswith("/v1/internal/"):
+        from sandbox.auditing import check_no_data_access
+
+        check_no_data_access(services(), user, _REFUSAL_ACTIONS.get(request.path, "access.refused"))
 
 
 def _note_bad_credential() -> None:

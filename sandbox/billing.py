@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from sandbox.errors import PolicyError
 from sandbox.policy.models import Dataset, Grant
@@ -69,6 +71,16 @@ class Timeline:
     grant_points: list[tuple[dt.datetime, dict]] = field(default_factory=list)  # (from, body), ascending
     catalog_now: dict[str, dict] = field(default_factory=dict)
     catalog_changes: list[tuple[dt.datetime, str, list[tuple[list[str], object, object]]]] = field(default_factory=list)
+    # approved products not free to the public: (moment, offering id, approved?) ascending
+    priced_products: list[tuple[dt.datetime, int, bool]] = field(default_factory=list)
+
+    def priced_at(self, moment: dt.datetime) -> bool:
+        """Whether an approved product not free to the public was published at that moment."""
+        live: set[int] = set()
+        for since, offering, approved in self.priced_products:
+            if since <= moment:
+                (live.add if approved else live.discard)(offering)
+        return bool(live)
 
     def grant_at(self, moment: dt.datetime) -> dict | None:
         body = None
@@ -93,7 +105,8 @@ class Timeline:
         return out
 
     def moments(self) -> list[dt.datetime]:
-        return sorted({t for t, _ in self.grant_points} | {t for t, _, _ in self.catalog_changes})
+        return sorted({t for t, _ in self.grant_points} | {t for t, _, _ in self.catalog_changes}
+                      | {t for t, _, _ in self.priced_products})
 
 
 def timeline(services: Services, grant_id: str) -> Timeline | None:
@@ -137,7 +150,26 @@ def timeline(services: Services, grant_id: str) -> Timeline | None:
             except ValueError:
                 continue
         tl.catalog_changes.append((_ts(row["ts"]), str(detail.get("dataset")), changes))
+    tl.priced_products = _priced_product_events(services, grant_id)
     return tl
+
+
+def _priced_product_events(services: Services, grant_id: str) -> list[tuple[dt.datetime, int, bool]]:
+    """When each priced product of the grant was approved and withdrawn, from the audit log (a change
+    of the grant's declarations is effective from that moment, never retroactively)."""
+    try:
+        priced = {int(r["id"]) for r in services.db.read(
+            "SELECT id, price, free_to_public FROM offerings WHERE grant_id = ? AND kind = 'product'", (grant_id,))
+            if not r["free_to_public"] and r["price"] is not None and Decimal(r["price"]) != 0}
+    except sqlite3.Error:  # the offerings module is not installed
+        return []
+    events = []
+    for row in services.db.read("SELECT ts, action, detail FROM audit WHERE grant_id = ? AND action IN"
+                                " ('offering.approved', 'offering.withdrawn') ORDER BY seq", (grant_id,)):
+        offering = json.loads(row["detail"]).get("offering")
+        if isinstance(offering, int) and offering in priced:
+            events.append((_ts(row["ts"]), offering, row["action"] == "offering.approved"))
+    return events
 
 
 def welfare_free(grant: Grant, prices: PriceSchedule, priced_products: bool) -> tuple[bool, str]:
@@ -174,7 +206,7 @@ def state_at(tl: Timeline, moment: dt.datetime, prices: PriceSchedule, priced_pr
         check_grant_fits_catalog(grant, tl.catalog_at(moment))
     except PolicyError:
         return "out_of_policy"
-    if welfare_free(grant, prices, priced_products)[0]:
+    if welfare_free(grant, prices, priced_products or tl.priced_at(moment))[0]:
         return "public_welfare"
     return "billable"
 

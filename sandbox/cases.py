@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import statistics
 
 from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound, SandboxError
@@ -77,10 +78,37 @@ def _text(value: object, field: str, limit: int, required: bool = True) -> str:
     return text
 
 
-def client_key(services: Services, address: str) -> str:
-    """A keyed hash of the client's address: enough to rate-limit, useless to identify anyone."""
+def _networks(address: str) -> tuple[str, str]:
+    """(client, network) for rate limits: an IPv4 address and its /24; an IPv6 client is its /64
+    (one subscriber usually holds a whole /64), and so is its network."""
+    try:
+        ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
+    except ValueError:
+        return address, address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip), str(ipaddress.ip_network(f"{ip}/24", strict=False))
+    net = str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return net, net
+
+
+def _keyed(services: Services, text: str) -> str:
     key = state_key(services.db.dir, "oversight")
-    return hmac.new(key, address.encode(), hashlib.sha256).hexdigest()[:16]
+    return hmac.new(key, text.encode("utf-8", "backslashreplace"), hashlib.sha256).hexdigest()[:16]
+
+
+def client_key(services: Services, address: str) -> str:
+    """A keyed hash of the client (an IPv4 address, an IPv6 /64): enough to rate-limit, useless to
+    identify anyone."""
+    return _keyed(services, _networks(address)[0])
+
+
+def filing_key(services: Services, address: str) -> str:
+    """What a public filing stores: the keyed hash of the client's network (IPv4 /24, IPv6 /64), then
+    the keyed hash of the client, so both limits read one column."""
+    client, network = _networks(address)
+    return _keyed(services, network) + _keyed(services, client)
 
 
 def _since(hours: float) -> str:
@@ -90,12 +118,12 @@ def _since(hours: float) -> str:
 # -- filing -------------------------------------------------------------------------------------
 def file_public(services: Services, kind: object, form: dict, client_address: str) -> str:
     """A request, feedback or complaint from anyone (no login). Returns the case id."""
-    if kind not in PUBLIC_KINDS:
+    if not isinstance(kind, str) or kind not in PUBLIC_KINDS:
         raise BadRequest(f"`kind` must be one of {', '.join(PUBLIC_KINDS)}", code="bad_kind")
     cfg = settings_of(services)
     datasets = services.policies.datasets()
     ds_id = form.get("dataset") or None
-    if ds_id is not None and ds_id not in datasets:
+    if ds_id is not None and (not isinstance(ds_id, str) or ds_id not in datasets):
         raise BadRequest("`dataset` is not a registered resource", code="unknown_dataset")
     if kind == "open_request":
         if ds_id is None:
@@ -105,10 +133,14 @@ def file_public(services: Services, kind: object, form: dict, client_address: st
     subject = _text(form.get("subject"), "subject", MAX_SUBJECT)
     body = _text(form.get("message"), "message", cfg.max_case_text)
     contact = _text(form.get("contact"), "contact", MAX_CONTACT, required=False) or None
-    client = client_key(services, client_address)
+    client = filing_key(services, client_address)
     with services.db.write() as conn:
         if store.filed_since(conn, _since(1), client) >= cfg.public_filings_per_client_hour:
             raise RateLimited("too many filings from your address in the last hour; try again later")
+        # no one network (IPv4 /24, IPv6 /64) may take more than its share of the hourly total
+        network_share = max(1, int(cfg.public_filings_per_hour * cfg.public_filings_network_share))
+        if store.filed_since_network(conn, _since(1), client[:16]) >= network_share:
+            raise RateLimited("too many filings from your network in the last hour; try again later")
         if store.filed_since(conn, _since(1)) >= cfg.public_filings_per_hour:
             raise RateLimited("too many filings in the last hour; try again later")
         case_id = _insert(services, conn, kind, ds_id, None, subject, body, contact, "public", client)
@@ -160,7 +192,7 @@ def act(services: Services, case_id: str, user: str, action: object, *, owner: o
         response: object = None, note: object = None) -> str:
     """assign (owner), respond (response), reopen, close (note; a response must exist). Returns the new status."""
     check_authority(services, user)
-    if action not in AUDIT_ACTIONS or action == "file":
+    if not isinstance(action, str) or action not in AUDIT_ACTIONS or action == "file":
         raise BadRequest("`action` must be assign, respond, reopen or close", code="bad_action")
     cfg = settings_of(services)
     note_s = _text(note, "note", cfg.max_case_text, required=False)

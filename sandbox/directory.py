@@ -85,6 +85,7 @@ def _data_modified(services: Services, ds: Dataset) -> str | None:
 
 def entries(services: Services) -> list[dict]:
     """Every registered resource, as the directory publishes it."""
+    prune_open_data(services)
     today = services.today()
     registered = _registered_dates(services)
     users: dict[str, list[dict]] = {}
@@ -152,8 +153,13 @@ DCAT_CONTEXT = {
 }
 
 
-def dcat(services: Services, base_url: str) -> dict:
-    """The directory as a DCAT catalogue in JSON-LD (absolute URLs under ``base_url``)."""
+def dcat(services: Services, base_url: str | None = None) -> dict:
+    """The directory as a DCAT catalogue in JSON-LD, its URLs under ``base_url`` (the configured
+    ``public_base_url`` by default; relative when none is set, never taken from a request's Host)."""
+    if base_url is None:
+        from sandbox.oversight import settings_of
+
+        base_url = settings_of(services).public_base_url or ""
     base = base_url.rstrip("/")
     datasets = []
     for e in entries(services):
@@ -206,6 +212,7 @@ def open_data_file(services: Services, ds_id: str, fmt: str) -> Path:
     ds = services.policies.datasets().get(ds_id)
     if ds is None:
         raise NotFound(f"no data resource {ds_id}", code="unknown_dataset")
+    prune_open_data(services)
     check_downloadable(ds)
     source = services.settings.data_root / ds.source
     try:
@@ -214,7 +221,8 @@ def open_data_file(services: Services, ds_id: str, fmt: str) -> Path:
         raise NotFound(f"{ds_id}: the source file is not available", code="source_missing") from None
     out_dir = services.db.dir / "open-data"
     out_dir.mkdir(exist_ok=True)
-    columns = hashlib.sha256(",".join(ds.columns).encode()).hexdigest()[:8]
+    shown = open_columns(ds)
+    columns = hashlib.sha256(",".join(shown).encode()).hexdigest()[:8]
     version = f"{st.st_size}-{st.st_mtime_ns}-{columns}"
     target = out_dir / f"{ds_id}-{version}.{fmt}"
     if target.is_file():
@@ -222,16 +230,39 @@ def open_data_file(services: Services, ds_id: str, fmt: str) -> Path:
     tmp = out_dir / f".{ds_id}.{secrets.token_hex(6)}.tmp"
     try:
         try:
-            _render(source, list(ds.columns), fmt, tmp)
+            _render(source, shown, fmt, tmp)
         except (OSError, KeyError, pa.ArrowException):
             raise NotFound(f"{ds_id}: the source file cannot be read as declared", code="source_unreadable") from None
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     for old in out_dir.glob(f"{ds_id}-*.{fmt}"):
-        if old != target:
+        if old != target and _file_dataset(old.name) == ds_id:  # not another resource named "<ds_id>-..."
             old.unlink(missing_ok=True)
     return target
+
+
+def open_columns(ds: Dataset) -> list[str]:
+    """The columns an open-data file carries: every declared column but the privacy unit's ids."""
+    return [name for name, col in ds.columns.items() if col.type != "id" and name != ds.privacy_unit]
+
+
+def prune_open_data(services: Services) -> None:
+    """Delete rendered files of resources that are no longer L1 (reclassified or removed)."""
+    out_dir = services.db.dir / "open-data"
+    if not out_dir.is_dir():
+        return
+    open_ids = {ds_id for ds_id, ds in services.policies.datasets().items() if can_download(ds)}
+    for path in out_dir.iterdir():
+        if path.name.startswith("."):
+            continue
+        if _file_dataset(path.name) not in open_ids:
+            path.unlink(missing_ok=True)
+
+
+def _file_dataset(name: str) -> str:
+    """The resource of a rendered file ``<ds_id>-<size>-<mtime_ns>-<columns>.<fmt>``."""
+    return name.rsplit("-", 3)[0] if name.count("-") >= 3 else name
 
 
 def _render(source: Path, columns: list[str], fmt: str, target: Path) -> None:

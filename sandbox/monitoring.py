@@ -39,6 +39,7 @@ from sandbox.state.audit import AuditEvent
 log = logging.getLogger("sandbox.monitoring")
 SCAN_BATCH = 5000
 _scan_lock = threading.Lock()
+REFUSALS = ("query.refused", "query.plan_refused")  # SQL tuple literal: fixed strings, no user input
 
 
 @dataclass
@@ -54,46 +55,84 @@ class Alert:
 
 
 # -- bad credentials ------------------------------------------------------------------------------
-class _BadTokenBudget:
-    """At most N bad-token entries per minute per process; the rest are counted into the next entry."""
+_clock = time.time  # the counter's clock (tests move it)
+SAMPLES = 5  # token hash prefixes, paths and client keys kept per aggregated entry
+
+
+class _BadTokenCounter:
+    """Bad credentials are counted per process and written as at most one ``auth.bad_token`` entry a
+    minute (``count`` attempts since ``first``, with a few samples). The entry is written as soon as
+    the count reaches the alert threshold (so a burst alerts at once), or in a later minute at the
+    next bad credential or the next request (``flush``)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.minute = 0
-        self.written = 0
-        self.dropped = 0
+        self.reset()
 
-    def take(self, limit: int) -> tuple[bool, int]:
+    def reset(self) -> None:
+        self.pending = 0
+        self.first: float | None = None
+        self.samples: dict[str, list[str]] = {"token_sha256_prefix": [], "path": [], "client": []}
+        self.written_minute = -1
+
+    def add(self, sample: dict[str, str], threshold: int) -> dict | None:
         with self.lock:
-            minute = int(time.time() // 60)
-            if minute != self.minute:
-                self.minute, self.written = minute, 0
-            if self.written >= limit:
-                self.dropped += 1
-                return False, 0
-            self.written += 1
-            dropped, self.dropped = self.dropped, 0
-            return True, dropped
+            if not self.pending:
+                self.first = _clock()
+            self.pending += 1
+            for key, value in sample.items():
+                if value not in self.samples[key] and len(self.samples[key]) < SAMPLES:
+                    self.samples[key].append(value)
+            return self._take(self.pending >= threshold)
+
+    def flush(self) -> dict | None:
+        with self.lock:
+            return self._take(False) if self.pending else None
+
+    def _take(self, due: bool) -> dict | None:
+        minute = int(_clock() // 60)
+        first_minute = int(self.first // 60) if self.first is not None else minute
+        if minute == self.written_minute or not (due or first_minute < minute):
+            return None
+        first = dt.datetime.fromtimestamp(self.first or _clock(), dt.UTC).isoformat(timespec="seconds")
+        detail: dict = {"count": self.pending, "first": first, **self.samples}
+        self.pending, self.first = 0, None
+        self.samples = {k: [] for k in self.samples}
+        self.written_minute = minute
+        return detail
 
 
-_bad_tokens = _BadTokenBudget()
+_counters: dict[str, _BadTokenCounter] = {}
+_counters_lock = threading.Lock()
+
+
+def _bad_tokens(services: Services) -> _BadTokenCounter:
+    """This process's counter for one state directory."""
+    with _counters_lock:
+        return _counters.setdefault(str(services.db.dir), _BadTokenCounter())
 
 
 def record_bad_token(services: Services, token: str, path: str, client: str) -> None:
-    """Audit a bad credential: the first 8 hex digits of its SHA-256, never the token text."""
-    cfg = settings_of(services)
-    ok, dropped = _bad_tokens.take(cfg.bad_token_audits_per_minute)
-    if not ok:
-        return
+    """Count a bad credential: the first 8 hex digits of its SHA-256 (never the token text), the path
+    and a keyed hash of the client, written in aggregate (see ``_BadTokenCounter``)."""
     from sandbox.cases import client_key
 
     digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
-    detail: dict[str, object] = {"token_sha256_prefix": digest[:8],
-                                 "path": path[:200].encode("utf-8", "backslashreplace").decode("utf-8"),
-                                 "client": client_key(services, client)}
-    if dropped:
-        detail["not_recorded_before"] = dropped
-    services.audit.record(AuditEvent("anonymous", "auth.bad_token", None, detail))
+    sample = {"token_sha256_prefix": digest[:8],
+              "path": path[:200].encode("utf-8", "backslashreplace").decode("utf-8"),
+              "client": client_key(services, client)}
+    rule = settings_of(services).monitoring.bad_tokens
+    _write_bad_tokens(services, _bad_tokens(services).add(sample, rule.threshold if rule.enabled else 10))
+
+
+def flush_bad_tokens(services: Services) -> None:
+    """Write the bad credentials counted in earlier minutes (after every request)."""
+    _write_bad_tokens(services, _bad_tokens(services).flush())
+
+
+def _write_bad_tokens(services: Services, detail: dict | None) -> None:
+    if detail is not None:
+        services.audit.record(AuditEvent("anonymous", "auth.bad_token", None, detail))
 
 
 # -- alerts ---------------------------------------------------------------------------------------
@@ -132,6 +171,8 @@ def _announce(services: Services, alerts: Iterable[Alert]) -> None:
 
 
 def acknowledge(services: Services, alert_id: int, user: str) -> dict:
+    if not 0 < alert_id < 2**63:  # SQLite integers: anything else names no alert
+        raise NotFound(f"no alert {alert_id}", code="unknown_alert")
     with services.db.write() as conn:
         alert = alerts_store.get(conn, alert_id)
         if alert is None:
@@ -157,21 +198,22 @@ def _evaluate(services: Services, conn: sqlite3.Connection, policy: MonitoringPo
     action, ts, actor, gid = e["action"], e["ts"], e["actor"], e["grant_id"]
     detail = json.loads(e["detail"])
     found: list[Alert] = []
-    if action == "query.refused":
+    if action in REFUSALS:  # plans are refused by the same checks: probing through /v1/plan counts too
         rule = policy.refused_burst
         if rule.enabled:
             since = _window_start(ts, rule.window_minutes)
-            n = _count(conn, "action = 'query.refused' AND actor = ? AND ts >= ? AND seq <= ?",
+            n = _count(conn, f"action IN {REFUSALS} AND actor = ? AND ts >= ? AND seq <= ?",
                        (actor, since, e["seq"]))
             if n >= rule.threshold:
-                found.append(Alert("refused_burst", f"user:{actor}", gid, actor,
-                                   f"{actor}: {n} refused queries within {rule.window_minutes} min",
-                                   {"count": n}, rule.suspend and gid is not None))
+                # any grant id may be named in a refused request: this rule is about the user, never a grant
+                found.append(Alert("refused_burst", f"user:{actor}", None, actor,
+                                   f"{actor}: {n} refused queries or plans within {rule.window_minutes} min",
+                                   {"count": n}, False))
         rule_p = policy.id_probing
         if rule_p.enabled and detail.get("code") in rule_p.codes:
             since = _window_start(ts, rule_p.window_minutes)
             marks = ", ".join("?" for _ in rule_p.codes)
-            n = _count(conn, "action = 'query.refused' AND actor = ? AND grant_id IS ? AND ts >= ? AND seq <= ?"
+            n = _count(conn, f"action IN {REFUSALS} AND actor = ? AND grant_id IS ? AND ts >= ? AND seq <= ?"
                        f" AND json_extract(detail, '$.code') IN ({marks})",
                        (actor, gid, since, e["seq"], *rule_p.codes))
             if n >= rule_p.threshold:
@@ -182,7 +224,11 @@ def _evaluate(services: Services, conn: sqlite3.Connection, policy: MonitoringPo
     elif action == "auth.bad_token" and policy.bad_tokens.enabled:
         rule_b = policy.bad_tokens
         since = _window_start(ts, rule_b.window_minutes)
-        n = _count(conn, "action = 'auth.bad_token' AND ts >= ? AND seq <= ?", (since, e["seq"]))
+        # aggregated entries carry a count; older ones counted one each, plus what they carried over
+        n = int(conn.execute(
+            "SELECT COALESCE(SUM(COALESCE(json_extract(detail, '$.count'), 1)"
+            " + COALESCE(json_extract(detail, '$.not_recorded_before'), 0)), 0) AS n FROM audit"
+            " WHERE action = 'auth.bad_token' AND ts >= ? AND seq <= ?", (since, e["seq"])).fetchone()["n"])
         if n >= rule_b.threshold:
             found.append(Alert("bad_tokens", "gateway", None, None,
                                f"{n} bad credentials presented within {rule_b.window_minutes} min", {"count": n}))
@@ -323,6 +369,7 @@ def _stop_notebooks(members: Iterable[str]) -> None:
 def scan_quietly(services: Services) -> None:
     """For the gateway's after-request hook: never let monitoring break a response."""
     try:
+        flush_bad_tokens(services)
         if pending(services):
             scan(services)
     except Exception:  # noqa: BLE001 - logged; the request itself succeeded or failed on its own

@@ -43,6 +43,10 @@ def _text(value: object, field: str, limit: int, required: bool = True) -> str:
         raise BadRequest(f"`{field}` is required", code=f"missing_{field}")
     if len(text) > limit:
         raise BadRequest(f"`{field}` is longer than {limit} characters", code=f"bad_{field}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from JSON "\ud800"
+        raise BadRequest(f"`{field}` is not valid Unicode text", code="bad_text") from None
     return text
 
 
@@ -58,6 +62,13 @@ def _member_grant(services: Services, grant_id: object, user: str) -> Grant:
     if grant.status == "revoked":
         raise Forbidden(f"grant {grant_id} has been revoked", code="grant_revoked")
     return grant
+
+
+def _members(services: Services, grant_id: str) -> tuple[str, ...]:
+    try:
+        return tuple(services.policies.grant(grant_id).members)
+    except NotFound:
+        return ()
 
 
 def parse_price(value: object) -> Decimal | None:
@@ -79,7 +90,7 @@ def declare(services: Services, user: str, body: dict) -> int:
     """A member of the grant declares a product or service capability; it waits for the authority."""
     grant = _member_grant(services, body.get("grant"), user)
     kind = body.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise BadRequest("`kind` must be product or service", code="bad_kind")
     name = _text(body.get("name"), "name", MAX_NAME)
     description = _text(body.get("description"), "description", MAX_DESCRIPTION)
@@ -122,6 +133,8 @@ def act(services: Services, offering_id: int, user: str, action: object, comment
     if action not in ("approve", "reject", "withdraw"):
         raise BadRequest("`decision` must be approve, reject or withdraw", code="bad_decision")
     note = _text(comment, "comment", MAX_DESCRIPTION, required=action == "reject")
+    if not 0 < offering_id < 2**63:  # SQLite integers: anything else names no declaration
+        raise NotFound(f"no declaration {offering_id}", code="unknown_offering")
     with services.db.write() as conn:
         row = store.get(conn, offering_id)
         if row is None:
@@ -129,6 +142,9 @@ def act(services: Services, offering_id: int, user: str, action: object, comment
         if action in BY_AUTHORITY:
             if user not in services.policies.roles().admins:
                 raise Forbidden(f"{user} is not an admin: the authority reviews declarations", code="not_admin")
+            if user == row["submitted_by"] or user in _members(services, row["grant_id"]):
+                raise Forbidden(f"{user} declared this or is a member of grant {row['grant_id']}: "
+                                "another admin reviews it", code="own_declaration")
         else:
             _member_grant(services, row["grant_id"], user)
         new = next_status(row["status"], action)
@@ -250,16 +266,20 @@ def publish_reason(services: Services, grant_id: str, actor: str, text: str) -> 
 
 
 def public_reason(services: Services, record: dict) -> str | None:
-    """The published reason for a suspension or revocation (None while active)."""
+    """The published reason for a suspension or revocation (None while active).
+
+    Only text published on purpose is shown: a notice (``grants publish-reason``, an automatic
+    suspension's rule, the emergency stop) or a revocation's ``--reason``, given for the status in
+    force and recorded after it was set. The stored ``status_reason`` is never published: it may
+    name people (a suspension's ``--reason``, an emergency stop's reason).
+    """
     status = record["grant"].status
     if status == "active":
         return None
     notice = store.latest_notice(services.db.conn, record["grant"].id, status)
-    if notice is not None and notice["ts"] >= record["updated_at"]:
+    if notice is not None and _utc(notice["ts"]) >= _utc(record["updated_at"]).replace(microsecond=0):
         return notice["text"]
-    if status == "revoked":
-        return record["status_reason"] or "revoked by the authority"
-    return GENERIC_SUSPENSION
+    return "revoked by the authority" if status == "revoked" else GENERIC_SUSPENSION
 
 
 def grant_record(services: Services, grant_id: str) -> dict:

@@ -18,13 +18,16 @@ from sandbox.policy.monitoring import MonitoringPolicy
 HELP = {
     "public_filings_per_client_hour": "Public requests, feedback and complaints accepted per client address per hour.",
     "public_filings_per_hour": "Public filings accepted per hour from all clients together.",
+    "public_filings_network_share": "The largest share of that hourly total one network (IPv4 /24, IPv6 /64) "
+                                    "may take; clients are IPv4 addresses and IPv6 /64s.",
     "max_case_text": "Longest message (characters) a case may carry; the subject is capped at 200.",
     "alert_webhook_url": "If set, every alert is also POSTed there as JSON (env SANDBOX_ALERT_WEBHOOK).",
     "alert_webhook_timeout": "Seconds to wait for the webhook before giving up (the alert is stored anyway).",
-    "bad_token_audits_per_minute": "At most this many bad-token attempts are written to the audit log per "
-                                   "minute per process; beyond it they are counted, not stored one by one.",
     "monitor_horizon_hours": "Audit entries older than this raise no alert when first scanned (e.g. the history "
                              "present when monitoring is installed, or a scan that ran late).",
+    "public_base_url": "Absolute URL the public reaches the gateway at (e.g. https://data.example.gov), used for "
+                       "the DCAT @id and download URLs; unset: they are relative. Env SANDBOX_PUBLIC_BASE_URL, "
+                       "`sandbox serve --public-base-url`.",
     "monitoring": "The alert rules (thresholds, windows, which rules suspend a grant); policies/monitoring.yaml.",
 }
 
@@ -33,11 +36,12 @@ HELP = {
 class OversightSettings:
     public_filings_per_client_hour: int = 5
     public_filings_per_hour: int = 200
+    public_filings_network_share: float = 0.1
     max_case_text: int = 4000
     alert_webhook_url: str | None = field(default_factory=lambda: os.environ.get("SANDBOX_ALERT_WEBHOOK") or None)
     alert_webhook_timeout: float = 3.0
-    bad_token_audits_per_minute: int = 120
     monitor_horizon_hours: float = 24.0
+    public_base_url: str | None = field(default_factory=lambda: os.environ.get("SANDBOX_PUBLIC_BASE_URL") or None)
     monitoring: MonitoringPolicy = field(default_factory=MonitoringPolicy)
 
 

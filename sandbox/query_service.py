@@ -195,26 +195,39 @@ class QueryService:
         return self._guarded(user, body, plan=True)
 
     def _guarded(self, user: str, body: object, *, plan: bool) -> dict:
-        grant_id = body.get("grant") if isinstance(body, dict) and isinstance(body.get("grant"), str) else None
+        requested = body.get("grant") if isinstance(body, dict) and isinstance(body.get("grant"), str) else None
+        if requested is not None:  # a hostile id may hold text SQLite cannot store as UTF-8
+            requested = requested[:100].encode("utf-8", "backslashreplace").decode("utf-8")
         sql = body.get("sql") if isinstance(body, dict) and isinstance(body.get("sql"), str) else None
+        grant_id: str | None = None  # a refusal is filed under a grant only once it is the caller's
         try:
             req = parse_request(body, self.s.settings.max_sql_chars, plan=plan)
             grant = resolve_grant(self.s, user, req.grant)
             grant_id = grant.id
             return self._plan(user, grant, req) if plan else self._run(user, grant, req)
         except SandboxError as exc:
-            self._audit_refusal(user, grant_id, sql, exc.code, exc.status, plan)
+            self._audit_refusal(user, grant_id or self._members_grant(user, requested), requested, sql,
+                                exc.code, exc.status, plan)
             raise
         except Exception:
-            self._audit_refusal(user, grant_id, sql, "internal_error", 500, plan)
+            self._audit_refusal(user, grant_id, requested, sql, "internal_error", 500, plan)
             raise
 
-    def _audit_refusal(
-        self, user: str, grant_id: str | None, sql: str | None, code: str, status: int, plan: bool = False
-    ) -> None:
-        detail = {"sql": (sql or "")[:2000], "code": code, "status": status}
-        if grant_id is not None:  # a hostile id may hold text SQLite cannot store as UTF-8
-            grant_id = grant_id[:100].encode("utf-8", "backslashreplace").decode("utf-8")
+    def _members_grant(self, user: str, requested: str | None) -> str | None:
+        """The requested grant when the caller is one of its members (refused as suspended, expired...)."""
+        if not requested:
+            return None
+        try:
+            return requested if user in self.s.policies.grant(requested).members else None
+        except SandboxError:
+            return None
+
+    def _audit_refusal(self, user: str, grant_id: str | None, requested: str | None, sql: str | None,
+                       code: str, status: int, plan: bool = False) -> None:
+        detail: dict[str, object] = {"sql": (sql or "")[:2000], "code": code, "status": status}
+        if requested is not None and requested != grant_id:
+            # whatever id the body named, it is not the caller's: recorded, never blamed on that grant
+            detail["requested_grant"] = requested
         action = "query.plan_refused" if plan else "query.refused"
         self.s.audit.record(AuditEvent(user, action, grant_id, detail))
 

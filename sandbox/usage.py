@@ -25,12 +25,12 @@ import sqlite3
 from decimal import ROUND_HALF_UP, Decimal
 
 from sandbox.errors import BadRequest
-from sandbox.policy.models import Grant
 from sandbox.policy.prices import PriceSchedule, default_prices_path, load_prices
 from sandbox.services import Services
 from sandbox.state.ledger import NANO
 
-PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
+PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
+YEARS = (1970, 2999)
 CENT = Decimal("0.01")
 CSV_FIELDS = ("period", "grant", "operator", "use", "item", "description", "quantity", "unit_price", "amount",
               "currency")
@@ -38,9 +38,9 @@ CSV_FIELDS = ("period", "grant", "operator", "use", "item", "description", "quan
 
 def parse_period(period: str) -> tuple[dt.datetime, dt.datetime]:
     """``YYYY-MM`` as the half-open UTC interval [first instant of the month, first of the next)."""
-    match = PERIOD.match(period or "")
+    match = PERIOD.fullmatch(period) if isinstance(period, str) else None
     year, month = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-    if not match or not 1 <= month <= 12 or year < 1970:
+    if not match or not 1 <= month <= 12 or not YEARS[0] <= year <= YEARS[1]:
         raise BadRequest(f"period must be a month written YYYY-MM, e.g. 2026-12 (got {period!r})",
                          code="bad_period")
     start = dt.datetime(year, month, 1, tzinfo=dt.UTC)
@@ -140,7 +140,7 @@ def usage_report(services: Services, period: str, prices: PriceSchedule | None =
     days = (end - start).days
     report = []
     for grant in sorted(services.policies.grants(), key=lambda g: g.id):
-        billable, not_billed = billable_days(services, grant.id, start, end, prices, _priced_products(services, grant))
+        billable, not_billed = billable_days(services, grant.id, start, end, prices)
         on = set(billable)
         charges = [c for c in services.ledger.charges(grant.id) if start <= _ts(c["ts"]) < end]
         submitted = exports.get(grant.id, [])
@@ -179,16 +179,6 @@ def usage_report(services: Services, period: str, prices: PriceSchedule | None =
 
 def _day(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
-
-
-def _priced_products(services: Services, grant: Grant) -> bool:
-    """Whether an approved product of the grant is not free to the public (public-welfare condition)."""
-    try:
-        rows = services.db.read("SELECT price, free_to_public FROM offerings WHERE grant_id = ? AND status = 'approved'"
-                                " AND kind = 'product'", (grant.id,))
-    except sqlite3.Error:
-        return False
-    return any(not r["free_to_public"] and r["price"] not in (None, "0", "0.00") for r in rows)
 
 
 def format_csv(report: list[dict]) -> str:

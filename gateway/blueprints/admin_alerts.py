@@ -45,7 +45,7 @@ def alerts_page():  # noqa: ANN201
     return admin_pages.page("admin/alerts.html", alerts=items, only_open=only_open)
 
 
-@bp.post("/<int:alert_id>/ack")
+@bp.post("/<int(max=9223372036854775807):alert_id>/ack")
 def acknowledge(alert_id: int):  # noqa: ANN201
     """Acknowledge an alert: a form (CSRF token) from the page, or JSON from a script."""
     user = require_role("admin").user

@@ -30,7 +30,7 @@ def datasets_json():  # noqa: ANN201
 
 @bp.get("/datasets.jsonld")
 def datasets_jsonld():  # noqa: ANN201
-    resp = jsonify(directory.dcat(services(), request.url_root))
+    resp = jsonify(directory.dcat(services()))
     resp.mimetype = "application/ld+json"
     return _fresh(resp)
 

@@ -35,7 +35,7 @@ def listing():  # noqa: ANN201
     return jsonify({"offerings": offerings.for_grant(services(), grant_id, user)})
 
 
-@bp.post("/v1/offerings/<int:offering_id>/withdraw")
+@bp.post("/v1/offerings/<int(max=9223372036854775807):offering_id>/withdraw")
 def withdraw(offering_id: int):  # noqa: ANN201
     user = identity().user
     return jsonify({"id": offering_id, "status": offerings.act(services(), offering_id, user, "withdraw")})
@@ -52,7 +52,7 @@ def pending():  # noqa: ANN201
     return admin_pages.page("admin/offerings.html", offerings=items)
 
 
-@bp.post("/admin/offerings/<int:offering_id>")
+@bp.post("/admin/offerings/<int(max=9223372036854775807):offering_id>")
 def review(offering_id: int):  # noqa: ANN201
     """``{"decision": "approve|reject", "comment"}`` (a comment is required to reject), or the page's form."""
     user = identity().user

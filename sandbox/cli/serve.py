@@ -62,10 +62,13 @@ def _apply_and_warm(services, policies_dir: Path, actor: str) -> None:  # noqa: 
               help="Memory limit of the import child process that builds the engine file (it spills beyond).")
 @click.option("--alert-webhook", envvar="SANDBOX_ALERT_WEBHOOK", default=None,
               help="POST every early-warning alert there as JSON. Env: SANDBOX_ALERT_WEBHOOK.")
+@click.option("--public-base-url", envvar="SANDBOX_PUBLIC_BASE_URL", default=None,
+              help="Absolute URL the public reaches the gateway at, for the DCAT catalogue's URLs (unset: relative). "
+                   "Env: SANDBOX_PUBLIC_BASE_URL.")
 @ACTOR
 @translate_errors
 def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_threads, engine_memory, build_memory,  # noqa: ANN001, ANN201
-          actor, alert_webhook):
+          actor, alert_webhook, public_base_url):
     """Serve the gateway (query API, exports, review UI, public register) with waitress.
 
     Applies the policies directory at start, builds the locked engine file from the Parquet
@@ -82,6 +85,8 @@ def serve(data_root, policies_dir, state_dir, host, port, auth, threads, engine_
 
     services.settings.oversight.monitoring = load_monitoring(policies_dir)  # monitoring.yaml, if any
     services.settings.oversight.alert_webhook_url = alert_webhook
+    if public_base_url:
+        services.settings.oversight.public_base_url = _base_url(public_base_url)
     authenticator = None
     if auth == "hub":
         from gateway.hub_auth import HubAuthenticator
@@ -162,3 +167,13 @@ def tokens_revoke(user, state_dir):  # noqa: ANN001, ANN201
 
 def new_internal_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+def _base_url(value: str) -> str:
+    """An absolute http(s) URL without query or fragment, or a usage error."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise click.BadParameter(f"{value!r} is not an absolute http(s) URL", param_hint="--public-base-url")
+    return value.rstrip("/")

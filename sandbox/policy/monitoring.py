@@ -35,6 +35,17 @@ class BurstRule(_Rule):
     threshold: int = Field(default=20, ge=1, le=100_000, description="events within the window that raise it")
 
 
+class RefusedBurstRule(BurstRule):
+    suspend: bool = Field(default=False, description="a refused request may name anyone's grant: always false")
+
+    @field_validator("suspend")
+    @classmethod
+    def _no_grant(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("a refused request may name any grant, so this rule cannot suspend one")
+        return v
+
+
 class IdProbingRule(BurstRule):
     threshold: int = Field(default=10, ge=1, le=100_000)
     suspend: bool = True
@@ -82,7 +93,7 @@ class HoursRule(_Rule):
 class MonitoringPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    refused_burst: BurstRule = BurstRule()
+    refused_burst: RefusedBurstRule = RefusedBurstRule()
     id_probing: IdProbingRule = IdProbingRule()
     bad_tokens: BadTokenRule = BadTokenRule()
     budget_burn: BudgetBurnRule = BudgetBurnRule()

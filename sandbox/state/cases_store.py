@@ -103,3 +103,10 @@ def filed_since(conn: sqlite3.Connection, since: str, client: str | None = None)
         row = conn.execute("SELECT COUNT(*) AS n FROM cases WHERE created_at >= ? AND client = ?",
                            (since, client)).fetchone()
     return int(row["n"])
+
+
+def filed_since_network(conn: sqlite3.Connection, since: str, network: str) -> int:
+    """Public filings since ``since`` whose client key starts with the network's key."""
+    row = conn.execute("SELECT COUNT(*) AS n FROM cases WHERE created_at >= ? AND filed_by = 'public'"
+                       " AND substr(client, 1, 16) = ?", (since, network)).fetchone()
+    return int(row["n"])

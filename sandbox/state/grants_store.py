@@ -17,6 +17,7 @@ from sandbox.policy.rules import check_caps_not_raised, check_grant_fits_catalog
 from sandbox.state.audit import AuditEvent, AuditLog
 from sandbox.state.db import StateDB, register_schema
 from sandbox.state.ledger import Ledger
+from sandbox.state.offerings_store import add_notice
 
 register_schema(
     """
@@ -53,6 +54,11 @@ class ApplyResult:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _clear_notices(conn, grant_id: str) -> None:  # noqa: ANN001
+    """Withdraw the published reasons of a grant whose status changes (the audit log keeps them)."""
+    conn.execute("DELETE FROM grant_notices WHERE grant_id = ?", (grant_id,))
 
 
 def _dump(model: Grant | Dataset | Roles) -> dict:
@@ -145,6 +151,10 @@ class PolicyStore:
         """Check and apply a grant; with ``dry_run`` the same steps run and are rolled back."""
         catalog = self.datasets()
         check_grant_fits_catalog(grant, catalog)
+        auditors = sorted(set(grant.members) & set(self.roles().auditors))
+        if auditors:  # audit authorities are read-only: no data access, whatever a grant says
+            raise PolicyError(f"grant {grant.id}: members {', '.join(auditors)} are auditors; "
+                              "an auditor cannot be a member of a grant")
         with self.db.write() as conn:
             existing = conn.execute(
                 "SELECT body, status FROM grants WHERE id = ?", (grant.id,)
@@ -164,9 +174,12 @@ class PolicyStore:
             conn.execute(
                 "INSERT INTO grants (id, body, status, applied_at, updated_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT(id) DO UPDATE SET body = excluded.body, status = excluded.status,"
-                " updated_at = excluded.updated_at",
+                " updated_at = excluded.updated_at, status_reason = CASE WHEN grants.status = excluded.status"
+                " THEN grants.status_reason END",
                 (grant.id, json.dumps(_dump(new)), new.status, now, now),
             )
+            if existing is not None and existing["status"] != new.status:
+                _clear_notices(conn, grant.id)  # a reason published for the old status no longer applies
             detail = {"changes": list(changes)} if existing else {"grant": _dump(new)}
             self.audit.append(conn, AuditEvent(actor, f"grant.{outcome}", grant.id, detail))
             if dry_run:  # every check above ran; roll it all back
@@ -186,6 +199,11 @@ class PolicyStore:
                 "UPDATE grants SET body = ?, status = ?, updated_at = ?, status_reason = ? WHERE id = ?",
                 (json.dumps(_dump(grant)), status, _now(), reason or None, grant_id),
             )
+            # ``status_reason`` is private (audit log, auditors): it is never published. What the
+            # register shows is a notice: one published explicitly, or a revocation's reason.
+            _clear_notices(conn, grant_id)
+            if status == "revoked" and reason.strip():
+                add_notice(conn, grant_id, "revoked", reason.strip(), actor)
             action = {"active": "resumed", "suspended": "suspended", "revoked": "revoked"}[status]
             self.audit.append(
                 conn, AuditEvent(actor, f"grant.{action}", grant_id, {"reason": reason, "from": row["status"]})

@@ -4,6 +4,7 @@ a user who is not an auditor tries the audit views; tampering must show on the v
 from __future__ import annotations
 
 import io
+import json
 import re
 import sqlite3
 
@@ -126,11 +127,11 @@ def test_auditor_has_no_data_access(client, services: Services, erin) -> None:  
     refused = [e for e in services.audit.entries() if e["action"] == "query.refused" and e["actor"] == "erin"]
     assert len(refused) == 2
     assert client.get("/v1/catalog", headers=erin).status_code == 403
-    assert client.get("/v1/budget", headers=erin).get_json() == {"grants": []}
+    assert client.get("/v1/budget", headers=erin).get_json()["error"]["code"] == "auditor_no_data_access"
     upload = {"files": (io.BytesIO(b"a,b\n1,2\n"), "t.csv"), "grant": "g-2026-001", "title": "t",
               "justification": "j"}
     resp = client.post("/v1/exports", headers=erin, data=upload, content_type="multipart/form-data")
-    assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "not_a_member"
+    assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "auditor_no_data_access"
     assert services.ledger.state("g-2026-001").epsilon_spent == 0
 
 
@@ -178,11 +179,27 @@ def test_auditor_cannot_write_through_any_route(app, client, services: Services,
 
 def test_auditor_listed_in_a_grant_still_has_no_data_access(client, services: Services, erin) -> None:  # noqa: ANN001
     grant = services.policies.grant("g-2026-001")
-    services.policies.apply_grant(grant.model_copy(update={"members": (*grant.members, "erin")}), "admin")
-    resp = client.post("/v1/query", headers=erin, json={"sql": "SELECT COUNT(*) AS n FROM nhanes_2017",
-                                                        "epsilon": 0.5, "grant": "g-2026-001"})
-    assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "auditor_no_data_access"
-    assert client.get("/v1/catalog", headers=erin).status_code == 403
+    listed = grant.model_copy(update={"members": (*grant.members, "erin")})
+    for apply in (services.policies.plan_grant, lambda g: services.policies.apply_grant(g, "admin")):
+        with pytest.raises(PolicyError, match="auditor"):
+            apply(listed)
+    # a grant that lists an auditor anyway (roles changed after it was applied): every route refuses
+    with services.db.write() as conn:
+        conn.execute("UPDATE grants SET body = ? WHERE id = ?",
+                     (json.dumps(listed.model_dump(mode="json")), grant.id))
+    sql = {"sql": "SELECT COUNT(*) AS n FROM nhanes_2017", "epsilon": 0.5, "grant": "g-2026-001"}
+    calls = [("post", "/v1/query", sql), ("post", "/v1/plan", sql), ("get", "/v1/budget", None),
+             ("get", "/v1/catalog", None), ("get", "/v1/exports", None),
+             ("get", "/v1/offerings?grant=g-2026-001", None),
+             ("post", "/v1/offerings", {"grant": "g-2026-001", "kind": "product", "name": "n", "description": "d"}),
+             ("post", "/v1/cases/data-quality", {"grant": "g-2026-001", "dataset": "nhanes_2017", "subject": "s",
+                                                 "message": "m"})]
+    for method, path, body in calls:
+        resp = getattr(client, method)(path, headers=erin, json=body)
+        assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "auditor_no_data_access", path
+    services.settings.internal_token = "internal-secret"
+    resp = client.get("/v1/internal/spawn-check/erin", headers={"Authorization": "Bearer internal-secret"})
+    assert resp.get_json()["grants"] == []
     assert services.ledger.state("g-2026-001").epsilon_spent == 0
 
 

@@ -128,6 +128,7 @@ def test_l1_source_unreadable_is_404_not_500(client, services: Services, tmp_pat
 def test_dcat_jsonld_parses_as_rdf(client, services: Services) -> None:  # noqa: ANN001
     rdflib = pytest.importorskip("rdflib")
     _register_level(services, "adult_open", "L1")
+    services.settings.oversight.public_base_url = "http://localhost"
     resp = client.get("/public/datasets.jsonld")
     assert resp.status_code == 200 and resp.mimetype == "application/ld+json"
     graph = rdflib.Graph().parse(data=resp.get_data(as_text=True), format="json-ld")

@@ -138,3 +138,18 @@ def test_review_page_form(client, services: Services, alice) -> None:  # noqa: A
     resp = client.post(f"/admin/offerings/{oid}", data={"csrf_token": csrf, "decision": "approve", "comment": ""})
     assert resp.status_code == 303
     assert [o["name"] for o in offerings.published(services, GRANT)] == ["Atlas of clinics"]
+
+
+def test_admin_member_cannot_approve_their_own_declaration(client, services: Services, admin) -> None:  # noqa: ANN001
+    """Review of issue 12: an admin listed in the grant approved the claim they had declared."""
+    grant = services.policies.grant(GRANT)
+    services.policies.apply_grant(grant.model_copy(update={"members": (*grant.members, "admin")}), "admin")
+    oid = _declare(client, admin, name="Endorsed by the Ministry").get_json()["id"]
+    for decision in ("approve", "reject"):
+        resp = client.post(f"/admin/offerings/{oid}", headers=admin, json={"decision": decision, "comment": "c"})
+        assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "own_declaration"
+    assert client.get(f"/public/grants/{GRANT}?format=json").get_json()["offerings"] == []
+    other = {"Authorization": f"Bearer {services.tokens.create('root')}"}
+    roles = services.policies.roles()
+    services.policies.apply_roles(roles.model_copy(update={"admins": (*roles.admins, "root")}), "admin")
+    assert client.post(f"/admin/offerings/{oid}", headers=other, json={"decision": "approve"}).status_code == 200
