@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 from sqlglot import exp
 
-from sandbox.bounding import KEY_FILE, bounded_rows_sql, load_or_create_key, value_column
+from sandbox.bounding import KEY_FILE, bounded_rows_sql, load_or_create_key, reserved_names_in, value_column
 from sandbox.bounding import literal as _lit
 from sandbox.bounding import quote as _q
 from sandbox.dp.planner import DPPlan, Primitive
@@ -122,6 +122,7 @@ def build(
             if not source.is_file():
                 progress(f"{ds_id}: source {ds.source} missing under the data root; skipped")
                 continue
+            _refuse_reserved_names(con, ds_id, source)
             progress(f"{ds_id}: bounding contributions and fixing point ...")
             try:
                 con.execute(f"CREATE TABLE {_q(ds_id)} AS {bounded_rows_sql(ds, source, key)}")
@@ -142,6 +143,21 @@ def build(
         con.close()
     os.replace(tmp, target)
     return kept
+
+
+def _refuse_reserved_names(con: duckdb.DuckDBPyConnection, ds_id: str, source: Path) -> None:
+    """A file column named like an engine name (``__n``, ``rowid``...) could shadow it: refused."""
+    try:
+        names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_lit(str(source))})").fetchall()]
+    except duckdb.Error as exc:
+        raise EngineError(f"{ds_id}: cannot read the schema of its source: {exc}", code="import_failed") from None
+    reserved = reserved_names_in(names)
+    if reserved:
+        raise EngineError(
+            f"{ds_id}: its source file has reserved column names ({', '.join(sorted(reserved))}); rename or drop "
+            "them in the Parquet (names starting with __ and row, rowid, file_row_number, filename, file_index)",
+            code="reserved_column",
+        )
 
 
 def _child_main() -> None:
