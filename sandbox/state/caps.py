@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 from sandbox.dp.accounting import rho_nano_to_epsilon_nano
 from sandbox.errors import Conflict
-from sandbox.policy.models import Dataset
+from sandbox.policy.models import Dataset, operator_key
 from sandbox.state.db import StateDB, register_schema
 
 register_schema(
     """
     CREATE TABLE IF NOT EXISTS cap_spent (
         dataset TEXT NOT NULL,
-        operator TEXT NOT NULL,  -- '' is the dataset-wide row: all grants together
+        operator TEXT NOT NULL,  -- the operator's canonical key (operator_key), or '' for the dataset-wide row
         epsilon_spent_nano INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (dataset, operator)
     );
@@ -97,7 +97,7 @@ def _spent(conn: sqlite3.Connection, dataset_id: str, operator: str) -> int:
 
 def check_caps(conn: sqlite3.Connection, dataset: Dataset, operator: str, cap_units: int) -> None:
     """Raise Conflict(budget_exhausted, detail.cap = operator | dataset) if a cap would be exceeded."""
-    checks = [("operator", operator, dataset.operator_cap(operator)),
+    checks = [("operator", operator_key(operator), dataset.operator_cap(operator)),
               ("dataset", ALL_GRANTS, dataset.budget.epsilon if dataset.budget else None)]
     for cap, key, total in checks:
         if total is None:
@@ -124,6 +124,7 @@ def charge_caps(
         " ON CONFLICT(grant_id, dataset) DO UPDATE SET units_nano = units_nano + excluded.units_nano",
         (grant_id, dataset_id, units),
     )
+    operator = operator_key(operator)  # one institution, one tally, however its name is spelled
     for key in (operator, ALL_GRANTS):
         conn.execute(
             "INSERT INTO cap_spent (dataset, operator, epsilon_spent_nano) VALUES (?, ?, ?)"
@@ -142,7 +143,7 @@ def cap_states(db: StateDB, dataset: Dataset, operator: str | None = None) -> li
     """The dataset cap, and the operator cap of ``operator`` (or of every operator seen) on ``dataset``."""
     rows = {r["operator"]: r["epsilon_spent_nano"]
             for r in db.read("SELECT operator, epsilon_spent_nano FROM cap_spent WHERE dataset = ?", (dataset.id,))}
-    operators = [operator] if operator is not None else sorted(k for k in rows if k != ALL_GRANTS)
+    operators = [operator_key(operator)] if operator is not None else sorted(k for k in rows if k != ALL_GRANTS)
     out = [CapState("operator", dataset.id, op, dataset.operator_cap(op), rows.get(op, 0) / NANO)
            for op in operators]
     total = dataset.budget.epsilon if dataset.budget else None

@@ -183,3 +183,64 @@ def test_zcdp_budget_lowered_by_delta_never_below_what_is_spent(ledger: Ledger) 
     with ledger.db.write() as conn:
         Ledger.ensure_budget(conn, "z1", 10.0, 1e-7, "zcdp")  # still above 1.2: allowed, lowered
     assert 1.2 < ledger.state("z1").rho_total < epsilon_to_rho(10.0, 1e-6)
+
+
+ACME_VARIANTS = ["Acme Health Analytics Ltd.", "Acme Health Analytics Ltd", "acme health analytics ltd.",
+                 "Acme Health Analytics Ltd. ", "Acme  Health Analytics Ltd.", "Acme Health Analytics Ltd.\u200b",
+                 "ＡＣＭＥ Health Analytics Ltd."]
+
+
+def test_operator_key_is_canonical() -> None:
+    from sandbox.policy.models import operator_key
+
+    assert {operator_key(v) for v in ACME_VARIANTS} == {"acme health analytics ltd"}
+    assert operator_key("Acme Health Analytics Ltd.") != operator_key("Acme Health Ltd.")
+
+
+def test_operator_cap_holds_across_spelling_variants(ledger: Ledger) -> None:
+    """The attack: the same institution spelled another way got a fresh cap."""
+    ds = _dataset(operator_caps={"ACME HEALTH ANALYTICS LTD": 2.5})  # a cap key matches by canonical key too
+    assert ds.operator_cap("Acme Health Analytics Ltd.") == 2.5
+    _charge(ledger, "a1", "q1", ds, ACME_VARIANTS[1], 1.0)
+    _charge(ledger, "a2", "q2", ds, ACME_VARIANTS[5], 1.0)
+    with pytest.raises(Conflict) as info:
+        _charge(ledger, "a3", "q3", ds, ACME_VARIANTS[4], 1.0)
+    assert info.value.detail["cap"] == "operator"
+    states = ledger.cap_states(ds)
+    assert [s.epsilon_spent for s in states if s.cap == "operator"] == [2.0]
+
+
+def test_operator_caps_with_two_spellings_of_one_operator_are_refused() -> None:
+    with pytest.raises(ValueError, match="same operator"):
+        _dataset(operator_caps={"Acme Ltd.": 1.0, "acme ltd": 5.0})
+
+
+def _store(tmp_path: Path):  # noqa: ANN202
+    from sandbox.policy.loader import load_policies
+    from sandbox.state.grants_store import PolicyStore, apply_policies
+
+    db = StateDB(tmp_path)
+    store = PolicyStore(db, AuditLog(db))
+    apply_policies(store, load_policies(POLICIES), "admin")
+    return store, store.grant("g-2026-001")
+
+
+def test_operator_of_a_grant_cannot_be_renamed(tmp_path: Path) -> None:
+    from sandbox.errors import SandboxError
+
+    store, base = _store(tmp_path)
+    with pytest.raises(SandboxError) as info:
+        store.apply_grant(base.model_copy(update={"operator": "Acme Health Analytics Limited"}), "admin")
+    assert info.value.code == "operator_fixed" and info.value.status == 409
+    assert store.grant("g-2026-001").operator == base.operator
+
+
+def test_a_second_spelling_of_an_operator_is_refused(tmp_path: Path) -> None:
+    from sandbox.errors import SandboxError
+
+    store, base = _store(tmp_path)
+    for i, variant in enumerate(ACME_VARIANTS[1:]):
+        with pytest.raises(SandboxError) as info:
+            store.apply_grant(base.model_copy(update={"id": f"g-v{i}", "operator": variant}), "admin")
+        assert info.value.code == "operator_spelling" and base.operator in info.value.message
+    assert store.apply_grant(base.model_copy(update={"id": "g-same"}), "admin").outcome == "created"
