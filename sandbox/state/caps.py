@@ -143,8 +143,9 @@ def cap_states(db: StateDB, dataset: Dataset, operator: str | None = None) -> li
     """The dataset cap, and the operator cap of ``operator`` (or of every operator seen) on ``dataset``."""
     rows = {r["operator"]: r["epsilon_spent_nano"]
             for r in db.read("SELECT operator, epsilon_spent_nano FROM cap_spent WHERE dataset = ?", (dataset.id,))}
-    operators = [operator_key(operator)] if operator is not None else sorted(k for k in rows if k != ALL_GRANTS)
-    out = [CapState("operator", dataset.id, op, dataset.operator_cap(op), rows.get(op, 0) / NANO)
+    # shown as given (one spelling per institution); listed without a name: by canonical key
+    operators = [operator] if operator is not None else sorted(k for k in rows if k != ALL_GRANTS)
+    out = [CapState("operator", dataset.id, op, dataset.operator_cap(op), rows.get(operator_key(op), 0) / NANO)
            for op in operators]
     total = dataset.budget.epsilon if dataset.budget else None
     out.append(CapState("dataset", dataset.id, None, total, rows.get(ALL_GRANTS, 0) / NANO))
