@@ -13,6 +13,7 @@ the operator cap and the dataset cap in one ``BEGIN IMMEDIATE`` transaction.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from sandbox.dp.accounting import rho_nano_to_epsilon_nano
 from sandbox.errors import Conflict
 from sandbox.policy.models import Dataset, operator_key
+from sandbox.state.audit import AuditEvent, AuditLog
 from sandbox.state.db import StateDB, register_schema
 
 register_schema(
@@ -43,6 +45,9 @@ register_schema(
         operator TEXT NOT NULL,
         units_nano INTEGER NOT NULL,
         cap_epsilon_nano INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS cap_unattributed (
+        query_id TEXT PRIMARY KEY  -- an old charge whose dataset the audit log does not name (backfill)
     )
     """
 )
@@ -169,4 +174,87 @@ def reconcile_caps(db: StateDB) -> list[str]:
             who = f"operator {r['operator']}" if r["operator"] else "all grants"
             problems.append(f"dataset {r['dataset']} ({who}): spent {r['spent'] / NANO} "
                             f"but its charges add up to {r['charged'] / NANO}")
+    # every charge is counted against the caps, with the units the grant was charged
+    for r in db.read(
+        "SELECT c.query_id, c.grant_id, c.epsilon_nano, z.rho_nano, s.units_nano FROM charges c"
+        " LEFT JOIN charge_scopes s ON s.query_id = c.query_id LEFT JOIN zcdp_charges z ON z.query_id = c.query_id"
+        " WHERE c.query_id NOT IN (SELECT query_id FROM cap_unattributed)"
+        " AND (s.query_id IS NULL OR s.units_nano != COALESCE(z.rho_nano, c.epsilon_nano))"
+    ):
+        if r["units_nano"] is None:
+            problems.append(f"grant {r['grant_id']}: charge {r['query_id']} is not counted against any cap")
+        else:
+            problems.append(f"grant {r['grant_id']}: charge {r['query_id']} counts {r['units_nano'] / NANO} "
+                            "against the caps but was charged otherwise")
+    for r in db.read(
+        "SELECT g.grant_id, g.dataset, g.units_nano, COALESCE((SELECT SUM(s.units_nano) FROM charge_scopes s"
+        " WHERE s.grant_id = g.grant_id AND s.dataset = g.dataset), 0) AS charged FROM grant_dataset_spent g"
+    ):
+        if r["units_nano"] != r["charged"]:
+            problems.append(f"grant {r['grant_id']} on {r['dataset']}: spent {r['units_nano'] / NANO} "
+                            f"but its charges add up to {r['charged'] / NANO}")
     return problems
+
+
+def _unscoped_charges(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT c.query_id, c.grant_id, c.epsilon_nano, z.rho_nano FROM charges c"
+        " LEFT JOIN charge_scopes s ON s.query_id = c.query_id"
+        " LEFT JOIN zcdp_charges z ON z.query_id = c.query_id WHERE s.query_id IS NULL"
+        " AND c.query_id NOT IN (SELECT query_id FROM cap_unattributed) ORDER BY c.ts, c.rowid"
+    ).fetchall()
+
+
+def _unkeyed_operators(conn: sqlite3.Connection) -> list[str]:
+    return [r["operator"] for r in conn.execute("SELECT DISTINCT operator FROM charge_scopes")
+            if operator_key(r["operator"]) != r["operator"]]
+
+
+def backfill(db: StateDB, audit: AuditLog) -> dict | None:
+    """One-time upgrade at state open: charges made before the cap tallies existed (or whose tallies
+    were lost) are counted against them, from ``charges``, the ``query.charged`` audit entries'
+    ``detail.dataset`` and the grant's operator; tallies keyed on raw operator names are re-keyed
+    on :func:`operator_key`. Idempotent: once every charge has its scope there is nothing to do.
+    Recorded as ``caps.backfilled``. Returns the entry's detail, or None when nothing was done."""
+    if not _unscoped_charges(db.conn) and not _unkeyed_operators(db.conn):
+        return None
+    with db.write() as conn:
+        missing = _unscoped_charges(conn)
+        unkeyed = _unkeyed_operators(conn)
+        if not missing and not unkeyed:
+            return None
+        wanted = {r["query_id"] for r in missing}
+        datasets: dict[str, str] = {}
+        for row in conn.execute("SELECT detail FROM audit WHERE action = 'query.charged' ORDER BY seq"):
+            detail = json.loads(row["detail"])
+            qid, ds_id = detail.get("query_id"), detail.get("dataset")
+            if qid in wanted and isinstance(ds_id, str):
+                datasets[qid] = ds_id
+        operators = {r["id"]: json.loads(r["body"]).get("operator", "")
+                     for r in conn.execute("SELECT id, body FROM grants")}
+        deltas = {r["grant_id"]: r["delta"] for r in conn.execute("SELECT grant_id, delta FROM zcdp_budgets")}
+        unattributed: list[str] = []
+        for r in missing:
+            ds_id, operator = datasets.get(r["query_id"]), operators.get(r["grant_id"], "")
+            if ds_id is None or not operator_key(operator):
+                unattributed.append(r["query_id"])
+                conn.execute("INSERT OR IGNORE INTO cap_unattributed (query_id) VALUES (?)", (r["query_id"],))
+                continue
+            zcdp = r["rho_nano"] is not None
+            units = r["rho_nano"] if zcdp else r["epsilon_nano"]
+            cap_units = increment(conn, r["grant_id"], ds_id, units, deltas.get(r["grant_id"]) if zcdp else None)
+            charge_caps(conn, query_id=r["query_id"], grant_id=r["grant_id"], dataset_id=ds_id, operator=operator,
+                        units=units, cap_units=cap_units)
+        for raw in unkeyed:
+            conn.execute("UPDATE charge_scopes SET operator = ? WHERE operator = ?", (operator_key(raw), raw))
+        # the tallies are sums of the per-charge scopes: rebuilt from them, so nothing is counted twice
+        conn.execute("DELETE FROM cap_spent")
+        conn.execute("INSERT INTO cap_spent (dataset, operator, epsilon_spent_nano) SELECT dataset, operator,"
+                     " SUM(cap_epsilon_nano) FROM charge_scopes GROUP BY dataset, operator")
+        conn.execute("INSERT INTO cap_spent (dataset, operator, epsilon_spent_nano) SELECT dataset, '',"
+                     " SUM(cap_epsilon_nano) FROM charge_scopes GROUP BY dataset")
+        detail = {"charges": len(missing) - len(unattributed), "unattributed": unattributed[:100],
+                  "unattributed_count": len(unattributed), "operators_rekeyed": len(unkeyed)}
+        audit.append(conn, AuditEvent("system", "caps.backfilled", None, detail))
+    audit.write_head()
+    return detail

@@ -136,6 +136,7 @@ class Ledger:
         self.db = db
         self.audit = audit
         self.wait_for_twin_s = wait_for_twin_s
+        caps.backfill(db, audit)  # one-time upgrade: charges from before the cap tallies count against them
 
     @staticmethod
     def ensure_budget(
@@ -227,15 +228,16 @@ class Ledger:
         cache_key: str,
         audit_detail: dict,
         rho: float | None = None,
-        dataset: Dataset | None = None,
-        operator: str | None = None,
+        dataset: Dataset,
+        operator: str,
     ) -> Charge:
         """Check and charge in one IMMEDIATE transaction, with its audit entry; or replay.
 
         ``epsilon`` for a pure grant, ``rho`` for a zcdp grant (whose per-query cap is
-        ``max_epsilon_per_query ** 2 / 2``, the rho of a pure query at that cap). With
-        ``dataset`` and ``operator`` the operator and dataset caps are charged in the same
-        transaction. Raises Conflict(budget_exhausted, detail.cap) and changes nothing when
+        ``max_epsilon_per_query ** 2 / 2``, the rho of a pure query at that cap). The
+        operator and dataset caps of ``dataset`` are charged in the same transaction (the
+        scope is mandatory: every charge counts against the caps). Raises
+        Conflict(budget_exhausted, detail.cap) and changes nothing when
         the query would overspend any of them.
         """
         if (epsilon is None) == (rho is None):
@@ -251,7 +253,7 @@ class Ledger:
                 code="epsilon_over_cap",
             )
         deadline = time.monotonic() + self.wait_for_twin_s
-        scope = (dataset, operator) if dataset is not None and operator is not None else None
+        scope = (dataset, operator)
         while True:
             outcome = self._try_charge(grant_id, user, query_id, units, rho is not None, cache_key, audit_detail,
                                        scope)

@@ -244,3 +244,60 @@ def test_a_second_spelling_of_an_operator_is_refused(tmp_path: Path) -> None:
             store.apply_grant(base.model_copy(update={"id": f"g-v{i}", "operator": variant}), "admin")
         assert info.value.code == "operator_spelling" and base.operator in info.value.message
     assert store.apply_grant(base.model_copy(update={"id": "g-same"}), "admin").outcome == "created"
+
+
+def _old_code_charges(store, n: int, dataset: str = "nhanes_2017") -> None:  # noqa: ANN001
+    """Charges written the way the ledger did before caps existed: budgets, charges, the audit entry."""
+    import datetime as dt
+
+    from sandbox.state.audit import AuditEvent
+
+    with store.db.write() as conn:
+        for i in range(n):
+            qid = f"q-old-{i}"
+            conn.execute("UPDATE budgets SET epsilon_spent_nano = epsilon_spent_nano + ? WHERE grant_id = ?",
+                         (1_000_000_000, "g-2026-001"))
+            conn.execute("INSERT INTO charges (query_id, grant_id, user, epsilon_nano, ts) VALUES (?, ?, ?, ?, ?)",
+                         (qid, "g-2026-001", "alice", 1_000_000_000, dt.datetime.now(dt.UTC).isoformat()))
+            store.audit.append(conn, AuditEvent("alice", "query.charged", "g-2026-001",
+                                                {"sql": "x", "dataset": dataset, "query_id": qid, "epsilon": 1.0}))
+    store.audit.write_head()
+
+
+def test_upgrade_backfills_cap_tallies_from_existing_charges(tmp_path: Path) -> None:
+    """An old state directory: its charges count against the caps from the first open, once."""
+    store, grant = _store(tmp_path)
+    _old_code_charges(store, 9)
+    ledger = Ledger(store.db, store.audit)  # the state opened by the new code
+    ds = store.datasets()["nhanes_2017"]
+    states = {s.cap: s for s in ledger.cap_states(ds, grant.operator)}
+    assert states["operator"].epsilon_spent == 9.0 and states["dataset"].epsilon_spent == 9.0
+    assert ledger.reconcile() == []
+    events = [e for e in store.audit.entries() if e["action"] == "caps.backfilled"]
+    assert len(events) == 1 and events[0]["detail"]["charges"] == 9
+    Ledger(store.db, store.audit)  # idempotent: a second open changes nothing
+    assert [e["action"] for e in store.audit.entries()].count("caps.backfilled") == 1
+    assert {s.cap: s.epsilon_spent for s in ledger.cap_states(ds, grant.operator)}["operator"] == 9.0
+    assert store.audit.verify().ok
+
+
+def test_reconcile_notices_charges_missing_from_the_cap_tallies(tmp_path: Path) -> None:
+    store, grant = _store(tmp_path)
+    ledger = Ledger(store.db, store.audit)
+    ds = store.datasets()["nhanes_2017"]
+    ledger.charge(grant_id=grant.id, user="alice", query_id="q1", epsilon=1.0, max_epsilon_per_query=1.0,
+                  cache_key="q1", audit_detail={"dataset": ds.id}, dataset=ds, operator=grant.operator)
+    assert ledger.reconcile() == []
+    with store.db.write() as conn:  # the tallies lost (an upgrade without backfill)
+        for table in ("cap_spent", "charge_scopes", "grant_dataset_spent"):
+            conn.execute(f"DELETE FROM {table}")
+    assert any("q1" in p or "cap" in p for p in ledger.reconcile())
+    reopened = Ledger(store.db, store.audit)  # re-opening backfills them
+    assert reopened.reconcile() == []
+    assert {s.cap: s.epsilon_spent for s in reopened.cap_states(ds, grant.operator)}["operator"] == 1.0
+
+
+def test_ledger_charge_needs_its_scope(ledger: Ledger) -> None:
+    with pytest.raises(TypeError):
+        ledger.charge(grant_id="a1", user="u", query_id="q", epsilon=1.0, max_epsilon_per_query=1.0,
+                      cache_key="q", audit_detail={})  # type: ignore[call-arg]
