@@ -222,7 +222,8 @@ class QueryService:
         unit = "rho" if grant.accounting == "zcdp" else "epsilon"
         out: dict = {"grant": grant.id, "dataset": dataset.id, "accounting": grant.accounting, "charged": False}
         if req.ci_halfwidth is not None:
-            cost = cost_for_halfwidth(plan, dataset, req.ci_halfwidth, grant.accounting)
+            cost = cost_for_halfwidth(plan, dataset, req.ci_halfwidth, grant.accounting,
+                                      max_cost=MAX_RHO if unit == "rho" else MAX_EPSILON)
             if cost is None:
                 raise BadRequest("a target half-width needs a COUNT or SUM column; AVG's interval depends "
                                  "on the noisy count: plan it with an epsilon instead", code="bad_halfwidth")
@@ -242,6 +243,8 @@ class QueryService:
                           "scales": {p.label: dp_plan.scale(p) for p in dp_plan.primitives},
                           f"{unit}_per_measurement": dp_plan.epsilon_each},
         })
+        if not all(v is None or math.isfinite(v) for v in out["accuracy"]["ci_halfwidth"].values()):
+            raise BadRequest("no accuracy statement for this plan", code="bad_halfwidth")  # never -Infinity
         if unit == "rho":
             out["epsilon_equivalent"] = rho_to_epsilon(cost, grant.budget.delta)
         self.s.audit.record(AuditEvent(user, "query.planned", grant.id,

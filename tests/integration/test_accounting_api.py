@@ -201,3 +201,71 @@ def test_a_dataset_cap_is_never_raised_by_a_file(services: Services) -> None:
         services.policies.apply_dataset(ds, "admin")  # back up: refused
     assert info.value.code == "budget_fixed"
     assert services.policies.datasets()["nhanes_2017"].budget.epsilon == ds.budget.epsilon - 1
+
+
+# -- hostile plans (the attacker's review of issue 9) -----------------------------------------------
+def _strict_json(text: str) -> object:
+    """JSON as the standard defines it: NaN, Infinity and -Infinity are not JSON."""
+    import json
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"invalid JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+HOSTILE_PLANS = [
+    ("pure", {"ci_halfwidth": 5e-324}), ("zcdp", {"ci_halfwidth": 5e-324}),
+    ("pure", {"ci_halfwidth": 1e-12}), ("zcdp", {"ci_halfwidth": 1e-12}),
+    ("pure", {"ci_halfwidth": 0.3}), ("zcdp", {"ci_halfwidth": 0.3}),
+    ("zcdp", {"ci_halfwidth": 1e6}), ("zcdp", {"ci_halfwidth": 1e9}), ("pure", {"ci_halfwidth": 1e9}),
+    ("zcdp", {"ci_halfwidth": 1e15}), ("zcdp", {"rho": 5e-7}), ("pure", {"epsilon": 100}),
+    ("zcdp", {"rho": 5000}), ("pure", {"epsilon": 0.001}),
+]
+
+
+@pytest.mark.parametrize(("accounting", "cost"), HOSTILE_PLANS)
+def test_hostile_plans_answer_fast_with_valid_json(client, alice, zcdp, accounting, cost) -> None:  # noqa: ANN001
+    """No 500, no non-standard JSON (``-Infinity``), and no CPU held for seconds by a free request."""
+    import time
+
+    grant = GRANT if accounting == "pure" else "g-zcdp"
+    sql = "SELECT COUNT(*) AS n, SUM(age) AS s, SUM(weight_kg) AS w FROM nhanes_2017"
+    t0 = time.monotonic()
+    r = client.post("/v1/plan", json={"sql": sql, "grant": grant, **cost}, headers=alice)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 1.0, f"{cost}: {elapsed:.1f} s"
+    assert r.status_code in (200, 400), r.get_data(as_text=True)
+    body = _strict_json(r.get_data(as_text=True))
+    if r.status_code == 400:
+        assert body["error"]["code"] in ("bad_halfwidth", "bad_epsilon", "epsilon_over_cap", "wrong_accounting")
+    else:
+        assert all(v is None or v >= 0 for v in body["accuracy"]["ci_halfwidth"].values())
+
+
+def test_targets_below_one_unit_are_refused(client, alice, zcdp) -> None:  # noqa: ANN001
+    for grant in (GRANT, "g-zcdp"):
+        r = client.post("/v1/plan", json={"sql": COUNT, "ci_halfwidth": 0.3, "grant": grant}, headers=alice)
+        assert r.status_code == 400 and r.get_json()["error"]["code"] == "bad_halfwidth"
+        assert "at least" in r.get_json()["error"]["message"]
+
+
+def test_a_near_free_zcdp_query_answers_fast(client, alice, zcdp) -> None:  # noqa: ANN001
+    import time
+
+    t0 = time.monotonic()
+    r = client.post("/v1/query", json={"sql": "SELECT SUM(weight_kg) AS w, SUM(height_cm) AS h FROM nhanes_2017",
+                                       "rho": 5e-7, "grant": "g-zcdp"}, headers=alice)
+    assert r.status_code == 200 and time.monotonic() - t0 < 3.0
+    _strict_json(r.get_data(as_text=True))
+
+
+def test_a_large_epsilon_query_has_valid_json(client, alice, services) -> None:  # noqa: ANN001
+    g = services.policies.grant(GRANT).model_dump(mode="json")
+    g.update(id="g-big", max_epsilon_per_query=100, budget={"epsilon": 100, "delta": 1e-6})
+    services.policies.apply_grant(Grant.model_validate(g), "admin")
+    r = client.post("/v1/query", json={"sql": COUNT, "epsilon": 100, "grant": "g-big"}, headers=alice)
+    assert r.status_code in (200, 409)
+    body = _strict_json(r.get_data(as_text=True))
+    if r.status_code == 200:
+        assert body["accuracy"]["ci_halfwidth"]["n"] >= 0
