@@ -232,11 +232,15 @@ class QueryService:
         else:
             check_accounting(grant, req.unit)
             cost = req.cost
-        cap = grant.max_epsilon_per_query if unit == "epsilon" else grant.max_epsilon_per_query**2 / 2
+        # the per-query cap is an epsilon; a rho counts with its epsilon at the grant's delta
+        if unit == "epsilon":
+            within = to_nano(cost) <= to_nano(grant.max_epsilon_per_query)
+        else:
+            within = rho_to_epsilon(cost, grant.budget.delta) <= grant.max_epsilon_per_query * (1 + 1e-12)
         dp_plan = plan_dp(plan, dataset, from_nano(to_nano(cost)), grant.accounting)
         out.update({
             unit: cost,
-            "within_per_query_cap": to_nano(cost) <= to_nano(cap),
+            "within_per_query_cap": within,
             "budget": self.s.ledger.state(grant.id).to_dict(),
             "accuracy": {"alpha": ALPHA, "ci_halfwidth": planned_halfwidths(dp_plan)},
             "mechanism": {"name": dp_plan.mechanism,

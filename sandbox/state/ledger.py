@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sandbox.dp.accounting import epsilon_to_rho, rho_nano_to_epsilon_nano
+from sandbox.dp.accounting import epsilon_to_rho, rho_nano_to_epsilon_nano, rho_to_epsilon
 from sandbox.errors import BadRequest, Conflict, NotFound
 from sandbox.policy.models import Dataset
 from sandbox.state import caps
@@ -233,8 +233,8 @@ class Ledger:
     ) -> Charge:
         """Check and charge in one IMMEDIATE transaction, with its audit entry; or replay.
 
-        ``epsilon`` for a pure grant, ``rho`` for a zcdp grant (whose per-query cap is
-        ``max_epsilon_per_query ** 2 / 2``, the rho of a pure query at that cap). The
+        ``epsilon`` for a pure grant, ``rho`` for a zcdp grant (whose per-query cap holds in
+        the policy's unit: the rho's epsilon at the grant's delta is at most ``max_epsilon_per_query``). The
         operator and dataset caps of ``dataset`` are charged in the same transaction (the
         scope is mandatory: every charge counts against the caps). Raises
         Conflict(budget_exhausted, detail.cap) and changes nothing when
@@ -246,10 +246,14 @@ class Ledger:
         units = to_nano(cost)
         if units <= 0:
             raise BadRequest(f"{name} must be positive", code="bad_epsilon")
-        cap = max_epsilon_per_query if rho is None else max_epsilon_per_query**2 / 2
-        if units > to_nano(cap):
+        if rho is None:
+            over, shown = units > to_nano(max_epsilon_per_query), ""
+        else:
+            as_epsilon = self._rho_epsilon(grant_id, cost)
+            over, shown = as_epsilon > max_epsilon_per_query * (1 + 1e-12), f" (epsilon {as_epsilon:g} at its delta)"
+        if over:
             raise BadRequest(
-                f"{name} {cost} is over this grant's per-query cap of {cap:g}",
+                f"{name} {cost}{shown} is over this grant's per-query cap of epsilon {max_epsilon_per_query:g}",
                 code="epsilon_over_cap",
             )
         deadline = time.monotonic() + self.wait_for_twin_s
@@ -265,6 +269,13 @@ class Ledger:
             if time.monotonic() > deadline:
                 raise Conflict("an identical query is still running; try again", code="query_in_flight")
             time.sleep(0.02)
+
+    def _rho_epsilon(self, grant_id: str, rho: float) -> float:
+        """A zCDP query's epsilon at its grant's delta: the per-query cap is in the policy's unit, epsilon."""
+        rows = self.db.read("SELECT delta FROM zcdp_budgets WHERE grant_id = ?", (grant_id,))
+        if not rows:
+            raise BadRequest("send epsilon (this grant uses pure accounting)", code="wrong_accounting")
+        return rho_to_epsilon(rho, rows[0]["delta"])
 
     def _try_charge(
         self, grant_id: str, user: str, query_id: str, units: int, zcdp: bool, cache_key: str, detail: dict,

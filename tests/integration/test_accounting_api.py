@@ -85,7 +85,8 @@ def alice_of():  # noqa: ANN201
 @pytest.fixture
 def zcdp(services: Services) -> Services:
     g = services.policies.grant(GRANT).model_dump(mode="json")
-    g.update(id="g-zcdp", accounting="zcdp")
+    # per-query cap in epsilon at the grant's delta: rho 0.125 is epsilon 2.75 at delta 1e-6
+    g.update(id="g-zcdp", accounting="zcdp", max_epsilon_per_query=5.0)
     services.policies.apply_grant(Grant.model_validate(g), "admin")
     return services
 
@@ -104,7 +105,7 @@ def test_zcdp_grant_answers_with_gaussian_noise_charged_in_rho(client, alice, zc
     refused = client.post("/v1/query", json={"sql": COUNT, "rho": 0.1, "grant": GRANT}, headers=alice)
     assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "wrong_accounting"
     over = client.post("/v1/query", json={"sql": COUNT, "rho": 0.6, "grant": "g-zcdp"}, headers=alice)
-    assert over.status_code == 400 and over.get_json()["error"]["code"] == "epsilon_over_cap"  # 1.0**2 / 2
+    assert over.status_code == 400 and over.get_json()["error"]["code"] == "epsilon_over_cap"  # epsilon 6.4 > 5
 
 
 # -- plans ---------------------------------------------------------------------------------------
@@ -269,3 +270,17 @@ def test_a_large_epsilon_query_has_valid_json(client, alice, services) -> None: 
     body = _strict_json(r.get_data(as_text=True))
     if r.status_code == 200:
         assert body["accuracy"]["ci_halfwidth"]["n"] >= 0
+
+
+def test_zcdp_per_query_cap_holds_in_epsilon(client, alice, services) -> None:  # noqa: ANN001
+    """The review's case: a zCDP grant capped at epsilon 1 per query answered rho 0.5 (epsilon 5.2)."""
+    g = services.policies.grant(GRANT).model_dump(mode="json")
+    g.update(id="g-z1", accounting="zcdp")  # max_epsilon_per_query 1.0, delta 1e-6
+    services.policies.apply_grant(Grant.model_validate(g), "admin")
+    body = {"sql": COUNT, "rho": 0.5, "grant": "g-z1"}
+    r = client.post("/v1/query", json=body, headers=alice)
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "epsilon_over_cap"
+    assert services.ledger.state("g-z1").rho_spent == 0
+    assert client.post("/v1/plan", json=body, headers=alice).get_json()["within_per_query_cap"] is False
+    ok = client.post("/v1/query", json={**body, "rho": 0.017}, headers=alice)  # epsilon 0.98 at delta 1e-6
+    assert ok.status_code == 200 and ok.get_json()["epsilon_spent"] <= 1.0

@@ -301,3 +301,19 @@ def test_ledger_charge_needs_its_scope(ledger: Ledger) -> None:
     with pytest.raises(TypeError):
         ledger.charge(grant_id="a1", user="u", query_id="q", epsilon=1.0, max_epsilon_per_query=1.0,
                       cache_key="q", audit_detail={})  # type: ignore[call-arg]
+
+
+def test_zcdp_per_query_cap_is_an_epsilon_at_the_grants_delta(ledger: Ledger) -> None:
+    """max_epsilon_per_query is an epsilon: a zCDP query's rho is converted at the grant's delta,
+    never compared with max**2/2 (rho 0.5 is epsilon 5.2 at delta 1e-6, far over a cap of 1)."""
+    ds = _dataset()
+    with pytest.raises(BadRequest) as info:
+        ledger.charge(grant_id="z1", user="u", query_id="q1", rho=0.5, max_epsilon_per_query=1.0, cache_key="q1",
+                      audit_detail={}, dataset=ds, operator=ACME)
+    assert info.value.code == "epsilon_over_cap" and "epsilon" in info.value.message
+    assert ledger.state("z1").rho_spent == 0
+    largest = epsilon_to_rho(1.0, 1e-6)
+    assert rho_to_epsilon(largest, 1e-6) <= 1.0
+    ledger.charge(grant_id="z1", user="u", query_id="q2", rho=int(largest * 1e6) / 1e6, max_epsilon_per_query=1.0,
+                  cache_key="q2", audit_detail={}, dataset=ds, operator=ACME)
+    assert ledger.state("z1").epsilon_spent <= 1.0
