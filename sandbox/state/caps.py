@@ -46,6 +46,12 @@ register_schema(
         units_nano INTEGER NOT NULL,
         cap_epsilon_nano INTEGER NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS dataset_delta_spent (
+        dataset TEXT NOT NULL,
+        grant_id TEXT NOT NULL,
+        delta REAL NOT NULL,  -- a zcdp grant's delta, counted once against the dataset's delta cap
+        PRIMARY KEY (dataset, grant_id)
+    );
     CREATE TABLE IF NOT EXISTS cap_unattributed (
         query_id TEXT PRIMARY KEY  -- an old charge whose dataset the audit log does not name (backfill)
     )
@@ -67,6 +73,8 @@ class CapState:
     operator: str | None
     epsilon_total: float | None  # None: no cap declared
     epsilon_spent: float
+    delta_total: float | None = None  # the dataset row: its delta cap (zCDP grants), and what is spent
+    delta_spent: float = 0.0
 
     @property
     def epsilon_remaining(self) -> float | None:
@@ -79,6 +87,8 @@ class CapState:
                "epsilon_spent": self.epsilon_spent, "epsilon_remaining": self.epsilon_remaining}
         if self.operator is not None:
             out["operator"] = self.operator
+        if self.delta_total is not None:
+            out.update(delta_total=self.delta_total, delta_spent=self.delta_spent)
         return out
 
 
@@ -98,6 +108,30 @@ def _spent(conn: sqlite3.Connection, dataset_id: str, operator: str) -> int:
         "SELECT epsilon_spent_nano FROM cap_spent WHERE dataset = ? AND operator = ?", (dataset_id, operator)
     ).fetchone()
     return row["epsilon_spent_nano"] if row else 0
+
+
+def _delta_spent(conn: sqlite3.Connection, dataset_id: str) -> float:
+    row = conn.execute("SELECT COALESCE(SUM(delta), 0) AS d FROM dataset_delta_spent WHERE dataset = ?",
+                       (dataset_id,)).fetchone()
+    return float(row["d"])
+
+
+def check_delta_cap(conn: sqlite3.Connection, dataset: Dataset, grant_id: str, zcdp_delta: float | None) -> None:
+    """A zCDP grant's first charge on a dataset adds its delta to the dataset's; refused over the cap."""
+    if zcdp_delta is None or dataset.budget is None:
+        return
+    if conn.execute("SELECT 1 FROM dataset_delta_spent WHERE dataset = ? AND grant_id = ?",
+                    (dataset.id, grant_id)).fetchone():
+        return
+    spent, total = _delta_spent(conn, dataset.id), dataset.budget.delta
+    if spent + zcdp_delta > total * (1 + 1e-9):
+        raise Conflict(
+            f"budget exhausted: the dataset cap on {dataset.id} (all grants together: delta {total:g}) has "
+            f"delta {max(total - spent, 0):g} left; grant {grant_id}'s first query here needs its delta {zcdp_delta:g}",
+            code="budget_exhausted",
+            detail={"cap": "dataset", "dataset": dataset.id, "delta_total": total,
+                    "delta_remaining": max(total - spent, 0.0)},
+        )
 
 
 def check_caps(conn: sqlite3.Connection, dataset: Dataset, operator: str, cap_units: int) -> None:
@@ -121,9 +155,12 @@ def check_caps(conn: sqlite3.Connection, dataset: Dataset, operator: str, cap_un
 
 def charge_caps(
     conn: sqlite3.Connection, *, query_id: str, grant_id: str, dataset_id: str, operator: str, units: int,
-    cap_units: int,
+    cap_units: int, zcdp_delta: float | None = None,
 ) -> None:
     """Record a charge against the grant-per-dataset tally, the operator row and the dataset row."""
+    if zcdp_delta is not None:
+        conn.execute("INSERT OR IGNORE INTO dataset_delta_spent (dataset, grant_id, delta) VALUES (?, ?, ?)",
+                     (dataset_id, grant_id, zcdp_delta))
     conn.execute(
         "INSERT INTO grant_dataset_spent (grant_id, dataset, units_nano) VALUES (?, ?, ?)"
         " ON CONFLICT(grant_id, dataset) DO UPDATE SET units_nano = units_nano + excluded.units_nano",
@@ -153,7 +190,10 @@ def cap_states(db: StateDB, dataset: Dataset, operator: str | None = None) -> li
     out = [CapState("operator", dataset.id, op, dataset.operator_cap(op), rows.get(operator_key(op), 0) / NANO)
            for op in operators]
     total = dataset.budget.epsilon if dataset.budget else None
-    out.append(CapState("dataset", dataset.id, None, total, rows.get(ALL_GRANTS, 0) / NANO))
+    delta_spent = float(db.read("SELECT COALESCE(SUM(delta), 0) AS d FROM dataset_delta_spent WHERE dataset = ?",
+                                (dataset.id,))[0]["d"])
+    out.append(CapState("dataset", dataset.id, None, total, rows.get(ALL_GRANTS, 0) / NANO,
+                        dataset.budget.delta if dataset.budget else None, delta_spent))
     return out
 
 
@@ -244,7 +284,7 @@ def backfill(db: StateDB, audit: AuditLog) -> dict | None:
             units = r["rho_nano"] if zcdp else r["epsilon_nano"]
             cap_units = increment(conn, r["grant_id"], ds_id, units, deltas.get(r["grant_id"]) if zcdp else None)
             charge_caps(conn, query_id=r["query_id"], grant_id=r["grant_id"], dataset_id=ds_id, operator=operator,
-                        units=units, cap_units=cap_units)
+                        units=units, cap_units=cap_units, zcdp_delta=deltas.get(r["grant_id"]) if zcdp else None)
         for raw in unkeyed:
             conn.execute("UPDATE charge_scopes SET operator = ? WHERE operator = ?", (operator_key(raw), raw))
         # the tallies are sums of the per-charge scopes: rebuilt from them, so nothing is counted twice

@@ -308,8 +308,9 @@ class Ledger:
                 delta = extra.get("delta") if zcdp else None
                 cap_units = caps.increment(conn, grant_id, dataset.id, units, delta)
                 caps.check_caps(conn, dataset, operator, cap_units)
+                caps.check_delta_cap(conn, dataset, grant_id, delta)
                 caps.charge_caps(conn, query_id=query_id, grant_id=grant_id, dataset_id=dataset.id,
-                                 operator=operator, units=units, cap_units=cap_units)
+                                 operator=operator, units=units, cap_units=cap_units, zcdp_delta=delta)
                 extra["cap_epsilon"] = from_nano(cap_units)
             conn.execute(
                 "UPDATE budgets SET epsilon_spent_nano = epsilon_spent_nano + ? WHERE grant_id = ?",

@@ -169,7 +169,7 @@ def test_dataset_budgets_for_the_public_directory(ledger: Ledger) -> None:
     got = ledger.dataset_budgets({"nhanes_2017": capped, "other_set": open_})
     assert got == [
         {"cap": "dataset", "dataset": "nhanes_2017", "epsilon_total": 5.0, "epsilon_spent": 2.0,
-         "epsilon_remaining": 3.0},
+         "epsilon_remaining": 3.0, "delta_total": 1e-5, "delta_spent": 0.0},
         {"cap": "dataset", "dataset": "other_set", "epsilon_total": None, "epsilon_spent": 0.0,
          "epsilon_remaining": None},
     ]
@@ -317,3 +317,30 @@ def test_zcdp_per_query_cap_is_an_epsilon_at_the_grants_delta(ledger: Ledger) ->
     ledger.charge(grant_id="z1", user="u", query_id="q2", rho=int(largest * 1e6) / 1e6, max_epsilon_per_query=1.0,
                   cache_key="q2", audit_detail={}, dataset=ds, operator=ACME)
     assert ledger.state("z1").epsilon_spent <= 1.0
+
+
+def test_zcdp_deltas_add_up_under_the_dataset_delta_cap(ledger: Ledger) -> None:
+    """Each zCDP grant that spends on a dataset adds its delta once; the dataset's delta cap holds."""
+    with ledger.db.write() as conn:
+        for gid in ("z2", "z3"):
+            Ledger.ensure_budget(conn, gid, 10.0, 1e-6, "zcdp")
+    ds = _dataset(budget={"epsilon": 100.0, "delta": 2.5e-6})
+    assert _dataset(budget={"epsilon": 100.0}).budget.delta == 1e-5  # the default: documented
+    _charge(ledger, "z1", "q1", ds, ACME, rho=0.01)
+    _charge(ledger, "z1", "q2", ds, ACME, rho=0.01)  # the same grant again: its delta counts once
+    _charge(ledger, "z2", "q3", ds, OTHER, rho=0.01)
+    with pytest.raises(Conflict) as info:
+        _charge(ledger, "z3", "q4", ds, "Third Ltd.", rho=0.01)  # 3e-6 > 2.5e-6
+    assert info.value.detail["cap"] == "dataset" and "delta" in info.value.message
+    assert info.value.detail["delta_total"] == 2.5e-6
+    assert ledger.state("z3").rho_spent == 0
+    _charge(ledger, "a1", "q5", ds, ACME, eps=1.0)  # pure grants have no delta
+    dataset_row = ledger.cap_states(ds)[-1].to_dict()
+    assert dataset_row["delta_total"] == 2.5e-6 and dataset_row["delta_spent"] == pytest.approx(2e-6)
+
+
+def test_the_delta_cap_is_never_raised() -> None:
+    old = _dataset(budget={"epsilon": 10.0, "delta": 1e-6})
+    with pytest.raises(Conflict):
+        check_caps_not_raised(old, _dataset(budget={"epsilon": 10.0, "delta": 2e-6}))
+    check_caps_not_raised(old, _dataset(budget={"epsilon": 10.0, "delta": 5e-7}))
