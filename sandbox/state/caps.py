@@ -250,18 +250,27 @@ def _unkeyed_operators(conn: sqlite3.Connection) -> list[str]:
             if operator_key(r["operator"]) != r["operator"]]
 
 
+def _missing_deltas(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """zCDP grants that spent on a dataset before its delta tally existed."""
+    return conn.execute(
+        "SELECT DISTINCT s.dataset, s.grant_id, z.delta FROM charge_scopes s JOIN zcdp_budgets z"
+        " ON z.grant_id = s.grant_id WHERE NOT EXISTS (SELECT 1 FROM dataset_delta_spent d"
+        " WHERE d.dataset = s.dataset AND d.grant_id = s.grant_id)"
+    ).fetchall()
+
+
 def backfill(db: StateDB, audit: AuditLog) -> dict | None:
     """One-time upgrade at state open: charges made before the cap tallies existed (or whose tallies
     were lost) are counted against them, from ``charges``, the ``query.charged`` audit entries'
     ``detail.dataset`` and the grant's operator; tallies keyed on raw operator names are re-keyed
     on :func:`operator_key`. Idempotent: once every charge has its scope there is nothing to do.
     Recorded as ``caps.backfilled``. Returns the entry's detail, or None when nothing was done."""
-    if not _unscoped_charges(db.conn) and not _unkeyed_operators(db.conn):
+    if not _unscoped_charges(db.conn) and not _unkeyed_operators(db.conn) and not _missing_deltas(db.conn):
         return None
     with db.write() as conn:
         missing = _unscoped_charges(conn)
         unkeyed = _unkeyed_operators(conn)
-        if not missing and not unkeyed:
+        if not missing and not unkeyed and not _missing_deltas(conn):
             return None
         wanted = {r["query_id"] for r in missing}
         datasets: dict[str, str] = {}
@@ -287,6 +296,10 @@ def backfill(db: StateDB, audit: AuditLog) -> dict | None:
                         units=units, cap_units=cap_units, zcdp_delta=deltas.get(r["grant_id"]) if zcdp else None)
         for raw in unkeyed:
             conn.execute("UPDATE charge_scopes SET operator = ? WHERE operator = ?", (operator_key(raw), raw))
+        deltas_added = _missing_deltas(conn)
+        for r in deltas_added:
+            conn.execute("INSERT OR IGNORE INTO dataset_delta_spent (dataset, grant_id, delta) VALUES (?, ?, ?)",
+                         (r["dataset"], r["grant_id"], r["delta"]))
         # the tallies are sums of the per-charge scopes: rebuilt from them, so nothing is counted twice
         conn.execute("DELETE FROM cap_spent")
         conn.execute("INSERT INTO cap_spent (dataset, operator, epsilon_spent_nano) SELECT dataset, operator,"
@@ -294,7 +307,8 @@ def backfill(db: StateDB, audit: AuditLog) -> dict | None:
         conn.execute("INSERT INTO cap_spent (dataset, operator, epsilon_spent_nano) SELECT dataset, '',"
                      " SUM(cap_epsilon_nano) FROM charge_scopes GROUP BY dataset")
         detail = {"charges": len(missing) - len(unattributed), "unattributed": unattributed[:100],
-                  "unattributed_count": len(unattributed), "operators_rekeyed": len(unkeyed)}
+                  "unattributed_count": len(unattributed), "operators_rekeyed": len(unkeyed),
+                  "zcdp_deltas": len(deltas_added)}
         audit.append(conn, AuditEvent("system", "caps.backfilled", None, detail))
     audit.write_head()
     return detail

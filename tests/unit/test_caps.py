@@ -344,3 +344,16 @@ def test_the_delta_cap_is_never_raised() -> None:
     with pytest.raises(Conflict):
         check_caps_not_raised(old, _dataset(budget={"epsilon": 10.0, "delta": 2e-6}))
     check_caps_not_raised(old, _dataset(budget={"epsilon": 10.0, "delta": 5e-7}))
+
+
+def test_upgrade_backfills_zcdp_deltas(ledger: Ledger) -> None:
+    ds = _dataset(budget={"epsilon": 100.0, "delta": 1e-6})
+    _charge(ledger, "z1", "q1", ds, ACME, rho=0.01)
+    with ledger.db.write() as conn:  # a state from before the delta tally
+        conn.execute("DELETE FROM dataset_delta_spent")
+    reopened = Ledger(ledger.db, ledger.audit)
+    assert reopened.cap_states(ds)[-1].delta_spent == 1e-6
+    with ledger.db.write() as conn:
+        Ledger.ensure_budget(conn, "z2", 10.0, 1e-6, "zcdp")
+    with pytest.raises(Conflict):
+        _charge(reopened, "z2", "q2", ds, OTHER, rho=0.01)
