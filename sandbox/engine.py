@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import resource
 import secrets
 import subprocess
@@ -46,8 +48,20 @@ LOCKED_CONFIG = {
 
 ID_TABLE_PREFIX = "__ids_"
 class EngineError(SandboxError):
+    """503. ``admin_detail`` (never in the JSON answer) carries what only the administrator should read."""
+
     status = 503
     code = "engine_unavailable"
+    admin_detail: str = ""
+
+
+log = logging.getLogger("sandbox.engine")
+_BYTES_LITERAL = re.compile(r"(\\x[0-9A-Fa-f]{2}){2,}")
+
+
+def redact(text: str) -> str:
+    """Byte-string literals (the bounding HMAC's key pads) removed from an error text."""
+    return _BYTES_LITERAL.sub("<redacted>", text)
 
 
 # catalog fields that change neither the engine file nor any answer
@@ -220,7 +234,14 @@ def build_in_child(
             error = value
     proc.wait()
     if result is None:
-        raise EngineError(error, code="import_failed")
+        # DuckDB's text can quote the SQL (near the key's pads): the administrator reads it in the
+        # log and on the command line, an operator only learns that the data is unavailable
+        detail = redact(error)
+        log.error("engine build failed: %s", detail)
+        exc = EngineError("the data engine could not be built; the administrator has been told (gateway log)",
+                          code="import_failed")
+        exc.admin_detail = detail
+        raise exc
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     progress(f"built in {time.monotonic() - t0:.1f} s (import process peak memory {peak:.0f} MB)")
     return result

@@ -284,3 +284,26 @@ def test_zcdp_per_query_cap_holds_in_epsilon(client, alice, services) -> None:  
     assert client.post("/v1/plan", json=body, headers=alice).get_json()["within_per_query_cap"] is False
     ok = client.post("/v1/query", json={**body, "rho": 0.017}, headers=alice)  # epsilon 0.98 at delta 1e-6
     assert ok.status_code == 200 and ok.get_json()["epsilon_spent"] <= 1.0
+
+
+def test_a_failed_build_answers_a_generic_503(own_data, alice_of, caplog) -> None:  # noqa: ANN001
+    """DuckDB's error text (a SQL excerpt, possibly near the bounding key's pads) never reaches an operator."""
+    import logging
+
+    svc, root = own_data
+    client, headers = _app(svc), alice_of(svc)
+    src = root / "adult_income.parquet"
+    tmp = root / "adult_income.new.parquet"  # a refresh that lost a declared column
+    duckdb.sql(f"COPY (SELECT * EXCLUDE (occupation) FROM '{src}') TO '{tmp}' (FORMAT parquet)")
+    tmp.replace(src)
+    with caplog.at_level(logging.ERROR, logger="sandbox.engine"):
+        r = client.post("/v1/query", json={"sql": COUNT, "epsilon": 0.5, "grant": GRANT}, headers=headers)
+    assert r.status_code == 503
+    text = r.get_data(as_text=True)
+    error = r.get_json()["error"]
+    assert error["code"] == "import_failed"
+    for leak in ("SELECT", "read_parquet", "LINE", "\\x", "occupation", "Binder", "sha256", "adult_income.parquet"):
+        assert leak not in text, leak
+    logged = " ".join(rec.getMessage() for rec in caplog.records)
+    assert "occupation" in logged  # the administrator has the detail in the gateway's log
+    assert "\\x" not in logged  # without the key's pads
