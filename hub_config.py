@@ -12,7 +12,9 @@ What it sets up:
   grants are active for the user (``/v1/internal/spawn-check/<user>``), refuses users with
   none, sizes the container from the grant's ``resources`` and passes the gateway URL and
   grant id in the environment. Containers run the pinned notebook image, read-only, with no
-  capabilities, on the internal network only, with a resolver that cannot reach outside.
+  capabilities, each on an internal network of its own that only the gateway and the hub
+  join (no notebook can reach another), with a resolver that cannot reach outside, and with
+  the grant's memory, CPU, process and home-size caps (``sandbox_hub/``, images/hub).
 
 Every value that differs between deployments comes from the environment (see
 docker-compose.yml); every setting below says why it is there.
@@ -45,8 +47,12 @@ def env(name: str, default: str | None = None) -> str:
 
 
 STACK = env("SANDBOX_STACK", "sandbox")  # prefix of containers, volumes and networks
-NETWORK = env("SANDBOX_INTERNAL_NETWORK", f"{STACK}_internal")  # the internal Docker network
-GATEWAY_URL = env("SANDBOX_GATEWAY_URL", "http://gateway:8080")  # as seen on that network
+# The gateway as the hub sees it: an alias that exists on the stack's internal network only.
+# (The gateway is also on every user's network as `gateway`; a hub-to-gateway connection
+# through one of those would break when that user's server stops and the network goes.)
+GATEWAY_URL = env("SANDBOX_GATEWAY_URL", "http://gateway-internal:8080")
+# The gateway as notebooks see it (its alias on each user's network).
+NOTEBOOK_GATEWAY_URL = env("SANDBOX_NOTEBOOK_GATEWAY_URL", "http://gateway:8080")
 INTERNAL_TOKEN = env("SANDBOX_INTERNAL_TOKEN")  # shared secret for the spawn check
 NOTEBOOK_IMAGE = env("SANDBOX_NOTEBOOK_IMAGE", "trusted-sandbox/notebook:latest")
 # A resolver address that routes nowhere: notebook containers keep Docker's embedded DNS
@@ -59,9 +65,9 @@ DEMO_LOGINS: dict[str, str] = json.loads(os.environ.get("SANDBOX_DEMO_LOGINS") o
 # ---------------------------------------------------------------------------------------
 # Hub, proxy and database
 # ---------------------------------------------------------------------------------------
-# The public face: configurable-http-proxy listens on all interfaces of the hub container,
-# port 8000 (compose publishes it on the host).
-c.JupyterHub.ip = "0.0.0.0"
+# The public face: configurable-http-proxy on port 8000 (compose publishes it on the host),
+# bound to the hub's address on the `outside` network only (set with the spawner's network
+# settings below), so notebooks cannot reach other users' servers through the proxy.
 c.JupyterHub.port = 8000
 # Debian's node CHP (the PyPI port mishandles '@' in user names and has no TLS), started by
 # the hub; its REST API stays on the hub container's loopback, unreachable from notebooks.
@@ -206,18 +212,78 @@ c.Spawner.server_token_scopes = [
 # ---------------------------------------------------------------------------------------
 # DockerSpawner, hardened
 # ---------------------------------------------------------------------------------------
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from collections import defaultdict  # noqa: E402
+
+import docker  # noqa: E402 - docker-py, installed with dockerspawner
 from dockerspawner import DockerSpawner  # noqa: E402 - after the helpers above
+from traitlets import default  # noqa: E402
+
+# The hub-side helpers live beside this file in the hub image (images/hub/sandbox_hub).
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_here, os.path.join(_here, "images", "hub")]
+from sandbox_hub.homes import HomeSettings, HomeVolumes  # noqa: E402
+from sandbox_hub.networks import (  # noqa: E402
+    NetworkSettings,
+    UserNetworks,
+    address_on,
+    network_name,
+    stack_container,
+)
+
+hub_log = logging.getLogger("sandbox.hub")
+# Per-user notebook networks are carved from this IPv4 pool (must not overlap the host's
+# networks or Docker's default pools), in blocks of this prefix length (/28 = 4,096 users).
+SUBNET_POOL = env("SANDBOX_NOTEBOOK_SUBNETS", "10.213.0.0/16")
+SUBNET_PREFIX = int(env("SANDBOX_NOTEBOOK_SUBNET_PREFIX", "28"))
+# The network whose address the public proxy binds to (the published port's network).
+OUTSIDE_NETWORK = env("SANDBOX_OUTSIDE_NETWORK", f"{STACK}_outside")
+# Home size cap and process cap when a grant's `resources` names none.
+HOME_SIZE = env("SANDBOX_HOME_SIZE", "10G")
+PIDS_LIMIT = int(env("SANDBOX_PIDS_LIMIT", "512"))
+# The image that runs the home helper (needs sh, losetup, mkfs.ext4); default: the hub's own.
+HOME_HELPER_IMAGE = os.environ.get("SANDBOX_HOME_HELPER_IMAGE", "")
+
+_docker = docker.from_env()
+_hub = stack_container(_docker, STACK, "hub")
+NETWORKS = UserNetworks(_docker, NetworkSettings(stack=STACK, pool=SUBNET_POOL, prefix=SUBNET_PREFIX))
+HOMES = HomeVolumes(_docker, HomeSettings(
+    stack=STACK, helper_image=HOME_HELPER_IMAGE or HomeVolumes.helper_image_of(_hub),
+    default_size=HOME_SIZE))
+# The proxy's public port listens on the hub's outside address only (never on the per-user
+# networks, where it would be a path from one notebook to another user's server).
+c.JupyterHub.ip = address_on(_hub, OUTSIDE_NETWORK) or "0.0.0.0"
+if c.JupyterHub.ip == "0.0.0.0":
+    hub_log.warning("hub_config: not on %s; the proxy listens on all interfaces", OUTSIDE_NETWORK)
+# One lock per user: network and home are prepared and torn down one spawn/stop at a time.
+_user_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
 
 class SandboxSpawner(DockerSpawner):
-    """DockerSpawner that returns only once the server answers HTTP (polled every 0.1 s).
+    """DockerSpawner on a per-user network that returns once the server answers HTTP.
 
     JupyterHub's own readiness check backs off exponentially (0.2 s, 0.4 s, ... up to 5 s),
-    which on a server that needs ~5 s to import adds seconds of idle waiting to every spawn.
+    which on a server that needs ~5 s to import adds seconds of idle waiting to every spawn,
+    so ``start`` polls every 0.1 s. ``poll`` also re-attaches the gateway and the hub to the
+    user's network if they lost it (e.g. the gateway container was re-created).
     """
 
+    @default("network_name")
+    def _user_network(self) -> str:
+        return network_name(STACK, self.escaped_name)
+
+    async def poll(self) -> int | str | None:  # type: ignore[override]
+        status = await super().poll()
+        if status is None:
+            try:
+                await asyncio.to_thread(NETWORKS.reattach, self.escaped_name)
+            except Exception as exc:  # noqa: BLE001 - polling must not fail on this
+                self.log.warning("could not re-attach services to %s: %s", self.network_name, exc)
+        return status
+
     async def start(self) -> tuple[str, int]:  # type: ignore[override]
-        import asyncio
         import time
 
         from tornado.httpclient import HTTPClientError as _HTTPClientError
@@ -265,10 +331,12 @@ c.DockerSpawner.remove = True
 c.DockerSpawner.pull_policy = "never"
 # Container names: <stack>-nb-<user>.
 c.DockerSpawner.prefix = f"{STACK}-nb"
-# Only the internal network (no route outside); the hub reaches the server by its IP there.
-c.DockerSpawner.network_name = NETWORK
+# Each notebook on a network of its own (SandboxSpawner.network_name: <stack>-net-<user>,
+# created by the pre-spawn hook with only the gateway and the hub attached); the hub reaches
+# the server by its IP there.
 c.DockerSpawner.use_internal_ip = True
-# Per-user home in a named volume (the only writable place besides tmpfs /tmp).
+# Per-user home: a size-capped ext4 volume the pre-spawn hook prepares (the only writable
+# place besides tmpfs /tmp); see sandbox_hub/homes.py.
 c.DockerSpawner.volumes = {f"{STACK}-home-{{username}}": "/home/jovyan"}
 # The server's root directory is that home.
 c.DockerSpawner.notebook_dir = "/home/jovyan"
@@ -278,9 +346,14 @@ c.DockerSpawner.extra_host_config = {
     "security_opt": ["no-new-privileges"],  # setuid binaries cannot gain privileges
     "read_only": True,  # read-only root file system...
     "tmpfs": {"/tmp": "rw,nosuid,nodev,noexec,size=256m"},  # ...with a small scratch /tmp
-    "pids_limit": 512,  # no fork bombs
+    "pids_limit": PIDS_LIMIT,  # no fork bombs (the grant's resources.pids, set per spawn)
     "dns": [BLACKHOLE_DNS],  # outside names resolve nowhere (see BLACKHOLE_DNS)
     "init": True,  # reap zombie kernels
+    # What a kernel writes to the container's stdout lands in the engine's log files: capped
+    # here (3 x 10 MB), whatever the daemon's defaults are, so a loop cannot fill the host.
+    "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
+    # Open files (sockets included) per process.
+    "ulimits": [{"name": "nofile", "soft": 8192, "hard": 8192}],
 }
 # The single-user server ignores ~/.jupyter (JUPYTERHUB_DISABLE_USER_CONFIG=1); the image
 # also points JUPYTER_CONFIG_DIR at the read-only /etc/jupyter.
@@ -324,16 +397,32 @@ async def pre_spawn_hook(spawner: Any) -> None:
         spawner.mem_limit = str(resources["memory"])
     if resources.get("cpu"):
         spawner.cpu_limit = float(resources["cpu"])
+    pids = int(resources.get("pids") or PIDS_LIMIT)
+    spawner.extra_host_config = {
+        **spawner.extra_host_config,
+        "pids_limit": pids,  # tasks (processes and threads) in the container
+        "memswap_limit": spawner.mem_limit,  # = mem_limit: no swap beyond the memory cap
+    }
+    # The user's own network (gateway and hub attached) and size-capped home, prepared here.
+    key = spawner.escaped_name
+    async with _user_locks[key]:
+        try:
+            spawner.network_name = await asyncio.to_thread(NETWORKS.ensure, key, name)
+            await asyncio.to_thread(HOMES.ensure, key, name, resources.get("disk"))
+        except Exception as exc:
+            spawner.log.error("cannot prepare the sandbox of %s: %s", name, exc)
+            raise web.HTTPError(503, f"cannot prepare the sandbox of {name}: {exc}") from exc
     spawner.environment.update(
         {
-            "SANDBOX_GATEWAY_URL": GATEWAY_URL,
+            "SANDBOX_GATEWAY_URL": NOTEBOOK_GATEWAY_URL,
             "SANDBOX_GRANT": str(grant["id"]),
             "SANDBOX_GRANTS": ",".join(str(g["id"]) for g in grants),
         }
     )
     spawner.log.info(
-        "spawning %s under grant %s (cpu=%s, mem=%s)",
-        name, grant["id"], spawner.cpu_limit, spawner.mem_limit,
+        "spawning %s under grant %s on %s (cpu=%s, mem=%s, pids=%s, disk=%s)",
+        name, grant["id"], spawner.network_name, spawner.cpu_limit, spawner.mem_limit, pids,
+        resources.get("disk") or HOME_SIZE,
     )
 
 
@@ -363,8 +452,22 @@ async def report_server_event(user: str, grant: str | None, event: str) -> None:
 
 
 async def post_stop_hook(spawner: Any) -> None:
-    """Close the user's metered session when the server stops (for any reason)."""
+    """Close the metered session, release the home's loop device, remove the user's network."""
     await report_server_event(spawner.user.name, spawner.environment.get("SANDBOX_GRANT"), "stopped")
+    key = spawner.escaped_name
+    async with _user_locks[key]:
+        # The container is auto-removed: wait (bounded) until it is gone from the engine.
+        for _ in range(100):
+            try:
+                await asyncio.to_thread(_docker.api.inspect_container, spawner.container_name)
+            except docker.errors.NotFound:
+                break
+            await asyncio.sleep(0.1)
+        for what, step in (("home", HOMES.release), ("network", NETWORKS.remove)):
+            try:
+                await asyncio.to_thread(step, key)
+            except Exception as exc:  # noqa: BLE001 - a stop must complete; the next spawn repairs
+                spawner.log.warning("could not release the %s of %s: %s", what, spawner.user.name, exc)
 
 
 # Notebook hours: start is reported by SandboxSpawner.start, stop here.

@@ -45,6 +45,8 @@ def create_app(
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # noqa: ANN202
         code = (exc.name or "error").lower().replace(" ", "_")
+        if exc.code == 413:
+            _audit_oversize(services, code, exc.description or exc.name)
         return _error_response(exc.code or 500, code, exc.description or exc.name)
 
     @app.errorhandler(Exception)
@@ -63,6 +65,24 @@ def create_app(
         return resp
 
     return app
+
+
+def _audit_oversize(services: Services, code: str, message: str) -> None:
+    """An upload over the request limits (size, parts) is a refused upload attempt too: audited
+    with who, where and how big, never its bytes. Callers who are not authenticated are not."""
+    if not request.path.startswith(("/v1/exports", "/review/exports")):
+        return
+    from gateway.context import identity
+    from sandbox.exports.uploads import audit_oversize
+
+    try:
+        user = identity().user
+    except SandboxError:
+        return
+    try:
+        audit_oversize(services, user, request.path, request.content_length, code, message)
+    except Exception:  # the 413 still answers; the failure is logged
+        log.exception("could not audit an oversize upload")
 
 
 def _error_response(status: int, code: str, message: str, detail: dict | None = None):  # noqa: ANN202

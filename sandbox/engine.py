@@ -15,12 +15,12 @@ The engine never sees operator SQL: it runs SQL it builds from the typed plan.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
 import re
 import resource
-import secrets
 import subprocess
 import sys
 import threading
@@ -31,7 +31,14 @@ from pathlib import Path
 import duckdb
 from sqlglot import exp
 
-from sandbox.bounding import KEY_FILE, bounded_rows_sql, load_or_create_key, reserved_names_in, value_column
+from sandbox.bounding import (
+    KEY_FILE,
+    bounded_rows_sql,
+    hmac_sql,
+    load_or_create_key,
+    reserved_names_in,
+    value_column,
+)
 from sandbox.bounding import literal as _lit
 from sandbox.bounding import quote as _q
 from sandbox.dp.planner import DPPlan, Primitive
@@ -47,6 +54,23 @@ LOCKED_CONFIG = {
 
 
 ID_TABLE_PREFIX = "__ids_"
+# the unit-id table holds HMAC-SHA256(ids key, id): the key is derived from the bounding key in the
+# state directory and never written to the engine file (DuckDB's hash with a salt stored beside
+# the table let anyone holding the file enumerate every id). Part of the fingerprint: a file
+# built the old way is rebuilt.
+ID_SCHEME = "ids-hmac-sha256-v1"
+IDS_KEY_LABEL = b"sandbox export identifier check"
+KEY_CHECK = "key check"
+
+
+def derive_ids_key(bounding_key: bytes) -> bytes:
+    """The key of the unit-id table: HMAC(bounding key, a fixed label), so a separate PRF."""
+    return hmac.new(bounding_key, IDS_KEY_LABEL, hashlib.sha256).digest()
+
+
+def keyed_id(ids_key: bytes, value: str) -> str:
+    """HMAC-SHA256(ids key, value) in lowercase hex: what the unit-id table holds."""
+    return hmac.new(ids_key, value.encode(), hashlib.sha256).hexdigest()
 class EngineError(SandboxError):
     """503. ``admin_detail`` (never in the JSON answer) carries what only the administrator should read."""
 
@@ -91,7 +115,7 @@ def data_versions(datasets: Mapping[str, Dataset], data_root: Path) -> dict[str,
 
 def fingerprint(datasets: Mapping[str, Dataset], data_root: Path) -> str:
     """Changes when a catalog entry or a source file changes: then the engine file is rebuilt."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(ID_SCHEME.encode())
     for ds_id, version in data_versions(datasets, data_root).items():
         h.update(f"{ds_id}:{version};".encode())
     return h.hexdigest()[:16]
@@ -117,7 +141,7 @@ def build(
     tmp.unlink(missing_ok=True)
     spill = target.parent / "spill"
     spill.mkdir(exist_ok=True)
-    salt = secrets.token_hex(16)
+    ids_key = derive_ids_key(key)
     kept: dict[str, int] = {}
     con = duckdb.connect(
         str(tmp),
@@ -145,13 +169,14 @@ def build(
             kept[ds_id] = con.execute(f"SELECT COUNT(*) FROM {_q(ds_id)}").fetchone()[0]
             if ds.privacy_unit != "row":
                 # keyed hashes of the unit ids, for the export identifier-leak check only
+                unit = f"TRIM(CAST({_q(ds.privacy_unit)} AS VARCHAR))"
                 con.execute(
-                    f"CREATE TABLE {_q(ID_TABLE_PREFIX + ds_id)} AS SELECT DISTINCT "
-                    f"hash(TRIM(CAST({_q(ds.privacy_unit)} AS VARCHAR)), {_lit(salt)}) AS h "
+                    f"CREATE TABLE {_q(ID_TABLE_PREFIX + ds_id)} AS SELECT DISTINCT {hmac_sql(ids_key, unit)} AS h "
                     f"FROM read_parquet({_lit(str(source))}) WHERE {_q(ds.privacy_unit)} IS NOT NULL"
                 )
             progress(f"{ds_id}: {kept[ds_id]:,} rows kept")
-        con.execute("CREATE TABLE __meta AS SELECT ? AS salt", [salt])
+        # a PRF output of the key, so a key that does not match the file is noticed (not silent zeros)
+        con.execute("CREATE TABLE __meta AS SELECT ? AS key_check", [keyed_id(ids_key, KEY_CHECK)])
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -269,6 +294,7 @@ class Engine:
         self._local = threading.local()
         self._tables: frozenset[str] = frozenset()
         self._versions: dict[str, str] = {}
+        self._ids_key: bytes | None = None
 
     def ensure(self, datasets: Mapping[str, Dataset], progress: Callable[[str], None] = lambda _m: None) -> None:
         versions = data_versions(datasets, self.data_root)
@@ -299,6 +325,12 @@ class Engine:
         Kept across rebuilds so that the same data keeps the same rows; never in the engine file.
         """
         return load_or_create_key(self.engine_dir / KEY_FILE)
+
+    def ids_key(self) -> bytes:
+        """The key of the unit-id table (derived from the bounding key; never in the engine file)."""
+        if self._ids_key is None:
+            self._ids_key = derive_ids_key(self.bounding_key())
+        return self._ids_key
 
     @property
     def build_id(self) -> str | None:
@@ -332,11 +364,17 @@ class Engine:
         if table not in self._tables:
             return 0
         cur = self._cursor()
-        normalized = [_normalize_id(v) for v in values]
+        ids_key = self.ids_key()
+        try:
+            check = cur.execute("SELECT key_check FROM __meta").fetchone()
+        except duckdb.Error:
+            raise EngineError("the engine file has no identifier key check: rebuild the engine") from None
+        if check is None or not hmac.compare_digest(str(check[0]), keyed_id(ids_key, KEY_CHECK)):
+            raise EngineError("the identifier key does not match the engine file: rebuild the engine")
+        keyed = [keyed_id(ids_key, _normalize_id(v)) for v in values]
         row = cur.execute(
-            f"SELECT COUNT(*) FROM (SELECT hash(v, (SELECT salt FROM __meta)) AS h FROM "
-            f"(SELECT UNNEST(?::VARCHAR[]) AS v)) AS f WHERE f.h IN (SELECT h FROM {_q(table)})",
-            [normalized],
+            f"SELECT COUNT(*) FROM (SELECT UNNEST(?::VARCHAR[]) AS h) AS f WHERE f.h IN (SELECT h FROM {_q(table)})",
+            [keyed],
         ).fetchone()
         return int(row[0])
 

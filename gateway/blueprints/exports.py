@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify, request
 from gateway.context import identity, json_body, services
 from sandbox.errors import BadRequest
 from sandbox.exports import override as overrides
-from sandbox.exports import views, workflow
+from sandbox.exports import uploads, views, workflow
 
 bp = Blueprint("exports", __name__)
 
@@ -31,8 +31,8 @@ def _form_or_json() -> dict:
     return request.form.to_dict()
 
 
-def export_response(request_id: str, user: str, status: int = 200) -> tuple[Response, int]:
-    return jsonify(views.request_view(services(), request_id, user)), status
+def export_response(request_id: str, user: str, status: int = 200, uploaded: bool = False) -> tuple[Response, int]:
+    return jsonify(views.request_view(services(), request_id, user, uploaded)), status
 
 
 @bp.post("/v1/exports")
@@ -40,12 +40,12 @@ def submit():  # noqa: ANN201
     user = identity().user
     form = request.form
     counts = form.getlist("count_columns")
-    rid = workflow.submit(
+    rid = uploads.submit(
         services(), user, grant_id=form.get("grant"), title=form.get("title"),
         justification=form.get("justification"), files=uploaded_files(),
-        count_columns=workflow.parse_count_columns(counts if len(counts) > 1 else (counts or [""])[0]),
+        count_columns=uploads.parse_count_columns(counts if len(counts) > 1 else (counts or [""])[0]),
     )
-    return export_response(rid, user, 201)
+    return export_response(rid, user, 201, uploaded=True)
 
 
 @bp.get("/v1/exports")
@@ -92,8 +92,9 @@ def withdraw(request_id: str):  # noqa: ANN201
 def change_files(request_id: str):  # noqa: ANN201
     user = identity().user
     remove = [n for n in request.form.getlist("remove") if n]
-    workflow.change_files(services(), request_id, user, uploaded_files(), remove)
-    return export_response(request_id, user)
+    remove = views.resolve_names(services(), request_id, remove)
+    uploads.change_files(services(), request_id, user, uploaded_files(), remove)
+    return export_response(request_id, user, uploaded=True)
 
 
 @bp.post("/v1/exports/<request_id>/resubmit")

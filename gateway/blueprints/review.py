@@ -21,7 +21,7 @@ from gateway.auth import bearer_token
 from gateway.blueprints.exports import file_response, uploaded_files
 from gateway.context import authenticator, identity, services
 from sandbox.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from sandbox.exports import store, views, workflow
+from sandbox.exports import store, uploads, views, workflow
 from sandbox.exports.canonical import TABLE_KINDS
 from sandbox.exports.canonical.tables import read_canonical
 from sandbox.exports.override import override as override_checks
@@ -241,7 +241,8 @@ def change_files(request_id: str):  # noqa: ANN201
     user = identity().user
     check_csrf()
     remove = [n for n in request.form.getlist("remove") if n]
-    new = workflow.change_files(services(), request_id, user, uploaded_files(), remove)
+    remove = views.resolve_names(services(), request_id, remove)
+    new = uploads.change_files(services(), request_id, user, uploaded_files(), remove)
     return _back(request_id, new)
 
 

@@ -10,6 +10,7 @@ every round stays in ``export_reviews``: the history is never rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -131,6 +132,23 @@ class BlobStore:
         except OSError as exc:
             raise SandboxError(f"cannot store the export file: {exc.strerror}", code="storage_error") from None
         return digest
+
+    def put_new(self, request_id: str, data: bytes, written: list[tuple[str, str]]) -> str:
+        """:meth:`put`, appending (request, digest) to ``written`` when this call created the file."""
+        digest = sha256(data)
+        existed = self.path(request_id, digest).exists()
+        self.put(request_id, data)
+        if not existed:
+            written.append((request_id, digest))
+        return digest
+
+    def delete(self, written: list[tuple[str, str]]) -> None:
+        """Remove files :meth:`put_new` created (their transaction failed), and emptied request folders."""
+        for request_id, digest in written:
+            target = self.path(request_id, digest)
+            target.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: other files of the request
+                target.parent.rmdir()
 
     def get(self, request_id: str, digest: str) -> bytes | None:
         try:

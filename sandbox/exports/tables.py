@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -32,7 +33,12 @@ class Table:
 
     def is_integral(self, name: str) -> bool:
         values = [v for v in self.column(name) if v is not None]
-        return self.is_numeric(name) and all(float(v) == int(float(v)) for v in values)
+        return self.is_numeric(name) and all(_integral(v) for v in values)
+
+
+def _integral(v: object) -> bool:
+    """An int, or a finite float with no fraction (NaN and infinities are not integral)."""
+    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v) and v.is_integer())
 
 
 def _is_number(v: object) -> bool:
@@ -51,7 +57,7 @@ def parse_cell(text: str) -> tuple[object, int | None]:
         mantissa = t.split("e")[0].split("E")[0]
         decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
         return float(t), decimals
-    return t, None
+    return text, None  # as written: canonicalization collapses its whitespace and flags the change
 
 
 def read_csv(data: bytes, max_rows: int | None = None) -> Table:
@@ -65,12 +71,17 @@ def read_csv(data: bytes, max_rows: int | None = None) -> Table:
 def read_delimited(text: str, delimiter: str | None = None, max_rows: int | None = None) -> Table:
     """Typed cells of delimited text; ``delimiter`` None sniffs one of ``,``, ``;`` and tab."""
     if delimiter is None:
-        # only the delimiter is sniffed: the quote character is always '"' (a sniffed one would read a
-        # neutralized formula cell such as '= as quoted, and the canonical file would not be a fixed point)
-        try:
-            delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
-        except csv.Error:
-            delimiter = ","
+        # only a delimiter the header line uses (the sniffer alone may pick a tab inside a quoted cell), and
+        # the quote character is always '"' (a sniffed one would read a neutralized formula cell such as '=
+        # as quoted, and the canonical file would not be a fixed point)
+        header_line = text.split("\n", 1)[0]
+        present = "".join(d for d in ",;\t" if d in header_line) or ","
+        delimiter = present
+        if len(present) > 1:
+            try:
+                delimiter = csv.Sniffer().sniff(text[:4096], delimiters=present).delimiter
+            except csv.Error:
+                delimiter = "," if "," in present else present[0]
     reader = csv.reader(io.StringIO(text), delimiter=delimiter, quotechar='"', doublequote=True)
     try:
         header = next(reader)
@@ -78,7 +89,7 @@ def read_delimited(text: str, delimiter: str | None = None, max_rows: int | None
         return Table([], [], [])
     except csv.Error as exc:
         raise BadRequest(f"the CSV file cannot be read: {exc}", code="bad_table") from None
-    columns = [h.strip() for h in header]
+    columns = list(header)
     rows: list[list[object]] = []
     decimals: list[list[int | None]] = []
     try:

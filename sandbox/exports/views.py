@@ -24,6 +24,17 @@ HIDDEN_DETAIL = "checked against raw data; shown to reviewers only"
 # flagged cells quote the file (values, column names, chunk names) and the requester can read
 # them from outside the sandbox, so they would carry unreleased content out of the airlock.
 REQUESTER_DETAIL = "details and flagged cells are shown to reviewers only: they quote the file"
+# The requester's own words (title, justification, count columns, withdraw and resubmit comments)
+# are unreleased content as well until the request is approved: echoed back, they would carry text
+# (rows pasted into a justification) out of the airlock without a review.
+REVIEWED = ("approved", "released")
+HIDDEN_TEXT = "(shown to the requester once approved: not reviewed yet)"
+SEALED_TEXT = ("name, digest, sizes and check outcomes are shown to the requester in the answer to the upload "
+               "and again once approved: read back later they would be a channel around the review")
+
+
+def shows_metadata(row: sqlite3.Row | dict, privileged: bool) -> bool:
+    return privileged or row["status"] in REVIEWED
 
 
 def is_privileged(services: Services, user: str) -> bool:
@@ -68,8 +79,32 @@ def load(services: Services, request_id: str, user: str) -> sqlite3.Row:
     return row
 
 
-def file_view(f: dict, privileged: bool) -> dict:
-    """One file: ``sha256`` and ``size`` are the canonical file's (what leaves); ``uploaded_size`` the upload's."""
+def sealed_name(position: int, kind: str) -> str:
+    """How a sealed view names a file: by its position and kind, never by the name chosen inside."""
+    return f"file-{position}.{kind}"
+
+
+def resolve_names(services: Services, request_id: str, names: list[str]) -> list[str]:
+    """Names as given by a requester, with the sealed view's positional names mapped to the stored ones."""
+    files = store.current_files(services.db.conn, request_id)
+    stored = {f["name"] for f in files}
+    alias = {sealed_name(i, f["kind"]): f["name"] for i, f in enumerate(files, 1)}
+    return [n if n in stored else alias.get(n, n) for n in names]
+
+
+def file_view(f: dict, privileged: bool, sealed: bool = False, position: int = 0) -> dict:
+    """One file: ``sha256`` and ``size`` are the canonical file's (what leaves); ``uploaded_size`` the upload's.
+
+    ``sealed`` (a requester's later view of a request not yet approved) leaves out the digest, the sizes
+    and the check outcomes: whoever is inside the sandbox chooses the file, so its exact size, a ground
+    sha256 prefix, a pattern of outcomes or the file name would carry unreviewed bits to anyone reading the
+    request from outside. The uploader sees them once, in the answer to the upload itself; the file is
+    named by its position and kind (``sealed_name``).
+    """
+    if sealed:
+        return {"name": sealed_name(position, f["kind"]), "sha256": None, "size": None, "uploaded_size": None,
+                "kind": f["kind"], "outcome": None, "checks": [], "added_round": f["added_round"],
+                "sealed": SEALED_TEXT}
     checks = visible_checks(f["checks"], privileged)
     sizes: dict = next((c for c in f["checks"] if c["rule"] == "canonical.size"), {})
     return {"name": f["name"], "sha256": f["sha256"], "size": f["size"], "uploaded_size": sizes.get("uploaded"),
@@ -80,8 +115,11 @@ def override_view(o: dict) -> dict:
     return {"admin": o["admin"], "reason": o["reason"], "round": o["round"], "ts": o["ts"], "files": o["files"]}
 
 
-def request_view(services: Services, request_id: str, user: str) -> dict:
-    """The request with its files, checks, visible reviews, history and what ``user`` may do."""
+def request_view(services: Services, request_id: str, user: str, uploaded: bool = False) -> dict:
+    """The request with its files, checks, visible reviews, history and what ``user`` may do.
+
+    ``uploaded``: the answer to ``user``'s own upload (submit, file change), which shows them the digests
+    and outcomes of what they just sent; any later read by the requester is sealed until approval."""
     row = load(services, request_id, user)
     conn = services.db.conn
     complete = row["status"] not in OPEN
@@ -98,19 +136,27 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
     # which files are blocked is shown to reviewers and admins only: a requester would learn from it,
     # for free, that the (reviewer-only) identifier check failed
     blocked = [f["name"] for f in blocked_files(conn, row)] if privileged and status in OPEN else []
+    shown = shows_metadata(row, privileged)
+    sealed = not shown and not uploaded
+    history = [{k: e[k] for k in ("ts", "actor", "action", "from_status", "to_status", "comment")}
+               for e in store.events(conn, request_id)]
+    if not shown:
+        for e in history:
+            if e["actor"] == row["requester"] and e["comment"]:
+                e["comment"] = HIDDEN_TEXT
     return {
-        "id": row["id"], "grant": row["grant_id"], "requester": row["requester"], "title": row["title"],
-        "justification": row["justification"], "status": status, "round": row["round"],
-        "count_columns": json.loads(row["count_columns"]),
+        "id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
+        "title": row["title"] if shown else HIDDEN_TEXT,
+        "justification": row["justification"] if shown else HIDDEN_TEXT, "status": status, "round": row["round"],
+        "count_columns": json.loads(row["count_columns"]) if shown else [],
         "created_at": row["created_at"], "updated_at": row["updated_at"],
         "reviewers_required": reviewers_required(services, row["grant_id"]),
         "votes_this_round": votes if status in OPEN else None,
-        "files": [file_view(f, privileged) for f in store.current_files(conn, request_id)],
+        "files": [file_view(f, privileged, sealed, i) for i, f in enumerate(store.current_files(conn, request_id), 1)],
         "reviews": reviews,
         "overrides": [override_view(o) for o in store.overrides(conn, request_id)],
         "blocked": blocked,
-        "history": [{k: e[k] for k in ("ts", "actor", "action", "from_status", "to_status", "comment")}
-                    for e in store.events(conn, request_id)],
+        "history": history,
         "can": {
             "review": can_review(services, conn, row, user),
             "approve": can_approve(services, conn, row, user),
@@ -126,10 +172,13 @@ def request_view(services: Services, request_id: str, user: str) -> dict:
 def summary(conn: sqlite3.Connection, row: dict, privileged: bool = True) -> dict:
     files = store.current_files(conn, row["id"])
     return {"id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
-            "title": row["title"], "status": row["status"], "round": row["round"],
+            "title": row["title"] if shows_metadata(row, privileged) else HIDDEN_TEXT,
+            "status": row["status"], "round": row["round"],
             "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "files": [f["name"] for f in files],
-            "outcome": worst([c for f in files for c in visible_checks(f["checks"], privileged)])}
+            "files": [f["name"] if shows_metadata(row, privileged) else sealed_name(i, f["kind"])
+                      for i, f in enumerate(files, 1)],
+            "outcome": worst([c for f in files for c in visible_checks(f["checks"], privileged)])
+            if shows_metadata(row, privileged) else None}
 
 
 def mine(services: Services, user: str) -> list[dict]:

@@ -14,20 +14,19 @@ opens a new round, so changing files on a returned request always resets its rev
 Separation of duties: nobody reviews their own request or a request on a grant they are a member
 of. A file with a failed check cannot be approved until an admin outside the grant overrides it
 (:mod:`sandbox.exports.override`). Files are kept as their canonical rendering only
-(:mod:`sandbox.exports.canonical`); every upload attempt, refused ones included, is audited.
+(:mod:`sandbox.exports.canonical`); every upload attempt, refused ones included, is audited. The
+upload paths (submit, change files) are in :mod:`sandbox.exports.uploads`.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
 
-from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound, SandboxError
+from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound
 from sandbox.exports import store
-from sandbox.exports.checks import CheckContext, run_all, worst
-from sandbox.exports.checks.file_gates import DEFAULT_LIMITS, NAME_RE
-from sandbox.exports.context import check_context
+from sandbox.exports.checks import worst
+from sandbox.exports.checks.file_gates import NAME_RE
 from sandbox.policy.models import Grant, Roles
 from sandbox.policy.rules import check_grant_usable
 from sandbox.services import Services
@@ -68,7 +67,9 @@ AUDIT_ACTIONS = {
 }
 MAX_AUDITED_NAME = 300
 MAX_TITLE = 200
-MAX_TEXT = 5000
+MAX_JUSTIFICATION = 1000
+MAX_COMMENT = 1000  # the requester's withdraw and resubmit comments
+MAX_TEXT = 5000  # reviewers' comments
 
 
 class IntegrityError(Conflict):
@@ -224,87 +225,6 @@ def _usable_grant(services: Services, grant_id: object, user: str) -> Grant:
     return grant
 
 
-def _checked_files(services: Services, ctx: CheckContext, files: list[tuple[str, bytes]]) -> list[dict]:
-    """Each upload rendered canonical and checked; only the canonical bytes are kept."""
-    names = [n for n, _ in files]
-    if len(set(names)) != len(names):
-        raise BadRequest("two files have the same name", code="duplicate_file")
-    out = []
-    for name, data in files:
-        canon, checks = run_all(name, data, ctx)
-        out.append({"name": name, "data": canon.data, "sha256": store.sha256(canon.data), "size": len(canon.data),
-                    "kind": canon.kind, "checks": checks,
-                    "uploaded": {"name": name, "size": canon.uploaded_size, "sha256": canon.uploaded_sha256}})
-    return out
-
-
-def _uploads(files: Sequence[tuple[object, bytes]]) -> list[dict]:
-    """What the audit log keeps of uploads: name as given (truncated), size and sha256; never bytes."""
-    return [{"name": str(name)[:MAX_AUDITED_NAME], "size": len(data), "sha256": store.sha256(data)}
-            for name, data in files]
-
-
-def audit_refused(services: Services, user: str, grant_id: object, files: list[tuple[str, bytes]],
-                  exc: SandboxError, request_id: str | None = None) -> None:
-    """Every refused upload attempt leaves an audit entry (who, grant, files, reason); the bytes are dropped."""
-    given = grant_id[:MAX_AUDITED_NAME] if isinstance(grant_id, str) else None
-    detail = {"grant": given, "files": _uploads(files), "reason": {"code": exc.code, "message": exc.message[:2000]},
-              **({"request": request_id} if request_id else {})}
-    known = given if given is not None and grant_members(services, given) is not None else None
-    with services.db.write() as conn:  # the grant column names only grants that exist; the detail keeps the text
-        services.audit.append(conn, AuditEvent(user, "export.upload_refused", known, detail))
-    services.audit.write_head()
-
-
-def parse_count_columns(value: object) -> list[str]:
-    items = value if isinstance(value, list) else str(value or "").split(",")
-    return [c.strip() for c in items if isinstance(c, str) and c.strip()][:200]
-
-
-def submit(services: Services, user: str, *, grant_id: object, title: object, justification: object,
-           files: list[tuple[str, bytes]], count_columns: list[str] | None = None) -> str:
-    """Create a request in ``submitted``; returns its id. Gate failures refuse the whole request.
-
-    A refused attempt is audited (``export.upload_refused``) and its bytes are not kept."""
-    try:
-        return _submit(services, user, grant_id=grant_id, title=title, justification=justification,
-                       files=files, count_columns=count_columns)
-    except SandboxError as exc:
-        audit_refused(services, user, grant_id, files, exc)
-        raise
-
-
-def _submit(services: Services, user: str, *, grant_id: object, title: object, justification: object,
-            files: list[tuple[str, bytes]], count_columns: list[str] | None) -> str:
-    title_s = _text(title, "title", MAX_TITLE)
-    justification_s = _text(justification, "justification", MAX_TEXT)
-    if not files:
-        raise BadRequest("attach at least one file as `files`", code="no_files")
-    if len(files) > DEFAULT_LIMITS.max_files:
-        raise BadRequest(f"at most {DEFAULT_LIMITS.max_files} files per request", code="too_many_files")
-    grant = _usable_grant(services, grant_id, user)
-    counts = count_columns or []
-    checked = _checked_files(services, check_context(services, grant, user, counts), files)
-    rid = store.new_request_id()
-    blobs = store.BlobStore(services.db)
-    for f in checked:
-        blobs.put(rid, f["data"])
-    with services.db.write() as conn:
-        _usable_grant(services, grant.id, user)  # again, inside the transaction: a revoke may have won
-        ts = store.now()
-        conn.execute(
-            "INSERT INTO export_requests (id, grant_id, requester, title, justification, status, round,"
-            " count_columns, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'submitted', 1, ?, ?, ?)",
-            (rid, grant.id, user, title_s, justification_s, json.dumps(counts), ts, ts))
-        for f in checked:
-            store.insert_file(conn, rid, f["name"], f["sha256"], f["size"], f["kind"], f["checks"], 1)
-        transition(services, conn, None, "submit", user, request_id=rid, grant_id=grant.id,
-                   detail={"title": title_s, "files": {f["name"]: f["sha256"] for f in checked},
-                           "uploads": [f["uploaded"] for f in checked]})
-    services.audit.write_head()
-    return rid
-
-
 def review(services: Services, request_id: str, reviewer: str, decision: object, comment: object) -> str:
     """Cast one reviewer's vote; returns the request's new state."""
     if decision not in DECISIONS:
@@ -347,7 +267,7 @@ def withdraw(services: Services, request_id: str, user: str, reason: str = "") -
     with services.db.write() as conn:
         row = store.request_row(conn, request_id)
         check_requester(row, user)
-        new = transition(services, conn, row, "withdraw", user, comment=_text(reason, "reason", MAX_TEXT,
+        new = transition(services, conn, row, "withdraw", user, comment=_text(reason, "reason", MAX_COMMENT,
                                                                              required=False))
     services.audit.write_head()
     return new
@@ -366,51 +286,6 @@ def withdraw_pending_for_grant(services: Services, grant_id: str, actor: str) ->
     return count
 
 
-def change_files(services: Services, request_id: str, user: str, files: list[tuple[str, bytes]],
-                 remove: list[str] | None = None) -> str:
-    """Add or replace files (same name replaces) and remove files on a returned request."""
-    try:
-        return _change_files(services, request_id, user, files, remove or [])
-    except SandboxError as exc:
-        if files:
-            grant_id = services.db.conn.execute("SELECT grant_id FROM export_requests WHERE id = ?",
-                                                (request_id,)).fetchone()
-            audit_refused(services, user, grant_id["grant_id"] if grant_id else None, files, exc,
-                          request_id=request_id[:MAX_AUDITED_NAME])
-        raise
-
-
-def _change_files(services: Services, request_id: str, user: str, files: list[tuple[str, bytes]],
-                  remove: list[str]) -> str:
-    if not files and not remove:
-        raise BadRequest("attach files as `files` or name files to `remove`", code="no_files")
-    conn = services.db.conn
-    row = store.request_row(conn, request_id)
-    check_requester(row, user)
-    next_state(row["status"], "change_files")
-    grant = _usable_grant(services, row["grant_id"], user)
-    ctx = check_context(services, grant, user, json.loads(row["count_columns"]))
-    checked = _checked_files(services, ctx, files)
-    blobs = store.BlobStore(services.db)
-    for f in checked:
-        blobs.put(request_id, f["data"])
-    with services.db.write() as conn:
-        row = store.request_row(conn, request_id)
-        for name in remove:
-            if not isinstance(name, str) or not store.remove_file(conn, request_id, name):
-                raise NotFound(f"no file {name!r} on this request", code="unknown_file")
-        for f in checked:
-            store.insert_file(conn, request_id, f["name"], f["sha256"], f["size"], f["kind"], f["checks"],
-                              row["round"] + 1)
-        if not store.current_files(conn, request_id):
-            raise BadRequest("a request needs at least one file", code="no_files")
-        new = transition(services, conn, row, "change_files", user, detail={
-            "added": {f["name"]: f["sha256"] for f in checked}, "removed": remove,
-            "uploads": [f["uploaded"] for f in checked]})
-    services.audit.write_head()
-    return new
-
-
 def resubmit(services: Services, request_id: str, user: str, comment: str = "") -> str:
     with services.db.write() as conn:
         row = store.request_row(conn, request_id)
@@ -419,7 +294,7 @@ def resubmit(services: Services, request_id: str, user: str, comment: str = "") 
         _usable_grant(services, row["grant_id"], user)
         files = store.current_files(conn, request_id)
         new = transition(services, conn, row, "resubmit", user,
-                         comment=_text(comment, "comment", MAX_TEXT, required=False),
+                         comment=_text(comment, "comment", MAX_COMMENT, required=False),
                          detail={"round": row["round"] + 1, "files": {f["name"]: f["sha256"] for f in files}})
     services.audit.write_head()
     return new

@@ -212,14 +212,28 @@ class ExportRules(_Strict):
 
 
 class Resources(_Strict):
+    """The notebook container's caps (applied by the hub's spawner, see docs/stack.md)."""
+
     cpu: float = Field(default=1.0, gt=0, le=16)
     memory: str = "2G"
+    # processes and threads in the container (a fork bomb stops here)
+    pids: int = Field(default=512, ge=64, le=32768)
+    # size of the persistent home (/home/jovyan); writes beyond it fail with ENOSPC
+    disk: str = "10G"
 
     @field_validator("memory")
     @classmethod
     def _memory_has_unit(cls, v: str) -> str:
         if not re.fullmatch(r"[1-9][0-9]*[KMG]", v):
             raise ValueError("memory must look like 512M or 2G")
+        return v
+
+    @field_validator("disk")
+    @classmethod
+    def _disk_has_unit(cls, v: str) -> str:
+        m = re.fullmatch(r"([1-9][0-9]*)([MGT])", v)
+        if not m or (m.group(2) == "M" and int(m.group(1)) < 16):
+            raise ValueError("disk must look like 512M, 10G or 1T (at least 16M)")
         return v
 
 

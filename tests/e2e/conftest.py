@@ -171,11 +171,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                    timings=timings)
         yield st
     finally:
+        def home_loops() -> list[str]:
+            """Loop devices backed by a home image (the helper mounts the images at /images)."""
+            if not shutil.which("losetup"):
+                return []
+            return [ln for ln in run(["losetup", "-a"], check=False).stdout.splitlines() if "(/images/" in ln]
+
+        loops_before = home_loops()
         run(["scripts/stack", "down", "-v", "--timeout", "10"], timeout=300, check=False, env=env)
-        vols = run(["docker", "volume", "ls", "-q", "--filter", f"name=^{name}"],
-                   check=False).stdout.split()
-        if vols:
-            run(["docker", "volume", "rm", "-f", *vols], check=False)
+        # `scripts/stack down -v` must leave nothing of the stack behind on the host: no
+        # container, network (per-user ones included), volume, or attached home image.
+        left = {
+            "containers": run(["docker", "ps", "-aq", "--filter", f"name=^{name}"], check=False).stdout.split(),
+            "networks": run(["docker", "network", "ls", "-q", "--filter", f"name=^{name}"],
+                            check=False).stdout.split(),
+            "volumes": run(["docker", "volume", "ls", "-q", "--filter", f"name=^{name}"],
+                           check=False).stdout.split(),
+            "loop devices": [ln for ln in home_loops() if ln in loops_before],
+        }
+        if left["volumes"]:
+            run(["docker", "volume", "rm", "-f", *left["volumes"]], check=False)
         TIMINGS_FILE.parent.mkdir(parents=True, exist_ok=True)
         TIMINGS_FILE.write_text(json.dumps(timings, indent=2) + "\n")
         print(f"\ne2e timings: {json.dumps(timings)}")
+        assert not any(left.values()), f"scripts/stack down -v left behind: {left}"

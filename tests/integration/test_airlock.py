@@ -273,34 +273,43 @@ def test_accepted_uploads_record_both_digests(client, auth, services) -> None:  
 
 
 # -- one sha256 for what was previewed, approved and downloaded --------------------------------
-CELL = st.one_of(st.integers(10, 5000), st.text(st.characters(codec="utf-8"), max_size=10),
-                 st.floats(allow_nan=False, allow_infinity=False, min_value=10, max_value=1e6))
+# what a text file or cell may hold: any character but C0/C1 controls other than tab and newline
+# (the file gates refuse control bytes as binary content, by design); invisible format characters included
+TEXT = st.characters(codec="utf-8", blacklist_categories=("Cc",)) | st.sampled_from("\t\n")
+CELL = st.one_of(st.integers(10, 5000), st.text(TEXT, max_size=10), st.floats(min_value=10, max_value=1e6))
+ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)  # NaN and ±inf become empty cells
 
 
 @st.composite
 def uploads(draw) -> tuple[str, bytes]:  # noqa: ANN001
+    """Valid uploads only: each must be accepted (201), so the property is never skipped."""
     kind = draw(st.sampled_from(["csv", "txt", "png", "parquet"]))
     if kind == "txt":
-        return "notes.txt", draw(st.text(st.characters(codec="utf-8"), min_size=1, max_size=200)).encode()
+        return "notes.txt", ("Note " + draw(st.text(TEXT, max_size=200))).encode()
     if kind == "png":
         w, h = draw(st.integers(1, 6)), draw(st.integers(1, 6))
-        im = Image.new("RGBA", (w, h), (draw(st.integers(0, 255)), 0, 0, draw(st.integers(0, 255))))
+        im = Image.new("RGBA", (w, h))
+        im.putdata([(draw(st.integers(0, 255)), draw(st.integers(0, 255)), 0, draw(st.integers(0, 255)))
+                    for _ in range(w * h)])  # non-uniform alpha, transparent pixels with colour included
         info = PngImagePlugin.PngInfo()
         info.add_text("k", draw(st.text(st.characters(codec="latin-1"), max_size=30)))
         sink = io.BytesIO()
         im.save(sink, format="PNG", pnginfo=info)
-        return "plot.png", sink.getvalue() + b""
-    rows = draw(st.lists(st.tuples(st.text(st.characters(codec="utf-8"), max_size=8), CELL), min_size=1, max_size=6))
+        return "plot.png", sink.getvalue()
+    rows = draw(st.lists(st.tuples(st.text(TEXT, max_size=8), CELL, ANY_FLOAT),
+                         min_size=1, max_size=6))
+    rows = [(f"r{label}", v, x) for label, v, x in rows]  # every row has a label: no table is empty
     if kind == "parquet":
         sink = io.BytesIO()
-        pq.write_table(pa.table({"label": [r[0] for r in rows], "v": [str(r[1]) for r in rows]},
+        pq.write_table(pa.table({"label": [r[0] for r in rows], "v": [str(r[1]) for r in rows],
+                                 "x": pa.array([r[2] for r in rows], pa.float64())},
                                 metadata={"x": draw(st.text(max_size=20))}), sink)
         return "t.parquet", sink.getvalue()
     import csv
 
     out = io.StringIO()
     w = csv.writer(out, lineterminator=draw(st.sampled_from(["\n", "\r\n"])))
-    w.writerow(["label", "v"])
+    w.writerow(["label", "v", "x"])
     w.writerows(rows)
     return "t.csv", out.getvalue().encode()
 
@@ -311,9 +320,7 @@ def uploads(draw) -> tuple[str, bytes]:  # noqa: ANN001
 def test_previewed_approved_and_downloaded_bytes_have_one_sha256(client, auth, services, upload) -> None:  # noqa: ANN001, E501
     name, data = upload
     r = submit(client, auth["alice"], [(name, data)])
-    if r.status_code == 400:  # e.g. a table that is empty after canonicalization: refused, and audited
-        return
-    assert r.status_code == 201, r.json
+    assert r.status_code == 201, r.json  # every generated upload is valid: none is skipped
     rid = r.json["id"]
     preview = client.get(f"/review/exports/{rid}/files/{name}/preview", headers=auth["carol"])
     assert preview.status_code == 200
@@ -332,26 +339,38 @@ def test_refused_file_changes_and_nameless_parts_are_audited(client, auth, servi
     rid = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,40\n")]).json["id"]
     vote(client, auth["carol"], rid, "return", "add males")
     vote(client, auth["dave"], rid, "return", "add males")
+    kept = sorted(p.name for p in (services.db.dir / "exports").rglob("*"))
     r = client.post(f"/v1/exports/{rid}/files", headers=auth["alice"], content_type="multipart/form-data",
                     data={"files": [(io.BytesIO(b"%PDF-1.7\n"), "t.pdf")]})
     assert (r.status_code, r.json["error"]["code"]) == (400, "file_refused")
+    r = client.post(f"/v1/exports/{rid}/files", headers=auth["alice"], content_type="multipart/form-data",
+                    data={"files": [(io.BytesIO(b"sex,n\nmale,4016\n"), "m.csv")], "remove": ["nope.csv"]})
+    assert (r.status_code, r.json["error"]["code"]) == (404, "unknown_file")
+    assert sorted(p.name for p in (services.db.dir / "exports").rglob("*")) == kept  # no bytes of either kept
     r = submit(client, auth["alice"], [("", b"a,n\nx,12\n")])
     assert (r.status_code, r.json["error"]["code"]) == (400, "file_refused")
     refused = [e for e in services.audit.entries() if e["action"] == "export.upload_refused"]
-    assert [(e["detail"].get("request"), e["detail"]["files"][0]["name"]) for e in refused] == [(rid, "t.pdf"),
-                                                                                                 (None, "")]
+    assert [(e["detail"].get("request"), e["detail"]["files"][0]["name"]) for e in refused] == [
+        (rid, "t.pdf"), (rid, "m.csv"), (None, "")]
     assert refused[0]["grant_id"] == GRANT
 
 
 def test_the_requester_cannot_read_unreleased_content_back_from_the_gateway(client, auth) -> None:  # noqa: ANN001
     """From outside the sandbox the requester reaches the gateway too: before approval no view of
-    theirs may quote the file (previews, check details, flagged cells with their values)."""
+    theirs may quote the file (previews, check details, flagged cells with their values) or their own
+    unreviewed words (title, justification, withdraw comment)."""
     raw = "".join(f"r{i},{31337 + 17 * i}\n" for i in range(60))
     secret_values = [str(31337 + 17 * i) for i in range(60)]
-    r = submit(client, auth["alice"], [("raw.csv", f"row,income\n{raw}".encode()), ("notes.txt", b"income 31337\n")])
+    r = client.post("/v1/exports", headers=auth["alice"], content_type="multipart/form-data", data={
+        "grant": GRANT, "title": "income " + " ".join(secret_values[:30]),
+        "justification": "rows: " + " ".join(secret_values[30:]),
+        "files": [(io.BytesIO(f"row,income\n{raw}".encode()), "raw.csv"),
+                  (io.BytesIO(b"income 31337\n"), "notes.txt")]})
     rid = r.json["id"]
+    assert client.post(f"/v1/exports/{rid}/withdraw", headers=auth["alice"],
+                       json={"reason": " ".join(secret_values)}).status_code == 200
     for path in (f"/v1/exports/{rid}", f"/review/exports/{rid}?format=json", f"/review/exports/{rid}",
-                 "/review/mine?format=json", "/v1/exports"):
+                 "/review/mine?format=json", "/review/mine", "/v1/exports"):
         body = client.get(path, headers=auth["alice"]).get_data(as_text=True)
         assert not any(v in body for v in secret_values), path
     assert not any(v in json.dumps(r.json) for v in secret_values)
@@ -375,11 +394,14 @@ def test_a_reviewer_who_is_a_member_sees_requests_on_that_grant_as_a_requester_d
     """Otherwise an operator who is also a reviewer would have the identifier oracle and the previews."""
     _grant(services, "g-carol", ["alice", "carol"])
     for user in ("carol", "alice"):
-        rid = submit(client, auth[user], [("leak.csv", b"person,v\n93703,1\n93704,2\n93705,3\n")],
-                     grant="g-carol").json["id"]
+        answer = submit(client, auth[user], [("leak.csv", b"person,v\n93703,1\n93704,2\n93705,3\n")],
+                        grant="g-carol").json
+        rid = answer["id"]
+        if user == "carol":  # the answer to her own upload: outcomes, the identifier one hidden
+            ident = {c["rule"]: c for c in answer["files"][0]["checks"]}["identifiers"]
+            assert ident["outcome"] == "review" and "reviewers only" in ident["detail"], user
         view = client.get(f"/v1/exports/{rid}", headers=auth["carol"]).json
-        ident = {c["rule"]: c for c in view["files"][0]["checks"]}["identifiers"]
-        assert ident["outcome"] == "review" and "reviewers only" in ident["detail"], user
+        assert view["files"][0]["checks"] == [] and view["files"][0]["sha256"] is None, user  # sealed
         assert view["blocked"] == []
         r = client.get(f"/review/exports/{rid}/files/leak.csv/preview?format=json", headers=auth["carol"])
         assert r.status_code == 403

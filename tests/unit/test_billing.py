@@ -131,14 +131,14 @@ def svc(tmp_path: Path) -> Services:
 
 
 def test_exports_withdrawn_by_the_authority_are_never_billed(svc: Services) -> None:
-    from sandbox.exports import workflow
+    from sandbox.exports import uploads, workflow
 
     period = dt.datetime.now(dt.UTC).strftime("%Y-%m")
     files = [("t.csv", b"sex,n\nfemale,30\nmale,40\n")]
-    kept = workflow.submit(svc, "dave", grant_id="g-com", title="kept", justification="j", files=files,
-                           count_columns=[])
-    gone = workflow.submit(svc, "dave", grant_id="g-com", title="gone", justification="j", files=files,
-                           count_columns=[])
+    kept = uploads.submit(svc, "dave", grant_id="g-com", title="kept", justification="j", files=files,
+                          count_columns=[])
+    gone = uploads.submit(svc, "dave", grant_id="g-com", title="gone", justification="j", files=files,
+                          count_columns=[])
     workflow.withdraw(svc, kept, "dave", "changed my mind")  # the requester's own withdrawal is billed
     # the authority withdraws the pending request (what `grants revoke` does), the grant stays active here
     assert workflow.withdraw_pending_for_grant(svc, "g-com", "admin") == 1

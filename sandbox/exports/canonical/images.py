@@ -6,6 +6,10 @@ unused palette entries, bytes after IEND/EOI) is not in the canonical file: a ne
 built from the decoded pixels (after applying the EXIF orientation, so it looks as shown) and
 saved with no metadata. JPEG is re-encoded at a fixed quality. Decompression bombs are refused
 before decoding: Pillow's ``MAX_IMAGE_PIXELS`` and the airlock's own cap (``MAX_PIXELS``).
+Transparency: alpha is quantized to 16 levels (multiples of 17) and every pixel left fully
+transparent gets colour 0,0,0: the colour under an invisible pixel (RGBA, LA, or a palette with a
+tRNS chunk) is not content anyone saw, and the attacker's review hid 7 kB of rows there. Alpha
+below 9 (all but invisible) becomes 0 with it, and the low bits of alpha cannot carry data.
 Pixels themselves can still hide data (steganography); that is what reviewers look at and what
 the JPEG re-encoding disturbs, not what this module claims to remove.
 """
@@ -26,6 +30,7 @@ JPEG_QUALITY = 90
 FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 PNG_CRITICAL = {b"IHDR", b"PLTE", b"IDAT", b"IEND"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ALPHA_STEP = 17  # 16 alpha levels: 0, 17, ..., 255
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -77,6 +82,19 @@ def _target_mode(im: Image.Image, kind: str) -> str:
     return "RGB"
 
 
+def _clear_transparent(im: Image.Image) -> tuple[Image.Image, int]:
+    """An RGBA picture with alpha quantized and the colour of fully transparent pixels zeroed;
+    and how many transparent pixels had a colour that was dropped."""
+    r, g, b, a = im.split()
+    alpha = a.point([((v + ALPHA_STEP // 2) // ALPHA_STEP) * ALPHA_STEP for v in range(256)])
+    shown = alpha.point([255 if v else 0 for v in range(256)])  # 255 where visible at all
+    black = Image.new("L", im.size, 0)
+    rgb = [Image.composite(c, black, shown) for c in (r, g, b)]
+    hidden_colour = Image.merge("RGB", (r, g, b)).convert("L").point([255 if v else 0 for v in range(256)])
+    dropped = Image.composite(black, hidden_colour, shown).histogram()[255]
+    return Image.merge("RGBA", (*rgb, alpha)), dropped
+
+
 def _refuse(why: str) -> BadRequest:
     return BadRequest(f"the picture cannot be decoded: {why}", code="bad_image")
 
@@ -98,6 +116,9 @@ def canonical_image(kind: str, data: bytes) -> tuple[bytes, list[dict]]:
             shown = ImageOps.exif_transpose(im)
             mode = _target_mode(shown, kind)
             pixels = shown.convert(mode)
+            dropped = 0
+            if mode == "RGBA":
+                pixels, dropped = _clear_transparent(pixels)
             fresh = Image.frombytes(mode, pixels.size, pixels.tobytes())
         except BadRequest:
             raise
@@ -115,6 +136,8 @@ def canonical_image(kind: str, data: bytes) -> tuple[bytes, list[dict]]:
     extras = png_extras(data) if kind == "png" else jpeg_extras(data)
     if frames > 1:
         extras.append(f"{frames - 1} frame(s) after the first")
+    if dropped:
+        extras.append(f"the colour of {dropped:,} fully transparent pixel(s)")
     if extras:
         finding = result("canonical.metadata", "review",
                          "not in the released picture (rebuilt from its pixels): " + ", ".join(extras[:30])

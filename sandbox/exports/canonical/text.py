@@ -4,6 +4,11 @@ Invisible characters are a channel a reviewer cannot see: zero-width characters,
 the Unicode tag block (U+E0000-U+E007F, which spells out ASCII invisibly), variation selectors,
 private-use and unassigned code points, and every other format (Cf) or control (Cc) character
 except tab and newline. They are removed from the canonical file and counted for the checks.
+So is every Default_Ignorable_Code_Point (rendered as nothing whatever its category: U+034F,
+U+17B4/17B5, Hangul fillers...). Other spaces (category Zs: NBSP, U+2000-200A, U+3000...) and the
+blank U+2800 become U+0020, line and paragraph separators (Zl, Zp) a newline; both are counted.
+Stacks of two or more combining marks on one character are flagged (``canonical.marks``): they can
+pile up invisibly or unreadably, although some scripts use them honestly.
 """
 
 from __future__ import annotations
@@ -13,9 +18,14 @@ from collections import Counter
 
 REMOVED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Cn"})
 KEPT = frozenset({"\t", "\n"})
-# invisible although not in a removed category: variation selectors and Hangul fillers
-INVISIBLE_RANGES = ((0xFE00, 0xFE0F), (0xE0100, 0xE01EF), (0x115F, 0x1160), (0x3164, 0x3164),
-                    (0xFFA0, 0xFFA0), (0x180B, 0x180F))
+# Default_Ignorable_Code_Point, from Unicode's DerivedCoreProperties.txt (15.1), as ranges: code
+# points a renderer shows as nothing whatever their category (some are Mn, Lo or Cn, not Cf).
+DEFAULT_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+                     (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+                     (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8),
+                     (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+BLANKS = frozenset({"\u2800"})  # shown as a space, not in Zs
+MAX_MARKS = 1  # combining marks on one character before it is flagged
 
 
 def is_invisible(ch: str) -> bool:
@@ -24,10 +34,44 @@ def is_invisible(ch: str) -> bool:
     if unicodedata.category(ch) in REMOVED_CATEGORIES:
         return True
     cp = ord(ch)
-    return any(lo <= cp <= hi for lo, hi in INVISIBLE_RANGES)
+    return any(lo <= cp <= hi for lo, hi in DEFAULT_IGNORABLE)
 
 
-def clean(text: str, removed: Counter[str] | None = None) -> str:
+def replacement(ch: str, line_sep: str = "\n") -> str | None:
+    """U+0020 for another space, ``line_sep`` for a line or paragraph separator, else None."""
+    if ch == " ":
+        return None
+    cat = unicodedata.category(ch)
+    if cat == "Zs" or ch in BLANKS:
+        return " "
+    if cat in ("Zl", "Zp"):
+        return line_sep
+    return None
+
+
+def mark_stacks(text: str) -> int:
+    """How many characters carry two or more combining marks (after NFC)."""
+    stacks, run = 0, 0
+    for ch in text:
+        if unicodedata.category(ch) in ("Mn", "Me", "Mc"):
+            run += 1
+            if run == MAX_MARKS + 1:
+                stacks += 1
+        else:
+            run = 0
+    return stacks
+
+
+def marks_result(stacks: int) -> dict:
+    from sandbox.exports.checks import result
+
+    if not stacks:
+        return result("canonical.marks", "pass", "no character carries a stack of combining marks")
+    return result("canonical.marks", "review", f"{stacks:,} character(s) carry two or more combining marks: "
+                  "some scripts do, but stacked marks can also hide or blur content; look closely", stacks=stacks)
+
+
+def clean(text: str, removed: Counter[str] | None = None, line_sep: str = "\n") -> str:
     """``text`` with newlines as ``\\n``, invisible characters removed (counted in ``removed``), NFC."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     kept = []
@@ -35,8 +79,13 @@ def clean(text: str, removed: Counter[str] | None = None) -> str:
         if is_invisible(ch):
             if removed is not None:
                 removed[f"U+{ord(ch):04X}"] += 1
-        else:
-            kept.append(ch)
+            continue
+        other = replacement(ch, line_sep)
+        if other is not None:
+            if removed is not None:
+                removed[f"U+{ord(ch):04X} as {'newline' if other == chr(10) else 'space'}"] += 1
+            ch = other
+        kept.append(ch)
     return unicodedata.normalize("NFC", "".join(kept))
 
 
@@ -50,7 +99,7 @@ def describe(removed: Counter[str], limit: int = 8) -> str:
     total = sum(removed.values())
     parts = [f"{cp} ×{n}" for cp, n in removed.most_common(limit)]
     more = f", … {len(removed) - limit} more kinds" if len(removed) > limit else ""
-    return f"{total} invisible or control character(s) removed ({', '.join(parts)}{more})"
+    return f"{total} invisible, control or special space character(s) removed or replaced ({', '.join(parts)}{more})"
 
 
 def invisible_result(removed: Counter[str]) -> dict:
@@ -75,4 +124,4 @@ def canonical_text(data: bytes) -> tuple[bytes, str, list[dict]]:
     if trailing:
         removed["trailing whitespace"] += trailing
         text = "\n".join(line.rstrip(" \t") for line in lines)
-    return text.encode("utf-8"), text, [invisible_result(removed)]
+    return text.encode("utf-8"), text, [invisible_result(removed), marks_result(mark_stacks(text))]

@@ -80,7 +80,18 @@ def run_all(name: str, data: bytes, ctx: CheckContext) -> tuple[Canonical, list[
 
 
 def check_canonical(name: str, kind: str, data: bytes, ctx: CheckContext, limits: Limits) -> list[dict]:
-    """The disclosure checks on canonical bytes (tables, text, pictures)."""
+    """The disclosure checks on canonical bytes (tables, text, pictures); the file name is scanned for ids."""
+    from sandbox.exports.checks import identifiers
+
+    results = _checks_of_kind(name, kind, data, ctx, limits)
+    matcher = _safe(ctx.matcher)
+    for i, r in enumerate(results):
+        if r["rule"] == "identifiers" and ctx.units:
+            results[i] = _guard("identifiers", lambda r=r: identifiers.with_file_name(r, name, ctx.units, matcher))
+    return results
+
+
+def _checks_of_kind(name: str, kind: str, data: bytes, ctx: CheckContext, limits: Limits) -> list[dict]:
     from sandbox.exports.canonical import TABLE_KINDS
     from sandbox.exports.canonical.tables import read_canonical
     from sandbox.exports.checks import differencing, file_gates, identifiers, provenance, sdc

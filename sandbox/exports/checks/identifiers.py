@@ -7,6 +7,14 @@ digits of any script are read as ASCII (``９３７０３``) and thousands-group
 The gateway compares tokens against the raw id column as keyed hashes inside the engine
 (:meth:`sandbox.engine.Engine.unit_id_matches`) and learns only *how many* matched.
 
+Floats are read in their text form too (``93703.5`` gives ``93703`` and ``5``). A digit run longer
+than ``WINDOW_FROM`` digits (ids written back to back) is also read through a sliding window of
+every length in ``WINDOW_LENGTHS``. When a column or text has more than ``MAX_VALUES`` distinct
+numbers the scan stops and the outcome is at least ``review``: the check did not finish, and it
+never says ``pass`` about what it did not read. The file name is scanned like a cell.
+No automatic check catches ids that are transformed (id+1, hex, spelled out) or split across
+cells: the detail tells reviewers so.
+
 Chance: in a dense id space (a panel numbered 1 to a few thousand) ordinary numbers are ids by
 coincidence. For each magnitude (number of digits) present, the check asks the engine how many
 of a fixed set of probe numbers of that magnitude are ids: that is the chance that a number of
@@ -33,6 +41,10 @@ MAX_VALUES = 20_000
 DIGITS = re.compile(r"\d+")  # any Unicode decimal digits
 GROUPED = re.compile(r"\d{1,3}(?:[,.'\u00a0\u202f _]\d{3})+")  # 93,703 / 93 703 / 93.703 as one number
 MAX_DIGITS = 18
+WINDOW_FROM = 13  # longer runs are read through windows too: ids written back to back
+WINDOW_LENGTHS = range(4, 13)
+NOT_CAUGHT = ("No automatic check catches ids that are transformed (id+1, hex, spelled out) or split "
+              "across cells: read the file for that.")
 PROBES = 400  # probe numbers per magnitude
 ALPHA = 0.01
 EXCESS = 0.2
@@ -43,26 +55,41 @@ DENSE = 0.1  # an id space where a tenth or more of the numbers of a size are id
 
 
 def tokens_of(values: Iterable[object]) -> list[str]:
-    """Distinct digit runs of the values, as written and without zero padding."""
+    """Distinct digit runs of the values, as written and without zero padding (see :func:`tokenize`)."""
+    return tokenize(values)[0]
+
+
+def _text_form(v: object) -> str:
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return ""
+        return str(int(v)) if v.is_integer() and abs(v) < 10**MAX_DIGITS else repr(v)
+    return str(v)
+
+
+def tokenize(values: Iterable[object]) -> tuple[list[str], bool]:
+    """(distinct digit runs of the values, whether every value was read before ``MAX_VALUES``)."""
     seen: dict[str, None] = {}
     for v in values:
         if v is None or isinstance(v, bool):
             continue
-        if isinstance(v, float):
-            if not math.isfinite(v) or v != int(v):
-                continue
-            v = int(v)
-        text = str(v)
+        text = _text_form(v)
         runs = DIGITS.findall(text) + [re.sub(r"\D", "", g) for g in GROUPED.findall(text)]
         for run in runs:
-            if len(run) > MAX_DIGITS:
-                continue
             run = "".join(str(unicodedata.decimal(c)) for c in run)  # fullwidth, Arabic-Indic... as ASCII
-            seen[run] = None
-            seen[run.lstrip("0") or "0"] = None
-        if len(seen) >= MAX_VALUES:
-            break
-    return list(seen)[:MAX_VALUES]
+            if len(run) <= MAX_DIGITS:
+                seen[run] = None
+                seen[run.lstrip("0") or "0"] = None
+            if len(run) >= WINDOW_FROM:
+                for n in WINDOW_LENGTHS:
+                    for i in range(len(run) - n + 1):
+                        if run[i] != "0":
+                            seen[run[i: i + n]] = None
+                    if len(seen) > MAX_VALUES:
+                        break
+            if len(seen) > MAX_VALUES:
+                return list(seen)[:MAX_VALUES], False
+    return list(seen), True
 
 
 def probes(digits: int) -> list[str]:
@@ -145,7 +172,11 @@ def check_table(table: Table, units: Mapping[str, str], matcher: Matcher) -> dic
             cells.append({"column": col, "reason": f"named like the privacy unit of {', '.join(unit_named)}"})
             worst = "fail"
             continue
-        tokens = tokens_of(table.column(col))
+        i = table.columns.index(col)
+        tokens, complete = tokenize(r[i] for r in table.rows)
+        if not complete:
+            cells.append({"column": col, "outcome": "review", "reason": _unfinished(len(tokens))})
+            worst = _worse(worst, "review")
         for ds_id in sorted(units):
             found = assess(ds_id, units[ds_id], tokens, matcher, memo)
             if found is None:
@@ -155,24 +186,52 @@ def check_table(table: Table, units: Mapping[str, str], matcher: Matcher) -> dic
             worst = _worse(worst, found["outcome"])
     names = ", ".join(f"{ds}.{u}" for ds, u in sorted(units.items()))
     if not cells:
-        return result("identifiers", "pass", f"no column carries privacy-unit ids ({names})")
-    return result("identifiers", worst, f"{len(cells)} column(s) match privacy-unit ids ({names})", cells)
+        return result("identifiers", "pass", f"no column carries privacy-unit ids ({names}). {NOT_CAUGHT}")
+    return result("identifiers", worst, f"{len(cells)} finding(s) on privacy-unit ids ({names}). {NOT_CAUGHT}",
+                  cells)
 
 
 def check_text(text: str, units: Mapping[str, str], matcher: Matcher) -> dict:
     """Every digit run in free text (code, notebook JSON saved as text...), compared with the unit ids."""
     if not units:
         return result("identifiers", "pass", "no granted dataset has a privacy-unit id column")
-    tokens = tokens_of([text])
-    cells, worst = [], "pass"
+    tokens, complete = tokenize([text])
+    cells: list[dict] = []
+    worst = "pass"
+    if not complete:
+        cells.append({"outcome": "review", "reason": _unfinished(len(tokens))})
+        worst = "review"
     for ds_id in sorted(units):
         found = assess(ds_id, units[ds_id], tokens, matcher)
         if found is not None:
             cells.append({k: v for k, v in found.items()})
             worst = _worse(worst, found["outcome"])
     if cells:
-        return result("identifiers", worst, "the text contains numbers that are privacy-unit ids", cells)
-    return result("identifiers", "pass", f"none of {len(tokens)} number(s) in the text is a unit id")
+        return result("identifiers", worst, f"the text contains numbers that are privacy-unit ids, or the scan did "
+                      f"not finish. {NOT_CAUGHT}", cells)
+    return result("identifiers", "pass", f"none of {len(tokens)} number(s) in the text is a unit id. {NOT_CAUGHT}")
+
+
+def with_file_name(found: dict, name: str, units: Mapping[str, str], matcher: Matcher) -> dict:
+    """The identifier result with the file name scanned like a cell (a name can carry ids too)."""
+    tokens = tokens_of([name])
+    extra = []
+    for ds_id in sorted(units):
+        hit = assess(ds_id, units[ds_id], tokens, matcher)
+        if hit is not None:
+            extra.append({"column": "(file name)", **hit})
+    if not extra:
+        return found
+    outcome = found["outcome"]
+    for e in extra:
+        outcome = _worse(outcome, e["outcome"])
+    return {**found, "outcome": outcome, "detail": "the file name has numbers that are privacy-unit ids; "
+            + found["detail"], "cells": extra + list(found["cells"])}
+
+
+def _unfinished(n: int) -> str:
+    return (f"the scan stopped after {n:,} distinct numbers: the check did not finish, so the rest of this "
+            "column or text was not compared with the ids")
 
 
 def _worse(a: str, b: str) -> str:
