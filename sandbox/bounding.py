@@ -30,7 +30,7 @@ import secrets
 from pathlib import Path
 
 from sandbox.errors import SandboxError
-from sandbox.policy.models import Dataset
+from sandbox.policy.models import RESERVED_COLUMNS, RESERVED_PREFIXES, Dataset
 
 KEY_FILE = "bounding.key"
 KEY_BYTES = 32
@@ -118,6 +118,11 @@ def _row_message_sql(ds: Dataset) -> str:
     return f"to_json(struct_pack({', '.join(fields)}))"
 
 
+def reserved_names_in(names: list[str]) -> list[str]:
+    """The names of a source file's schema that the engine reserves (refused at validate and build)."""
+    return [n for n in names if n.lower() in RESERVED_COLUMNS or n.startswith(RESERVED_PREFIXES)]
+
+
 def bounded_rows_sql(ds: Dataset, source: Path, key: bytes) -> str:
     """Each unit keeps its ``max_rows_per_unit`` rows of smallest PRF value (see the module docstring)."""
     src = f"read_parquet({literal(str(source))})"
@@ -130,8 +135,11 @@ def bounded_rows_sql(ds: Dataset, source: Path, key: bytes) -> str:
     prf = f"CAST('0x' || left({hmac_sql(key, _row_message_sql(ds))}, 16) AS UBIGINT)"
     k = ds.max_rows_per_unit
     # units within the bound keep every row, so only the rows of over-bound units are hashed
+    # only the declared columns (the unit among them) and the window: never ``*``, so no column
+    # of the file can shadow ``__n`` (files with reserved names are refused before this, too)
+    declared = ", ".join(quote(name) for name in ds.columns)
     return (
-        f"SELECT {cols} FROM (SELECT *, count(*) OVER (PARTITION BY {unit}) AS __n FROM {src} "
+        f"SELECT {cols} FROM (SELECT {declared}, count(*) OVER (PARTITION BY {unit}) AS __n FROM {src} "
         f"WHERE {unit} IS NOT NULL) QUALIFY __n <= {k} OR "
         f"row_number() OVER (PARTITION BY {unit} ORDER BY CASE WHEN __n > {k} THEN {prf} ELSE 0 END) <= {k}"
     )

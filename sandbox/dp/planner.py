@@ -27,9 +27,11 @@ from sandbox.dp.noise import (
     add_discrete_laplace,
     gaussian_halfwidth,
     gaussian_scale,
+    gaussian_scale_for_halfwidth,
     halfwidth,
     laplace_scale,
 )
+from sandbox.errors import BadRequest
 from sandbox.policy.models import Dataset
 from sandbox.sql.plan import QueryPlan
 
@@ -212,9 +214,15 @@ def planned_halfwidths(plan: DPPlan) -> dict[str, float | None]:
     return {name: out[name] for name in plan.query.columns if name in out}
 
 
-def cost_for_halfwidth(query: QueryPlan, dataset: Dataset, target: float, accounting: str = "pure") -> float | None:
+def cost_for_halfwidth(
+    query: QueryPlan, dataset: Dataset, target: float, accounting: str = "pure", max_cost: float = math.inf
+) -> float | None:
     """The smallest cost (epsilon, or rho under zcdp; in 1e-9 steps) at which every COUNT and
-    SUM column's 95% half-width is at most ``target``; None if the query has no such column."""
+    SUM column's 95% half-width is at most ``target``; None if the query has no such column.
+
+    Refused (400 bad_halfwidth): a target below one unit of a column (1 for a count, 10**-scale
+    for a float sum: the noise is a whole number of units, so a smaller target asks for no noise),
+    or one that needs more than ``max_cost``."""
     probe = plan_dp(query, dataset, 1.0, accounting)
     sized = [a for a in query.aggregates if a.kind in ("count", "sum")]
     if not sized:
@@ -223,7 +231,11 @@ def cost_for_halfwidth(query: QueryPlan, dataset: Dataset, target: float, accoun
     need = 0.0
     for agg in sized:
         prim = _count_of(agg) if agg.kind == "count" else _sum_of(agg)
-        t = target * _factor(probe, agg.column if agg.kind == "sum" else None)
+        factor = _factor(probe, agg.column if agg.kind == "sum" else None)
+        t = target * factor
+        if t < 1:
+            raise BadRequest(f"`ci_halfwidth` {target:g} is below one unit of {agg.name} ({1 / factor:g}): "
+                             f"ask for at least {1 / factor:g}", code="bad_halfwidth")
         sens = probe.sensitivity(prim)
         if accounting == "zcdp":
             scale = float(_accuracy_to_gaussian_scale(t))
@@ -233,11 +245,15 @@ def cost_for_halfwidth(query: QueryPlan, dataset: Dataset, target: float, accoun
             need = max(need, n * sens / scale)
     cost = math.ceil(need * 1e9) / 1e9
     for _ in range(60):  # the discrete accuracy is a step function: step up until it holds
+        if cost > max_cost:
+            break
         widths = planned_halfwidths(plan_dp(query, dataset, cost, accounting))
         if all(widths[a.name] is not None and widths[a.name] <= target * (1 + 1e-12) for a in sized):
             return cost
         cost = math.ceil(cost * 1.0005 * 1e9) / 1e9
-    return cost
+    unit = "rho" if accounting == "zcdp" else "epsilon"
+    raise BadRequest(f"`ci_halfwidth` {target:g} is out of reach: it needs more than {unit} {max_cost:g}"
+                     if cost > max_cost else f"no {unit} found for `ci_halfwidth` {target:g}", code="bad_halfwidth")
 
 
 def _accuracy_to_laplace_scale(accuracy: float) -> float:
@@ -245,4 +261,4 @@ def _accuracy_to_laplace_scale(accuracy: float) -> float:
 
 
 def _accuracy_to_gaussian_scale(accuracy: float) -> float:
-    return float(_dp.accuracy_to_discrete_gaussian_scale(accuracy=float(accuracy), alpha=ALPHA, T="f64"))
+    return gaussian_scale_for_halfwidth(float(accuracy), ALPHA)  # OpenDP's inverse is slow at large scales

@@ -149,3 +149,32 @@ def test_neighbour_moves_count_by_year_by_at_most_the_bound(tmp_path: Path) -> N
         con.close()
     l1 = sum(abs(counts[0].get(y, 0) - counts[1].get(y, 0)) for y in set(counts[0]) | set(counts[1]))
     assert l1 == K  # exactly the victim's kept rows, nobody else's
+
+
+@pytest.mark.parametrize("extra", ["__n", "__v_tag", "rowid", "file_row_number"])
+def test_an_undeclared_reserved_column_in_the_file_is_refused(tmp_path: Path, extra: str) -> None:
+    """A file's own ``__n`` would shadow the window count and keep every row: the build refuses
+    any file whose schema holds a reserved name or a name starting with ``__``."""
+    from sandbox.catalog_check import check_dataset_against_parquet
+    from sandbox.engine import EngineError
+
+    rows = [{"pid": "a", "tag": i, "year": "2020", extra: 0} for i in range(5)]
+    rows += [{"pid": "b", "tag": 10 + i, "year": "2021", extra: 0} for i in range(4)]
+    _write(tmp_path / "panel.parquet", rows)
+    problems = check_dataset_against_parquet(_dataset(), tmp_path)
+    assert any(extra in p and "reserved" in p for p in problems)
+    with pytest.raises(EngineError) as exc:
+        build({"panel": _dataset()}, tmp_path, tmp_path / "t.duckdb", key=secrets.token_bytes(32))
+    assert exc.value.code == "reserved_column" and extra in exc.value.message
+
+
+def test_the_bound_reads_only_declared_columns(tmp_path: Path) -> None:
+    """Even past the schema check, the inner query projects the declared columns, never ``*``."""
+    from sandbox.bounding import bounded_rows_sql
+
+    sql = bounded_rows_sql(_dataset(), tmp_path / "panel.parquet", secrets.token_bytes(32))
+    assert "*," not in sql and "SELECT *" not in sql
+    rows = [{"pid": "a", "tag": i, "year": "2020", "__n": 0} for i in range(5)]
+    _write(tmp_path / "panel.parquet", rows)
+    con = duckdb.connect()
+    assert con.execute(f"SELECT COUNT(*) FROM ({sql})").fetchone()[0] == K
