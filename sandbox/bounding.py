@@ -30,7 +30,7 @@ import secrets
 from pathlib import Path
 
 from sandbox.errors import SandboxError
-from sandbox.policy.models import Dataset
+from sandbox.policy.models import RESERVED_COLUMNS, RESERVED_PREFIXES, Dataset
 
 KEY_FILE = "bounding.key"
 KEY_BYTES = 32
@@ -130,6 +130,11 @@ def _prf64(key: bytes, message_sql: str) -> str:
     return f"CAST('0x' || left({hmac_sql(key, message_sql)}, 16) AS UBIGINT)"
 
 
+def reserved_names_in(names: list[str]) -> list[str]:
+    """The names of a source file's schema that the engine reserves (refused at validate and build)."""
+    return [n for n in names if n.lower() in RESERVED_COLUMNS or n.startswith(RESERVED_PREFIXES)]
+
+
 def bounded_rows_sql(ds: Dataset, source: Path, key: bytes) -> str:
     """Each unit keeps its ``max_rows_per_unit`` rows of smallest PRF value (see the module docstring).
 
@@ -152,8 +157,8 @@ def bounded_rows_sql(ds: Dataset, source: Path, key: bytes) -> str:
     rank = f"row_number() OVER (PARTITION BY {unit} ORDER BY {order})"
     unit_key = _prf64(key, f"'unit:' || TRIM(CAST({unit} AS VARCHAR))")  # a prefix no row message has
     extra = f"{rank} = 1 AS {quote(UNIT_FIRST)}, {unit_key} AS {quote(UNIT_KEY)}, {order} AS {quote(ROW_KEY)}"
-    # only declared columns are read (never ``*``): an undeclared Parquet column named like an
-    # internal one (``__n``) cannot shadow it; declared names never start with ``__``
+    # only the declared columns (the unit among them) and the window: never ``*``, so no column
+    # of the file can shadow ``__n`` (files with reserved names are refused before this, too)
     declared = ", ".join(quote(name) for name in ds.columns)
     return (
         f"SELECT {cols}, {extra} FROM (SELECT {declared}, count(*) OVER (PARTITION BY {unit}) AS __n FROM {src} "

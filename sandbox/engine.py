@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -29,7 +31,15 @@ from pathlib import Path
 import duckdb
 from sqlglot import exp
 
-from sandbox.bounding import KEY_FILE, UNIT_FIRST, bounded_rows_sql, hmac_sql, load_or_create_key, value_column
+from sandbox.bounding import (
+    KEY_FILE,
+    UNIT_FIRST,
+    bounded_rows_sql,
+    hmac_sql,
+    load_or_create_key,
+    reserved_names_in,
+    value_column,
+)
 from sandbox.bounding import literal as _lit
 from sandbox.bounding import quote as _q
 from sandbox.dp.planner import DPPlan, Primitive
@@ -70,8 +80,20 @@ def keyed_id(ids_key: bytes, value: str) -> str:
     """HMAC-SHA256(ids key, value) in lowercase hex: what the unit-id table holds."""
     return hmac.new(ids_key, value.encode(), hashlib.sha256).hexdigest()
 class EngineError(SandboxError):
+    """503. ``admin_detail`` (never in the JSON answer) carries what only the administrator should read."""
+
     status = 503
     code = "engine_unavailable"
+    admin_detail: str = ""
+
+
+log = logging.getLogger("sandbox.engine")
+_BYTES_LITERAL = re.compile(r"(\\x[0-9A-Fa-f]{2}){2,}")
+
+
+def redact(text: str) -> str:
+    """Byte-string literals (the bounding HMAC's key pads) removed from an error text."""
+    return _BYTES_LITERAL.sub("<redacted>", text)
 
 
 # catalog fields that change neither the engine file nor any answer
@@ -147,6 +169,7 @@ def build(
             if not source.is_file():
                 progress(f"{ds_id}: source {ds.source} missing under the data root; skipped")
                 continue
+            _refuse_reserved_names(con, ds_id, source)
             progress(f"{ds_id}: bounding contributions and fixing point ...")
             try:
                 con.execute(f"CREATE TABLE {_q(ds_id)} AS {bounded_rows_sql(ds, source, key)}")
@@ -168,6 +191,21 @@ def build(
         con.close()
     os.replace(tmp, target)
     return kept
+
+
+def _refuse_reserved_names(con: duckdb.DuckDBPyConnection, ds_id: str, source: Path) -> None:
+    """A file column named like an engine name (``__n``, ``rowid``...) could shadow it: refused."""
+    try:
+        names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_lit(str(source))})").fetchall()]
+    except duckdb.Error as exc:
+        raise EngineError(f"{ds_id}: cannot read the schema of its source: {exc}", code="import_failed") from None
+    reserved = reserved_names_in(names)
+    if reserved:
+        raise EngineError(
+            f"{ds_id}: its source file has reserved column names ({', '.join(sorted(reserved))}); rename or drop "
+            "them in the Parquet (names starting with __ and row, rowid, file_row_number, filename, file_index)",
+            code="reserved_column",
+        )
 
 
 def _child_main() -> None:
@@ -230,7 +268,14 @@ def build_in_child(
             error = value
     proc.wait()
     if result is None:
-        raise EngineError(error, code="import_failed")
+        # DuckDB's text can quote the SQL (near the key's pads): the administrator reads it in the
+        # log and on the command line, an operator only learns that the data is unavailable
+        detail = redact(error)
+        log.error("engine build failed: %s", detail)
+        exc = EngineError("the data engine could not be built; the administrator has been told (gateway log)",
+                          code="import_failed")
+        exc.admin_detail = detail
+        raise exc
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     progress(f"built in {time.monotonic() - t0:.1f} s (import process peak memory {peak:.0f} MB)")
     return result

@@ -250,7 +250,8 @@ class QueryService:
         unit = "rho" if grant.accounting == "zcdp" else "epsilon"
         out: dict = {"grant": grant.id, "dataset": dataset.id, "accounting": grant.accounting, "charged": False}
         if req.ci_halfwidth is not None:
-            cost = cost_for_halfwidth(plan, dataset, req.ci_halfwidth, grant.accounting, delta)
+            cost = cost_for_halfwidth(plan, dataset, req.ci_halfwidth, grant.accounting,
+                                      max_cost=MAX_RHO if unit == "rho" else MAX_EPSILON, delta=delta)
             if cost is None:
                 raise BadRequest("a target half-width needs a COUNT, COUNT(DISTINCT unit) or SUM column; the "
                                  "intervals of AVG and the spreads depend on the noisy count, and a quantile's "
@@ -260,12 +261,16 @@ class QueryService:
         else:
             check_accounting(grant, req.unit)
             cost = req.cost
-        cap = grant.max_epsilon_per_query if unit == "epsilon" else grant.max_epsilon_per_query**2 / 2
+        # the per-query cap is an epsilon; a rho counts with its epsilon at the grant's delta
+        if unit == "epsilon":
+            within = to_nano(cost) <= to_nano(grant.max_epsilon_per_query)
+        else:
+            within = rho_to_epsilon(cost, grant.budget.delta) <= grant.max_epsilon_per_query * (1 + 1e-12)
         dp_plan = plan_dp(plan, dataset, from_nano(to_nano(cost)), grant.accounting, delta)
         notes, ranks = planned_notes(dp_plan), planned_quantiles(dp_plan)
         out.update({
             unit: cost,
-            "within_per_query_cap": to_nano(cost) <= to_nano(cap),
+            "within_per_query_cap": within,
             "budget": self.s.ledger.state(grant.id).to_dict(),
             "accuracy": {"alpha": ALPHA, "ci_halfwidth": planned_halfwidths(dp_plan),
                          **({"ci_halfwidth_null": notes} if notes else {}),
@@ -275,6 +280,8 @@ class QueryService:
                           f"{unit}_per_measurement": dp_plan.epsilon_each,
                           **_selection_block(dp_plan)},
         })
+        if not all(v is None or math.isfinite(v) for v in out["accuracy"]["ci_halfwidth"].values()):
+            raise BadRequest("no accuracy statement for this plan", code="bad_halfwidth")  # never -Infinity
         if unit == "rho":
             out["epsilon_equivalent"] = rho_to_epsilon(cost, grant.budget.delta)
         self.s.audit.record(AuditEvent(user, "query.planned", grant.id,

@@ -32,6 +32,7 @@ from sandbox.dp.noise import (
     add_discrete_laplace,
     gaussian_halfwidth,
     gaussian_scale,
+    gaussian_scale_for_halfwidth,
     halfwidth,
     laplace_scale,
 )
@@ -407,12 +408,17 @@ def planned_quantiles(plan: DPPlan) -> dict[str, dict]:
 SIZED_KINDS = ("count", "count_units", "sum")
 
 
-def cost_for_halfwidth(
-    query: QueryPlan, dataset: Dataset, target: float, accounting: str = "pure", delta: float = 0.0
+def cost_for_halfwidth(  # noqa: PLR0913
+    query: QueryPlan, dataset: Dataset, target: float, accounting: str = "pure", max_cost: float = math.inf,
+    delta: float = 0.0,
 ) -> float | None:
     """The smallest cost (epsilon, or rho under zcdp; in 1e-9 steps) at which every COUNT,
     COUNT(DISTINCT unit) and SUM column's 95% half-width is at most ``target``; None if the
-    query has no such column."""
+    query has no such column.
+
+    Refused (400 bad_halfwidth): a target below one unit of a column (1 for a count, 10**-scale
+    for a float sum: the noise is a whole number of units, so a smaller target asks for no noise),
+    or one that needs more than ``max_cost``."""
     probe = plan_dp(query, dataset, 1.0, accounting, delta)
     sized = [a for a in query.aggregates if a.kind in SIZED_KINDS]
     if not sized:
@@ -421,7 +427,11 @@ def cost_for_halfwidth(
     need = 0.0
     for agg in sized:
         prim = {"count": _count_of(agg), "count_units": Primitive("units", None), "sum": _sum_of(agg)}[agg.kind]
-        t = target * _factor(probe, agg.column if agg.kind == "sum" else None)
+        factor = _factor(probe, agg.column if agg.kind == "sum" else None)
+        t = target * factor
+        if t < 1:
+            raise BadRequest(f"`ci_halfwidth` {target:g} is below one unit of {agg.name} ({1 / factor:g}): "
+                             f"ask for at least {1 / factor:g}", code="bad_halfwidth")
         sens = probe.sensitivity(prim)
         if accounting == "zcdp":
             scale = float(_accuracy_to_gaussian_scale(t))
@@ -431,11 +441,15 @@ def cost_for_halfwidth(
             need = max(need, n * sens / scale)
     cost = math.ceil(need * 1e9) / 1e9
     for _ in range(60):  # the discrete accuracy is a step function: step up until it holds
+        if cost > max_cost:
+            break
         widths = planned_halfwidths(plan_dp(query, dataset, cost, accounting, delta))
         if all(widths[a.name] is not None and widths[a.name] <= target * (1 + 1e-12) for a in sized):
             return cost
         cost = math.ceil(cost * 1.0005 * 1e9) / 1e9
-    return cost
+    unit = "rho" if accounting == "zcdp" else "epsilon"
+    raise BadRequest(f"`ci_halfwidth` {target:g} is out of reach: it needs more than {unit} {max_cost:g}"
+                     if cost > max_cost else f"no {unit} found for `ci_halfwidth` {target:g}", code="bad_halfwidth")
 
 
 def _accuracy_to_laplace_scale(accuracy: float) -> float:
@@ -443,4 +457,4 @@ def _accuracy_to_laplace_scale(accuracy: float) -> float:
 
 
 def _accuracy_to_gaussian_scale(accuracy: float) -> float:
-    return float(_dp.accuracy_to_discrete_gaussian_scale(accuracy=float(accuracy), alpha=ALPHA, T="f64"))
+    return gaussian_scale_for_halfwidth(float(accuracy), ALPHA)  # OpenDP's inverse is slow at large scales

@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import unicodedata
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-IDENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-GRANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
+IDENT = re.compile(r"[a-z][a-z0-9_]{0,62}\Z")
+GRANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
 
 ColumnType = Literal["id", "category", "int", "float", "text"]  # text: keys only through DP selection
 
@@ -34,6 +35,21 @@ def check_column_name(name: str) -> None:
         )
     if not IDENT.match(name):
         raise ValueError(f"column name {name!r} is not a lower-case SQL identifier")
+
+
+def operator_key(operator: str) -> str:
+    """The canonical key of an operator's name: caps across grants, and the one-spelling rule, key on it.
+
+    NFKC, format characters (Unicode category Cf: zero-width spaces, joiners, bidi marks)
+    removed, case folded, punctuation read as a space, whitespace collapsed. So "Acme Health
+    Analytics Ltd.", "acme  health analytics ltd" and "ACME Health Analytics Ltd.\u200b" are one key.
+    """
+    text = unicodedata.normalize("NFKC", operator)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf").casefold()
+    text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
+    return " ".join(text.split())
+
+
 Classification = Literal["L1", "L2", "L3", "L4"]
 
 
@@ -109,9 +125,14 @@ def _fixed(low: float, high: float, factor: int) -> tuple[int, int]:
 
 
 class DatasetBudget(_Strict):
-    """The total privacy loss of all grants together on a dataset (what is released to the world)."""
+    """The total privacy loss of all grants together on a dataset (what is released to the world).
+
+    ``delta``: the sum of the deltas of the zCDP grants that have spent on the dataset (each
+    grant's delta counted once, at its first charge there) is at most this. Default 1e-5: ten
+    grants at delta 1e-6. Pure grants have no delta."""
 
     epsilon: float = Field(gt=0, le=1000)
+    delta: float = Field(default=1e-5, gt=0, lt=1e-3)
 
 
 class Dataset(_Strict):
@@ -135,14 +156,26 @@ class Dataset(_Strict):
 
     def operator_cap(self, operator: str) -> float | None:
         """The cap on ``operator``'s grants together on this dataset, or None."""
-        return self.operator_caps.get(operator, self.max_epsilon_per_operator)
+        key = operator_key(operator)
+        for name, cap in self.operator_caps.items():
+            if operator_key(name) == key:
+                return cap
+        return self.max_epsilon_per_operator
 
     @field_validator("operator_caps")
     @classmethod
     def _caps_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        seen: dict[str, str] = {}
         for operator, cap in v.items():
             if not (isinstance(cap, int | float) and 0 < cap <= 1000):
                 raise ValueError(f"{operator!r}: a cap is an epsilon above 0 and at most 1000")
+            key = operator_key(operator)
+            if not key:
+                raise ValueError(f"{operator!r}: not an operator name")
+            if key in seen:
+                raise ValueError(f"{seen[key]!r} and {operator!r} are the same operator (caps match names "
+                                 "ignoring case, spacing and punctuation): keep one")
+            seen[key] = operator
         return v
 
     @model_validator(mode="after")
@@ -269,6 +302,13 @@ class Grant(_Strict):
         if len(v) > 500:
             raise ValueError("at most 500 characters")
         return v.strip()
+
+    @field_validator("operator")
+    @classmethod
+    def _operator_has_a_key(cls, v: str) -> str:
+        if not operator_key(v):
+            raise ValueError("must name the operating institution (letters or digits)")
+        return v
 
     @field_validator("members")
     @classmethod

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from sandbox.errors import Conflict, NotFound, PolicyError
-from sandbox.policy.models import Dataset, Grant, Roles
+from sandbox.policy.models import Dataset, Grant, Roles, operator_key
 from sandbox.policy.rules import check_caps_not_raised, check_grant_fits_catalog
 from sandbox.state.audit import AuditEvent, AuditLog
 from sandbox.state.db import StateDB, register_schema
@@ -74,6 +74,30 @@ def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             lines.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
     return lines
+
+
+def _check_operator(conn, grant: Grant, existing) -> None:  # noqa: ANN001
+    """One grant, one operator for life; one institution, one spelling across grants.
+
+    Caps across grants key on :func:`operator_key`; a rename or a second spelling would make a
+    register that names one institution two ways (and, before the key, a fresh cap)."""
+    if existing is not None:
+        before = json.loads(existing["body"])["operator"]
+        if before != grant.operator and existing["status"] != "revoked":
+            raise Conflict(
+                f"grant {grant.id}: the operator is fixed once applied ({before!r}); issue a new grant instead",
+                code="operator_fixed",
+            )
+        return
+    key = operator_key(grant.operator)
+    for row in conn.execute("SELECT id, body FROM grants ORDER BY id"):
+        other = json.loads(row["body"])["operator"]
+        if other != grant.operator and operator_key(other) == key:
+            raise Conflict(
+                f"operator {grant.operator!r} is spelled {other!r} in grant {row['id']}: one institution has one "
+                "spelling (names are compared ignoring case, spacing and punctuation); use that spelling",
+                code="operator_spelling",
+            )
 
 
 class PolicyStore:
@@ -159,6 +183,7 @@ class PolicyStore:
             existing = conn.execute(
                 "SELECT body, status FROM grants WHERE id = ?", (grant.id,)
             ).fetchone()
+            _check_operator(conn, grant, existing)
             if existing is None:
                 new, changes, outcome = grant, (), "created"
             else:

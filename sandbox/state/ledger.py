@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sandbox.dp.accounting import epsilon_to_rho, rho_nano_to_epsilon_nano
+from sandbox.dp.accounting import epsilon_to_rho, rho_nano_to_epsilon_nano, rho_to_epsilon
 from sandbox.errors import BadRequest, Conflict, NotFound
 from sandbox.policy.models import Dataset
 from sandbox.state import caps
@@ -136,6 +136,7 @@ class Ledger:
         self.db = db
         self.audit = audit
         self.wait_for_twin_s = wait_for_twin_s
+        caps.backfill(db, audit)  # one-time upgrade: charges from before the cap tallies count against them
 
     @staticmethod
     def ensure_budget(
@@ -227,17 +228,18 @@ class Ledger:
         cache_key: str,
         audit_detail: dict,
         rho: float | None = None,
-        dataset: Dataset | None = None,
-        operator: str | None = None,
+        dataset: Dataset,
+        operator: str,
         delta: float = 0.0,
         also: tuple[Dataset, ...] = (),
     ) -> Charge:
         """Check and charge in one IMMEDIATE transaction, with its audit entry; or replay.
 
-        ``epsilon`` for a pure grant, ``rho`` for a zcdp grant (whose per-query cap is
-        ``max_epsilon_per_query ** 2 / 2``, the rho of a pure query at that cap). With
-        ``dataset`` and ``operator`` the operator and dataset caps are charged in the same
-        transaction. Raises Conflict(budget_exhausted, detail.cap) and changes nothing when
+        ``epsilon`` for a pure grant, ``rho`` for a zcdp grant (whose per-query cap holds in
+        the policy's unit: the rho's epsilon at the grant's delta is at most ``max_epsilon_per_query``). The
+        operator and dataset caps of ``dataset`` are charged in the same transaction (the
+        scope is mandatory: every charge counts against the caps). Raises
+        Conflict(budget_exhausted, detail.cap) and changes nothing when
         the query would overspend any of them. ``delta`` (pure grants: DP partition selection)
         is charged against the grant's delta budget in the same transaction. ``also``: further
         private datasets the query reads (a join on the privacy unit), whose operator and dataset
@@ -249,14 +251,18 @@ class Ledger:
         units = to_nano(cost)
         if units <= 0:
             raise BadRequest(f"{name} must be positive", code="bad_epsilon")
-        cap = max_epsilon_per_query if rho is None else max_epsilon_per_query**2 / 2
-        if units > to_nano(cap):
+        if rho is None:
+            over, shown = units > to_nano(max_epsilon_per_query), ""
+        else:
+            as_epsilon = self._rho_epsilon(grant_id, cost)
+            over, shown = as_epsilon > max_epsilon_per_query * (1 + 1e-12), f" (epsilon {as_epsilon:g} at its delta)"
+        if over:
             raise BadRequest(
-                f"{name} {cost} is over this grant's per-query cap of {cap:g}",
+                f"{name} {cost}{shown} is over this grant's per-query cap of epsilon {max_epsilon_per_query:g}",
                 code="epsilon_over_cap",
             )
         deadline = time.monotonic() + self.wait_for_twin_s
-        scope = ((dataset, *also), operator) if dataset is not None and operator is not None else None
+        scope = ((dataset, *also), operator)
         while True:
             outcome = self._try_charge(grant_id, user, query_id, units, rho is not None, cache_key, audit_detail,
                                        scope, delta)
@@ -268,6 +274,13 @@ class Ledger:
             if time.monotonic() > deadline:
                 raise Conflict("an identical query is still running; try again", code="query_in_flight")
             time.sleep(0.02)
+
+    def _rho_epsilon(self, grant_id: str, rho: float) -> float:
+        """A zCDP query's epsilon at its grant's delta: the per-query cap is in the policy's unit, epsilon."""
+        rows = self.db.read("SELECT delta FROM zcdp_budgets WHERE grant_id = ?", (grant_id,))
+        if not rows:
+            raise BadRequest("send epsilon (this grant uses pure accounting)", code="wrong_accounting")
+        return rho_to_epsilon(rho, rows[0]["delta"])
 
     def _try_charge(
         self, grant_id: str, user: str, query_id: str, units: int, zcdp: bool, cache_key: str, detail: dict,
@@ -306,10 +319,11 @@ class Ledger:
                 for i, dataset in enumerate(datasets):
                     cap_units = caps.increment(conn, grant_id, dataset.id, units, delta)
                     caps.check_caps(conn, dataset, operator, cap_units)
+                    caps.check_delta_cap(conn, dataset, grant_id, delta)
                     # one scope row per dataset: a joined dataset's row is keyed <query_id>+<dataset>
                     scope_id = query_id if i == 0 else f"{query_id}+{dataset.id}"
                     caps.charge_caps(conn, query_id=scope_id, grant_id=grant_id, dataset_id=dataset.id,
-                                     operator=operator, units=units, cap_units=cap_units)
+                                     operator=operator, units=units, cap_units=cap_units, zcdp_delta=delta)
                     if i == 0:
                         extra["cap_epsilon"] = from_nano(cap_units)
                     else:
