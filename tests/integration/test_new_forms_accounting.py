@@ -30,15 +30,15 @@ def zcdp(services: Services) -> Services:
 
 
 def test_new_aggregates_on_a_zcdp_grant_are_gaussian_and_charged_in_rho(client, alice, zcdp) -> None:  # noqa: ANN001
-    r = client.post("/v1/query", json={"sql": SQL, "rho": 0.05, "grant": "g-zcdp"}, headers=alice)
+    r = client.post("/v1/query", json={"sql": SQL, "rho": 0.01, "grant": "g-zcdp"}, headers=alice)
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
-    assert body["rho_spent"] == 0.05 and body["budget"]["rho_spent"] == 0.05
+    assert body["rho_spent"] == 0.01 and body["budget"]["rho_spent"] == 0.01
     mech = body["mechanism"]
     assert mech["name"] == "discrete_gaussian"
     share = mech["rho_per_measurement"]
     n_measurements = len({m for ms in mech["measurements"].values() for m in ms})
-    assert share == pytest.approx(0.05 / n_measurements)
+    assert share == pytest.approx(0.01 / n_measurements)
     # COUNT(DISTINCT unit): sensitivity 1, Gaussian scale 1 / sqrt(2 rho share)
     assert mech["scales"]["units(*)"] == pytest.approx(1 / math.sqrt(2 * share))
     # the quantile's noisy max runs at epsilon sqrt(2 rho share): scale 2 * sensitivity / epsilon
@@ -50,7 +50,7 @@ def test_new_aggregates_on_a_zcdp_grant_are_gaussian_and_charged_in_rho(client, 
     assert [row[0] for row in body["rows"]] == ["male", "female"]
 
 
-@pytest.mark.parametrize(("grant", "unit", "cost"), [(GRANT, "epsilon", 0.4), ("g-zcdp", "rho", 0.05)])
+@pytest.mark.parametrize(("grant", "unit", "cost"), [(GRANT, "epsilon", 0.4), ("g-zcdp", "rho", 0.01)])
 def test_plan_of_the_new_aggregates_matches_the_answer(client, alice, zcdp, grant, unit, cost) -> None:  # noqa: ANN001, PLR0913
     before = zcdp.ledger.state(grant)
     plan = client.post("/v1/plan", json={"sql": SQL, unit: cost, "grant": grant}, headers=alice)

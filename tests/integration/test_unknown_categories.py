@@ -163,13 +163,13 @@ def test_a_zcdp_grant_is_refused_partition_selection(visits_client) -> None:  # 
     for key in ("city", "postcode"):
         sql = f"SELECT {key}, COUNT(*) FROM visits GROUP BY {key}"
         for path in ("/v1/query", "/v1/plan"):
-            resp = client.post(path, headers=alice, json={"sql": sql, "rho": 0.05, "grant": "g-visits-zcdp"})
+            resp = client.post(path, headers=alice, json={"sql": sql, "rho": 0.01, "grant": "g-visits-zcdp"})
             assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "selection_needs_pure"
     assert services.ledger.state("g-visits-zcdp").to_dict() == before
     assert services.ledger.delta_state("g-visits-zcdp")[1] == 0.0
     # declared keys and bounded columns still work on it
     ok = client.post("/v1/query", headers=alice,
-                     json={"sql": "SELECT SUM(cost) FROM visits", "rho": 0.05, "grant": "g-visits-zcdp"})
+                     json={"sql": "SELECT SUM(cost) FROM visits", "rho": 0.01, "grant": "g-visits-zcdp"})
     assert ok.status_code == 200, ok.get_json()
 
 
