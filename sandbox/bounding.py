@@ -30,7 +30,7 @@ import secrets
 from pathlib import Path
 
 from sandbox.errors import SandboxError
-from sandbox.policy.models import Dataset
+from sandbox.policy.models import RESERVED_COLUMNS, RESERVED_PREFIXES, Dataset
 
 KEY_FILE = "bounding.key"
 KEY_BYTES = 32
@@ -78,13 +78,14 @@ def _select_list(ds: Dataset) -> list[str]:
     for name, col in ds.columns.items():
         if col.type == "id":
             continue
-        if col.type == "category":
+        if col.type in ("category", "text"):
             items.append(f"CAST({quote(name)} AS VARCHAR) AS {quote(name)}")
             continue
         raw = f"TRY_CAST({quote(name)} AS DOUBLE)"
         shown = f"TRY_CAST(ROUND({raw}) AS BIGINT)" if col.type == "int" else raw
         items.append(f"{shown} AS {quote(name)}")
-        assert col.bounds is not None  # validated: numeric columns declare bounds
+        if col.bounds is None:  # an int without bounds: a key only (no sums, so no fixed point)
+            continue
         low, high = col.bounds
         lo_fixed, hi_fixed = col.fixed_bounds
         # clamp in DOUBLE first (so the cast cannot overflow), then in the integer range the
@@ -118,20 +119,48 @@ def _row_message_sql(ds: Dataset) -> str:
     return f"to_json(struct_pack({', '.join(fields)}))"
 
 
+# internal columns of the engine table (the ``__`` prefix is reserved: no catalog may declare it)
+UNIT_FIRST = "__unit_first"  # per kept row: is it its unit's representative row? (COUNT(DISTINCT unit))
+UNIT_KEY = "__unit"  # keyed hash of the unit id (never the id): joins of two datasets on their unit
+ROW_KEY = "__row"  # the row's PRF value (0 for a unit's only row): the order a unit join bounds in
+
+
+def _prf64(key: bytes, message_sql: str) -> str:
+    """The first 64 bits of HMAC-SHA256(key, message), as an integer."""
+    return f"CAST('0x' || left({hmac_sql(key, message_sql)}, 16) AS UBIGINT)"
+
+
+def reserved_names_in(names: list[str]) -> list[str]:
+    """The names of a source file's schema that the engine reserves (refused at validate and build)."""
+    return [n for n in names if n.lower() in RESERVED_COLUMNS or n.startswith(RESERVED_PREFIXES)]
+
+
 def bounded_rows_sql(ds: Dataset, source: Path, key: bytes) -> str:
-    """Each unit keeps its ``max_rows_per_unit`` rows of smallest PRF value (see the module docstring)."""
+    """Each unit keeps its ``max_rows_per_unit`` rows of smallest PRF value (see the module docstring).
+
+    Also written per row: ``__unit_first`` (the unit's kept row of smallest PRF value, its
+    representative for counting units), ``__unit`` (HMAC of the unit id under the same key,
+    so two datasets' rows of one unit meet in a join without the id) and ``__row`` (the PRF
+    value that orders the unit's rows, 0 when the unit has one row).
+    """
     src = f"read_parquet({literal(str(source))})"
     cols = ", ".join(_select_list(ds))
     if ds.privacy_unit == "row":
-        return f"SELECT {cols} FROM {src}"
+        return f"SELECT {cols}, TRUE AS {quote(UNIT_FIRST)} FROM {src}"
     unit = quote(ds.privacy_unit)
     # the first 64 bits of the HMAC, as an integer: a compact sort key (a tie between two
     # different rows of one unit has probability about k^2 / 2^65)
-    prf = f"CAST('0x' || left({hmac_sql(key, _row_message_sql(ds))}, 16) AS UBIGINT)"
+    prf = _prf64(key, _row_message_sql(ds))
     k = ds.max_rows_per_unit
-    # units within the bound keep every row, so only the rows of over-bound units are hashed
+    # single-row units need no order, so only the rows of units with several rows are hashed
+    order = f"CASE WHEN __n > 1 THEN {prf} ELSE 0 END"
+    rank = f"row_number() OVER (PARTITION BY {unit} ORDER BY {order})"
+    unit_key = _prf64(key, f"'unit:' || TRIM(CAST({unit} AS VARCHAR))")  # a prefix no row message has
+    extra = f"{rank} = 1 AS {quote(UNIT_FIRST)}, {unit_key} AS {quote(UNIT_KEY)}, {order} AS {quote(ROW_KEY)}"
+    # only the declared columns (the unit among them) and the window: never ``*``, so no column
+    # of the file can shadow ``__n`` (files with reserved names are refused before this, too)
+    declared = ", ".join(quote(name) for name in ds.columns)
     return (
-        f"SELECT {cols} FROM (SELECT *, count(*) OVER (PARTITION BY {unit}) AS __n FROM {src} "
-        f"WHERE {unit} IS NOT NULL) QUALIFY __n <= {k} OR "
-        f"row_number() OVER (PARTITION BY {unit} ORDER BY CASE WHEN __n > {k} THEN {prf} ELSE 0 END) <= {k}"
+        f"SELECT {cols}, {extra} FROM (SELECT {declared}, count(*) OVER (PARTITION BY {unit}) AS __n FROM {src} "
+        f"WHERE {unit} IS NOT NULL) QUALIFY {rank} <= {k}"
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
+from sandbox.bounding import reserved_names_in
 from sandbox.policy.models import Dataset
 
 
@@ -34,6 +35,10 @@ def check_dataset_against_parquet(ds: Dataset, data_root: Path) -> list[str]:
         return [f"source {ds.source} is not readable Parquet: {exc}"]
     problems = []
     fields = {f.name: f.type for f in schema}
+    reserved = reserved_names_in(list(fields))
+    if reserved:
+        problems.append(f"source {ds.source}: reserved column names {', '.join(sorted(reserved))} (names starting "
+                        "with __ and row, rowid, file_row_number, filename, file_index): rename or drop them")
     for name, col in ds.columns.items():
         if name not in fields:
             problems.append(f"columns.{name}: not in {ds.source} (it has: {', '.join(sorted(fields))})")

@@ -7,8 +7,11 @@ spawner set (``SANDBOX_GATEWAY_URL``, ``SANDBOX_GRANT`` and the kernel's hub tok
 Query results travel as Arrow IPC streams and come back as pandas DataFrames with the
 response metadata in ``df.attrs`` (``query_id``, ``epsilon_spent``, ``cached``, ``accuracy``,
 ``budget``). Gateway errors surface as :class:`GatewayError` with the gateway's code and
-message. This module needs only ``requests``, ``pyarrow`` and ``pandas`` (the ``client``
-extra): it never imports DuckDB, Flask or OpenDP.
+message. This module needs only ``requests``, ``pyarrow`` and ``pandas``: it never imports
+DuckDB, Flask or OpenDP. ``db.catalog()`` and ``db.budget()`` return DataFrames (the JSON in
+``df.attrs["raw"]``, or with ``raw=True``). Mock mode (``connect(mock=True)``, ``db.mock``;
+see :mod:`sandbox.mock`) adds the SQL analyser's ``sqlglot``, ``pydantic`` and ``pyyaml`` (the
+``client`` extra), still no SQL engine and no data.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ARROW_META_KEY = b"sandbox"
 DEFAULT_TIMEOUT = 120.0
 
-__all__ = ["ARROW_STREAM", "Client", "GatewayError", "connect"]
+__all__ = ["ARROW_STREAM", "Client", "GatewayError", "budget_frame", "catalog_frame", "connect"]
 
 
 class GatewayError(Exception):
@@ -87,6 +90,49 @@ def frame_from_json(body: Mapping[str, Any]) -> pd.DataFrame:
     return df
 
 
+CATALOG_COLUMNS = [
+    "dataset", "column", "type", "bounds", "categories", "granted_by",
+    "privacy_unit", "max_rows_per_unit", "title", "description",
+]
+
+
+def catalog_frame(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (grant, dataset, column) of the gateway's catalog JSON; the JSON in ``attrs``."""
+    import pandas as pd
+
+    rows = []
+    for entry in entries:
+        for col in entry.get("columns") or []:
+            bounds = col.get("bounds")
+            values = col.get("values")
+            rows.append({
+                "dataset": entry.get("dataset", entry.get("id")),
+                "column": col.get("name"),
+                "type": col.get("type"),
+                "bounds": tuple(bounds) if bounds is not None else None,
+                "categories": list(values) if values is not None else None,
+                "granted_by": entry.get("grant"),
+                "privacy_unit": entry.get("privacy_unit"),
+                "max_rows_per_unit": entry.get("max_rows_per_unit"),
+                "title": entry.get("title"),
+                "description": col.get("description") or "",
+            })
+    df = pd.DataFrame(rows, columns=CATALOG_COLUMNS)
+    df.attrs["raw"] = entries
+    return df
+
+
+def budget_frame(items: list[dict[str, Any]], raw: Any) -> pd.DataFrame:
+    """One row per grant; the gateway's JSON in ``attrs["raw"]``."""
+    import pandas as pd
+
+    first = ["grant", "status", "epsilon_total", "epsilon_spent", "epsilon_remaining"]
+    extra = [k for item in items for k in item if k not in first]
+    df = pd.DataFrame(items, columns=first + list(dict.fromkeys(extra)))
+    df.attrs["raw"] = raw
+    return df
+
+
 class Client:
     """A connection to the gateway on behalf of one caller (and by default one grant)."""
 
@@ -130,12 +176,17 @@ class Client:
             ) from exc
 
     # -- API ---------------------------------------------------------------------------------
-    def catalog(self) -> list[dict[str, Any]]:
-        """Datasets and columns the caller's grants allow (metadata only)."""
+    def catalog(self, raw: bool = False) -> pd.DataFrame | list[dict[str, Any]]:
+        """Datasets and columns the caller's grants allow (metadata only), one row per column.
+
+        Columns: ``dataset``, ``column``, ``type``, ``bounds`` (numeric columns), ``categories``
+        (category columns), ``granted_by`` (the grant that allows it), ``privacy_unit``,
+        ``max_rows_per_unit``, ``title`` and ``description``. The gateway's JSON is in
+        ``df.attrs["raw"]``; ``raw=True`` returns that JSON list instead.
+        """
         body = self._json("GET", "/v1/catalog")
-        if isinstance(body, dict) and "datasets" in body:
-            return body["datasets"]
-        return body
+        entries = body["datasets"] if isinstance(body, dict) and "datasets" in body else body
+        return entries if raw else catalog_frame(entries)
 
     def query(
         self, sql: str, epsilon: float | None = None, grant: str | None = None, *, rho: float | None = None
@@ -187,20 +238,37 @@ class Client:
             payload["grant"] = grant
         return self._json("POST", "/v1/plan", json=payload)
 
-    def budget(self, grant: str | None = None) -> Any:
-        """The budget block of each of the caller's grants (or just ``grant``'s)."""
+    def budget(self, grant: str | None = None, raw: bool = False) -> Any:
+        """The budget of each of the caller's grants (or just ``grant``'s) as a DataFrame.
+
+        One row per grant: ``grant``, ``status``, ``epsilon_total``, ``epsilon_spent``,
+        ``epsilon_remaining`` (and whatever else the gateway reports). The gateway's JSON is in
+        ``df.attrs["raw"]``; ``raw=True`` returns that JSON (for one grant: its block).
+        """
         body = self._json("GET", "/v1/budget")
-        if grant is None:
-            return body
         items = body.get("grants", body) if isinstance(body, dict) else body
-        if isinstance(items, dict):
-            if grant in items:
-                return items[grant]
-        else:
-            for item in items:
-                if isinstance(item, dict) and grant in (item.get("grant"), item.get("id")):
-                    return item
-        raise GatewayError("not_found", f"no budget for grant {grant!r}", 404)
+        if isinstance(items, dict):  # {grant_id: block}
+            items = [{"grant": k, **v} for k, v in items.items() if isinstance(v, dict)]
+        items = [i for i in items if isinstance(i, dict)]
+        if grant is not None:
+            items = [i for i in items if grant in (i.get("grant"), i.get("id"))]
+            if not items:
+                raise GatewayError("not_found", f"no budget for grant {grant!r}", 404)
+            if raw:
+                return items[0]
+        elif raw:
+            return body
+        return budget_frame(items, body)
+
+    def mock(self, dataset: str, rows: int = 1000, seed: int | None = 0) -> pd.DataFrame:
+        """``rows`` mock rows of ``dataset`` generated from its catalog metadata alone.
+
+        Reads only the catalog (types, bounds, categories): no data is touched and no budget
+        spent. ``df.attrs["mock"]`` is True. See :mod:`sandbox.mock`.
+        """
+        from sandbox.mock import MockClient
+
+        return MockClient(self.catalog(raw=True), self.grant).mock(dataset, rows, seed)
 
     def export(
         self,
@@ -246,16 +314,29 @@ def connect(
     grant: str | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT,
-) -> Client:
+    mock: bool = False,
+    rows: int = 1000,
+    seed: int | None = 0,
+    catalog: list[dict[str, Any]] | None = None,
+) -> Any:
     """A :class:`Client` configured from arguments, else from the environment.
 
     ``url``: ``SANDBOX_GATEWAY_URL``; ``token``: ``SANDBOX_TOKEN`` or the kernel's
     ``JUPYTERHUB_API_TOKEN``; ``grant``: ``SANDBOX_GRANT`` (optional when the caller holds
     exactly one grant).
+
+    ``mock=True`` returns a :class:`sandbox.mock.MockClient` instead: the same ``query`` checked
+    by the same analyser, answered locally over ``rows`` mock rows per dataset generated from
+    the catalog metadata (fetched from the gateway, or given as ``catalog``), spending nothing.
     """
     url = url or os.environ.get("SANDBOX_GATEWAY_URL")
     token = token or os.environ.get("SANDBOX_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
     grant = grant or os.environ.get("SANDBOX_GRANT") or None
+    if mock:
+        from sandbox.mock import connect_mock
+
+        remote = Client(url, token, grant, timeout=timeout) if url and token else None
+        return connect_mock(remote, grant, rows=rows, seed=seed, catalog=catalog)
     if not url:
         raise GatewayError("not_configured", "no gateway URL: set SANDBOX_GATEWAY_URL or pass url=")
     if not token:

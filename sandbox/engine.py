@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -29,12 +31,24 @@ from pathlib import Path
 import duckdb
 from sqlglot import exp
 
-from sandbox.bounding import KEY_FILE, bounded_rows_sql, hmac_sql, load_or_create_key, value_column
+from sandbox.bounding import (
+    KEY_FILE,
+    UNIT_FIRST,
+    bounded_rows_sql,
+    hmac_sql,
+    load_or_create_key,
+    reserved_names_in,
+    value_column,
+)
 from sandbox.bounding import literal as _lit
 from sandbox.bounding import quote as _q
 from sandbox.dp.planner import DPPlan, Primitive
+from sandbox.dp.quantiles import counts_from_rows
+from sandbox.dp.spread import centred_sql, square_sql
+from sandbox.engine_joins import from_sql as _from_sql
 from sandbox.errors import SandboxError
 from sandbox.policy.models import Dataset
+from sandbox.sql.plan import QuantileGrid, quantile_grid
 
 LOCKED_CONFIG = {
     "enable_external_access": False,
@@ -45,6 +59,9 @@ LOCKED_CONFIG = {
 
 
 ID_TABLE_PREFIX = "__ids_"
+ENGINE_FORMAT = 4  # bumped when the engine file's columns change, so that old files are rebuilt
+
+
 # the unit-id table holds HMAC-SHA256(ids key, id): the key is derived from the bounding key in the
 # state directory and never written to the engine file (DuckDB's hash with a salt stored beside
 # the table let anyone holding the file enumerate every id). Part of the fingerprint: a file
@@ -63,8 +80,20 @@ def keyed_id(ids_key: bytes, value: str) -> str:
     """HMAC-SHA256(ids key, value) in lowercase hex: what the unit-id table holds."""
     return hmac.new(ids_key, value.encode(), hashlib.sha256).hexdigest()
 class EngineError(SandboxError):
+    """503. ``admin_detail`` (never in the JSON answer) carries what only the administrator should read."""
+
     status = 503
     code = "engine_unavailable"
+    admin_detail: str = ""
+
+
+log = logging.getLogger("sandbox.engine")
+_BYTES_LITERAL = re.compile(r"(\\x[0-9A-Fa-f]{2}){2,}")
+
+
+def redact(text: str) -> str:
+    """Byte-string literals (the bounding HMAC's key pads) removed from an error text."""
+    return _BYTES_LITERAL.sub("<redacted>", text)
 
 
 # catalog fields that change neither the engine file nor any answer
@@ -78,11 +107,12 @@ def catalog_digest(ds: Dataset) -> str:
 
 
 def data_versions(datasets: Mapping[str, Dataset], data_root: Path) -> dict[str, str]:
-    """Per dataset: a version that changes when its catalog entry or its source file changes."""
+    """Per dataset: a version that changes when its catalog entry, its source file or the
+    engine file's format (``ENGINE_FORMAT``) changes."""
     out = {}
     for ds_id in sorted(datasets):
         ds = datasets[ds_id]
-        h = hashlib.sha256(catalog_digest(ds).encode())
+        h = hashlib.sha256(f"engine-format-{ENGINE_FORMAT}:{catalog_digest(ds)}".encode())
         try:
             st = (data_root / ds.source).stat()
             h.update(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode())
@@ -139,6 +169,7 @@ def build(
             if not source.is_file():
                 progress(f"{ds_id}: source {ds.source} missing under the data root; skipped")
                 continue
+            _refuse_reserved_names(con, ds_id, source)
             progress(f"{ds_id}: bounding contributions and fixing point ...")
             try:
                 con.execute(f"CREATE TABLE {_q(ds_id)} AS {bounded_rows_sql(ds, source, key)}")
@@ -160,6 +191,21 @@ def build(
         con.close()
     os.replace(tmp, target)
     return kept
+
+
+def _refuse_reserved_names(con: duckdb.DuckDBPyConnection, ds_id: str, source: Path) -> None:
+    """A file column named like an engine name (``__n``, ``rowid``...) could shadow it: refused."""
+    try:
+        names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_lit(str(source))})").fetchall()]
+    except duckdb.Error as exc:
+        raise EngineError(f"{ds_id}: cannot read the schema of its source: {exc}", code="import_failed") from None
+    reserved = reserved_names_in(names)
+    if reserved:
+        raise EngineError(
+            f"{ds_id}: its source file has reserved column names ({', '.join(sorted(reserved))}); rename or drop "
+            "them in the Parquet (names starting with __ and row, rowid, file_row_number, filename, file_index)",
+            code="reserved_column",
+        )
 
 
 def _child_main() -> None:
@@ -222,7 +268,14 @@ def build_in_child(
             error = value
     proc.wait()
     if result is None:
-        raise EngineError(error, code="import_failed")
+        # DuckDB's text can quote the SQL (near the key's pads): the administrator reads it in the
+        # log and on the command line, an operator only learns that the data is unavailable
+        detail = redact(error)
+        log.error("engine build failed: %s", detail)
+        exc = EngineError("the data engine could not be built; the administrator has been told (gateway log)",
+                          code="import_failed")
+        exc.admin_detail = detail
+        raise exc
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     progress(f"built in {time.monotonic() - t0:.1f} s (import process peak memory {peak:.0f} MB)")
     return result
@@ -335,21 +388,40 @@ class Engine:
         return int(row[0])
 
     def exact(self, plan: DPPlan) -> dict[tuple, dict[Primitive, int]]:
-        """Exact bounded aggregates per public key present in the data."""
-        sql = aggregate_sql(plan)
-        try:
-            rows = self._cursor().execute(sql).fetchall()
-        except duckdb.Error as exc:
-            raise EngineError(f"the engine could not run the query: {type(exc).__name__}") from None
+        """Exact bounded aggregates per public key present in the data (for a quantile: the
+        per-candidate counts its scores are computed from, :class:`QuantileCounts`)."""
+        scalar = tuple(p for p in plan.primitives if p.kind != "quantile")
         n_keys = len(plan.query.group_keys)
-        domains = [{v: v for v in k.values} for k in plan.query.group_keys]
+        domains = [_OPEN if k.open else {v: v for v in k.values} for k in plan.query.group_keys]
         out: dict[tuple, dict[Primitive, int]] = {}
-        for row in rows:
+        for row in self._run(aggregate_sql(plan, scalar)) if scalar else []:
             key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
             if any(k is _MISSING for k in key):
                 continue
-            out[key] = {p: int(row[n_keys + j] or 0) for j, p in enumerate(plan.primitives)}
+            out[key] = {p: int(row[n_keys + j] or 0) for j, p in enumerate(scalar)}
+        for prim in plan.primitives:
+            if prim.kind != "quantile":
+                continue
+            grid = quantile_grid(plan.dataset.columns[prim.column])
+            cells: dict[tuple, list] = {}
+            for row in self._run(quantile_counts_sql(plan, prim, grid)):
+                key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
+                if not any(k is _MISSING for k in key):
+                    cells.setdefault(key, []).append(tuple(row[n_keys:]))
+            for key, rows in cells.items():
+                out.setdefault(key, {})[prim] = counts_from_rows(rows, grid)  # type: ignore[assignment]
         return out
+
+    def lookup_key_unique(self, lookup: str, key: str) -> bool:
+        """Whether a public lookup's key column holds each value at most once (public data only)."""
+        row = self._run(f"SELECT COUNT({_q(key)}) = COUNT(DISTINCT {_q(key)}) FROM {_q(lookup)}")
+        return bool(row[0][0])
+
+    def _run(self, sql: str) -> list[tuple]:
+        try:
+            return self._cursor().execute(sql).fetchall()
+        except duckdb.Error as exc:
+            raise EngineError(f"the engine could not run the query: {type(exc).__name__}") from None
 
 
 _MISSING = object()
@@ -360,6 +432,16 @@ def _normalize_id(value: object) -> str:
     if text.endswith(".0") and text[:-2].lstrip("-").isdigit():
         return text[:-2]
     return text
+
+
+class _Open(dict):
+    """The domain of a key without declared values (DP partition selection decides)."""
+
+    def get(self, value: object, default: object = None) -> object:
+        return value if isinstance(value, str | int) and not isinstance(value, bool) else default
+
+
+_OPEN = _Open()
 
 
 def _match(value: object, domain: dict) -> object:
@@ -380,21 +462,42 @@ def _key_sql(key) -> str:  # noqa: ANN001
     return f"FLOOR({ref} / {w}) * {w}"
 
 
-def aggregate_sql(plan: DPPlan) -> str:
+def quantile_counts_sql(plan: DPPlan, prim: Primitive, grid: QuantileGrid) -> str:
+    """Per key: (g, at, n) for the bounded fixed-point values v of the column, g = (v - low) // step
+    the candidate cell and at = (v == c_g). NULLs are not counted."""
+    ds = plan.dataset
+    keys = [f"{_key_sql(key)} AS k{i}" for i, key in enumerate(plan.query.group_keys)]
+    value = _q(value_column(prim.column))
+    offset = f"({value} - {grid.low})"
+    select = [*keys, f"{offset} // {grid.step} AS qg", f"{offset} % {grid.step} = 0 AS qat", "COUNT(*) AS qn"]
+    where = [f"{value} IS NOT NULL"]
+    if plan.query.where is not None:
+        where.append(_where_sql(plan.query.where, ds))
+    group = [f"k{i}" for i in range(len(keys))] + ["qg", "qat"]
+    return f"SELECT {', '.join(select)} FROM {_from_sql(plan)} WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}"
+
+
+def aggregate_sql(plan: DPPlan, primitives: tuple[Primitive, ...] | None = None) -> str:
     ds = plan.dataset
     select, where, group = [], [], []
     for i, key in enumerate(plan.query.group_keys):
         select.append(f"{_key_sql(key)} AS k{i}")
         group.append(f"k{i}")
-    for j, prim in enumerate(plan.primitives):
+    for j, prim in enumerate(plan.primitives if primitives is None else primitives):
         if prim.kind == "count":
             arg = "*" if prim.column is None else _q(prim.column)
             select.append(f"COUNT({arg}) AS a{j}")
+        elif prim.kind in ("units", "select"):
+            select.append(f"COUNT(*) FILTER (WHERE {_q(UNIT_FIRST)}) AS a{j}")
+        elif prim.kind in ("centred_sum", "centred_sumsq"):
+            value, column = _q(value_column(prim.column)), ds.columns[prim.column]
+            term = centred_sql(value, column) if prim.kind == "centred_sum" else square_sql(value, column)
+            select.append(f"SUM({term}) AS a{j}")
         else:
             select.append(f"SUM({_q(value_column(prim.column))}) AS a{j}")
     if plan.query.where is not None:
         where.append(_where_sql(plan.query.where, ds))
-    sql = f"SELECT {', '.join(select)} FROM {_q(ds.id)}"
+    sql = f"SELECT {', '.join(select)} FROM {_from_sql(plan)}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     if group:

@@ -13,14 +13,26 @@ import uuid
 from dataclasses import dataclass
 
 from sandbox.dp.accounting import rho_to_epsilon
-from sandbox.dp.planner import ALPHA, cost_for_halfwidth, plan_dp, planned_halfwidths, release
+from sandbox.dp.planner import (
+    ALPHA,
+    SELECT,
+    cost_for_halfwidth,
+    plan_dp,
+    planned_halfwidths,
+    planned_notes,
+    planned_quantiles,
+    release,
+)
+from sandbox.dp.selection import calibrate, selection_delta
 from sandbox.engine import catalog_digest
 from sandbox.errors import BadRequest, Forbidden, NotFound, PolicyError, SandboxError
 from sandbox.policy.models import Dataset, Grant
 from sandbox.policy.rules import can_use_grant, check_grant_fits_catalog, check_grant_usable, granted_columns
 from sandbox.services import Services
+from sandbox.sql._join import check_lookup, joined_dataset
 from sandbox.sql.analyze import analyze
 from sandbox.sql.plan import QueryPlan
+from sandbox.sql.post import apply_post
 from sandbox.state.audit import AuditEvent
 from sandbox.state.ledger import from_nano, to_nano
 
@@ -219,7 +231,7 @@ class QueryService:
         action = "query.plan_refused" if plan else "query.refused"
         self.s.audit.record(AuditEvent(user, action, grant_id, detail))
 
-    def _analyze(self, grant: Grant, req: QueryRequest) -> tuple[QueryPlan, Dataset]:
+    def _analyze(self, grant: Grant, req: QueryRequest) -> tuple[QueryPlan, Dataset, dict[str, Dataset]]:
         catalog = self.s.policies.datasets()
         try:  # classification rules are enforced at query time too, not only at apply time
             check_grant_fits_catalog(grant, catalog)
@@ -228,33 +240,48 @@ class QueryService:
                 f"grant {grant.id} no longer fits the catalog: {exc.message}", code="grant_out_of_policy"
             ) from None
         plan = analyze(req.sql, catalog, granted_columns(grant, catalog))
-        return plan, catalog[plan.dataset]
+        return plan, catalog[plan.dataset], catalog
 
     def _plan(self, user: str, grant: Grant, req: QueryRequest) -> dict:
-        plan, dataset = self._analyze(grant, req)
+        plan, dataset, catalog = self._analyze(grant, req)
+        if plan.join is not None:  # the merged catalog entry, from metadata alone (the key check needs data)
+            dataset = joined_dataset(dataset, catalog[plan.join.lookup])
+        delta = _selection_delta(grant, plan)
         unit = "rho" if grant.accounting == "zcdp" else "epsilon"
         out: dict = {"grant": grant.id, "dataset": dataset.id, "accounting": grant.accounting, "charged": False}
         if req.ci_halfwidth is not None:
-            cost = cost_for_halfwidth(plan, dataset, req.ci_halfwidth, grant.accounting)
+            cost = cost_for_halfwidth(plan, dataset, req.ci_halfwidth, grant.accounting,
+                                      max_cost=MAX_RHO if unit == "rho" else MAX_EPSILON, delta=delta)
             if cost is None:
-                raise BadRequest("a target half-width needs a COUNT or SUM column; AVG's interval depends "
-                                 "on the noisy count: plan it with an epsilon instead", code="bad_halfwidth")
+                raise BadRequest("a target half-width needs a COUNT, COUNT(DISTINCT unit) or SUM column; the "
+                                 "intervals of AVG and the spreads depend on the noisy count, and a quantile's "
+                                 "accuracy is a rank error: plan it with an epsilon instead", code="bad_halfwidth")
             out["target_ci_halfwidth"] = req.ci_halfwidth
             cost = max(cost, MIN_RHO if unit == "rho" else MIN_EPSILON)  # the smallest cost a query may ask
         else:
             check_accounting(grant, req.unit)
             cost = req.cost
-        cap = grant.max_epsilon_per_query if unit == "epsilon" else grant.max_epsilon_per_query**2 / 2
-        dp_plan = plan_dp(plan, dataset, from_nano(to_nano(cost)), grant.accounting)
+        # the per-query cap is an epsilon; a rho counts with its epsilon at the grant's delta
+        if unit == "epsilon":
+            within = to_nano(cost) <= to_nano(grant.max_epsilon_per_query)
+        else:
+            within = rho_to_epsilon(cost, grant.budget.delta) <= grant.max_epsilon_per_query * (1 + 1e-12)
+        dp_plan = plan_dp(plan, dataset, from_nano(to_nano(cost)), grant.accounting, delta)
+        notes, ranks = planned_notes(dp_plan), planned_quantiles(dp_plan)
         out.update({
             unit: cost,
-            "within_per_query_cap": to_nano(cost) <= to_nano(cap),
+            "within_per_query_cap": within,
             "budget": self.s.ledger.state(grant.id).to_dict(),
-            "accuracy": {"alpha": ALPHA, "ci_halfwidth": planned_halfwidths(dp_plan)},
+            "accuracy": {"alpha": ALPHA, "ci_halfwidth": planned_halfwidths(dp_plan),
+                         **({"ci_halfwidth_null": notes} if notes else {}),
+                         **({"quantiles": ranks} if ranks else {})},
             "mechanism": {"name": dp_plan.mechanism,
                           "scales": {p.label: dp_plan.scale(p) for p in dp_plan.primitives},
-                          f"{unit}_per_measurement": dp_plan.epsilon_each},
+                          f"{unit}_per_measurement": dp_plan.epsilon_each,
+                          **_selection_block(dp_plan)},
         })
+        if not all(v is None or math.isfinite(v) for v in out["accuracy"]["ci_halfwidth"].values()):
+            raise BadRequest("no accuracy statement for this plan", code="bad_halfwidth")  # never -Infinity
         if unit == "rho":
             out["epsilon_equivalent"] = rho_to_epsilon(cost, grant.budget.delta)
         self.s.audit.record(AuditEvent(user, "query.planned", grant.id,
@@ -264,13 +291,18 @@ class QueryService:
 
     def _run(self, user: str, grant: Grant, req: QueryRequest) -> dict:
         check_accounting(grant, req.unit)
-        plan, dataset = self._analyze(grant, req)
+        plan, dataset, catalog = self._analyze(grant, req)
         self.s.engine.ensure(self.s.policies.datasets())
         if not self.s.engine.has_table(dataset.id):
             raise SandboxError(f"dataset {dataset.id} has no data loaded yet", code="dataset_unavailable")
-        dp_plan = plan_dp(plan, dataset, from_nano(to_nano(req.cost)), grant.accounting)
-        key = cache_key(grant.id, plan.normalized_sql, req.cost, self.s.engine.data_version(dataset.id) or "",
-                        catalog_digest(dataset), req.unit)
+        versioned = [dataset]
+        if plan.join is not None:  # checked on public data, before any charge
+            versioned.append(catalog[plan.join.lookup])
+            dataset = check_lookup(self.s.engine, plan.join, dataset, catalog)
+        dp_plan = plan_dp(plan, dataset, from_nano(to_nano(req.cost)), grant.accounting, _selection_delta(grant, plan))
+        data_version = "+".join(self.s.engine.data_version(d.id) or "" for d in versioned)
+        digest = "+".join(catalog_digest(d) for d in [dataset, *versioned[1:]])
+        key = cache_key(grant.id, plan.normalized_sql, req.cost, data_version, digest, req.unit)
         query_id = "q-" + uuid.uuid4().hex[:16]
         zcdp = req.unit == "rho"
         charge = self.s.ledger.charge(
@@ -282,9 +314,12 @@ class QueryService:
             max_epsilon_per_query=grant.max_epsilon_per_query,
             cache_key=key,
             audit_detail={"sql": req.sql, "normalized_sql": plan.normalized_sql, "dataset": plan.dataset,
-                          "data_version": self.s.engine.data_version(dataset.id)},
+                          "data_version": data_version},
             dataset=dataset,
             operator=grant.operator,
+            delta=dp_plan.delta,
+            # a join on the privacy unit reads a second private dataset: its caps are charged too
+            also=tuple(d for d in versioned[1:] if not d.public),
         )
         if charge.cached_response is not None:
             return {
@@ -302,7 +337,7 @@ class QueryService:
         except Exception as exc:  # the budget stays spent; nothing is released
             self.s.ledger.forget_pending(key, query_id, user, grant.id, type(exc).__name__)
             raise
-        rows = _apply_order_limit(plan, released.columns, released.rows)
+        rows = apply_post(plan, released.columns, released.rows)
         unit = "rho" if zcdp else "epsilon"
         response = {
             "query_id": query_id,
@@ -313,9 +348,12 @@ class QueryService:
             "epsilon_spent": from_nano(charge.epsilon_nano),
             **({"rho_spent": from_nano(charge.rho_nano)} if zcdp else {}),
             "cached": False,
-            "accuracy": {"alpha": ALPHA, "ci_halfwidth": released.ci_halfwidth},
+            "accuracy": {"alpha": ALPHA, "ci_halfwidth": released.ci_halfwidth,
+                         **({"quantiles": released.quantiles} if released.quantiles else {})},
             "mechanism": {"name": dp_plan.mechanism, "scales": released.scales,
-                          f"{unit}_per_measurement": dp_plan.epsilon_each},
+                          f"{unit}_per_measurement": dp_plan.epsilon_each,
+                          "measurements": released.measurements,
+                          **({"partition_selection": released.selection} if released.selection else {})},
             "answer_sha256": answer_digest(released.columns, rows),
         }
         self.s.ledger.store_answer(key, query_id, user, grant.id, response)
@@ -323,16 +361,15 @@ class QueryService:
         return response
 
 
-def _sort_value(value: object) -> tuple:
-    return (value is None, value if value is not None else 0)
+def _selection_delta(grant: Grant, plan: QueryPlan) -> float:
+    """The delta DP partition selection spends (pure grants; zcdp grants are refused it by the planner)."""
+    return selection_delta(grant.budget.delta) if plan.open_keys and grant.accounting == "pure" else 0.0
 
 
-def _apply_order_limit(plan, columns: list[str], rows: list[list]) -> list[list]:  # noqa: ANN001
-    """ORDER BY / LIMIT on the noisy rows: post-processing, free of privacy cost."""
-    out = list(rows)
-    for item in reversed(plan.order_by):
-        idx = columns.index(item.name)
-        out.sort(key=lambda r, i=idx: _sort_value(r[i]), reverse=item.descending)
-    if plan.limit is not None:
-        out = out[: plan.limit]
-    return out
+def _selection_block(dp_plan) -> dict:  # noqa: ANN001
+    """The partition selection a plan would run: its threshold and delta (before any data)."""
+    if SELECT not in dp_plan.primitives:
+        return {}
+    scale, threshold = calibrate(dp_plan.epsilon_each, dp_plan.delta)
+    return {"partition_selection": {"mechanism": "laplace_threshold", "scale": scale, "threshold": threshold,
+                                    "epsilon": dp_plan.epsilon_each, "delta": dp_plan.delta}}

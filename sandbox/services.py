@@ -56,7 +56,7 @@ class Services:
         signing = SigningKey.for_state(settings.state_dir, settings.keys_dir, settings.signing_key_file,
                                        create=settings.create_keys)
         self.checkpoints = Checkpoints(self.db, self.audit, signing)
-        self.policies = PolicyStore(self.db, on_grant_change=self._checkpoint_grant_change)
+        self.policies = PolicyStore(self.db, self.audit, on_grant_change=self._checkpoint_grant_change)
         self.ledger = Ledger(self.db, self.audit)
         self.tokens = TokenStore(self.db)
         self.sessions = SessionLog(self.db)

@@ -38,6 +38,7 @@ def catalog():  # noqa: ANN201
                     "classification": ds.classification,
                     "privacy_unit": ds.privacy_unit,
                     "max_rows_per_unit": ds.max_rows_per_unit,
+                    **({"public": True, "key": ds.key} if ds.public else {}),
                     "columns": [
                         {"name": name, **ds.columns[name].model_dump(exclude_none=True, exclude={"scale"})}
                         for name in ds.columns

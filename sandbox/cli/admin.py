@@ -271,7 +271,9 @@ def budget_show(grant_id, state_dir):  # noqa: ANN001, ANN201
                 who = f"operator {cap.operator}" if cap.cap == "operator" else "all grants"
                 total = "no cap" if cap.epsilon_total is None else f"cap {cap.epsilon_total:g}"
                 left = "" if cap.epsilon_remaining is None else f", remaining {cap.epsilon_remaining:g}"
-                click.echo(f"  {ds_id}, {who}: {total}, spent {cap.epsilon_spent:g}{left}")
+                zdelta = "" if cap.delta_total is None else (
+                    f"; zcdp delta cap {cap.delta_total:g}, spent {cap.delta_spent:g}")
+                click.echo(f"  {ds_id}, {who}: {total}, spent {cap.epsilon_spent:g}{left}{zdelta}")
 
 
 # -- usage -----------------------------------------------------------------------------------

@@ -100,7 +100,8 @@ def translate_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (Conflict, Forbidden, NotFound) as exc:
             fail(exc.message, 1)
         except SandboxError as exc:
-            fail(exc.message, 2)
+            detail = getattr(exc, "admin_detail", "")  # e.g. why the engine could not be built
+            fail(exc.message + (f": {detail}" if detail else ""), 2)
 
     return wrapper
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import unicodedata
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-IDENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-GRANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
+IDENT = re.compile(r"[a-z][a-z0-9_]{0,62}\Z")
+GRANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
 
-ColumnType = Literal["id", "category", "int", "float"]
+ColumnType = Literal["id", "category", "int", "float", "text"]  # text: keys only through DP selection
 
 # names the engine gives a meaning of its own: the `privacy_unit: row` sentinel, DuckDB's
 # pseudo-columns and read_parquet's virtual columns; the engine's internal prefix is ``__``
@@ -34,6 +35,21 @@ def check_column_name(name: str) -> None:
         )
     if not IDENT.match(name):
         raise ValueError(f"column name {name!r} is not a lower-case SQL identifier")
+
+
+def operator_key(operator: str) -> str:
+    """The canonical key of an operator's name: caps across grants, and the one-spelling rule, key on it.
+
+    NFKC, format characters (Unicode category Cf: zero-width spaces, joiners, bidi marks)
+    removed, case folded, punctuation read as a space, whitespace collapsed. So "Acme Health
+    Analytics Ltd.", "acme  health analytics ltd" and "ACME Health Analytics Ltd.\u200b" are one key.
+    """
+    text = unicodedata.normalize("NFKC", operator)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf").casefold()
+    text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
+    return " ".join(text.split())
+
+
 Classification = Literal["L1", "L2", "L3", "L4"]
 
 
@@ -60,6 +76,9 @@ class Column(_Strict):
                 raise ValueError("`values` has duplicates")
             if self.bounds is not None:
                 raise ValueError("a category column takes `values`, not `bounds`")
+        elif self.type == "int" and self.bounds is None:  # codes without a public range: keys only
+            if self.values is not None:
+                raise ValueError("an int column takes `bounds`, not `values`")
         elif self.type in ("int", "float"):
             if self.bounds is None:
                 raise ValueError(f"an {self.type} column needs `bounds: [low, high]`")
@@ -76,12 +95,17 @@ class Column(_Strict):
             if self.values is not None:
                 raise ValueError(f"an {self.type} column takes `bounds`, not `values`")
         elif self.values is not None or self.bounds is not None:
-            raise ValueError("an id column takes neither `values` nor `bounds`")
+            raise ValueError(f"an {self.type} column takes neither `values` nor `bounds`")
         return self
 
     @property
     def numeric(self) -> bool:
         return self.type in ("int", "float")
+
+    @property
+    def open_keys(self) -> bool:
+        """No declared values or bounds: grouped only through DP partition selection (text, unbounded int)."""
+        return self.type == "text" or (self.type == "int" and self.bounds is None)
 
     @property
     def factor(self) -> int:
@@ -101,9 +125,14 @@ def _fixed(low: float, high: float, factor: int) -> tuple[int, int]:
 
 
 class DatasetBudget(_Strict):
-    """The total privacy loss of all grants together on a dataset (what is released to the world)."""
+    """The total privacy loss of all grants together on a dataset (what is released to the world).
+
+    ``delta``: the sum of the deltas of the zCDP grants that have spent on the dataset (each
+    grant's delta counted once, at its first charge there) is at most this. Default 1e-5: ten
+    grants at delta 1e-6. Pure grants have no delta."""
 
     epsilon: float = Field(gt=0, le=1000)
+    delta: float = Field(default=1e-5, gt=0, lt=1e-3)
 
 
 class Dataset(_Strict):
@@ -116,6 +145,10 @@ class Dataset(_Strict):
     columns: dict[str, Column]
     description: str = ""
     publisher: str = ""
+    # a public lookup table (region names, populations, codes) that may be joined to private data
+    # on its unique `key` column; it describes no people (privacy_unit: row)
+    public: bool = False
+    key: str | None = None
     # caps across grants, in epsilon (a zCDP grant counts with its epsilon at its delta):
     budget: DatasetBudget | None = None  # all grants together; required for L3
     max_epsilon_per_operator: float | None = Field(default=None, gt=0, le=1000)  # each operator's grants together
@@ -123,15 +156,40 @@ class Dataset(_Strict):
 
     def operator_cap(self, operator: str) -> float | None:
         """The cap on ``operator``'s grants together on this dataset, or None."""
-        return self.operator_caps.get(operator, self.max_epsilon_per_operator)
+        key = operator_key(operator)
+        for name, cap in self.operator_caps.items():
+            if operator_key(name) == key:
+                return cap
+        return self.max_epsilon_per_operator
 
     @field_validator("operator_caps")
     @classmethod
     def _caps_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        seen: dict[str, str] = {}
         for operator, cap in v.items():
             if not (isinstance(cap, int | float) and 0 < cap <= 1000):
                 raise ValueError(f"{operator!r}: a cap is an epsilon above 0 and at most 1000")
+            key = operator_key(operator)
+            if not key:
+                raise ValueError(f"{operator!r}: not an operator name")
+            if key in seen:
+                raise ValueError(f"{seen[key]!r} and {operator!r} are the same operator (caps match names "
+                                 "ignoring case, spacing and punctuation): keep one")
+            seen[key] = operator
         return v
+
+    @model_validator(mode="after")
+    def _lookup_is_keyed(self) -> Dataset:
+        if not self.public:
+            if self.key is not None:
+                raise ValueError("`key` is only for public lookup tables (public: true)")
+            return self
+        if self.privacy_unit != "row":
+            raise ValueError("a public lookup table describes no people: privacy_unit must be `row`")
+        column = self.columns.get(self.key or "")
+        if column is None or column.type not in ("category", "int", "text"):
+            raise ValueError("a public lookup table needs `key`: a declared category, int or text column")
+        return self
 
     @field_validator("id")
     @classmethod
@@ -244,6 +302,13 @@ class Grant(_Strict):
         if len(v) > 500:
             raise ValueError("at most 500 characters")
         return v.strip()
+
+    @field_validator("operator")
+    @classmethod
+    def _operator_has_a_key(cls, v: str) -> str:
+        if not operator_key(v):
+            raise ValueError("must name the operating institution (letters or digits)")
+        return v
 
     @field_validator("members")
     @classmethod

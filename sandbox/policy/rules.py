@@ -99,6 +99,8 @@ def check_caps_not_raised(old: Dataset, new: Dataset) -> None:
     new_total = new.budget.epsilon if new.budget else None
     if old_total is not None and (new_total is None or new_total > old_total):
         problems.append(f"budget.epsilon: {old_total:g} -> {new_total}")
+    if old.budget is not None and new.budget is not None and new.budget.delta > old.budget.delta:
+        problems.append(f"budget.delta: {old.budget.delta:g} -> {new.budget.delta:g}")
     named = set(old.operator_caps) | set(new.operator_caps)
     # "" stands for any operator not named: the default cap
     for operator in sorted(named | {""}):

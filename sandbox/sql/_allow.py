@@ -54,9 +54,9 @@ _STRUCTURAL: tuple[tuple[tuple[type[exp.Expression], ...], str, str], ...] = (
     (
         (exp.Distinct,),
         "distinct_not_allowed",
-        "DISTINCT is not available (neither SELECT DISTINCT nor COUNT(DISTINCT ...)): "
+        "DISTINCT is not available (neither SELECT DISTINCT nor COUNT(DISTINCT col)): "
         "distinct values can single out rows. Use GROUP BY col with COUNT(*) to count rows "
-        "per value",
+        "per value; COUNT(DISTINCT <privacy unit>) counts people (units)",
     ),
     (
         (exp.Unnest, exp.Values),
@@ -81,10 +81,8 @@ _STRUCTURAL: tuple[tuple[tuple[type[exp.Expression], ...], str, str], ...] = (
     ),
 )
 
-_ALLOWED_CLAUSES = ("expressions", "from_", "where", "group", "order", "limit")
+_ALLOWED_CLAUSES = ("expressions", "from_", "where", "group", "having", "order", "limit")
 _CLAUSE_REFUSALS = {
-    "having": "HAVING is not available: it would filter on exact aggregates. Filter rows with "
-    "WHERE, or filter the noisy result client-side",
     "qualify": "QUALIFY is not available; filter rows with WHERE",
     "offset": "OFFSET is not available; use ORDER BY ... LIMIT n and skip rows client-side",
     "into": "SELECT ... INTO is not available: nothing is written; send a plain SELECT",
@@ -107,6 +105,14 @@ _ALLOWED_ARGS: dict[type[exp.Expression], tuple[str, ...]] = {
     exp.Count: ("this", "big_int"),
     exp.Sum: ("this",),
     exp.Avg: ("this",),
+    **{cls: ("this",) for cls in (exp.VariancePop, exp.Variance, exp.Stddev, exp.StddevPop, exp.StddevSamp)},
+    exp.Median: ("this",),
+    exp.Min: ("this",),
+    exp.Max: ("this",),
+    exp.PercentileCont: ("this", "expression"),
+    exp.WithinGroup: ("this", "expression"),
+    exp.Distinct: ("expressions",),
+    exp.Having: ("this",),
     exp.Floor: ("this",),
     exp.Neg: ("this",),
     exp.Not: ("this",),
@@ -126,18 +132,30 @@ _ALLOWED_ARGS: dict[type[exp.Expression], tuple[str, ...]] = {
 }
 
 _VALUE_NODES = {exp.Column, exp.Identifier, exp.Literal, exp.Paren}
+# the aggregates of the subset; what each accepts is checked when it is classified (analyze)
+_AGGREGATE_NODES = {
+    exp.Count, exp.Sum, exp.Avg, exp.Star, exp.Distinct,
+    exp.VariancePop, exp.Variance, exp.Stddev, exp.StddevPop, exp.StddevSamp,
+    exp.Median, exp.Min, exp.Max, exp.PercentileCont, exp.WithinGroup, exp.Order, exp.Ordered,
+}
+_WHERE_NODES = (
+    _VALUE_NODES
+    | {exp.Boolean, exp.Null, exp.Not, exp.And, exp.Or, exp.In, exp.Between}
+    | {exp.Is, exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE}
+    | {exp.Neg, exp.Add, exp.Sub, exp.Mul, exp.Div}
+)
+# node types allowed only under a given parent type (ORDER BY inside WITHIN GROUP, ...)
+_ONLY_UNDER: dict[type[exp.Expression], type[exp.Expression]] = {
+    exp.Order: exp.WithinGroup,
+    exp.Ordered: exp.Order,
+    exp.Distinct: exp.Count,
+}
 # GROUP BY is checked first: a key without a public domain is the root problem of a query
 _CLAUSE_NODES: dict[str, frozenset[type[exp.Expression]]] = {
     "group": frozenset(_VALUE_NODES | {exp.Group, exp.Floor, exp.Div, exp.Mul}),
-    "expressions": frozenset(
-        _VALUE_NODES | {exp.Alias, exp.Count, exp.Sum, exp.Avg, exp.Star, exp.Floor} | {exp.Div, exp.Mul}
-    ),
-    "where": frozenset(
-        _VALUE_NODES
-        | {exp.Where, exp.Boolean, exp.Null, exp.Not, exp.And, exp.Or, exp.In, exp.Between}
-        | {exp.Is, exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE}
-        | {exp.Neg, exp.Add, exp.Sub, exp.Mul, exp.Div}
-    ),
+    "expressions": frozenset(_VALUE_NODES | _AGGREGATE_NODES | {exp.Alias, exp.Floor} | {exp.Div, exp.Mul}),
+    "where": frozenset(_WHERE_NODES | {exp.Where}),
+    "having": frozenset(_WHERE_NODES | _AGGREGATE_NODES | {exp.Having}),
     "order": frozenset({exp.Order, exp.Ordered, exp.Column, exp.Identifier, exp.Literal}),
     "limit": frozenset({exp.Limit, exp.Literal}),
 }
@@ -155,10 +173,22 @@ _ARG_NAMES = {
 }
 
 
+def _count_distinct(node: exp.Expression) -> bool:
+    """COUNT(DISTINCT <one column>): the analyser then accepts it only for the privacy unit."""
+    return (
+        isinstance(node, exp.Distinct)
+        and isinstance(node.parent, exp.Count)
+        and node.arg_key == "this"
+        and len(node.expressions) == 1
+        and isinstance(node.expressions[0], exp.Column)
+        and not any(v not in (None, False, [], "") for k, v in node.args.items() if k != "expressions")
+    )
+
+
 def check_structure(select: exp.Select) -> None:
     """Refuse constructs that reach rows, anywhere in the tree, with their specific code."""
     for node in select.walk():
-        if node is select:
+        if node is select or _count_distinct(node):
             continue
         for classes, code, message in _STRUCTURAL:
             if isinstance(node, classes):
@@ -166,14 +196,14 @@ def check_structure(select: exp.Select) -> None:
 
 
 def check_clauses(select: exp.Select) -> None:
-    """Only SELECT list, FROM, WHERE, GROUP BY, ORDER BY and LIMIT may be present."""
+    """Only SELECT list, FROM, WHERE, GROUP BY, HAVING, ORDER BY and LIMIT may be present."""
     for key, value in select.args.items():
         if key in _ALLOWED_CLAUSES or not value:
             continue
         message = _CLAUSE_REFUSALS.get(
             key,
             f"the {key.strip('_').upper()} clause is not available; the accepted clauses are "
-            "SELECT, FROM, WHERE, GROUP BY, ORDER BY and LIMIT",
+            "SELECT, FROM, WHERE, GROUP BY, HAVING, ORDER BY and LIMIT",
         )
         raise BadRequest(message, "unsupported_clause")
 
@@ -203,6 +233,9 @@ def _check_node(node: exp.Expression, clause: str, allowed: frozenset[type]) -> 
             "not_aggregate",
         )
     if type(node) not in allowed:
+        refuse_node(node, clause)
+    parent = _ONLY_UNDER.get(type(node)) if clause != "order" else None
+    if parent is not None and not isinstance(node.parent, parent):
         refuse_node(node, clause)
     extra = _unexpected_args(node)
     if extra:

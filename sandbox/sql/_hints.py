@@ -10,10 +10,14 @@ from sqlglot import exp
 
 EXAMPLE = "e.g. SELECT sex, COUNT(*), AVG(age) FROM nhanes_2017 WHERE age >= 18 GROUP BY sex"
 
-AGGREGATES_HINT = "the aggregates are COUNT(*), COUNT(col), SUM(col) and AVG(col)"
+AGGREGATES_HINT = (
+    "the aggregates are COUNT(*), COUNT(col), SUM(col), AVG(col), VAR_POP/VAR_SAMP/STDDEV(col), "
+    "MEDIAN(col), QUANTILE_CONT(col, q), MIN(col), MAX(col) and COUNT(DISTINCT <privacy unit>)"
+)
 
 SELECT_HINT = (
-    "SELECT takes COUNT(*), COUNT(col), SUM(col), AVG(col) and the GROUP BY keys "
+    "SELECT takes aggregates (COUNT(*), COUNT(col), SUM(col), AVG(col), VAR_POP(col), STDDEV(col), "
+    "MEDIAN(col), QUANTILE_CONT(col, q), MIN(col), MAX(col), COUNT(DISTINCT <privacy unit>)) and the GROUP BY keys "
     "(a column, or a bin FLOOR(col / w) * w), each with an optional AS name"
 )
 
@@ -35,7 +39,13 @@ ORDER_HINT = (
 
 LIMIT_HINT = "LIMIT takes a non-negative whole number, e.g. LIMIT 10"
 
+HAVING_HINT = (
+    "HAVING filters the noisy output: compare output columns (aliases, keys, or aggregates that are "
+    "also in SELECT) with literals, e.g. SELECT sex, COUNT(*) AS n ... GROUP BY sex HAVING n > 100"
+)
+
 CLAUSE_HINTS = {
+    "having": HAVING_HINT,
     "expressions": SELECT_HINT,
     "where": WHERE_HINT,
     "group": GROUP_HINT,
@@ -48,6 +58,7 @@ CLAUSE_NAMES = {
     "from_": "FROM",
     "where": "WHERE",
     "group": "GROUP BY",
+    "having": "HAVING",
     "order": "ORDER BY",
     "limit": "LIMIT",
 }
@@ -122,10 +133,9 @@ def _classes(*names: str) -> tuple[type[exp.Expression], ...]:
     return tuple(getattr(exp, n) for n in names if hasattr(exp, n))
 
 
-_EXTREMES = _classes("Min", "Max")
 _ONE_ROW = _classes("First", "Last", "AnyValue", "ArgMax", "ArgMin")
 _VALUES = _classes("ArrayAgg", "GroupConcat", "ArrayUniqueAgg", "ArrayConcatAgg")
-_ORDER_STATS = _classes("Median", "Quantile", "PercentileCont", "PercentileDisc", "Mode")
+_ORDER_STATS = _classes("Median", "Quantile", "PercentileCont", "PercentileDisc", "Mode", "Min", "Max")
 _ONE_ROW_NAMES = {"arbitrary", "max_by", "min_by", "argmax", "argmin", "arg_max", "arg_min"}
 _VALUE_NAMES = {"list", "histogram", "string_agg", "listagg", "list_agg", "array_agg"}
 _SYSTEM_PREFIXES = ("read_", "duckdb_", "pragma_", "pg_", "sqlite_", "parquet_", "current_")
@@ -136,11 +146,8 @@ def function_message(node: exp.Func, clause: str) -> str:
     """Why this function is refused, and what to use instead."""
     name = function_name(node)
     lower = name.lower()
-    if isinstance(node, _EXTREMES):
-        return (
-            f"{name} is not available: extreme values reveal single rows. Use COUNT(*), "
-            "COUNT(col), SUM(col) or AVG(col) (a bounded quantile may come later)"
-        )
+    if isinstance(node, exp.AggFunc) and clause == "where":
+        return f"aggregates such as {name} cannot be used in WHERE; {WHERE_HINT}"
     if isinstance(node, _ONE_ROW) or lower in _ONE_ROW_NAMES:
         return f"{name} is not available: it returns one row's value. Use AVG(col) or COUNT(*) per group"
     if isinstance(node, _VALUES) or lower in _VALUE_NAMES:
@@ -150,8 +157,9 @@ def function_message(node: exp.Func, clause: str) -> str:
         )
     if isinstance(node, _ORDER_STATS) or "quantile" in lower or "percentile" in lower:
         return (
-            f"{name} is not available yet: exact order statistics reveal single rows. "
-            "Use AVG(col), or COUNT(*) per bin: GROUP BY FLOOR(col / w) * w"
+            f"{name} is not available: exact order statistics reveal single rows. The DP quantiles "
+            "are MEDIAN(col), QUANTILE_CONT(col, q), PERCENTILE_CONT(q) WITHIN GROUP (ORDER BY col), "
+            "MIN(col) and MAX(col), on a bounded numeric column"
         )
     if lower.startswith(_SYSTEM_PREFIXES) or lower in _SYSTEM_NAMES or isinstance(node, (exp.ReadParquet, exp.ReadCSV)):
         return (

@@ -107,6 +107,12 @@ def domain_size(spec: KeySpec, column: Column) -> int:
             f"a bin needs an int or float column; {spec.column} is a category: GROUP BY {spec.column} itself",
             "not_numeric",
         )
+    if column.bounds is None:
+        raise BadRequest(
+            f"{spec.column} has no declared bounds, so its bins are no public domain: GROUP BY "
+            f"{spec.column} itself (keys chosen by DP partition selection)",
+            "unbounded_group_keys",
+        )
     low, high = _bin_range(spec.width, column)
     return high - low + 1
 
@@ -114,6 +120,8 @@ def domain_size(spec: KeySpec, column: Column) -> int:
 def _plain_size(name: str, column: Column) -> int:
     if column.type == "category":
         return len(column.values or ())
+    if column.open_keys:
+        return 1  # no declared values: the keys released are chosen by DP partition selection
     if column.type == "float":
         raise BadRequest(
             f"{name} is a float column: its values are not a bounded set of keys. "

@@ -132,7 +132,23 @@ def resolve_columns(select: exp.Select, scope: Scope, aliases: Collection[str]) 
         if _is_alias_reference(column, scope, aliases):
             column.replace(exp.column(fold(column.this)))
             continue
-        column.replace(exp.column(resolve_column(column, scope)))
+        unit = resolve_unit(column, scope)
+        column.replace(exp.column(unit if unit is not None else resolve_column(column, scope)))
+
+
+def resolve_unit(column: exp.Column, scope: Scope) -> str | None:
+    """The privacy unit's name if ``column`` names it as the one argument of COUNT(DISTINCT ...)
+    (the only place the id may be named), else None."""
+    parent = column.parent
+    if not (isinstance(parent, exp.Distinct) and isinstance(parent.parent, exp.Count)):
+        return None
+    if not isinstance(column.this, exp.Identifier) or scope.dataset.privacy_unit == "row":
+        return None
+    table = column.args.get("table")
+    if column.args.get("db") is not None or (table is not None and fold(table) != scope.qualifier):
+        return None
+    name = fold(column.this)
+    return name if name == scope.dataset.privacy_unit else None
 
 
 def _is_alias_reference(column: exp.Column, scope: Scope, aliases: Collection[str]) -> bool:

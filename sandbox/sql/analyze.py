@@ -1,17 +1,18 @@
 """Analyse an operator's SQL into a :class:`QueryPlan`, accepting only an allow-listed subset.
 
-The subset: one plain SELECT over one granted dataset, with COUNT(*), COUNT(col), SUM(col)
-and AVG(col); an optional WHERE of comparisons over granted columns and literals; an
-optional GROUP BY of keys with public domains (categories, small int ranges, bins); and
-ORDER BY / LIMIT, which only post-process the noisy output. Everything else is refused with
+The subset: one plain SELECT over one granted dataset, with the aggregates of ``_aggs``
+(COUNT, SUM, AVG, variance and standard deviation, quantiles, MIN/MAX, COUNT(DISTINCT unit));
+an optional WHERE of comparisons over granted columns and literals; an optional GROUP BY of
+keys with public domains (categories, small int ranges, bins); and HAVING, ORDER BY and
+LIMIT, which only post-process the noisy output. Everything else is refused with
 a :class:`~sandbox.errors.BadRequest` (400) or :class:`~sandbox.errors.Forbidden` (403)
 carrying a stable ``code`` and a message that says what would work.
 
 The checks run on sqlglot's syntax tree, never on the text, in this order: parse
 (``_parse``), constructs that reach rows and clauses (``_allow``), node types per clause
 (``_allow``), FROM and column names (``_scope``), WHERE shapes and types (``_where``), then
-the shapes of SELECT items, GROUP BY keys and their domains (``_keys``), ORDER BY and LIMIT
-here. Finally the tree is rewritten to canonical names for ``normalized_sql``.
+the shapes of SELECT items (``_aggs``), GROUP BY keys and their domains (``_keys``), HAVING
+(``_having``), ORDER BY and LIMIT here. Finally the tree is rewritten to canonical names for ``normalized_sql``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from sqlglot import exp
 
 from sandbox.errors import BadRequest
 from sandbox.policy.models import IDENT, Dataset
+from sandbox.sql._aggs import classify
 from sandbox.sql._allow import check_clauses, check_nodes, check_structure
+from sandbox.sql._having import having_predicate
 from sandbox.sql._hints import (
     AGGREGATES_HINT,
     ARITHMETIC_ON_AGGREGATES,
@@ -34,20 +37,14 @@ from sandbox.sql._hints import (
     show,
 )
 from sandbox.sql._hints import describe as _describe
+from sandbox.sql._join import canonical_join, rewrite_join
 from sandbox.sql._keys import MAX_GROUPS, KeySpec, domain_size, domain_values, key_spec, unwrap, whole_number
 from sandbox.sql._parse import DIALECT, parse_select
 from sandbox.sql._scope import Scope, fold, resolve_columns, resolve_from
 from sandbox.sql._where import check_where
-from sandbox.sql.plan import Aggregate, AggregateKind, GroupKey, OrderItem, QueryPlan
+from sandbox.sql.plan import MAX_QUANTILE_CELLS, ORDER_KINDS, Aggregate, GroupKey, OrderItem, QueryPlan, quantile_grid
 
 __all__ = ["analyze"]
-
-_KINDS: dict[type[exp.Expression], AggregateKind] = {
-    exp.Count: "count",
-    exp.Sum: "sum",
-    exp.Avg: "avg",
-}
-
 
 def analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Collection[str]]) -> QueryPlan:
     """Check ``sql`` against the accepted subset and return its plan.
@@ -63,6 +60,7 @@ def analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Col
 
 def _analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Collection[str]]) -> QueryPlan:
     select = parse_select(sql)
+    join, datasets, granted = rewrite_join(select, datasets, granted)
     check_structure(select)
     check_clauses(select)
     check_nodes(select)
@@ -83,12 +81,16 @@ def _analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Co
     specs = _group_specs(select, items, aliases, scope)
     group_keys = _group_keys(specs, items, names, scope)
     aggregates = tuple(
-        Aggregate(kind=item.kind, column=item.column, name=name)
+        Aggregate(kind=item.kind, column=item.column, name=name, q=item.q)
         for item, name in zip(items, names, strict=True)
         if isinstance(item, Aggregate)
     )
+    _check_quantile_cells(aggregates, group_keys, scope)
+    having = having_predicate(select, aggregates, group_keys, scope)
     order_by = _order_by(select, names)
     limit = _limit(select)
+    if join is not None:
+        select.set("joins", [canonical_join(join, scope.dataset.id)])
     normalized = _canonicalize(select, scope)
     return QueryPlan(
         dataset=scope.dataset.id,
@@ -99,6 +101,8 @@ def _analyze(sql: str, datasets: Mapping[str, Dataset], granted: Mapping[str, Co
         order_by=order_by,
         limit=limit,
         normalized_sql=normalized,
+        having=having,
+        join=join,
     )
 
 
@@ -126,10 +130,10 @@ def _aliases(select: exp.Select) -> list[str | None]:
 
 
 def _classify(node: exp.Expression, scope: Scope) -> Aggregate | KeySpec:
-    """A SELECT item without alias and parentheses: an aggregate (unnamed yet) or a key."""
-    kind = _KINDS.get(type(node))
-    if kind is not None:
-        return Aggregate(kind=kind, column=_aggregate_column(node, kind, scope), name="")
+    """A SELECT item without alias and parentheses: an aggregate (default name) or a key."""
+    aggregate = classify(node, scope)
+    if aggregate is not None:
+        return aggregate
     if node.find(exp.AggFunc) is not None:
         raise BadRequest(ARITHMETIC_ON_AGGREGATES, "unsupported_expression")
     if node.find(exp.Column) is None:
@@ -146,29 +150,6 @@ def _classify(node: exp.Expression, scope: Scope) -> Aggregate | KeySpec:
     return spec
 
 
-def _aggregate_column(node: exp.Expression, kind: AggregateKind, scope: Scope) -> str | None:
-    name = kind.upper()
-    arg = node.this
-    arg = unwrap(arg) if arg is not None else None
-    if kind == "count" and isinstance(arg, exp.Star):
-        return None
-    if not isinstance(arg, exp.Column):
-        what = "COUNT(*) counts rows" if kind == "count" else f"e.g. {name}(age)"
-        raise BadRequest(
-            f"{name} takes one plain column ({what}); compute expressions of aggregates "
-            "client-side and bin values with GROUP BY FLOOR(col / w) * w",
-            "unsupported_expression",
-        )
-    column = arg.name
-    if kind != "count" and not scope.dataset.columns[column].numeric:
-        raise BadRequest(
-            f"{name} needs an int or float column; {column} is a category: count its values "
-            f"with SELECT {column}, COUNT(*) ... GROUP BY {column}",
-            "not_numeric",
-        )
-    return column
-
-
 def _output_names(items: list[Aggregate | KeySpec], aliases: list[str | None]) -> list[str]:
     names = [alias or _default_name(item) for item, alias in zip(items, aliases, strict=True)]
     for index, name in enumerate(names):
@@ -181,9 +162,7 @@ def _output_names(items: list[Aggregate | KeySpec], aliases: list[str | None]) -
 
 
 def _default_name(item: Aggregate | KeySpec) -> str:
-    if isinstance(item, KeySpec):
-        return item.default_name
-    return item.kind if item.column is None else f"{item.kind}_{item.column}"
+    return item.default_name if isinstance(item, KeySpec) else item.name
 
 
 def _group_specs(
@@ -266,8 +245,17 @@ def _group_keys(
                 f"{spec.label} is selected twice ({', '.join(selected)}); select each key once",
                 "duplicate_column_name",
             )
+        if columns[spec.column].open_keys and spec.width is None:
+            keys.append(GroupKey(spec.column, selected[0], None, (), open=True))
+            continue
         values = domain_values(spec, columns[spec.column])
         keys.append(GroupKey(spec.column, selected[0], spec.bin_width, values))
+    if sum(key.open for key in keys) > 1:
+        raise BadRequest(
+            "at most one GROUP BY key may be without declared values (a text or unbounded int column); "
+            "group by one of them, or by declared categories",
+            "unbounded_group_keys",
+        )
     return tuple(keys)
 
 
@@ -322,3 +310,22 @@ def _canonicalize(select: exp.Select, scope: Scope) -> str:
     for node in select.walk():
         node.comments = None
     return select.sql(dialect=DIALECT, comments=False)
+
+
+def _check_quantile_cells(aggregates: tuple[Aggregate, ...], keys: tuple[GroupKey, ...], scope: Scope) -> None:
+    groups = math.prod(len(k.values) for k in keys)
+    for agg in aggregates:
+        if agg.kind in ORDER_KINDS and any(k.open for k in keys):
+            raise BadRequest(
+                f"{agg.name}: quantiles group only by keys with declared values (categories, int "
+                "ranges, bins), not by a text column",
+                "unbounded_group_keys",
+            )
+        if agg.kind in ORDER_KINDS and agg.column is not None:
+            m = quantile_grid(scope.dataset.columns[agg.column]).m
+            if groups * m > MAX_QUANTILE_CELLS:
+                raise BadRequest(
+                    f"{agg.name} over {groups} groups scores {groups * m} candidates; at most "
+                    f"{MAX_QUANTILE_CELLS} are accepted. Use fewer keys or wider bins",
+                    "too_many_groups",
+                )

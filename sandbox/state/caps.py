@@ -13,20 +13,22 @@ the operator cap and the dataset cap in one ``BEGIN IMMEDIATE`` transaction.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sandbox.dp.accounting import rho_nano_to_epsilon_nano
 from sandbox.errors import Conflict
-from sandbox.policy.models import Dataset
+from sandbox.policy.models import Dataset, operator_key
+from sandbox.state.audit import AuditEvent, AuditLog
 from sandbox.state.db import StateDB, register_schema
 
 register_schema(
     """
     CREATE TABLE IF NOT EXISTS cap_spent (
         dataset TEXT NOT NULL,
-        operator TEXT NOT NULL,  -- '' is the dataset-wide row: all grants together
+        operator TEXT NOT NULL,  -- the operator's canonical key (operator_key), or '' for the dataset-wide row
         epsilon_spent_nano INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (dataset, operator)
     );
@@ -43,6 +45,15 @@ register_schema(
         operator TEXT NOT NULL,
         units_nano INTEGER NOT NULL,
         cap_epsilon_nano INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS dataset_delta_spent (
+        dataset TEXT NOT NULL,
+        grant_id TEXT NOT NULL,
+        delta REAL NOT NULL,  -- a zcdp grant's delta, counted once against the dataset's delta cap
+        PRIMARY KEY (dataset, grant_id)
+    );
+    CREATE TABLE IF NOT EXISTS cap_unattributed (
+        query_id TEXT PRIMARY KEY  -- an old charge whose dataset the audit log does not name (backfill)
     )
     """
 )
@@ -62,6 +73,8 @@ class CapState:
     operator: str | None
     epsilon_total: float | None  # None: no cap declared
     epsilon_spent: float
+    delta_total: float | None = None  # the dataset row: its delta cap (zCDP grants), and what is spent
+    delta_spent: float = 0.0
 
     @property
     def epsilon_remaining(self) -> float | None:
@@ -74,6 +87,8 @@ class CapState:
                "epsilon_spent": self.epsilon_spent, "epsilon_remaining": self.epsilon_remaining}
         if self.operator is not None:
             out["operator"] = self.operator
+        if self.delta_total is not None:
+            out.update(delta_total=self.delta_total, delta_spent=self.delta_spent)
         return out
 
 
@@ -95,9 +110,33 @@ def _spent(conn: sqlite3.Connection, dataset_id: str, operator: str) -> int:
     return row["epsilon_spent_nano"] if row else 0
 
 
+def _delta_spent(conn: sqlite3.Connection, dataset_id: str) -> float:
+    row = conn.execute("SELECT COALESCE(SUM(delta), 0) AS d FROM dataset_delta_spent WHERE dataset = ?",
+                       (dataset_id,)).fetchone()
+    return float(row["d"])
+
+
+def check_delta_cap(conn: sqlite3.Connection, dataset: Dataset, grant_id: str, zcdp_delta: float | None) -> None:
+    """A zCDP grant's first charge on a dataset adds its delta to the dataset's; refused over the cap."""
+    if zcdp_delta is None or dataset.budget is None:
+        return
+    if conn.execute("SELECT 1 FROM dataset_delta_spent WHERE dataset = ? AND grant_id = ?",
+                    (dataset.id, grant_id)).fetchone():
+        return
+    spent, total = _delta_spent(conn, dataset.id), dataset.budget.delta
+    if spent + zcdp_delta > total * (1 + 1e-9):
+        raise Conflict(
+            f"budget exhausted: the dataset cap on {dataset.id} (all grants together: delta {total:g}) has "
+            f"delta {max(total - spent, 0):g} left; grant {grant_id}'s first query here needs its delta {zcdp_delta:g}",
+            code="budget_exhausted",
+            detail={"cap": "dataset", "dataset": dataset.id, "delta_total": total,
+                    "delta_remaining": max(total - spent, 0.0)},
+        )
+
+
 def check_caps(conn: sqlite3.Connection, dataset: Dataset, operator: str, cap_units: int) -> None:
     """Raise Conflict(budget_exhausted, detail.cap = operator | dataset) if a cap would be exceeded."""
-    checks = [("operator", operator, dataset.operator_cap(operator)),
+    checks = [("operator", operator_key(operator), dataset.operator_cap(operator)),
               ("dataset", ALL_GRANTS, dataset.budget.epsilon if dataset.budget else None)]
     for cap, key, total in checks:
         if total is None:
@@ -116,14 +155,18 @@ def check_caps(conn: sqlite3.Connection, dataset: Dataset, operator: str, cap_un
 
 def charge_caps(
     conn: sqlite3.Connection, *, query_id: str, grant_id: str, dataset_id: str, operator: str, units: int,
-    cap_units: int,
+    cap_units: int, zcdp_delta: float | None = None,
 ) -> None:
     """Record a charge against the grant-per-dataset tally, the operator row and the dataset row."""
+    if zcdp_delta is not None:
+        conn.execute("INSERT OR IGNORE INTO dataset_delta_spent (dataset, grant_id, delta) VALUES (?, ?, ?)",
+                     (dataset_id, grant_id, zcdp_delta))
     conn.execute(
         "INSERT INTO grant_dataset_spent (grant_id, dataset, units_nano) VALUES (?, ?, ?)"
         " ON CONFLICT(grant_id, dataset) DO UPDATE SET units_nano = units_nano + excluded.units_nano",
         (grant_id, dataset_id, units),
     )
+    operator = operator_key(operator)  # one institution, one tally, however its name is spelled
     for key in (operator, ALL_GRANTS):
         conn.execute(
             "INSERT INTO cap_spent (dataset, operator, epsilon_spent_nano) VALUES (?, ?, ?)"
@@ -142,11 +185,15 @@ def cap_states(db: StateDB, dataset: Dataset, operator: str | None = None) -> li
     """The dataset cap, and the operator cap of ``operator`` (or of every operator seen) on ``dataset``."""
     rows = {r["operator"]: r["epsilon_spent_nano"]
             for r in db.read("SELECT operator, epsilon_spent_nano FROM cap_spent WHERE dataset = ?", (dataset.id,))}
+    # shown as given (one spelling per institution); listed without a name: by canonical key
     operators = [operator] if operator is not None else sorted(k for k in rows if k != ALL_GRANTS)
-    out = [CapState("operator", dataset.id, op, dataset.operator_cap(op), rows.get(op, 0) / NANO)
+    out = [CapState("operator", dataset.id, op, dataset.operator_cap(op), rows.get(operator_key(op), 0) / NANO)
            for op in operators]
     total = dataset.budget.epsilon if dataset.budget else None
-    out.append(CapState("dataset", dataset.id, None, total, rows.get(ALL_GRANTS, 0) / NANO))
+    delta_spent = float(db.read("SELECT COALESCE(SUM(delta), 0) AS d FROM dataset_delta_spent WHERE dataset = ?",
+                                (dataset.id,))[0]["d"])
+    out.append(CapState("dataset", dataset.id, None, total, rows.get(ALL_GRANTS, 0) / NANO,
+                        dataset.budget.delta if dataset.budget else None, delta_spent))
     return out
 
 
@@ -167,4 +214,101 @@ def reconcile_caps(db: StateDB) -> list[str]:
             who = f"operator {r['operator']}" if r["operator"] else "all grants"
             problems.append(f"dataset {r['dataset']} ({who}): spent {r['spent'] / NANO} "
                             f"but its charges add up to {r['charged'] / NANO}")
+    # every charge is counted against the caps, with the units the grant was charged
+    for r in db.read(
+        "SELECT c.query_id, c.grant_id, c.epsilon_nano, z.rho_nano, s.units_nano FROM charges c"
+        " LEFT JOIN charge_scopes s ON s.query_id = c.query_id LEFT JOIN zcdp_charges z ON z.query_id = c.query_id"
+        " WHERE c.query_id NOT IN (SELECT query_id FROM cap_unattributed)"
+        " AND (s.query_id IS NULL OR s.units_nano != COALESCE(z.rho_nano, c.epsilon_nano))"
+    ):
+        if r["units_nano"] is None:
+            problems.append(f"grant {r['grant_id']}: charge {r['query_id']} is not counted against any cap")
+        else:
+            problems.append(f"grant {r['grant_id']}: charge {r['query_id']} counts {r['units_nano'] / NANO} "
+                            "against the caps but was charged otherwise")
+    for r in db.read(
+        "SELECT g.grant_id, g.dataset, g.units_nano, COALESCE((SELECT SUM(s.units_nano) FROM charge_scopes s"
+        " WHERE s.grant_id = g.grant_id AND s.dataset = g.dataset), 0) AS charged FROM grant_dataset_spent g"
+    ):
+        if r["units_nano"] != r["charged"]:
+            problems.append(f"grant {r['grant_id']} on {r['dataset']}: spent {r['units_nano'] / NANO} "
+                            f"but its charges add up to {r['charged'] / NANO}")
     return problems
+
+
+def _unscoped_charges(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT c.query_id, c.grant_id, c.epsilon_nano, z.rho_nano FROM charges c"
+        " LEFT JOIN charge_scopes s ON s.query_id = c.query_id"
+        " LEFT JOIN zcdp_charges z ON z.query_id = c.query_id WHERE s.query_id IS NULL"
+        " AND c.query_id NOT IN (SELECT query_id FROM cap_unattributed) ORDER BY c.ts, c.rowid"
+    ).fetchall()
+
+
+def _unkeyed_operators(conn: sqlite3.Connection) -> list[str]:
+    return [r["operator"] for r in conn.execute("SELECT DISTINCT operator FROM charge_scopes")
+            if operator_key(r["operator"]) != r["operator"]]
+
+
+def _missing_deltas(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """zCDP grants that spent on a dataset before its delta tally existed."""
+    return conn.execute(
+        "SELECT DISTINCT s.dataset, s.grant_id, z.delta FROM charge_scopes s JOIN zcdp_budgets z"
+        " ON z.grant_id = s.grant_id WHERE NOT EXISTS (SELECT 1 FROM dataset_delta_spent d"
+        " WHERE d.dataset = s.dataset AND d.grant_id = s.grant_id)"
+    ).fetchall()
+
+
+def backfill(db: StateDB, audit: AuditLog) -> dict | None:
+    """One-time upgrade at state open: charges made before the cap tallies existed (or whose tallies
+    were lost) are counted against them, from ``charges``, the ``query.charged`` audit entries'
+    ``detail.dataset`` and the grant's operator; tallies keyed on raw operator names are re-keyed
+    on :func:`operator_key`. Idempotent: once every charge has its scope there is nothing to do.
+    Recorded as ``caps.backfilled``. Returns the entry's detail, or None when nothing was done."""
+    if not _unscoped_charges(db.conn) and not _unkeyed_operators(db.conn) and not _missing_deltas(db.conn):
+        return None
+    with db.write() as conn:
+        missing = _unscoped_charges(conn)
+        unkeyed = _unkeyed_operators(conn)
+        if not missing and not unkeyed and not _missing_deltas(conn):
+            return None
+        wanted = {r["query_id"] for r in missing}
+        datasets: dict[str, str] = {}
+        for row in conn.execute("SELECT detail FROM audit WHERE action = 'query.charged' ORDER BY seq"):
+            detail = json.loads(row["detail"])
+            qid, ds_id = detail.get("query_id"), detail.get("dataset")
+            if qid in wanted and isinstance(ds_id, str):
+                datasets[qid] = ds_id
+        operators = {r["id"]: json.loads(r["body"]).get("operator", "")
+                     for r in conn.execute("SELECT id, body FROM grants")}
+        deltas = {r["grant_id"]: r["delta"] for r in conn.execute("SELECT grant_id, delta FROM zcdp_budgets")}
+        unattributed: list[str] = []
+        for r in missing:
+            ds_id, operator = datasets.get(r["query_id"]), operators.get(r["grant_id"], "")
+            if ds_id is None or not operator_key(operator):
+                unattributed.append(r["query_id"])
+                conn.execute("INSERT OR IGNORE INTO cap_unattributed (query_id) VALUES (?)", (r["query_id"],))
+                continue
+            zcdp = r["rho_nano"] is not None
+            units = r["rho_nano"] if zcdp else r["epsilon_nano"]
+            cap_units = increment(conn, r["grant_id"], ds_id, units, deltas.get(r["grant_id"]) if zcdp else None)
+            charge_caps(conn, query_id=r["query_id"], grant_id=r["grant_id"], dataset_id=ds_id, operator=operator,
+                        units=units, cap_units=cap_units, zcdp_delta=deltas.get(r["grant_id"]) if zcdp else None)
+        for raw in unkeyed:
+            conn.execute("UPDATE charge_scopes SET operator = ? WHERE operator = ?", (operator_key(raw), raw))
+        deltas_added = _missing_deltas(conn)
+        for r in deltas_added:
+            conn.execute("INSERT OR IGNORE INTO dataset_delta_spent (dataset, grant_id, delta) VALUES (?, ?, ?)",
+                         (r["dataset"], r["grant_id"], r["delta"]))
+        # the tallies are sums of the per-charge scopes: rebuilt from them, so nothing is counted twice
+        conn.execute("DELETE FROM cap_spent")
+        conn.execute("INSERT INTO cap_spent (dataset, operator, epsilon_spent_nano) SELECT dataset, operator,"
+                     " SUM(cap_epsilon_nano) FROM charge_scopes GROUP BY dataset, operator")
+        conn.execute("INSERT INTO cap_spent (dataset, operator, epsilon_spent_nano) SELECT dataset, '',"
+                     " SUM(cap_epsilon_nano) FROM charge_scopes GROUP BY dataset")
+        detail = {"charges": len(missing) - len(unattributed), "unattributed": unattributed[:100],
+                  "unattributed_count": len(unattributed), "operators_rekeyed": len(unkeyed),
+                  "zcdp_deltas": len(deltas_added)}
+        audit.append(conn, AuditEvent("system", "caps.backfilled", None, detail))
+    audit.write_head()
+    return detail

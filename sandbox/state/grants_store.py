@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.errors import Conflict, NotFound, PolicyError
-from sandbox.policy.models import Dataset, Grant, Roles
+from sandbox.policy.models import Dataset, Grant, Roles, operator_key
 from sandbox.policy.rules import check_caps_not_raised, check_grant_fits_catalog
+from sandbox.state.audit import AuditLog
 from sandbox.state.chain import AuditEvent
 from sandbox.state.db import StateDB, register_schema
 from sandbox.state.ledger import Ledger
@@ -90,9 +91,35 @@ def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str
     return lines
 
 
+def _check_operator(conn: sqlite3.Connection, grant: Grant, existing: Any) -> None:
+    """One grant, one operator for life; one institution, one spelling across grants.
+
+    Caps across grants key on :func:`operator_key`; a rename or a second spelling would make a
+    register that names one institution two ways (and, before the key, a fresh cap)."""
+    if existing is not None:
+        before = json.loads(existing["body"])["operator"]
+        if before != grant.operator and existing["status"] != "revoked":
+            raise Conflict(
+                f"grant {grant.id}: the operator is fixed once applied ({before!r}); issue a new grant instead",
+                code="operator_fixed",
+            )
+        return
+    key = operator_key(grant.operator)
+    for row in conn.execute("SELECT id, body FROM grants ORDER BY id"):
+        other = json.loads(row["body"])["operator"]
+        if other != grant.operator and operator_key(other) == key:
+            raise Conflict(
+                f"operator {grant.operator!r} is spelled {other!r} in grant {row['id']}: one institution has one "
+                "spelling (names are compared ignoring case, spacing and punctuation); use that spelling",
+                code="operator_spelling",
+            )
+
+
 class PolicyStore:
-    def __init__(self, db: StateDB, on_grant_change: Callable[[str], object] | None = None) -> None:
+    def __init__(self, db: StateDB, audit: AuditLog | None = None, *,
+                 on_grant_change: Callable[[str], object] | None = None) -> None:
         self.db = db
+        self.audit = audit or AuditLog(db)  # for reading; events are written by the unit of work
         self.on_grant_change = on_grant_change  # e.g. sign an audit checkpoint
 
     def _grant_changed(self, grant_id: str) -> None:
@@ -177,6 +204,7 @@ class PolicyStore:
             existing = conn.execute(
                 "SELECT body, status FROM grants WHERE id = ?", (grant.id,)
             ).fetchone()
+            _check_operator(conn, grant, existing)
             changes: tuple[str, ...] = ()
             if existing is None:
                 new, outcome = grant, "created"

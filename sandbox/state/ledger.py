@@ -21,9 +21,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sandbox.dp.accounting import epsilon_to_rho, rho_nano_to_epsilon_nano
+from sandbox.dp.accounting import epsilon_to_rho, rho_nano_to_epsilon_nano, rho_to_epsilon
 from sandbox.errors import BadRequest, Conflict, NotFound
-from sandbox.policy.models import Dataset
+from sandbox.policy.models import Dataset, operator_key
 from sandbox.state import caps
 from sandbox.state.audit import AuditEvent, AuditLog
 from sandbox.state.db import StateDB, register_schema
@@ -151,6 +151,7 @@ class Ledger:
         self.db = db
         self.audit = audit
         self.wait_for_twin_s = wait_for_twin_s
+        caps.backfill(db, audit)  # one-time upgrade: charges from before the cap tallies count against them
 
     @staticmethod
     def ensure_budget(
@@ -242,16 +243,22 @@ class Ledger:
         cache_key: str,
         audit_detail: dict,
         rho: float | None = None,
-        dataset: Dataset | None = None,
-        operator: str | None = None,
+        dataset: Dataset,
+        operator: str,
+        delta: float = 0.0,
+        also: tuple[Dataset, ...] = (),
     ) -> Charge:
         """Check and charge in one IMMEDIATE transaction, with its audit entry; or replay.
 
-        ``epsilon`` for a pure grant, ``rho`` for a zcdp grant (whose per-query cap is
-        ``max_epsilon_per_query ** 2 / 2``, the rho of a pure query at that cap). With
-        ``dataset`` and ``operator`` the operator and dataset caps are charged in the same
-        transaction. Raises Conflict(budget_exhausted, detail.cap) and changes nothing when
-        the query would overspend any of them.
+        ``epsilon`` for a pure grant, ``rho`` for a zcdp grant (whose per-query cap holds in
+        the policy's unit: the rho's epsilon at the grant's delta is at most ``max_epsilon_per_query``). The
+        operator and dataset caps of ``dataset`` are charged in the same transaction (the
+        scope is mandatory: every charge counts against the caps). Raises
+        Conflict(budget_exhausted, detail.cap) and changes nothing when
+        the query would overspend any of them. ``delta`` (pure grants: DP partition selection)
+        is charged against the grant's delta budget in the same transaction. ``also``: further
+        private datasets the query reads (a join on the privacy unit), whose operator and dataset
+        caps are charged the same cost in the same transaction.
         """
         if (epsilon is None) == (rho is None):
             raise BadRequest("send either epsilon (pure grants) or rho (zcdp grants)", code="bad_epsilon")
@@ -259,26 +266,37 @@ class Ledger:
         units = to_nano(cost)
         if units <= 0:
             raise BadRequest(f"{name} must be positive", code="bad_epsilon")
-        cap = max_epsilon_per_query if rho is None else max_epsilon_per_query**2 / 2
-        if units > to_nano(cap):
+        if rho is None:
+            over, shown = units > to_nano(max_epsilon_per_query), ""
+        else:
+            as_epsilon = self._rho_epsilon(grant_id, cost)
+            over, shown = as_epsilon > max_epsilon_per_query * (1 + 1e-12), f" (epsilon {as_epsilon:g} at its delta)"
+        if over:
             raise BadRequest(
-                f"{name} {cost} is over this grant's per-query cap of {cap:g}",
+                f"{name} {cost}{shown} is over this grant's per-query cap of epsilon {max_epsilon_per_query:g}",
                 code="epsilon_over_cap",
             )
         deadline = time.monotonic() + self.wait_for_twin_s
-        scope = (dataset, operator) if dataset is not None and operator is not None else None
+        scope = ((dataset, *also), operator)
         while True:
             outcome = self._try_charge(grant_id, user, query_id, units, rho is not None, cache_key, audit_detail,
-                                       scope)
+                                       scope, delta)
             if outcome is not None:
                 return outcome
             if time.monotonic() > deadline:
                 raise Conflict("an identical query is still running; try again", code="query_in_flight")
             time.sleep(0.02)
 
+    def _rho_epsilon(self, grant_id: str, rho: float) -> float:
+        """A zCDP query's epsilon at its grant's delta: the per-query cap is in the policy's unit, epsilon."""
+        rows = self.db.read("SELECT delta FROM zcdp_budgets WHERE grant_id = ?", (grant_id,))
+        if not rows:
+            raise BadRequest("send epsilon (this grant uses pure accounting)", code="wrong_accounting")
+        return rho_to_epsilon(rho, rows[0]["delta"])
+
     def _try_charge(
         self, grant_id: str, user: str, query_id: str, units: int, zcdp: bool, cache_key: str, detail: dict,
-        scope: tuple[Dataset, str] | None,
+        scope: tuple[tuple[Dataset, ...], str] | None, spend_delta: float = 0.0,
     ) -> Charge | None:
         with self.db.work() as work:
             conn = work.conn
@@ -302,22 +320,38 @@ class Ledger:
                 )
                 return Charge(cached["query_id"], 0, cached_response=response)
             eps_units, extra = self._charge_grant(conn, grant_id, units, zcdp)
+            if spend_delta > 0:  # pure grants only: under zcdp the grant's delta pays for the rho conversion
+                if zcdp:
+                    raise BadRequest("a zcdp grant spends no delta directly", code="selection_needs_pure")
+                self._check_delta(conn, grant_id, spend_delta)
+                extra["delta"] = spend_delta
             if scope is not None:
-                dataset, operator = scope
+                datasets, operator = scope
                 delta = extra.get("delta") if zcdp else None
-                cap_units = caps.increment(conn, grant_id, dataset.id, units, delta)
-                caps.check_caps(conn, dataset, operator, cap_units)
-                caps.charge_caps(conn, query_id=query_id, grant_id=grant_id, dataset_id=dataset.id,
-                                 operator=operator, units=units, cap_units=cap_units)
-                extra.update(cap_epsilon=from_nano(cap_units), cap_epsilon_nano=cap_units, operator=operator,
-                             cap_dataset=dataset.id)
+                logged_scopes = []
+                for i, dataset in enumerate(datasets):
+                    cap_units = caps.increment(conn, grant_id, dataset.id, units, delta)
+                    caps.check_caps(conn, dataset, operator, cap_units)
+                    caps.check_delta_cap(conn, dataset, grant_id, delta)
+                    # one scope row per dataset: a joined dataset's row is keyed <query_id>+<dataset>
+                    scope_id = query_id if i == 0 else f"{query_id}+{dataset.id}"
+                    caps.charge_caps(conn, query_id=scope_id, grant_id=grant_id, dataset_id=dataset.id,
+                                     operator=operator, units=units, cap_units=cap_units, zcdp_delta=delta)
+                    logged_scopes.append({"scope": scope_id, "dataset": dataset.id, "cap_epsilon_nano": cap_units,
+                                          "operator_key": operator_key(operator)})
+                    if i == 0:
+                        extra["cap_epsilon"] = from_nano(cap_units)
+                    else:
+                        extra.setdefault("joined_caps", {})[dataset.id] = from_nano(cap_units)
+                extra["cap_scopes"] = logged_scopes  # what replay needs to rebuild the caps' tallies
             conn.execute(
-                "UPDATE budgets SET epsilon_spent_nano = epsilon_spent_nano + ? WHERE grant_id = ?",
-                (eps_units, grant_id),
+                "UPDATE budgets SET epsilon_spent_nano = epsilon_spent_nano + ?, delta_spent = delta_spent + ?"
+                " WHERE grant_id = ?",
+                (eps_units, spend_delta, grant_id),
             )
             conn.execute(
-                "INSERT INTO charges (query_id, grant_id, user, epsilon_nano, ts) VALUES (?, ?, ?, ?, ?)",
-                (query_id, grant_id, user, eps_units, _now()),
+                "INSERT INTO charges (query_id, grant_id, user, epsilon_nano, delta, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                (query_id, grant_id, user, eps_units, spend_delta, _now()),
             )
             if zcdp:
                 conn.execute("UPDATE zcdp_budgets SET rho_spent_nano = rho_spent_nano + ? WHERE grant_id = ?",
@@ -365,6 +399,24 @@ class Ledger:
         delta = row["delta"]
         grown = rho_nano_to_epsilon_nano(spent + units, delta) - rho_nano_to_epsilon_nano(spent, delta)
         return grown, {"rho": from_nano(units), "rho_nano": units, "delta": delta}
+
+    @staticmethod
+    def _check_delta(conn: sqlite3.Connection, grant_id: str, delta: float) -> None:
+        row = conn.execute("SELECT delta_total, delta_spent FROM budgets WHERE grant_id = ?", (grant_id,)).fetchone()
+        if row["delta_spent"] + delta > row["delta_total"] * (1 + 1e-9):
+            raise Conflict(
+                f"delta budget exhausted: this query needs delta {delta:g}, grant {grant_id} has "
+                f"{max(0.0, row['delta_total'] - row['delta_spent']):g} left",
+                code="budget_exhausted",
+                detail={"cap": "grant", "delta_remaining": max(0.0, row["delta_total"] - row["delta_spent"])},
+            )
+
+    def delta_state(self, grant_id: str) -> tuple[float, float]:
+        """(delta total, delta spent) of a grant."""
+        rows = self.db.read("SELECT delta_total, delta_spent FROM budgets WHERE grant_id = ?", (grant_id,))
+        if not rows:
+            raise NotFound(f"no budget for grant {grant_id}", code="unknown_grant")
+        return float(rows[0]["delta_total"]), float(rows[0]["delta_spent"])
 
     def store_answer(self, cache_key: str, query_id: str, user: str, grant_id: str, response: dict) -> None:
         with self.db.work() as work:

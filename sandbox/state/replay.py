@@ -147,13 +147,13 @@ def _apply_scopes(state: Replayed, e: Entry, eps_units: int) -> None:
     if "rho_nano" in d:
         state.rho_spent[gid] = state.rho_spent.get(gid, 0) + units
         state.rho_charges[qid] = units
-    if "cap_epsilon_nano" in d and isinstance(d.get("cap_dataset"), str) and isinstance(d.get("operator"), str):
-        ds, op, cap = d["cap_dataset"], d["operator"], int(d["cap_epsilon_nano"])
+    for scope in d.get("cap_scopes") or []:
+        ds, op, cap = str(scope["dataset"]), str(scope["operator_key"]), int(scope["cap_epsilon_nano"])
         for key in (f"{ds}/{op}", f"{ds}/"):
             state.cap_spent[key] = state.cap_spent.get(key, 0) + cap
         state.grant_dataset[f"{gid}/{ds}"] = state.grant_dataset.get(f"{gid}/{ds}", 0) + units
-        state.charge_scopes[qid] = {"grant_id": gid, "dataset": ds, "operator": op, "units_nano": units,
-                                    "cap_epsilon_nano": cap}
+        state.charge_scopes[str(scope["scope"])] = {"grant_id": gid, "dataset": ds, "operator": op,
+                                                     "units_nano": units, "cap_epsilon_nano": cap}
 
 
 def _apply_export(state: Replayed, e: Entry, rid: str) -> None:

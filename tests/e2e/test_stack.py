@@ -170,6 +170,7 @@ def test_no_raw_data_in_notebook(stack: Stack, alice: dict) -> None:
                     found.append(path)
         print("FOUND", found)
         print("DATA_DIR", os.path.exists("/data"))
+        print("GETTING_STARTED", os.path.isfile(os.path.expanduser("~/getting-started.ipynb")))
         for mod in ("duckdb", "opendp", "flask"):
             try:
                 __import__(mod)
@@ -179,6 +180,7 @@ def test_no_raw_data_in_notebook(stack: Stack, alice: dict) -> None:
     """)).stdout
     assert "FOUND []" in out
     assert "DATA_DIR False" in out
+    assert "GETTING_STARTED True" in out  # copied into the home volume at server start
     assert "IMPORTABLE" not in out
 
 

@@ -85,7 +85,8 @@ def alice_of():  # noqa: ANN201
 @pytest.fixture
 def zcdp(services: Services) -> Services:
     g = services.policies.grant(GRANT).model_dump(mode="json")
-    g.update(id="g-zcdp", accounting="zcdp")
+    # per-query cap in epsilon at the grant's delta: rho 0.125 is epsilon 2.75 at delta 1e-6
+    g.update(id="g-zcdp", accounting="zcdp", max_epsilon_per_query=5.0)
     services.policies.apply_grant(Grant.model_validate(g), "admin")
     return services
 
@@ -104,7 +105,7 @@ def test_zcdp_grant_answers_with_gaussian_noise_charged_in_rho(client, alice, zc
     refused = client.post("/v1/query", json={"sql": COUNT, "rho": 0.1, "grant": GRANT}, headers=alice)
     assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "wrong_accounting"
     over = client.post("/v1/query", json={"sql": COUNT, "rho": 0.6, "grant": "g-zcdp"}, headers=alice)
-    assert over.status_code == 400 and over.get_json()["error"]["code"] == "epsilon_over_cap"  # 1.0**2 / 2
+    assert over.status_code == 400 and over.get_json()["error"]["code"] == "epsilon_over_cap"  # epsilon 6.4 > 5
 
 
 # -- plans ---------------------------------------------------------------------------------------
@@ -201,3 +202,108 @@ def test_a_dataset_cap_is_never_raised_by_a_file(services: Services) -> None:
         services.policies.apply_dataset(ds, "admin")  # back up: refused
     assert info.value.code == "budget_fixed"
     assert services.policies.datasets()["nhanes_2017"].budget.epsilon == ds.budget.epsilon - 1
+
+
+# -- hostile plans (the attacker's review of issue 9) -----------------------------------------------
+def _strict_json(text: str) -> object:
+    """JSON as the standard defines it: NaN, Infinity and -Infinity are not JSON."""
+    import json
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"invalid JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+HOSTILE_PLANS = [
+    ("pure", {"ci_halfwidth": 5e-324}), ("zcdp", {"ci_halfwidth": 5e-324}),
+    ("pure", {"ci_halfwidth": 1e-12}), ("zcdp", {"ci_halfwidth": 1e-12}),
+    ("pure", {"ci_halfwidth": 0.3}), ("zcdp", {"ci_halfwidth": 0.3}),
+    ("zcdp", {"ci_halfwidth": 1e6}), ("zcdp", {"ci_halfwidth": 1e9}), ("pure", {"ci_halfwidth": 1e9}),
+    ("zcdp", {"ci_halfwidth": 1e15}), ("zcdp", {"rho": 5e-7}), ("pure", {"epsilon": 100}),
+    ("zcdp", {"rho": 5000}), ("pure", {"epsilon": 0.001}),
+]
+
+
+@pytest.mark.parametrize(("accounting", "cost"), HOSTILE_PLANS)
+def test_hostile_plans_answer_fast_with_valid_json(client, alice, zcdp, accounting, cost) -> None:  # noqa: ANN001
+    """No 500, no non-standard JSON (``-Infinity``), and no CPU held for seconds by a free request."""
+    import time
+
+    grant = GRANT if accounting == "pure" else "g-zcdp"
+    sql = "SELECT COUNT(*) AS n, SUM(age) AS s, SUM(weight_kg) AS w FROM nhanes_2017"
+    t0 = time.monotonic()
+    r = client.post("/v1/plan", json={"sql": sql, "grant": grant, **cost}, headers=alice)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 1.0, f"{cost}: {elapsed:.1f} s"
+    assert r.status_code in (200, 400), r.get_data(as_text=True)
+    body = _strict_json(r.get_data(as_text=True))
+    if r.status_code == 400:
+        assert body["error"]["code"] in ("bad_halfwidth", "bad_epsilon", "epsilon_over_cap", "wrong_accounting")
+    else:
+        assert all(v is None or v >= 0 for v in body["accuracy"]["ci_halfwidth"].values())
+
+
+def test_targets_below_one_unit_are_refused(client, alice, zcdp) -> None:  # noqa: ANN001
+    for grant in (GRANT, "g-zcdp"):
+        r = client.post("/v1/plan", json={"sql": COUNT, "ci_halfwidth": 0.3, "grant": grant}, headers=alice)
+        assert r.status_code == 400 and r.get_json()["error"]["code"] == "bad_halfwidth"
+        assert "at least" in r.get_json()["error"]["message"]
+
+
+def test_a_near_free_zcdp_query_answers_fast(client, alice, zcdp) -> None:  # noqa: ANN001
+    import time
+
+    t0 = time.monotonic()
+    r = client.post("/v1/query", json={"sql": "SELECT SUM(weight_kg) AS w, SUM(height_cm) AS h FROM nhanes_2017",
+                                       "rho": 5e-7, "grant": "g-zcdp"}, headers=alice)
+    assert r.status_code == 200 and time.monotonic() - t0 < 3.0
+    _strict_json(r.get_data(as_text=True))
+
+
+def test_a_large_epsilon_query_has_valid_json(client, alice, services) -> None:  # noqa: ANN001
+    g = services.policies.grant(GRANT).model_dump(mode="json")
+    g.update(id="g-big", max_epsilon_per_query=100, budget={"epsilon": 100, "delta": 1e-6})
+    services.policies.apply_grant(Grant.model_validate(g), "admin")
+    r = client.post("/v1/query", json={"sql": COUNT, "epsilon": 100, "grant": "g-big"}, headers=alice)
+    assert r.status_code in (200, 409)
+    body = _strict_json(r.get_data(as_text=True))
+    if r.status_code == 200:
+        assert body["accuracy"]["ci_halfwidth"]["n"] >= 0
+
+
+def test_zcdp_per_query_cap_holds_in_epsilon(client, alice, services) -> None:  # noqa: ANN001
+    """The review's case: a zCDP grant capped at epsilon 1 per query answered rho 0.5 (epsilon 5.2)."""
+    g = services.policies.grant(GRANT).model_dump(mode="json")
+    g.update(id="g-z1", accounting="zcdp")  # max_epsilon_per_query 1.0, delta 1e-6
+    services.policies.apply_grant(Grant.model_validate(g), "admin")
+    body = {"sql": COUNT, "rho": 0.5, "grant": "g-z1"}
+    r = client.post("/v1/query", json=body, headers=alice)
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "epsilon_over_cap"
+    assert services.ledger.state("g-z1").rho_spent == 0
+    assert client.post("/v1/plan", json=body, headers=alice).get_json()["within_per_query_cap"] is False
+    ok = client.post("/v1/query", json={**body, "rho": 0.024}, headers=alice)  # epsilon 0.99 at delta 1e-6
+    assert ok.status_code == 200 and ok.get_json()["epsilon_spent"] <= 1.0
+
+
+def test_a_failed_build_answers_a_generic_503(own_data, alice_of, caplog) -> None:  # noqa: ANN001
+    """DuckDB's error text (a SQL excerpt, possibly near the bounding key's pads) never reaches an operator."""
+    import logging
+
+    svc, root = own_data
+    client, headers = _app(svc), alice_of(svc)
+    src = root / "adult_income.parquet"
+    tmp = root / "adult_income.new.parquet"  # a refresh that lost a declared column
+    duckdb.sql(f"COPY (SELECT * EXCLUDE (occupation) FROM '{src}') TO '{tmp}' (FORMAT parquet)")
+    tmp.replace(src)
+    with caplog.at_level(logging.ERROR, logger="sandbox.engine"):
+        r = client.post("/v1/query", json={"sql": COUNT, "epsilon": 0.5, "grant": GRANT}, headers=headers)
+    assert r.status_code == 503
+    text = r.get_data(as_text=True)
+    error = r.get_json()["error"]
+    assert error["code"] == "import_failed"
+    for leak in ("SELECT", "read_parquet", "LINE", "\\x", "occupation", "Binder", "sha256", "adult_income.parquet"):
+        assert leak not in text, leak
+    logged = " ".join(rec.getMessage() for rec in caplog.records)
+    assert "occupation" in logged  # the administrator has the detail in the gateway's log
+    assert "\\x" not in logged  # without the key's pads

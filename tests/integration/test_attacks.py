@@ -18,7 +18,9 @@ EXFILTRATION = [
     "SELECT age FROM nhanes_2017",
     "SELECT seqn, COUNT(*) FROM nhanes_2017 GROUP BY seqn",
     "SELECT COUNT(*) FROM nhanes_2017 WHERE seqn = 93703",
-    "SELECT MIN(age), MAX(age) FROM nhanes_2017",
+    "SELECT QUANTILE_DISC(age, 1.0) FROM nhanes_2017",  # exact extremes (DP MIN/MAX are tested in test_dp_quantiles)
+    "SELECT ARG_MAX(weight_kg, age) FROM nhanes_2017",
+    "SELECT MAX(seqn) FROM nhanes_2017",
     "SELECT STRING_AGG(sex, ',') FROM nhanes_2017",
     "SELECT LIST(age) FROM nhanes_2017",
     "SELECT COUNT(*) FROM read_parquet('nhanes_2017.parquet')",

@@ -297,7 +297,9 @@ def test_provenance_and_differencing_use_released_answers(client, auth, services
     def release_answer(query_id: str, columns: list, rows: list, epsilon: float = 0.5) -> None:
         key = hashlib.sha256(query_id.encode()).hexdigest()
         services.ledger.charge(grant_id=GRANT, user="alice", query_id=query_id, epsilon=epsilon,
-                               max_epsilon_per_query=1.0, cache_key=key, audit_detail={})
+                               max_epsilon_per_query=1.0, cache_key=key, audit_detail={},
+                               dataset=services.policies.datasets()["nhanes_2017"],
+                               operator=services.policies.grant(GRANT).operator)
         services.ledger.store_answer(key, query_id, "alice", GRANT, {"columns": columns, "rows": rows})
 
     release_answer("q-sex", ["sex", "n"], [["female", 4180], ["male", 4016]])

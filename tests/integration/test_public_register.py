@@ -65,7 +65,9 @@ def test_json_lists_the_demo_grant_with_public_fields_only(client) -> None:  # n
 
 def test_no_member_names_budgets_or_reasons_leak(client, services: Services) -> None:  # noqa: ANN001
     services.ledger.charge(grant_id=DEMO, user="alice", query_id="q-leak-test", epsilon=0.75,
-                           max_epsilon_per_query=1.0, cache_key="k-leak-test", audit_detail={})
+                           max_epsilon_per_query=1.0, cache_key="k-leak-test", audit_detail={},
+                           dataset=services.policies.datasets()["nhanes_2017"],
+                           operator=services.policies.grant(DEMO).operator)
     services.policies.set_status(DEMO, "suspended", "admin", reason="bob shared a screenshot")
     pages = [client.get(path).get_data(as_text=True)
              for path in ("/public/grants", "/public/grants.json", "/public/grants.csv?year=2026")]

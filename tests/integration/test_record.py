@@ -343,7 +343,7 @@ def test_an_auditor_verifies_an_export_with_only_public_material(services: Servi
     ("DELETE FROM charge_scopes", "charge_scopes["),
     ("UPDATE grant_dataset_spent SET units_nano = 1", "grant_dataset_spent[g-zcdp/nhanes_2017].spent"),
     ("UPDATE zcdp_budgets SET rho_spent_nano = 0",
-     "zcdp_budgets[g-zcdp].rho_spent: the table has 0.0, the log says 0.125"),
+     "zcdp_budgets[g-zcdp].rho_spent: the table has 0.0, the log says 0.01"),
     ("DELETE FROM zcdp_charges", "zcdp_charges["),
 ])
 def test_caps_and_zcdp_spend_agree_with_the_log(services: Services, client, alice, edit: str,  # noqa: ANN001
@@ -352,7 +352,7 @@ def test_caps_and_zcdp_spend_agree_with_the_log(services: Services, client, alic
     body = services.policies.grant("g-2026-001").model_dump(mode="json")
     body.update(id="g-zcdp", accounting="zcdp")
     services.policies.apply_grant(Grant.model_validate(body), "admin")
-    r = client.post("/v1/query", json={"sql": SQL, "rho": 0.125, "grant": "g-zcdp"}, headers=alice)
+    r = client.post("/v1/query", json={"sql": SQL, "rho": 0.01, "grant": "g-zcdp"}, headers=alice)
     assert r.status_code == 200, r.json
     query(client, alice, "g-2026-001", 0.5)
     assert verify(services.settings.state_dir)[0] == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -170,7 +172,7 @@ def test_dataset_budgets_for_the_public_directory(ledger: Ledger) -> None:
     got = ledger.dataset_budgets({"nhanes_2017": capped, "other_set": open_})
     assert got == [
         {"cap": "dataset", "dataset": "nhanes_2017", "epsilon_total": 5.0, "epsilon_spent": 2.0,
-         "epsilon_remaining": 3.0},
+         "epsilon_remaining": 3.0, "delta_total": 1e-5, "delta_spent": 0.0},
         {"cap": "dataset", "dataset": "other_set", "epsilon_total": None, "epsilon_spent": 0.0,
          "epsilon_remaining": None},
     ]
@@ -185,3 +187,179 @@ def test_zcdp_budget_lowered_by_delta_never_below_what_is_spent(ledger: Ledger) 
         Ledger.ensure_budget(work.conn, "z1", 10.0, 1e-7, "zcdp")  # still above 1.2: allowed, lowered
         work.record(AuditEvent("test", "test.budget_lowered", "z1", {}))
     assert 1.2 < ledger.state("z1").rho_total < epsilon_to_rho(10.0, 1e-6)
+
+
+ACME_VARIANTS = ["Acme Health Analytics Ltd.", "Acme Health Analytics Ltd", "acme health analytics ltd.",
+                 "Acme Health Analytics Ltd. ", "Acme  Health Analytics Ltd.", "Acme Health Analytics Ltd.\u200b",
+                 "ＡＣＭＥ Health Analytics Ltd."]
+
+
+def test_operator_key_is_canonical() -> None:
+    from sandbox.policy.models import operator_key
+
+    assert {operator_key(v) for v in ACME_VARIANTS} == {"acme health analytics ltd"}
+    assert operator_key("Acme Health Analytics Ltd.") != operator_key("Acme Health Ltd.")
+
+
+def test_operator_cap_holds_across_spelling_variants(ledger: Ledger) -> None:
+    """The attack: the same institution spelled another way got a fresh cap."""
+    ds = _dataset(operator_caps={"ACME HEALTH ANALYTICS LTD": 2.5})  # a cap key matches by canonical key too
+    assert ds.operator_cap("Acme Health Analytics Ltd.") == 2.5
+    _charge(ledger, "a1", "q1", ds, ACME_VARIANTS[1], 1.0)
+    _charge(ledger, "a2", "q2", ds, ACME_VARIANTS[5], 1.0)
+    with pytest.raises(Conflict) as info:
+        _charge(ledger, "a3", "q3", ds, ACME_VARIANTS[4], 1.0)
+    assert info.value.detail["cap"] == "operator"
+    states = ledger.cap_states(ds)
+    assert [s.epsilon_spent for s in states if s.cap == "operator"] == [2.0]
+
+
+def test_operator_caps_with_two_spellings_of_one_operator_are_refused() -> None:
+    with pytest.raises(ValueError, match="same operator"):
+        _dataset(operator_caps={"Acme Ltd.": 1.0, "acme ltd": 5.0})
+
+
+def _store(tmp_path: Path):  # noqa: ANN202
+    from sandbox.policy.loader import load_policies
+    from sandbox.state.grants_store import PolicyStore, apply_policies
+
+    db = StateDB(tmp_path)
+    store = PolicyStore(db, AuditLog(db))
+    apply_policies(store, load_policies(POLICIES), "admin")
+    return store, store.grant("g-2026-001")
+
+
+def test_operator_of_a_grant_cannot_be_renamed(tmp_path: Path) -> None:
+    from sandbox.errors import SandboxError
+
+    store, base = _store(tmp_path)
+    with pytest.raises(SandboxError) as info:
+        store.apply_grant(base.model_copy(update={"operator": "Acme Health Analytics Limited"}), "admin")
+    assert info.value.code == "operator_fixed" and info.value.status == 409
+    assert store.grant("g-2026-001").operator == base.operator
+
+
+def test_a_second_spelling_of_an_operator_is_refused(tmp_path: Path) -> None:
+    from sandbox.errors import SandboxError
+
+    store, base = _store(tmp_path)
+    for i, variant in enumerate(ACME_VARIANTS[1:]):
+        with pytest.raises(SandboxError) as info:
+            store.apply_grant(base.model_copy(update={"id": f"g-v{i}", "operator": variant}), "admin")
+        assert info.value.code == "operator_spelling" and base.operator in info.value.message
+    assert store.apply_grant(base.model_copy(update={"id": "g-same"}), "admin").outcome == "created"
+
+
+def _old_code_charges(store, n: int, dataset: str = "nhanes_2017") -> None:  # noqa: ANN001
+    """Charges written the way the ledger did before caps existed: budgets, charges, the audit entry."""
+    import datetime as dt
+
+    from sandbox.state.audit import AuditEvent
+
+    with store.db.write() as conn:
+        for i in range(n):
+            qid = f"q-old-{i}"
+            conn.execute("UPDATE budgets SET epsilon_spent_nano = epsilon_spent_nano + ? WHERE grant_id = ?",
+                         (1_000_000_000, "g-2026-001"))
+            conn.execute("INSERT INTO charges (query_id, grant_id, user, epsilon_nano, ts) VALUES (?, ?, ?, ?, ?)",
+                         (qid, "g-2026-001", "alice", 1_000_000_000, dt.datetime.now(dt.UTC).isoformat()))
+            store.audit.append(conn, AuditEvent("alice", "query.charged", "g-2026-001",
+                                                {"sql": "x", "dataset": dataset, "query_id": qid, "epsilon": 1.0}))
+    store.audit.write_head()
+
+
+def test_upgrade_backfills_cap_tallies_from_existing_charges(tmp_path: Path) -> None:
+    """An old state directory: its charges count against the caps from the first open, once."""
+    store, grant = _store(tmp_path)
+    _old_code_charges(store, 9)
+    ledger = Ledger(store.db, store.audit)  # the state opened by the new code
+    ds = store.datasets()["nhanes_2017"]
+    states = {s.cap: s for s in ledger.cap_states(ds, grant.operator)}
+    assert states["operator"].epsilon_spent == 9.0 and states["dataset"].epsilon_spent == 9.0
+    assert ledger.reconcile() == []
+    events = [e for e in store.audit.entries() if e["action"] == "caps.backfilled"]
+    assert len(events) == 1 and events[0]["detail"]["charges"] == 9
+    Ledger(store.db, store.audit)  # idempotent: a second open changes nothing
+    assert [e["action"] for e in store.audit.entries()].count("caps.backfilled") == 1
+    assert {s.cap: s.epsilon_spent for s in ledger.cap_states(ds, grant.operator)}["operator"] == 9.0
+    assert store.audit.verify().ok
+
+
+def test_reconcile_notices_charges_missing_from_the_cap_tallies(tmp_path: Path) -> None:
+    store, grant = _store(tmp_path)
+    ledger = Ledger(store.db, store.audit)
+    ds = store.datasets()["nhanes_2017"]
+    ledger.charge(grant_id=grant.id, user="alice", query_id="q1", epsilon=1.0, max_epsilon_per_query=1.0,
+                  cache_key="q1", audit_detail={"dataset": ds.id}, dataset=ds, operator=grant.operator)
+    assert ledger.reconcile() == []
+    with closing(sqlite3.connect(store.db.path, isolation_level=None)) as raw:  # the tallies lost (by hand)
+        for table in ("cap_spent", "charge_scopes", "grant_dataset_spent"):
+            raw.execute(f"DELETE FROM {table}")
+    assert any("q1" in p or "cap" in p for p in ledger.reconcile())
+    reopened = Ledger(store.db, store.audit)  # re-opening backfills them
+    assert reopened.reconcile() == []
+    assert {s.cap: s.epsilon_spent for s in reopened.cap_states(ds, grant.operator)}["operator"] == 1.0
+
+
+def test_ledger_charge_needs_its_scope(ledger: Ledger) -> None:
+    with pytest.raises(TypeError):
+        ledger.charge(grant_id="a1", user="u", query_id="q", epsilon=1.0, max_epsilon_per_query=1.0,
+                      cache_key="q", audit_detail={})  # type: ignore[call-arg]
+
+
+def test_zcdp_per_query_cap_is_an_epsilon_at_the_grants_delta(ledger: Ledger) -> None:
+    """max_epsilon_per_query is an epsilon: a zCDP query's rho is converted at the grant's delta,
+    never compared with max**2/2 (rho 0.5 is epsilon 5.2 at delta 1e-6, far over a cap of 1)."""
+    ds = _dataset()
+    with pytest.raises(BadRequest) as info:
+        ledger.charge(grant_id="z1", user="u", query_id="q1", rho=0.5, max_epsilon_per_query=1.0, cache_key="q1",
+                      audit_detail={}, dataset=ds, operator=ACME)
+    assert info.value.code == "epsilon_over_cap" and "epsilon" in info.value.message
+    assert ledger.state("z1").rho_spent == 0
+    largest = epsilon_to_rho(1.0, 1e-6)
+    assert rho_to_epsilon(largest, 1e-6) <= 1.0
+    ledger.charge(grant_id="z1", user="u", query_id="q2", rho=int(largest * 1e6) / 1e6, max_epsilon_per_query=1.0,
+                  cache_key="q2", audit_detail={}, dataset=ds, operator=ACME)
+    assert ledger.state("z1").epsilon_spent <= 1.0
+
+
+def test_zcdp_deltas_add_up_under_the_dataset_delta_cap(ledger: Ledger) -> None:
+    """Each zCDP grant that spends on a dataset adds its delta once; the dataset's delta cap holds."""
+    with ledger.db.work() as work:
+        for gid in ("z2", "z3"):
+            Ledger.ensure_budget(work.conn, gid, 10.0, 1e-6, "zcdp")
+        work.record(AuditEvent("test", "test.budgets", None, {}))
+    ds = _dataset(budget={"epsilon": 100.0, "delta": 2.5e-6})
+    assert _dataset(budget={"epsilon": 100.0}).budget.delta == 1e-5  # the default: documented
+    _charge(ledger, "z1", "q1", ds, ACME, rho=0.01)
+    _charge(ledger, "z1", "q2", ds, ACME, rho=0.01)  # the same grant again: its delta counts once
+    _charge(ledger, "z2", "q3", ds, OTHER, rho=0.01)
+    with pytest.raises(Conflict) as info:
+        _charge(ledger, "z3", "q4", ds, "Third Ltd.", rho=0.01)  # 3e-6 > 2.5e-6
+    assert info.value.detail["cap"] == "dataset" and "delta" in info.value.message
+    assert info.value.detail["delta_total"] == 2.5e-6
+    assert ledger.state("z3").rho_spent == 0
+    _charge(ledger, "a1", "q5", ds, ACME, eps=1.0)  # pure grants have no delta
+    dataset_row = ledger.cap_states(ds)[-1].to_dict()
+    assert dataset_row["delta_total"] == 2.5e-6 and dataset_row["delta_spent"] == pytest.approx(2e-6)
+
+
+def test_the_delta_cap_is_never_raised() -> None:
+    old = _dataset(budget={"epsilon": 10.0, "delta": 1e-6})
+    with pytest.raises(Conflict):
+        check_caps_not_raised(old, _dataset(budget={"epsilon": 10.0, "delta": 2e-6}))
+    check_caps_not_raised(old, _dataset(budget={"epsilon": 10.0, "delta": 5e-7}))
+
+
+def test_upgrade_backfills_zcdp_deltas(ledger: Ledger) -> None:
+    ds = _dataset(budget={"epsilon": 100.0, "delta": 1e-6})
+    _charge(ledger, "z1", "q1", ds, ACME, rho=0.01)
+    with closing(sqlite3.connect(ledger.db.path, isolation_level=None)) as raw:  # a state from before the tally
+        raw.execute("DELETE FROM dataset_delta_spent")
+    reopened = Ledger(ledger.db, ledger.audit)
+    assert reopened.cap_states(ds)[-1].delta_spent == 1e-6
+    with ledger.db.work() as work:
+        Ledger.ensure_budget(work.conn, "z2", 10.0, 1e-6, "zcdp")
+        work.record(AuditEvent("test", "test.budget", "z2", {}))
+    with pytest.raises(Conflict):
+        _charge(reopened, "z2", "q2", ds, OTHER, rho=0.01)

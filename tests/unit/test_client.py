@@ -29,6 +29,16 @@ META = {
 }
 
 
+CATALOG_ENTRY = {
+    "grant": "g-1", "dataset": "nhanes_2017", "title": "NHANES", "description": "", "classification": "L2",
+    "privacy_unit": "seqn", "max_rows_per_unit": 1,
+    "columns": [
+        {"name": "sex", "type": "category", "values": ["male", "female"]},
+        {"name": "age", "type": "int", "bounds": [0, 80], "description": "age in years"},
+    ],
+}
+
+
 def make_app(received: list[dict]) -> Flask:
     app = Flask("fake-gateway")
 
@@ -45,7 +55,7 @@ def make_app(received: list[dict]) -> Flask:
 
     @app.get("/v1/catalog")
     def catalog() -> Response:
-        return jsonify({"datasets": [{"id": "nhanes_2017", "columns": [{"name": "age"}]}]})
+        return jsonify({"datasets": [CATALOG_ENTRY]})
 
     @app.post("/v1/query")
     def query() -> Response:
@@ -68,7 +78,7 @@ def make_app(received: list[dict]) -> Flask:
 
     @app.get("/v1/budget")
     def budget() -> Response:
-        return jsonify({"grants": [{"grant": "g-1", **META["budget"]}]})
+        return jsonify({"grants": [{"grant": "g-1", "status": "active", **META["budget"]}]})
 
     @app.post("/v1/exports")
     def exports() -> Response:
@@ -102,7 +112,18 @@ def test_connect_reads_environment(monkeypatch: pytest.MonkeyPatch, gateway) -> 
     monkeypatch.setenv("SANDBOX_GRANT", "g-1")
     db = connect()
     assert db.url == url and db.grant == "g-1"
-    assert db.catalog()[0]["id"] == "nhanes_2017"
+    assert db.catalog(raw=True) == [CATALOG_ENTRY]
+
+
+def test_catalog_is_a_readable_table(gateway) -> None:
+    url, _ = gateway
+    df = Client(url, TOKEN).catalog()
+    assert list(df["column"]) == ["sex", "age"]
+    assert df.loc[0, "categories"] == ["male", "female"] and df.loc[0, "bounds"] is None
+    assert df.loc[1, "bounds"] == (0, 80) and df.loc[1, "categories"] is None
+    assert set(df["dataset"]) == {"nhanes_2017"} and set(df["granted_by"]) == {"g-1"}
+    assert df.loc[1, "description"] == "age in years"
+    assert df.attrs["raw"] == [CATALOG_ENTRY]
 
 
 def test_connect_without_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,8 +186,12 @@ def test_unreachable_gateway() -> None:
 def test_budget_for_one_grant(gateway) -> None:
     url, _ = gateway
     db = Client(url, TOKEN)
-    assert db.budget()["grants"][0]["grant"] == "g-1"
-    assert db.budget("g-1")["epsilon_remaining"] == 9.5
+    table = db.budget()
+    assert table.to_dict("records") == [{"grant": "g-1", "status": "active", **META["budget"]}]
+    assert table.attrs["raw"]["grants"][0]["status"] == "active"
+    assert db.budget(raw=True)["grants"][0]["grant"] == "g-1"
+    assert db.budget("g-1")["epsilon_remaining"].tolist() == [9.5]
+    assert db.budget("g-1", raw=True)["epsilon_remaining"] == 9.5
     with pytest.raises(GatewayError, match="no budget"):
         db.budget("g-9")
 

@@ -84,3 +84,21 @@ def test_zcdp_plan_splits_rho_and_covers_truth() -> None:
         assert out.ci_halfwidth == planned_halfwidths(plan)
         hits += all(abs(r[1] - truth[(r[0],)]) <= out.ci_halfwidth["n"] for r in out.rows)
     assert hits / trials >= 0.88
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 17.0, 250.0, 4_000.0, 10_000.0])
+@pytest.mark.parametrize("alpha", [0.05, 0.025])
+def test_the_closed_form_tail_bound_is_never_narrower_than_opendp(scale: float, alpha: float) -> None:
+    """Above the exact range the half-width comes from a closed-form bound: it must be conservative."""
+    import time
+
+    import opendp.prelude as dp
+
+    from sandbox.dp.noise import gaussian_halfwidth, gaussian_tail_halfwidth
+
+    exact = float(dp.discrete_gaussian_scale_to_accuracy(scale=scale, alpha=alpha))
+    assert gaussian_tail_halfwidth(scale, alpha) >= exact
+    t0 = time.monotonic()
+    assert gaussian_halfwidth(1e12, alpha) == gaussian_tail_halfwidth(1e12, alpha)  # constant time at any scale
+    assert gaussian_halfwidth(1e6 + scale, alpha) >= 1.96 * (1e6 + scale)
+    assert time.monotonic() - t0 < 0.1

@@ -149,3 +149,85 @@ def test_neighbour_moves_count_by_year_by_at_most_the_bound(tmp_path: Path) -> N
         con.close()
     l1 = sum(abs(counts[0].get(y, 0) - counts[1].get(y, 0)) for y in set(counts[0]) | set(counts[1]))
     assert l1 == K  # exactly the victim's kept rows, nobody else's
+
+
+def _engine_rows(root: Path, name: str, key: bytes, tmp: Path) -> dict[int, tuple]:
+    target = tmp / f"{name}.duckdb"
+    build({"panel": _dataset(name)}, root, target, key=key)
+    con = duckdb.connect(str(target), read_only=True)
+    try:
+        return {r[0]: r[1:] for r in con.execute(
+            'SELECT tag, "__unit_first", "__unit", "__row" FROM panel').fetchall()}
+    finally:
+        con.close()
+
+
+def test_internal_columns_are_keyed_and_depend_on_the_unit_alone(tmp_path: Path) -> None:
+    """``__unit`` is HMAC-SHA256(key, 'unit:' id) (never DuckDB's unkeyed hash), one representative
+    per unit; the neighbour without one unit changes no other unit's internal columns either."""
+    rows = _panel()
+    _write(tmp_path / "panel.parquet", rows)
+    key = secrets.token_bytes(32)
+    engine = _engine_rows(tmp_path, "panel.parquet", key, tmp_path)
+    pid_of = {r["tag"]: r["pid"] for r in rows}
+    for tag, (_, unit, _) in engine.items():
+        mac = hmac.new(key, f"unit:{pid_of[tag]}".encode(), hashlib.sha256).hexdigest()
+        assert unit == int(mac[:16], 16)
+    firsts: dict[str, int] = {}
+    for tag, (first, _, _) in engine.items():
+        firsts[pid_of[tag]] = firsts.get(pid_of[tag], 0) + int(first)
+    assert set(firsts.values()) == {1}  # each unit exactly one representative row
+    (tmp_path / "k2").mkdir()
+    other = _engine_rows(tmp_path, "panel.parquet", secrets.token_bytes(32), tmp_path / "k2")
+    assert {u for _, u, _ in engine.values()}.isdisjoint({u for _, u, _ in other.values()})  # keyed
+    gone = next(r["pid"] for r in rows if sum(x["pid"] == r["pid"] for x in rows) > K)
+    _write(tmp_path / "minus.parquet", [r for r in rows if r["pid"] != gone])
+    minus = _engine_rows(tmp_path, "minus.parquet", key, tmp_path)
+    assert {t: v for t, v in engine.items() if pid_of[t] != gone} == minus
+
+
+def test_undeclared_columns_named_like_internal_ones_shadow_nothing(tmp_path: Path) -> None:
+    """An attacker-supplied Parquet column named ``__n``, ``__unit``, ``__row`` or ``__unit_first``
+    is never read: the build refuses such a file (reserved names, below), and even past that check
+    the bounding SQL gives the same rows, internal columns included, as without those columns."""
+    from sandbox.bounding import bounded_rows_sql
+
+    rows = _panel(persons=60)
+    _write(tmp_path / "panel.parquet", rows)
+    hostile = [{**r, "__n": 1, "__unit": 7, "__row": 0, "__unit_first": True} for r in rows]
+    _write(tmp_path / "hostile.parquet", hostile)
+    key = secrets.token_bytes(32)
+
+    def bounded(name: str) -> list[tuple]:
+        return sorted(duckdb.sql(bounded_rows_sql(_dataset(name), tmp_path / name, key)).fetchall())
+
+    assert bounded("hostile.parquet") == bounded("panel.parquet")
+
+
+@pytest.mark.parametrize("extra", ["__n", "__v_tag", "rowid", "file_row_number"])
+def test_an_undeclared_reserved_column_in_the_file_is_refused(tmp_path: Path, extra: str) -> None:
+    """A file's own ``__n`` would shadow the window count and keep every row: the build refuses
+    any file whose schema holds a reserved name or a name starting with ``__``."""
+    from sandbox.catalog_check import check_dataset_against_parquet
+    from sandbox.engine import EngineError
+
+    rows = [{"pid": "a", "tag": i, "year": "2020", extra: 0} for i in range(5)]
+    rows += [{"pid": "b", "tag": 10 + i, "year": "2021", extra: 0} for i in range(4)]
+    _write(tmp_path / "panel.parquet", rows)
+    problems = check_dataset_against_parquet(_dataset(), tmp_path)
+    assert any(extra in p and "reserved" in p for p in problems)
+    with pytest.raises(EngineError) as exc:
+        build({"panel": _dataset()}, tmp_path, tmp_path / "t.duckdb", key=secrets.token_bytes(32))
+    assert exc.value.code == "reserved_column" and extra in exc.value.message
+
+
+def test_the_bound_reads_only_declared_columns(tmp_path: Path) -> None:
+    """Even past the schema check, the inner query projects the declared columns, never ``*``."""
+    from sandbox.bounding import bounded_rows_sql
+
+    sql = bounded_rows_sql(_dataset(), tmp_path / "panel.parquet", secrets.token_bytes(32))
+    assert "*," not in sql and "SELECT *" not in sql
+    rows = [{"pid": "a", "tag": i, "year": "2020", "__n": 0} for i in range(5)]
+    _write(tmp_path / "panel.parquet", rows)
+    con = duckdb.connect()
+    assert con.execute(f"SELECT COUNT(*) FROM ({sql})").fetchone()[0] == K

@@ -5,11 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sandbox.errors import BadRequest, Conflict
+from sandbox.policy.models import Dataset
 from sandbox.state.audit import AuditEvent, AuditLog
 from sandbox.state.db import StateDB
 from sandbox.state.ledger import Ledger
+
+# every charge names its dataset and operator (their caps are charged in the same transaction)
+DATASET = Dataset.model_validate(
+    yaml.safe_load((Path(__file__).resolve().parents[2] / "policies" / "datasets" / "nhanes_2017.yaml").read_text())
+)
+SCOPE = {"dataset": DATASET, "operator": "Acme Ltd."}
 
 
 @pytest.fixture
@@ -25,7 +33,7 @@ def ledger(tmp_path: Path) -> Ledger:
 def _charge(ledger: Ledger, qid: str, eps: float, key: str | None = None):  # noqa: ANN202
     return ledger.charge(
         grant_id="g-1", user="alice", query_id=qid, epsilon=eps, max_epsilon_per_query=1.0,
-        cache_key=key or qid, audit_detail={"sql": "x"},
+        cache_key=key or qid, audit_detail={"sql": "x"}, **SCOPE,
     )
 
 
@@ -53,7 +61,7 @@ def test_refused_charge_changes_nothing(ledger: Ledger) -> None:
 def test_per_query_cap(ledger: Ledger) -> None:
     with pytest.raises(BadRequest) as info:
         ledger.charge(grant_id="g-1", user="a", query_id="x", epsilon=0.6, max_epsilon_per_query=0.5,
-                      cache_key="x", audit_detail={})
+                      cache_key="x", audit_detail={}, **SCOPE)
     assert info.value.code == "epsilon_over_cap"
 
 

@@ -62,7 +62,7 @@ def test_invalid_grant_names_file_field_problem(tmp_path: Path, change: dict, fi
 
 def test_invalid_dataset_messages(tmp_path: Path) -> None:
     data = yaml.safe_load((POLICIES / "datasets" / "nhanes_2017.yaml").read_text())
-    data["columns"]["age"] = {"type": "int"}
+    data["columns"]["age"] = {"type": "float"}  # (an int without bounds is a code column: keys only)
     data["privacy_unit"] = "sex"
     with pytest.raises(PolicyError) as info:
         load_dataset(_write(tmp_path, data))
@@ -157,3 +157,18 @@ def test_zcdp_grant_needs_a_delta(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="needs a budget delta"):
         load_grant(_write(tmp_path, _grant_dict(accounting="zcdp", budget={"epsilon": 10.0})))
     assert load_grant(_write(tmp_path, _grant_dict(accounting="zcdp"))).accounting == "zcdp"
+
+
+@pytest.mark.parametrize("name", ["row\n", "rowid\n", "file_row_number\n", "age\n"])
+def test_column_names_ending_in_a_newline_are_refused(tmp_path: Path, name: str) -> None:
+    """``$`` matches before a final newline: identifiers are checked with fullmatch."""
+    data = _dataset_dict()
+    data["columns"] = {**data["columns"], name: {"type": "int", "bounds": [0, 1]}}
+    with pytest.raises(PolicyError):
+        load_dataset(_write(tmp_path, data))
+
+
+def test_ids_and_user_names_ending_in_a_newline_are_refused() -> None:
+    from sandbox.policy.models import GRANT_ID, IDENT, USER
+
+    assert not IDENT.match("nhanes\n") and not GRANT_ID.match("g-1\n") and not USER.match("alice\n")

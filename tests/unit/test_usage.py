@@ -71,7 +71,9 @@ def svc(tmp_path: Path, now: dt.datetime) -> Services:
 def _query(svc: Services, grant_id: str, user: str, epsilon: float, key: str) -> str:
     """One query through the ledger: charged, or replayed free when ``key`` was answered before."""
     charge = svc.ledger.charge(grant_id=grant_id, user=user, query_id=uuid.uuid4().hex, epsilon=epsilon,
-                               max_epsilon_per_query=1.0, cache_key=key, audit_detail={"sql": "SELECT 1"})
+                               max_epsilon_per_query=1.0, cache_key=key, audit_detail={"sql": "SELECT 1"},
+                               dataset=svc.policies.datasets()["nhanes_2017"],
+                               operator=svc.policies.grant(grant_id).operator)
     if charge.cached_response is None:
         svc.ledger.store_answer(key, charge.query_id, user, grant_id, {"answer_sha256": key})
     return charge.query_id

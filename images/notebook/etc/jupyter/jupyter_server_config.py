@@ -5,7 +5,18 @@ so no configuration is read from the user's home: what is set here (read-only ro
 system) cannot be undone from inside the sandbox.
 """
 
+import contextlib
+import os
+import shutil
+
 c = get_config()  # noqa: F821 - provided by traitlets when this file is loaded
+
+# A getting-started notebook (mock mode, then real answers) in the home volume, if absent.
+_GETTING_STARTED = "/opt/sandbox-client/getting-started.ipynb"
+_home_copy = os.path.join(os.path.expanduser("~"), "getting-started.ipynb")
+if os.path.isfile(_GETTING_STARTED) and not os.path.lexists(_home_copy):
+    with contextlib.suppress(OSError):  # a full or read-only home must not stop the server
+        shutil.copyfile(_GETTING_STARTED, _home_copy)
 
 # No terminals: kernels are the only place code runs, and they are on the internal network.
 c.ServerApp.terminals_enabled = False
