@@ -249,6 +249,9 @@ def test_a_unit_join_charges_the_caps_of_both_private_datasets(tmp_path: Path) -
     lookup = "SELECT COUNT(*) AS n FROM visits AS v JOIN regions AS r ON v.region = r.code"
     assert _ask(client, alice, lookup, 0.5).status_code == 200  # visits has no cap; regions is public
     assert services.ledger.reconcile() == []
+    from sandbox.state.replay import reconcile  # both datasets' cap tallies are rebuilt from the log too
+
+    assert reconcile(services.db, services.audit) == [] and services.audit.verify().ok
 
 
 def test_a_join_is_planned_from_the_joined_catalog_entry(tmp_path: Path) -> None:
