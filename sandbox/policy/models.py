@@ -24,6 +24,9 @@ ColumnType = Literal["id", "category", "int", "float", "text"]  # text: keys onl
 # pseudo-columns and read_parquet's virtual columns; the engine's internal prefix is ``__``
 RESERVED_COLUMNS = frozenset({"row", "rowid", "file_row_number", "filename", "file_index"})
 RESERVED_PREFIXES = ("__",)
+# a join names the other dataset's columns ``<dataset>__<column>``: a declared name holding ``__``
+# anywhere could stand in for one (its bounds replaced by the lookup's), so none may
+JOIN_SEPARATOR = "__"
 
 
 def check_column_name(name: str) -> None:
@@ -35,6 +38,11 @@ def check_column_name(name: str) -> None:
         )
     if not IDENT.match(name):
         raise ValueError(f"column name {name!r} is not a lower-case SQL identifier")
+    if JOIN_SEPARATOR in name:
+        raise ValueError(
+            f"column name {name!r} holds {JOIN_SEPARATOR!r}, which joins reserve (a joined column is named "
+            f"<dataset>{JOIN_SEPARATOR}<column>); rename the column in the Parquet and the catalog entry"
+        )
 
 
 def operator_key(operator: str) -> str:
