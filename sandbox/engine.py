@@ -33,7 +33,7 @@ from sqlglot import exp
 
 from sandbox.bounding import (
     KEY_FILE,
-    UNIT_FIRST,
+    UNIT_KEY,
     bounded_rows_sql,
     hmac_sql,
     load_or_create_key,
@@ -488,7 +488,9 @@ def aggregate_sql(plan: DPPlan, primitives: tuple[Primitive, ...] | None = None)
             arg = "*" if prim.column is None else _q(prim.column)
             select.append(f"COUNT({arg}) AS a{j}")
         elif prim.kind in ("units", "select"):
-            select.append(f"COUNT(*) FILTER (WHERE {_q(UNIT_FIRST)}) AS a{j}")
+            # the units among the rows that pass WHERE (and the join), per group: keyed hashes, never ids
+            units = "*" if ds.privacy_unit == "row" else f"DISTINCT {_q(UNIT_KEY)}"
+            select.append(f"COUNT({units}) AS a{j}")
         elif prim.kind in ("centred_sum", "centred_sumsq"):
             value, column = _q(value_column(prim.column)), ds.columns[prim.column]
             term = centred_sql(value, column) if prim.kind == "centred_sum" else square_sql(value, column)

@@ -370,6 +370,6 @@ def _selection_block(dp_plan) -> dict:  # noqa: ANN001
     """The partition selection a plan would run: its threshold and delta (before any data)."""
     if SELECT not in dp_plan.primitives:
         return {}
-    scale, threshold = calibrate(dp_plan.epsilon_each, dp_plan.delta)
+    scale, threshold = calibrate(dp_plan.epsilon_each, dp_plan.delta, dp_plan.unit_groups)
     return {"partition_selection": {"mechanism": "laplace_threshold", "scale": scale, "threshold": threshold,
                                     "epsilon": dp_plan.epsilon_each, "delta": dp_plan.delta}}
