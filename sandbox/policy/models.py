@@ -136,8 +136,8 @@ class DatasetBudget(_Strict):
     """The total privacy loss of all grants together on a dataset (what is released to the world).
 
     ``delta``: the sum of the deltas of the zCDP grants that have spent on the dataset (each
-    grant's delta counted once, at its first charge there) is at most this. Default 1e-5: ten
-    grants at delta 1e-6. Pure grants have no delta."""
+    grant's delta counted once, at its first charge there) and of every DP partition selection a
+    pure grant ran on it (per query) is at most this. Default 1e-5: ten grants at delta 1e-6."""
 
     epsilon: float = Field(gt=0, le=1000)
     delta: float = Field(default=1e-5, gt=0, lt=1e-3)
