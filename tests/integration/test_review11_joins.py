@@ -60,13 +60,12 @@ def test_the_engine_join_reads_only_declared_private_columns(tmp_path: Path) -> 
     assert 'p."region"' in sql and 'l."pop" AS "regions__pop"' in sql
 
 
-def test_a_lookup_refreshed_with_duplicate_keys_after_the_check_cannot_multiply_rows(tmp_path: Path) -> None:
+def test_a_lookup_refreshed_with_duplicate_keys_after_the_check_is_not_answered(tmp_path: Path) -> None:
     """The key's uniqueness was checked, then a refresh swapped in a lookup whose key repeats 20
-    times before the join ran: counts were multiplied 20x at an unchanged sensitivity. The join
-    now keeps only lookup rows whose key is unique, whatever file it runs on."""
+    times before the join ran: counts were multiplied 20x at an unchanged sensitivity. The request
+    now pins the build it checked: a refresh in between is a 503 ``data_refreshed`` before any charge."""
     client, headers, services = _world(tmp_path)
     data = tmp_path / "data"
-    truth = _ask(client, headers, "SELECT COUNT(*) AS n FROM visits WHERE region = 'n'", 1.0).get_json()["rows"][0][0]
     original = services.engine.lookup_key_unique
 
     def racing(lookup: str, key: str) -> bool:
@@ -77,13 +76,54 @@ def test_a_lookup_refreshed_with_duplicate_keys_after_the_check_cannot_multiply_
         return ok
 
     services.engine.lookup_key_unique = racing  # type: ignore[method-assign]
+    before = services.ledger.state(GRANT).epsilon_spent
     sql = "SELECT r.name, COUNT(*) AS n FROM visits v JOIN regions r ON v.region = r.code GROUP BY r.name"
     reply = _ask(client, headers, sql, 1.0)
-    assert reply.status_code in (200, 503), reply.get_json()
-    if reply.status_code == 200:
-        rows = dict(reply.get_json()["rows"])
-        # 'n' repeats: none of its rows join (never 20x); noise at scale 3 / (1/1)
-        assert rows.get("North", 0) < truth / 2, (rows, truth)
+    assert reply.status_code == 503 and reply.get_json()["error"]["code"] == "data_refreshed", reply.get_json()
+    assert services.ledger.state(GRANT).epsilon_spent == before
+
+
+def test_the_engine_join_never_meets_a_repeated_lookup_key(tmp_path: Path) -> None:
+    """By construction too: run on a lookup whose key repeats (the check bypassed), the join keeps
+    only lookup rows of unique key, so no private row is counted twice."""
+    from sandbox.dp.planner import Primitive, plan_dp
+    from sandbox.sql._join import joined_dataset
+
+    _client, _headers, services = _world(tmp_path, duplicate_key=True)
+    catalog = services.policies.datasets()
+    granted = {"visits": {"region", "cost"}, "regions": {"code", "name", "pop"}}
+    sql = "SELECT r.name, COUNT(*) AS n FROM visits v JOIN regions r ON v.region = r.code GROUP BY r.name"
+    plan = plan_dp(analyze(sql, catalog, granted), joined_dataset(catalog["visits"], catalog["regions"]), 1.0)
+    joined = {k: v[Primitive("count", None)] for k, v in services.engine.exact(plan).items()}
+    plain = plan_dp(analyze("SELECT region, COUNT(*) AS n FROM visits GROUP BY region", catalog, granted),
+                    catalog["visits"], 1.0)
+    alone = {k: v[Primitive("count", None)] for k, v in services.engine.exact(plain).items()}
+    assert ("North",) not in joined  # 'n' repeats: none of its rows join
+    assert joined[("South",)] == alone[("s",)] and joined[("East",)] == alone[("e",)]
+
+
+def test_a_catalog_change_between_analysis_and_engine_is_not_answered(tmp_path: Path) -> None:
+    """The query is analysed (and its sensitivity planned) from one catalog entry; if the admin widens
+    a bound and the engine is rebuilt from the new entry before the query runs, the engine's values
+    (clamped to the new bound) would be released at the old bound's sensitivity. Refused, uncharged."""
+    from sandbox.policy.loader import load_policies
+    from sandbox.state.grants_store import apply_policies
+
+    client, headers, services = _world(tmp_path)
+    policies = tmp_path / "policies"
+    ensure = services.engine.ensure
+
+    def widened_first(datasets, progress=lambda _m: None):  # noqa: ANN001, ANN202
+        entry = policies / "datasets" / "visits.yaml"
+        entry.write_text(entry.read_text().replace("bounds: [0, 100]", "bounds: [0, 100000]"))
+        apply_policies(services.policies, load_policies(policies), "test")
+        return ensure(services.policies.datasets(), progress)
+
+    services.engine.ensure = widened_first  # type: ignore[method-assign]
+    before = services.ledger.state(GRANT).epsilon_spent
+    reply = _ask(client, headers, "SELECT SUM(cost) AS s FROM visits", 1.0)
+    assert reply.status_code == 503 and reply.get_json()["error"]["code"] == "data_refreshed", reply.get_json()
+    assert services.ledger.state(GRANT).epsilon_spent == before
 
 
 def test_a_private_join_with_an_unbounded_int_column_answers(tmp_path: Path) -> None:
