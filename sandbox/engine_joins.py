@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sandbox.bounding import ROW_KEY, UNIT_FIRST, UNIT_KEY
+from sandbox.bounding import ROW_KEY, UNIT_FIRST, UNIT_KEY, value_column
+from sandbox.bounding import quote as _q
 from sandbox.policy.models import Column, Dataset
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,7 +25,6 @@ def from_sql(plan: DPPlan) -> str:
     The private side's columns are listed one by one (never ``p.*``), and the lookup side keeps only
     the rows whose key is unique in the file the join runs on: even if the lookup was refreshed with a
     repeated key after the check before charging, no private row can meet two lookup rows."""
-    from sandbox.engine import _q
 
     ds, join = plan.dataset, plan.query.join
     if join is None:
@@ -46,7 +46,6 @@ def _has_values(column: Column) -> bool:
 
 def _private_items(plan: DPPlan) -> list[str]:
     """The private dataset's own declared columns (and fixed-point values), by name."""
-    from sandbox.engine import _q, value_column
 
     ds, join = plan.dataset, plan.query.join
     assert join is not None
@@ -56,7 +55,6 @@ def _private_items(plan: DPPlan) -> list[str]:
 
 
 def _internal_items(ds: Dataset) -> list[str]:
-    from sandbox.engine import _q
 
     names = [UNIT_FIRST] if ds.privacy_unit == "row" else [UNIT_FIRST, UNIT_KEY, ROW_KEY]
     return [f"p.{_q(n)}" for n in names]
@@ -64,7 +62,6 @@ def _internal_items(ds: Dataset) -> list[str]:
 
 def _joined_items(plan: DPPlan) -> list[str]:
     """The other dataset's columns, renamed ``<other>__<column>``."""
-    from sandbox.engine import _q, value_column
 
     ds, join = plan.dataset, plan.query.join
     assert join is not None
@@ -84,7 +81,6 @@ def _unit_join_sql(plan: DPPlan) -> str:
     at most ``max_rows_per_unit`` joined rows (ordered by the XOR of both rows' keyed PRF values,
     ``__row``, so the choice depends on the unit's own rows only), and its first kept row is its
     representative."""
-    from sandbox.engine import _q
 
     ds, join = plan.dataset, plan.query.join
     items = _private_items(plan) + [f"p.{_q(UNIT_KEY)}"] + _joined_items(plan)
