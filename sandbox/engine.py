@@ -213,7 +213,7 @@ def _child_main() -> None:
         sys.stdout.flush()
 
     try:
-        datasets = {k: Dataset.model_validate(v) for k, v in job["datasets"].items()}
+        datasets = {k: Dataset.model_validate(v, context={"stored": True}) for k, v in job["datasets"].items()}
         kept = build(datasets, Path(job["data_root"]), Path(job["target"]), lambda m: say("progress", m),
                      job["memory"], job["threads"], key=bytes.fromhex(job["key"]))
         say("done", kept)

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 IDENT = re.compile(r"[a-z][a-z0-9_]{0,62}\Z")
 GRANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
@@ -29,8 +29,10 @@ RESERVED_PREFIXES = ("__",)
 JOIN_SEPARATOR = "__"
 
 
-def check_column_name(name: str) -> None:
-    """Raise ValueError for a column name the engine reserves or cannot quote safely."""
+def check_column_name(name: str, *, stored: bool = False) -> None:
+    """Raise ValueError for a column name the engine reserves or cannot quote safely. ``stored``: an
+    entry already in force, read back from the state, keeps a name holding ``__`` (applied before the
+    rule; its joins are refused instead), so that reading the state never fails on it."""
     if name in RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
         raise ValueError(
             f"column name {name!r} is reserved (reserved: {', '.join(sorted(RESERVED_COLUMNS))} and names "
@@ -38,7 +40,7 @@ def check_column_name(name: str) -> None:
         )
     if not IDENT.match(name):
         raise ValueError(f"column name {name!r} is not a lower-case SQL identifier")
-    if JOIN_SEPARATOR in name:
+    if JOIN_SEPARATOR in name and not stored:
         raise ValueError(
             f"column name {name!r} holds {JOIN_SEPARATOR!r}, which joins reserve (a joined column is named "
             f"<dataset>{JOIN_SEPARATOR}<column>); rename the column in the Parquet and the catalog entry"
@@ -214,9 +216,10 @@ class Dataset(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _unit_is_declared(self) -> Dataset:
+    def _unit_is_declared(self, info: ValidationInfo) -> Dataset:
+        stored = bool(info.context and info.context.get("stored"))
         for name in self.columns:
-            check_column_name(name)
+            check_column_name(name, stored=stored)
         if self.classification == "L3" and self.budget is None:
             raise ValueError("an L3 dataset needs `budget: {epsilon: ...}`, the total for all grants together")
         if self.privacy_unit == "row":

@@ -150,3 +150,21 @@ def test_a_private_join_with_an_unbounded_int_column_answers(tmp_path: Path) -> 
                  "WHERE v.code = 7", 0.5)
     assert reply.status_code == 200, reply.get_json()
     assert GRANT
+
+
+def test_a_stored_entry_with_a_joined_name_still_serves_and_its_join_is_refused(tmp_path: Path) -> None:
+    """An entry applied before the name rule stays readable (the gateway keeps serving), and its
+    colliding join is refused through the API with a clear 400, never answered."""
+    import json
+
+    client, headers, services = _world(tmp_path)
+    table = pq.read_table(tmp_path / "data" / "visits.parquet")
+    table = table.append_column("regions__pop", pa.array([1_000_000] * table.num_rows))
+    pq.write_table(table, tmp_path / "data" / "visits.parquet")
+    with services.policies.db.write() as conn:  # as a state written before the rule would hold it
+        body = json.loads(conn.execute("SELECT body FROM datasets WHERE id = 'visits'").fetchone()["body"])
+        body["columns"]["regions__pop"] = {"type": "int", "bounds": [0, 1000000]}
+        conn.execute("UPDATE datasets SET body = ? WHERE id = 'visits'", (json.dumps(body),))
+    assert _ask(client, headers, "SELECT COUNT(*) AS n FROM visits", 0.5).status_code == 200
+    reply = _ask(client, headers, "SELECT SUM(r.pop) AS s FROM visits v JOIN regions r ON v.region = r.code", 0.5)
+    assert reply.status_code == 400 and reply.get_json()["error"]["code"] == "join_not_allowed", reply.get_json()
