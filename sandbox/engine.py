@@ -297,8 +297,8 @@ class Engine:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._fingerprint: str | None = None
         self._local = threading.local()
-        # (connection, build, per-thread cursors), swapped as one: a cursor always knows its build
-        self._serving: tuple[duckdb.DuckDBPyConnection, str, threading.local] | None = None
+        # (connection, data versions, per-thread cursors), swapped as one: a cursor knows what it reads
+        self._serving: tuple[duckdb.DuckDBPyConnection, dict[str, str], threading.local] | None = None
         self._tables: frozenset[str] = frozenset()
         self._versions: dict[str, str] = {}
         self._ids_key: bytes | None = None
@@ -320,7 +320,7 @@ class Engine:
             old = self._con
             self._con, self._tables, self._fingerprint, self._versions = con, tables, fp, versions
             self._local = threading.local()
-            self._serving = (con, fp, self._local)
+            self._serving = (con, versions, self._local)
             for stale in self.engine_dir.glob("catalog-*.duckdb"):
                 if stale != target:
                     stale.unlink(missing_ok=True)
@@ -349,15 +349,15 @@ class Engine:
         """The version of ``ds_id`` in the build in force (catalog entry and source file)."""
         return self._versions.get(ds_id)
 
-    def _cursor(self, build: str | None = None) -> duckdb.DuckDBPyConnection:
-        """This thread's cursor on the build in force; with ``build``, refused unless that is the build
-        in force (a request pins the build it checked and planned against: a refresh in between
-        would answer from other data than was checked)."""
+    def _cursor(self, pin: Mapping[str, str] | None = None) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor on the build in force; with ``pin`` (dataset -> data version), refused
+        unless the build in force holds those versions (a request pins the data it checked and planned
+        against: a refresh of one of its datasets in between would answer from other data)."""
         serving = self._serving
         if self._con is None or serving is None:
             raise EngineError("the engine is not ready")
-        con, fp, local = serving
-        if build is not None and fp != build:
+        con, versions, local = serving
+        if pin is not None and any(versions.get(ds_id) != version for ds_id, version in pin.items()):
             raise EngineError("the data was refreshed while the query ran; ask again", code="data_refreshed")
         cur = getattr(local, "cursor", None)
         if cur is None:
@@ -393,15 +393,15 @@ class Engine:
         ).fetchone()
         return int(row[0])
 
-    def exact(self, plan: DPPlan, build: str | None = None) -> dict[tuple, dict[Primitive, int]]:
+    def exact(self, plan: DPPlan, pin: Mapping[str, str] | None = None) -> dict[tuple, dict[Primitive, int]]:
         """Exact bounded aggregates per public key present in the data (for a quantile: the
-        per-candidate counts its scores are computed from, :class:`QuantileCounts`), from ``build``
-        only when given (:class:`EngineError` ``data_refreshed`` if another build is in force)."""
+        per-candidate counts its scores are computed from, :class:`QuantileCounts`), from the data
+        versions ``pin`` only when given (:class:`EngineError` ``data_refreshed`` if others are in force)."""
         scalar = tuple(p for p in plan.primitives if p.kind != "quantile")
         n_keys = len(plan.query.group_keys)
         domains = [_OPEN if k.open else {v: v for v in k.values} for k in plan.query.group_keys]
         out: dict[tuple, dict[Primitive, int]] = {}
-        for row in self._run(aggregate_sql(plan, scalar), build) if scalar else []:
+        for row in self._run(aggregate_sql(plan, scalar), pin) if scalar else []:
             key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
             if any(k is _MISSING for k in key):
                 continue
@@ -411,7 +411,7 @@ class Engine:
                 continue
             grid = quantile_grid(plan.dataset.columns[prim.column])
             cells: dict[tuple, list] = {}
-            for row in self._run(quantile_counts_sql(plan, prim, grid), build):
+            for row in self._run(quantile_counts_sql(plan, prim, grid), pin):
                 key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
                 if not any(k is _MISSING for k in key):
                     cells.setdefault(key, []).append(tuple(row[n_keys:]))
@@ -424,8 +424,8 @@ class Engine:
         row = self._run(f"SELECT COUNT({_q(key)}) = COUNT(DISTINCT {_q(key)}) FROM {_q(lookup)}")
         return bool(row[0][0])
 
-    def _run(self, sql: str, build: str | None = None) -> list[tuple]:
-        cursor = self._cursor(build)
+    def _run(self, sql: str, pin: Mapping[str, str] | None = None) -> list[tuple]:
+        cursor = self._cursor(pin)
         try:
             return cursor.execute(sql).fetchall()
         except duckdb.Error as exc:

@@ -242,8 +242,8 @@ class QueryService:
         plan = analyze(req.sql, catalog, granted_columns(grant, catalog))
         return plan, catalog[plan.dataset], catalog
 
-    def _pin(self, datasets: list[Dataset]) -> str:
-        return _pin_build(self.s.engine, datasets)
+    def _pin(self, datasets: list[Dataset]) -> dict[str, str]:
+        return _pin_versions(self.s.engine, datasets)
 
     def _plan(self, user: str, grant: Grant, req: QueryRequest) -> dict:
         plan, dataset, catalog = self._analyze(grant, req)
@@ -301,10 +301,10 @@ class QueryService:
         versioned = [dataset]
         if plan.join is not None:
             versioned.append(catalog[plan.join.lookup])
-        build = self._pin(versioned)
+        pin = self._pin(versioned)
         if plan.join is not None:  # checked on public data, before any charge
             dataset = check_lookup(self.s.engine, plan.join, dataset, catalog)
-            if self.s.engine.build_id != build:  # refreshed during the check: it held for other data
+            if self._pin(versioned) != pin:  # refreshed during the check: it held for other data
                 raise EngineError("the data was refreshed while the query was checked; ask again",
                                   code="data_refreshed")
         dp_plan = plan_dp(plan, dataset, from_nano(to_nano(req.cost)), grant.accounting, _selection_delta(grant, plan))
@@ -338,7 +338,7 @@ class QueryService:
                 "budget": self.s.ledger.state(grant.id).to_dict(),
             }
         try:
-            released = release(dp_plan, self.s.engine.exact(dp_plan, build))
+            released = release(dp_plan, self.s.engine.exact(dp_plan, pin))
         except SandboxError as exc:
             self.s.ledger.forget_pending(key, query_id, user, grant.id, exc.code)
             raise
@@ -369,16 +369,15 @@ class QueryService:
         return response
 
 
-def _pin_build(engine, datasets: list[Dataset]) -> str:  # noqa: ANN001
-    """The build in force, if it was built from exactly these catalog entries (the ones the query was
-    analysed and will be planned with) and their current files; else 503 ``data_refreshed``, before
-    any charge. The engine then answers from that build only."""
-    build = engine.build_id
+def _pin_versions(engine, datasets: list[Dataset]) -> dict[str, str]:  # noqa: ANN001
+    """The data versions of ``datasets`` in the build in force, if it was built from exactly these
+    catalog entries (the ones the query was analysed and will be planned with) and their current
+    files; else 503 ``data_refreshed``, before any charge. The engine then answers from them only."""
     current = data_versions({d.id: d for d in datasets}, engine.data_root)
-    if build is None or any(engine.data_version(d.id) != current[d.id] for d in datasets):
+    if any(engine.data_version(d.id) != current[d.id] for d in datasets):
         raise EngineError("the data or its catalog entry changed while the query was checked; ask again",
                           code="data_refreshed")
-    return build
+    return current
 
 
 def _selection_delta(grant: Grant, plan: QueryPlan) -> float:

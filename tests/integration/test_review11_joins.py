@@ -168,3 +168,26 @@ def test_a_stored_entry_with_a_joined_name_still_serves_and_its_join_is_refused(
     assert _ask(client, headers, "SELECT COUNT(*) AS n FROM visits", 0.5).status_code == 200
     reply = _ask(client, headers, "SELECT SUM(r.pop) AS s FROM visits v JOIN regions r ON v.region = r.code", 0.5)
     assert reply.status_code == 400 and reply.get_json()["error"]["code"] == "join_not_allowed", reply.get_json()
+
+
+def test_the_pin_is_per_dataset(tmp_path: Path) -> None:
+    """A refresh of another dataset while a query runs leaves it alone; a refresh of its own dataset
+    between the charge and the engine is a 503 (spent, nothing released), never other data's answer."""
+    client, headers, services = _world(tmp_path)
+    data = tmp_path / "data"
+    exact = services.engine.exact
+
+    def refreshing(source: str, table: pa.Table):  # noqa: ANN202
+        def run(plan, pin=None):  # noqa: ANN001, ANN202
+            pq.write_table(table, data / source)
+            services.engine.ensure(services.policies.datasets())
+            return exact(plan, pin)
+        return run
+
+    regions = pa.table({"code": ["n", "s"], "name": ["North", "South"], "pop": [1, 2]})
+    services.engine.exact = refreshing("regions.parquet", regions)  # type: ignore[method-assign]
+    assert _ask(client, headers, "SELECT COUNT(*) AS n FROM visits", 0.5).status_code == 200
+    visits = pq.read_table(data / "visits.parquet").slice(0, 10)
+    services.engine.exact = refreshing("visits.parquet", visits)  # type: ignore[method-assign]
+    reply = _ask(client, headers, "SELECT SUM(cost) AS s FROM visits", 0.5)
+    assert reply.status_code == 503 and reply.get_json()["error"]["code"] == "data_refreshed", reply.get_json()
