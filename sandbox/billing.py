@@ -99,7 +99,7 @@ class Timeline:
         out = {}
         for ds_id, body in bodies.items():
             try:
-                out[ds_id] = Dataset.model_validate(body)
+                out[ds_id] = Dataset.model_validate(body, context={"stored": True})
             except ValueError:
                 continue
         return out

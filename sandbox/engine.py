@@ -29,26 +29,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import duckdb
-from sqlglot import exp
 
 from sandbox.bounding import (
     KEY_FILE,
-    UNIT_FIRST,
     bounded_rows_sql,
     hmac_sql,
     load_or_create_key,
     reserved_names_in,
-    value_column,
 )
 from sandbox.bounding import literal as _lit
 from sandbox.bounding import quote as _q
 from sandbox.dp.planner import DPPlan, Primitive
 from sandbox.dp.quantiles import counts_from_rows
-from sandbox.dp.spread import centred_sql, square_sql
-from sandbox.engine_joins import from_sql as _from_sql
+from sandbox.engine_sql import aggregate_sql, quantile_counts_sql
 from sandbox.errors import SandboxError
 from sandbox.policy.models import Dataset
-from sandbox.sql.plan import QuantileGrid, quantile_grid
+from sandbox.sql.plan import quantile_grid
 
 LOCKED_CONFIG = {
     "enable_external_access": False,
@@ -217,7 +213,7 @@ def _child_main() -> None:
         sys.stdout.flush()
 
     try:
-        datasets = {k: Dataset.model_validate(v) for k, v in job["datasets"].items()}
+        datasets = {k: Dataset.model_validate(v, context={"stored": True}) for k, v in job["datasets"].items()}
         kept = build(datasets, Path(job["data_root"]), Path(job["target"]), lambda m: say("progress", m),
                      job["memory"], job["threads"], key=bytes.fromhex(job["key"]))
         say("done", kept)
@@ -301,6 +297,8 @@ class Engine:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._fingerprint: str | None = None
         self._local = threading.local()
+        # (connection, data versions, per-thread cursors), swapped as one: a cursor knows what it reads
+        self._serving: tuple[duckdb.DuckDBPyConnection, dict[str, str], threading.local] | None = None
         self._tables: frozenset[str] = frozenset()
         self._versions: dict[str, str] = {}
         self._ids_key: bytes | None = None
@@ -322,6 +320,7 @@ class Engine:
             old = self._con
             self._con, self._tables, self._fingerprint, self._versions = con, tables, fp, versions
             self._local = threading.local()
+            self._serving = (con, versions, self._local)
             for stale in self.engine_dir.glob("catalog-*.duckdb"):
                 if stale != target:
                     stale.unlink(missing_ok=True)
@@ -350,13 +349,20 @@ class Engine:
         """The version of ``ds_id`` in the build in force (catalog entry and source file)."""
         return self._versions.get(ds_id)
 
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
+    def _cursor(self, pin: Mapping[str, str] | None = None) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor on the build in force; with ``pin`` (dataset -> data version), refused
+        unless the build in force holds those versions (a request pins the data it checked and planned
+        against: a refresh of one of its datasets in between would answer from other data)."""
+        serving = self._serving
+        if self._con is None or serving is None:
             raise EngineError("the engine is not ready")
-        cur = getattr(self._local, "cursor", None)
+        con, versions, local = serving
+        if pin is not None and any(versions.get(ds_id) != version for ds_id, version in pin.items()):
+            raise EngineError("the data was refreshed while the query ran; ask again", code="data_refreshed")
+        cur = getattr(local, "cursor", None)
         if cur is None:
-            cur = self._con.cursor()
-            self._local.cursor = cur
+            cur = con.cursor()
+            local.cursor = cur
         return cur
 
     def has_table(self, ds_id: str) -> bool:
@@ -387,14 +393,15 @@ class Engine:
         ).fetchone()
         return int(row[0])
 
-    def exact(self, plan: DPPlan) -> dict[tuple, dict[Primitive, int]]:
+    def exact(self, plan: DPPlan, pin: Mapping[str, str] | None = None) -> dict[tuple, dict[Primitive, int]]:
         """Exact bounded aggregates per public key present in the data (for a quantile: the
-        per-candidate counts its scores are computed from, :class:`QuantileCounts`)."""
+        per-candidate counts its scores are computed from, :class:`QuantileCounts`), from the data
+        versions ``pin`` only when given (:class:`EngineError` ``data_refreshed`` if others are in force)."""
         scalar = tuple(p for p in plan.primitives if p.kind != "quantile")
         n_keys = len(plan.query.group_keys)
         domains = [_OPEN if k.open else {v: v for v in k.values} for k in plan.query.group_keys]
         out: dict[tuple, dict[Primitive, int]] = {}
-        for row in self._run(aggregate_sql(plan, scalar)) if scalar else []:
+        for row in self._run(aggregate_sql(plan, scalar), pin) if scalar else []:
             key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
             if any(k is _MISSING for k in key):
                 continue
@@ -404,7 +411,7 @@ class Engine:
                 continue
             grid = quantile_grid(plan.dataset.columns[prim.column])
             cells: dict[tuple, list] = {}
-            for row in self._run(quantile_counts_sql(plan, prim, grid)):
+            for row in self._run(quantile_counts_sql(plan, prim, grid), pin):
                 key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
                 if not any(k is _MISSING for k in key):
                     cells.setdefault(key, []).append(tuple(row[n_keys:]))
@@ -417,9 +424,10 @@ class Engine:
         row = self._run(f"SELECT COUNT({_q(key)}) = COUNT(DISTINCT {_q(key)}) FROM {_q(lookup)}")
         return bool(row[0][0])
 
-    def _run(self, sql: str) -> list[tuple]:
+    def _run(self, sql: str, pin: Mapping[str, str] | None = None) -> list[tuple]:
+        cursor = self._cursor(pin)
         try:
-            return self._cursor().execute(sql).fetchall()
+            return cursor.execute(sql).fetchall()
         except duckdb.Error as exc:
             raise EngineError(f"the engine could not run the query: {type(exc).__name__}") from None
 
@@ -450,75 +458,3 @@ def _match(value: object, domain: dict) -> object:
         return domain.get(value, _MISSING)
     except TypeError:
         return _MISSING
-
-
-def _key_sql(key) -> str:  # noqa: ANN001
-    """The engine expression of a group key. Keys outside the public domain (values outside
-    the declared categories or bounds) are dropped after aggregation, in :meth:`Engine.exact`."""
-    ref = _q(key.column)
-    if key.bin_width is None:
-        return ref
-    w = _lit(key.bin_width)
-    return f"FLOOR({ref} / {w}) * {w}"
-
-
-def quantile_counts_sql(plan: DPPlan, prim: Primitive, grid: QuantileGrid) -> str:
-    """Per key: (g, at, n) for the bounded fixed-point values v of the column, g = (v - low) // step
-    the candidate cell and at = (v == c_g). NULLs are not counted."""
-    ds = plan.dataset
-    keys = [f"{_key_sql(key)} AS k{i}" for i, key in enumerate(plan.query.group_keys)]
-    value = _q(value_column(prim.column))
-    offset = f"({value} - {grid.low})"
-    select = [*keys, f"{offset} // {grid.step} AS qg", f"{offset} % {grid.step} = 0 AS qat", "COUNT(*) AS qn"]
-    where = [f"{value} IS NOT NULL"]
-    if plan.query.where is not None:
-        where.append(_where_sql(plan.query.where, ds))
-    group = [f"k{i}" for i in range(len(keys))] + ["qg", "qat"]
-    return f"SELECT {', '.join(select)} FROM {_from_sql(plan)} WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}"
-
-
-def aggregate_sql(plan: DPPlan, primitives: tuple[Primitive, ...] | None = None) -> str:
-    ds = plan.dataset
-    select, where, group = [], [], []
-    for i, key in enumerate(plan.query.group_keys):
-        select.append(f"{_key_sql(key)} AS k{i}")
-        group.append(f"k{i}")
-    for j, prim in enumerate(plan.primitives if primitives is None else primitives):
-        if prim.kind == "count":
-            arg = "*" if prim.column is None else _q(prim.column)
-            select.append(f"COUNT({arg}) AS a{j}")
-        elif prim.kind in ("units", "select"):
-            select.append(f"COUNT(*) FILTER (WHERE {_q(UNIT_FIRST)}) AS a{j}")
-        elif prim.kind in ("centred_sum", "centred_sumsq"):
-            value, column = _q(value_column(prim.column)), ds.columns[prim.column]
-            term = centred_sql(value, column) if prim.kind == "centred_sum" else square_sql(value, column)
-            select.append(f"SUM({term}) AS a{j}")
-        else:
-            select.append(f"SUM({_q(value_column(prim.column))}) AS a{j}")
-    if plan.query.where is not None:
-        where.append(_where_sql(plan.query.where, ds))
-    sql = f"SELECT {', '.join(select)} FROM {_from_sql(plan)}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    if group:
-        sql += " GROUP BY " + ", ".join(group)
-    return sql
-
-
-def _where_sql(where: exp.Expression, ds: Dataset) -> str:
-    """Render the operator's predicate so that evaluating it can never fail on some rows only.
-
-    Numeric columns and literals become DOUBLE (arithmetic overflows to inf instead of raising)
-    and the whole predicate is wrapped in TRY(...): a row whose predicate errors is simply not
-    selected. Otherwise an error raised only by the targeted rows would answer, without noise,
-    whether they exist.
-    """
-    tree = where.copy()
-    for col in list(tree.find_all(exp.Column)):
-        ref = exp.column(exp.to_identifier(col.name, quoted=True))
-        spec = ds.columns.get(col.name)
-        col.replace(exp.cast(ref, "DOUBLE") if spec is not None and spec.numeric else ref)
-    for lit in list(tree.find_all(exp.Literal)):
-        if not lit.is_string:
-            lit.replace(exp.cast(lit.copy(), "DOUBLE"))
-    return f"COALESCE(TRY({tree.sql(dialect='duckdb')}), FALSE)"

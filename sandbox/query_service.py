@@ -24,7 +24,7 @@ from sandbox.dp.planner import (
     release,
 )
 from sandbox.dp.selection import calibrate, selection_delta
-from sandbox.engine import catalog_digest
+from sandbox.engine import EngineError, catalog_digest, data_versions
 from sandbox.errors import BadRequest, Forbidden, NotFound, PolicyError, SandboxError
 from sandbox.policy.models import Dataset, Grant
 from sandbox.policy.rules import can_use_grant, check_grant_fits_catalog, check_grant_usable, granted_columns
@@ -242,6 +242,9 @@ class QueryService:
         plan = analyze(req.sql, catalog, granted_columns(grant, catalog))
         return plan, catalog[plan.dataset], catalog
 
+    def _pin(self, datasets: list[Dataset]) -> dict[str, str]:
+        return _pin_versions(self.s.engine, datasets)
+
     def _plan(self, user: str, grant: Grant, req: QueryRequest) -> dict:
         plan, dataset, catalog = self._analyze(grant, req)
         if plan.join is not None:  # the merged catalog entry, from metadata alone (the key check needs data)
@@ -296,9 +299,14 @@ class QueryService:
         if not self.s.engine.has_table(dataset.id):
             raise SandboxError(f"dataset {dataset.id} has no data loaded yet", code="dataset_unavailable")
         versioned = [dataset]
-        if plan.join is not None:  # checked on public data, before any charge
+        if plan.join is not None:
             versioned.append(catalog[plan.join.lookup])
+        pin = self._pin(versioned)
+        if plan.join is not None:  # checked on public data, before any charge
             dataset = check_lookup(self.s.engine, plan.join, dataset, catalog)
+            if self._pin(versioned) != pin:  # refreshed during the check: it held for other data
+                raise EngineError("the data was refreshed while the query was checked; ask again",
+                                  code="data_refreshed")
         dp_plan = plan_dp(plan, dataset, from_nano(to_nano(req.cost)), grant.accounting, _selection_delta(grant, plan))
         data_version = "+".join(self.s.engine.data_version(d.id) or "" for d in versioned)
         digest = "+".join(catalog_digest(d) for d in [dataset, *versioned[1:]])
@@ -330,7 +338,7 @@ class QueryService:
                 "budget": self.s.ledger.state(grant.id).to_dict(),
             }
         try:
-            released = release(dp_plan, self.s.engine.exact(dp_plan))
+            released = release(dp_plan, self.s.engine.exact(dp_plan, pin))
         except SandboxError as exc:
             self.s.ledger.forget_pending(key, query_id, user, grant.id, exc.code)
             raise
@@ -361,6 +369,17 @@ class QueryService:
         return response
 
 
+def _pin_versions(engine, datasets: list[Dataset]) -> dict[str, str]:  # noqa: ANN001
+    """The data versions of ``datasets`` in the build in force, if it was built from exactly these
+    catalog entries (the ones the query was analysed and will be planned with) and their current
+    files; else 503 ``data_refreshed``, before any charge. The engine then answers from them only."""
+    current = data_versions({d.id: d for d in datasets}, engine.data_root)
+    if any(engine.data_version(d.id) != current[d.id] for d in datasets):
+        raise EngineError("the data or its catalog entry changed while the query was checked; ask again",
+                          code="data_refreshed")
+    return current
+
+
 def _selection_delta(grant: Grant, plan: QueryPlan) -> float:
     """The delta DP partition selection spends (pure grants; zcdp grants are refused it by the planner)."""
     return selection_delta(grant.budget.delta) if plan.open_keys and grant.accounting == "pure" else 0.0
@@ -370,6 +389,6 @@ def _selection_block(dp_plan) -> dict:  # noqa: ANN001
     """The partition selection a plan would run: its threshold and delta (before any data)."""
     if SELECT not in dp_plan.primitives:
         return {}
-    scale, threshold = calibrate(dp_plan.epsilon_each, dp_plan.delta)
+    scale, threshold = calibrate(dp_plan.epsilon_each, dp_plan.delta, dp_plan.unit_groups)
     return {"partition_selection": {"mechanism": "laplace_threshold", "scale": scale, "threshold": threshold,
                                     "epsilon": dp_plan.epsilon_each, "delta": dp_plan.delta}}

@@ -11,8 +11,9 @@ Under ``zcdp`` accounting each primitive gets an equal share of rho instead and 
 Gaussian noise; rho composes by addition too. The L2 sensitivity used is the L1 one above:
 a unit's change to the vector of per-group values is a vector whose entries add up (in
 absolute value) to at most k (or k times the largest bound), and a vector's L2 norm is never
-above its L1 norm. The same holds for COUNT(DISTINCT unit) (sensitivity 1) and the spreads'
-centred sums. A quantile's noisy max is pure DP: under zcdp its rho share buys it at epsilon
+above its L1 norm. The same holds for COUNT(DISTINCT unit) (distinct units of the rows that
+pass, per group: sensitivity 1 without GROUP BY, else min(k, groups), see ``unit_groups``) and the
+spreads' centred sums. A quantile's noisy max is pure DP: under zcdp its rho share buys it at epsilon
 sqrt(2 * share) (an epsilon-DP mechanism is epsilon**2 / 2-zCDP; OpenDP's make_pureDP_to_zCDP
 checks it). DP partition selection spends delta and is refused under zcdp
 (``selection_needs_pure``): there the grant's delta pays for the rho conversion.
@@ -89,7 +90,7 @@ class DPPlan:
         if prim.kind == "quantile":
             return quantiles.selection_scale(self.sensitivity(prim), self.quantile_epsilon, self.zcdp_share)
         if prim == SELECT:
-            return selection.calibrate(self.epsilon_each, self.delta)[0]
+            return selection.calibrate(self.epsilon_each, self.delta, self.unit_groups)[0]
         if self.accounting == "zcdp":
             return gaussian_scale(self.sensitivity(prim), self.epsilon_each)
         return laplace_scale(self.sensitivity(prim), self.epsilon_each)
@@ -110,13 +111,23 @@ class DPPlan:
         if prim.kind == "count":
             return k
         if prim.kind in ("units", "select"):
-            return 1  # one representative row per unit, in one group
+            return self.unit_groups
         if prim.kind == "quantile":
             return quantiles.score_sensitivity(prim.q, k)
         if prim.kind in SPREAD_PRIMITIVES:
             return k * spread_sensitivity(prim, self.dataset.columns[prim.column])
         low, high = self.dataset.columns[prim.column].fixed_bounds
         return k * max(abs(low), abs(high), 1)
+
+    @property
+    def unit_groups(self) -> int:
+        """How many groups one unit can be counted in (the L1 sensitivity of the per-group unit
+        counts): 1 without GROUP BY, else min(max_rows_per_unit, groups); keys without declared
+        values can be as many as its rows."""
+        k = self.dataset.max_rows_per_unit
+        if not self.query.group_keys:
+            return 1
+        return k if self.query.open_keys else min(k, self.query.n_groups)
 
     def keys(self) -> list[tuple]:
         return list(itertools.product(*(k.values for k in self.query.group_keys)))
@@ -224,7 +235,8 @@ def release(plan: DPPlan, exact: dict[tuple, dict[Primitive, int]]) -> Release:
     chosen = None
     if plan.query.open_keys:  # only keys whose noisy unit count clears OpenDP's threshold
         chosen = selection.select_keys(
-            {key: int(values.get(SELECT, 0)) for key, values in exact.items()}, plan.epsilon_each, plan.delta
+            {key: int(values.get(SELECT, 0)) for key, values in exact.items()}, plan.epsilon_each, plan.delta,
+            plan.unit_groups,
         )
         keys = chosen.keys
     for prim in plan.primitives:
@@ -246,7 +258,8 @@ def release(plan: DPPlan, exact: dict[tuple, dict[Primitive, int]]) -> Release:
         release_.selection.update({
             "mechanism": "laplace_threshold", "scale": chosen.scale, "threshold": chosen.threshold,
             "epsilon": plan.epsilon_each, "delta": chosen.delta, "keys_released": len(chosen.keys),
-            "counts": "units per key (one representative row per unit)",
+            "counts": "distinct units per key (a unit counts in each key it holds rows of)",
+            "unit_keys": plan.unit_groups,
         })
     for agg in plan.query.aggregates:
         if agg.kind in ORDER_KINDS:

@@ -1,10 +1,11 @@
 """Unknown categories: DP partition selection with OpenDP's thresholded Laplace mechanism.
 
 A GROUP BY on a ``{type: text}`` column has no public list of keys, so releasing the keys found
-in the data would reveal that someone holds them. Instead each key's count of units (one
-representative row per unit, the engine's ``__unit_first`` marker, so a unit moves one key by
-one: L0 = L1 = Linf = 1) goes through OpenDP's ``make_laplace_threshold``: Laplace noise at
-scale 1 / epsilon share, and only keys whose noisy count reaches the threshold are released.
+in the data would reveal that someone holds them. Instead each key's count of units (the
+distinct units among its rows that pass WHERE, so a unit of at most k = max_rows_per_unit rows
+moves at most k keys by one: L0 = L1 = k, Linf = 1) goes through OpenDP's
+``make_laplace_threshold``: Laplace noise at scale k / epsilon share, and only keys whose noisy
+count reaches the threshold are released.
 The threshold is the smallest whole number for which OpenDP's privacy map gives at most
 (epsilon share, delta) — the delta is paid from the grant's delta budget (a fixed fraction of
 it per query, ``SELECTIONS_PER_GRANT``), and the response states both.
@@ -23,7 +24,11 @@ from sandbox.errors import BadRequest
 dp.enable_features("contrib")
 
 SELECTIONS_PER_GRANT = 100  # each selection query spends this fraction of the grant's delta
-_D_IN = (1, 1, 1)  # one unit: one key, by one
+
+
+def _d_in(unit_keys: int) -> tuple[int, int, int]:
+    """One unit moves at most ``unit_keys`` keys' counts (L0, and L1), each by one (Linf)."""
+    return (unit_keys, unit_keys, 1)
 
 
 def selection_delta(grant_delta: float) -> float:
@@ -39,23 +44,25 @@ def _measurement(scale: float, threshold: int):  # noqa: ANN202
 
 
 @lru_cache(maxsize=256)
-def calibrate(epsilon: float, delta: float) -> tuple[float, int]:
-    """(scale, threshold): scale 1 / epsilon, the smallest threshold with delta(map) <= delta."""
+def calibrate(epsilon: float, delta: float, unit_keys: int = 1) -> tuple[float, int]:
+    """(scale, threshold): scale unit_keys / epsilon, the smallest threshold with delta(map) <= delta,
+    for unit counts in which one unit holds rows of at most ``unit_keys`` keys."""
     if delta <= 0:
         raise BadRequest("partition selection needs a delta budget", "no_delta_budget")
-    scale = 1.0 / epsilon
+    d_in = _d_in(unit_keys)
+    scale = unit_keys / epsilon
     low, high = 1, 1
-    while _measurement(scale, high).map(_D_IN)[1] > delta:
+    while _measurement(scale, high).map(d_in)[1] > delta:
         low, high = high, high * 2
         if high > 2**40:
             raise BadRequest("partition selection cannot be calibrated for this delta", "calibration_failed")
     while low < high:  # the smallest passing threshold in (low, high]
         mid = (low + high) // 2
-        if _measurement(scale, mid).map(_D_IN)[1] > delta:
+        if _measurement(scale, mid).map(d_in)[1] > delta:
             low = mid + 1
         else:
             high = mid
-    eps, spent = _measurement(scale, high).map(_D_IN)
+    eps, spent = _measurement(scale, high).map(d_in)
     if eps > epsilon * (1 + 1e-9) or spent > delta:
         raise BadRequest("partition selection calibration failed", "calibration_failed")
     return scale, high
@@ -74,9 +81,9 @@ def key_order(key: tuple) -> list:
     return [(0, v, "") if isinstance(v, int | float) and not isinstance(v, bool) else (1, 0, str(v)) for v in key]
 
 
-def select_keys(unit_counts: dict[tuple, int], epsilon: float, delta: float) -> Selection:
+def select_keys(unit_counts: dict[tuple, int], epsilon: float, delta: float, unit_keys: int = 1) -> Selection:
     """The keys whose noisy unit count reaches the threshold (OpenDP decides, not this code)."""
-    scale, threshold = calibrate(epsilon, delta)
+    scale, threshold = calibrate(epsilon, delta, unit_keys)
     encoded = {json.dumps(list(key), default=str): int(n) for key, n in unit_counts.items() if n > 0}
     lookup = {json.dumps(list(key), default=str): key for key in unit_counts}
     released = _measurement(scale, threshold)(encoded) if encoded else {}

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 IDENT = re.compile(r"[a-z][a-z0-9_]{0,62}\Z")
 GRANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
@@ -24,10 +24,15 @@ ColumnType = Literal["id", "category", "int", "float", "text"]  # text: keys onl
 # pseudo-columns and read_parquet's virtual columns; the engine's internal prefix is ``__``
 RESERVED_COLUMNS = frozenset({"row", "rowid", "file_row_number", "filename", "file_index"})
 RESERVED_PREFIXES = ("__",)
+# a join names the other dataset's columns ``<dataset>__<column>``: a declared name holding ``__``
+# anywhere could stand in for one (its bounds replaced by the lookup's), so none may
+JOIN_SEPARATOR = "__"
 
 
-def check_column_name(name: str) -> None:
-    """Raise ValueError for a column name the engine reserves or cannot quote safely."""
+def check_column_name(name: str, *, stored: bool = False) -> None:
+    """Raise ValueError for a column name the engine reserves or cannot quote safely. ``stored``: an
+    entry already in force, read back from the state, keeps a name holding ``__`` (applied before the
+    rule; its joins are refused instead), so that reading the state never fails on it."""
     if name in RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
         raise ValueError(
             f"column name {name!r} is reserved (reserved: {', '.join(sorted(RESERVED_COLUMNS))} and names "
@@ -35,6 +40,11 @@ def check_column_name(name: str) -> None:
         )
     if not IDENT.match(name):
         raise ValueError(f"column name {name!r} is not a lower-case SQL identifier")
+    if JOIN_SEPARATOR in name and not stored:
+        raise ValueError(
+            f"column name {name!r} holds {JOIN_SEPARATOR!r}, which joins reserve (a joined column is named "
+            f"<dataset>{JOIN_SEPARATOR}<column>); rename the column in the Parquet and the catalog entry"
+        )
 
 
 def operator_key(operator: str) -> str:
@@ -128,8 +138,8 @@ class DatasetBudget(_Strict):
     """The total privacy loss of all grants together on a dataset (what is released to the world).
 
     ``delta``: the sum of the deltas of the zCDP grants that have spent on the dataset (each
-    grant's delta counted once, at its first charge there) is at most this. Default 1e-5: ten
-    grants at delta 1e-6. Pure grants have no delta."""
+    grant's delta counted once, at its first charge there) and of every DP partition selection a
+    pure grant ran on it (per query) is at most this. Default 1e-5: ten grants at delta 1e-6."""
 
     epsilon: float = Field(gt=0, le=1000)
     delta: float = Field(default=1e-5, gt=0, lt=1e-3)
@@ -206,9 +216,10 @@ class Dataset(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _unit_is_declared(self) -> Dataset:
+    def _unit_is_declared(self, info: ValidationInfo) -> Dataset:
+        stored = bool(info.context and info.context.get("stored"))
         for name in self.columns:
-            check_column_name(name)
+            check_column_name(name, stored=stored)
         if self.classification == "L3" and self.budget is None:
             raise ValueError("an L3 dataset needs `budget: {epsilon: ...}`, the total for all grants together")
         if self.privacy_unit == "row":

@@ -51,7 +51,14 @@ def joined_dataset(dataset: Dataset, lookup: Dataset) -> Dataset:
     columns = dict(dataset.columns)
     for name, column in lookup.columns.items():
         if column.type != "id":
-            columns[prefixed(lookup.id, name)] = column
+            joined = prefixed(lookup.id, name)
+            if joined in columns:  # only a catalog entry stored before the name rule can hold one
+                raise BadRequest(
+                    f"{dataset.id} has a column named {joined}, the name the join gives {lookup.id}.{name}; "
+                    "the admin must rename it (names holding __ are reserved for joins)",
+                    "join_not_allowed",
+                )
+            columns[joined] = column
     update: dict = {"columns": columns}
     if not lookup.public:
         update["max_rows_per_unit"] = max(dataset.max_rows_per_unit, lookup.max_rows_per_unit)

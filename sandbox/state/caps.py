@@ -3,7 +3,8 @@
 The caps are in epsilon and compose basically across grants. A pure grant adds each query's
 epsilon. A zCDP grant adds, for each query, how much the epsilon (at the grant's delta) of
 everything it has spent *on that dataset* grows, so its increments add up exactly to that
-epsilon (integer nano-units telescope), and across grants the deltas of zCDP grants add up.
+epsilon (integer nano-units telescope), and across grants the deltas of zCDP grants add up,
+with the delta each pure grant's partition selection spends, per query.
 What is spent is tracked from the first query whether or not a cap is declared, so a cap
 declared later counts everything already spent. Never refunded, never reset.
 
@@ -51,6 +52,12 @@ register_schema(
         grant_id TEXT NOT NULL,
         delta REAL NOT NULL,  -- a zcdp grant's delta, counted once against the dataset's delta cap
         PRIMARY KEY (dataset, grant_id)
+    );
+    CREATE TABLE IF NOT EXISTS dataset_selection_delta (
+        query_id TEXT PRIMARY KEY,  -- a pure grant's query (or <query_id>+<dataset> for a joined one)
+        dataset TEXT NOT NULL,
+        grant_id TEXT NOT NULL,
+        delta REAL NOT NULL  -- the delta DP partition selection spent, counted per query
     );
     CREATE TABLE IF NOT EXISTS cap_unattributed (
         query_id TEXT PRIMARY KEY  -- an old charge whose dataset the audit log does not name (backfill)
@@ -110,10 +117,39 @@ def _spent(conn: sqlite3.Connection, dataset_id: str, operator: str) -> int:
     return row["epsilon_spent_nano"] if row else 0
 
 
+# the delta spent on a dataset: each zCDP grant's delta once, and each partition selection's delta
+DELTA_SPENT_SQL = (
+    "SELECT (SELECT COALESCE(SUM(delta), 0) FROM dataset_delta_spent WHERE dataset = ?1)"
+    " + (SELECT COALESCE(SUM(delta), 0) FROM dataset_selection_delta WHERE dataset = ?1) AS d"
+)
+
+
 def _delta_spent(conn: sqlite3.Connection, dataset_id: str) -> float:
-    row = conn.execute("SELECT COALESCE(SUM(delta), 0) AS d FROM dataset_delta_spent WHERE dataset = ?",
-                       (dataset_id,)).fetchone()
-    return float(row["d"])
+    return float(conn.execute(DELTA_SPENT_SQL, (dataset_id,)).fetchone()["d"])
+
+
+def _delta_refused(dataset: Dataset, spent: float, total: float, needs: str) -> Conflict:
+    return Conflict(
+        f"budget exhausted: the dataset cap on {dataset.id} (all grants together: delta {total:g}) has "
+        f"delta {max(total - spent, 0):g} left; {needs}",
+        code="budget_exhausted",
+        detail={"cap": "dataset", "dataset": dataset.id, "delta_total": total,
+                "delta_remaining": max(total - spent, 0.0)},
+    )
+
+
+def charge_selection_delta(conn: sqlite3.Connection, dataset: Dataset, grant_id: str, scope_id: str,
+                           delta: float) -> None:
+    """A pure grant's partition selection: its delta counts against the dataset's delta cap, per query
+    (refused over the cap); recorded whether or not a cap is declared."""
+    if delta <= 0:
+        return
+    if dataset.budget is not None:
+        spent, total = _delta_spent(conn, dataset.id), dataset.budget.delta
+        if spent + delta > total * (1 + 1e-9):
+            raise _delta_refused(dataset, spent, total, f"this query's partition selection needs delta {delta:g}")
+    conn.execute("INSERT INTO dataset_selection_delta (query_id, dataset, grant_id, delta) VALUES (?, ?, ?, ?)",
+                 (scope_id, dataset.id, grant_id, delta))
 
 
 def check_delta_cap(conn: sqlite3.Connection, dataset: Dataset, grant_id: str, zcdp_delta: float | None) -> None:
@@ -125,13 +161,8 @@ def check_delta_cap(conn: sqlite3.Connection, dataset: Dataset, grant_id: str, z
         return
     spent, total = _delta_spent(conn, dataset.id), dataset.budget.delta
     if spent + zcdp_delta > total * (1 + 1e-9):
-        raise Conflict(
-            f"budget exhausted: the dataset cap on {dataset.id} (all grants together: delta {total:g}) has "
-            f"delta {max(total - spent, 0):g} left; grant {grant_id}'s first query here needs its delta {zcdp_delta:g}",
-            code="budget_exhausted",
-            detail={"cap": "dataset", "dataset": dataset.id, "delta_total": total,
-                    "delta_remaining": max(total - spent, 0.0)},
-        )
+        needs = f"grant {grant_id}'s first query here needs its delta {zcdp_delta:g}"
+        raise _delta_refused(dataset, spent, total, needs)
 
 
 def check_caps(conn: sqlite3.Connection, dataset: Dataset, operator: str, cap_units: int) -> None:
@@ -190,8 +221,7 @@ def cap_states(db: StateDB, dataset: Dataset, operator: str | None = None) -> li
     out = [CapState("operator", dataset.id, op, dataset.operator_cap(op), rows.get(operator_key(op), 0) / NANO)
            for op in operators]
     total = dataset.budget.epsilon if dataset.budget else None
-    delta_spent = float(db.read("SELECT COALESCE(SUM(delta), 0) AS d FROM dataset_delta_spent WHERE dataset = ?",
-                                (dataset.id,))[0]["d"])
+    delta_spent = float(db.read(DELTA_SPENT_SQL, (dataset.id,))[0]["d"])
     out.append(CapState("dataset", dataset.id, None, total, rows.get(ALL_GRANTS, 0) / NANO,
                         dataset.budget.delta if dataset.budget else None, delta_spent))
     return out
@@ -259,18 +289,29 @@ def _missing_deltas(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     ).fetchall()
 
 
+def _missing_selection_deltas(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Pure charges whose partition selection delta predates the dataset's per-query delta tally."""
+    return conn.execute(
+        "SELECT s.query_id, s.dataset, s.grant_id, c.delta FROM charge_scopes s JOIN charges c"
+        " ON c.query_id = s.query_id OR s.query_id LIKE c.query_id || '+%'"
+        " WHERE c.delta > 0 AND c.query_id NOT IN (SELECT query_id FROM zcdp_charges)"
+        " AND s.query_id NOT IN (SELECT query_id FROM dataset_selection_delta)"
+    ).fetchall()
+
+
 def backfill(db: StateDB, audit: AuditLog) -> dict | None:
     """One-time upgrade at state open: charges made before the cap tallies existed (or whose tallies
     were lost) are counted against them, from ``charges``, the ``query.charged`` audit entries'
     ``detail.dataset`` and the grant's operator; tallies keyed on raw operator names are re-keyed
     on :func:`operator_key`. Idempotent: once every charge has its scope there is nothing to do.
     Recorded as ``caps.backfilled``. Returns the entry's detail, or None when nothing was done."""
-    if not _unscoped_charges(db.conn) and not _unkeyed_operators(db.conn) and not _missing_deltas(db.conn):
+    if (not _unscoped_charges(db.conn) and not _unkeyed_operators(db.conn) and not _missing_deltas(db.conn)
+            and not _missing_selection_deltas(db.conn)):
         return None
     with db.write() as conn:
         missing = _unscoped_charges(conn)
         unkeyed = _unkeyed_operators(conn)
-        if not missing and not unkeyed and not _missing_deltas(conn):
+        if not missing and not unkeyed and not _missing_deltas(conn) and not _missing_selection_deltas(conn):
             return None
         wanted = {r["query_id"] for r in missing}
         datasets: dict[str, str] = {}
@@ -300,6 +341,10 @@ def backfill(db: StateDB, audit: AuditLog) -> dict | None:
         for r in deltas_added:
             conn.execute("INSERT OR IGNORE INTO dataset_delta_spent (dataset, grant_id, delta) VALUES (?, ?, ?)",
                          (r["dataset"], r["grant_id"], r["delta"]))
+        selections = _missing_selection_deltas(conn)
+        for r in selections:
+            conn.execute("INSERT OR IGNORE INTO dataset_selection_delta (query_id, dataset, grant_id, delta)"
+                         " VALUES (?, ?, ?, ?)", (r["query_id"], r["dataset"], r["grant_id"], r["delta"]))
         # the tallies are sums of the per-charge scopes: rebuilt from them, so nothing is counted twice
         conn.execute("DELETE FROM cap_spent")
         conn.execute("INSERT INTO cap_spent (dataset, operator, epsilon_spent_nano) SELECT dataset, operator,"
@@ -308,7 +353,7 @@ def backfill(db: StateDB, audit: AuditLog) -> dict | None:
                      " SUM(cap_epsilon_nano) FROM charge_scopes GROUP BY dataset")
         detail = {"charges": len(missing) - len(unattributed), "unattributed": unattributed[:100],
                   "unattributed_count": len(unattributed), "operators_rekeyed": len(unkeyed),
-                  "zcdp_deltas": len(deltas_added)}
+                  "zcdp_deltas": len(deltas_added), "selection_deltas": len(selections)}
         audit.append(conn, AuditEvent("system", "caps.backfilled", None, detail))
     audit.write_head()
     return detail

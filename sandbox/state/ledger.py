@@ -335,6 +335,8 @@ class Ledger:
                     caps.check_delta_cap(conn, dataset, grant_id, delta)
                     # one scope row per dataset: a joined dataset's row is keyed <query_id>+<dataset>
                     scope_id = query_id if i == 0 else f"{query_id}+{dataset.id}"
+                    if not zcdp:  # partition selection's delta: the dataset's delta cap too, per query
+                        caps.charge_selection_delta(conn, dataset, grant_id, scope_id, spend_delta)
                     caps.charge_caps(conn, query_id=scope_id, grant_id=grant_id, dataset_id=dataset.id,
                                      operator=operator, units=units, cap_units=cap_units, zcdp_delta=delta)
                     logged_scopes.append({"scope": scope_id, "dataset": dataset.id, "cap_epsilon_nano": cap_units,

@@ -1,8 +1,9 @@
-"""People, not rows: COUNT(DISTINCT <privacy unit>) counts each unit once, with sensitivity 1.
+"""People, not rows: COUNT(DISTINCT <privacy unit>) counts each unit once per group (sensitivity 1
+without GROUP BY, min(max_rows_per_unit, groups) with it).
 
 A real engine is built from a small Parquet file in which units hold 1 to 50 rows (bound 3);
-the exact unit counts must move by exactly 1 when a unit with many rows is added, wherever its
-rows fall, and sum to the number of units across groups. Through the gateway, the demo data's
+the exact unit counts must move by exactly 1 when a unit with many rows is added (by at most the
+number of groups its kept rows fall in, with GROUP BY). Through the gateway, the demo data's
 people are counted near the truth, and the id is never returned or usable elsewhere.
 """
 
@@ -59,12 +60,17 @@ def test_each_unit_counts_once_however_many_rows(tmp_path: Path) -> None:
     assert after == {"units(*)": 5, "count(*)": 10}
 
 
-def test_units_split_across_groups_count_once_in_total(tmp_path: Path) -> None:
-    rows = {"u1": 1, "u2": 2, "u3": 5, "u4": 3, "u5": 50}  # u2..u5 have rows in both wards
+def test_units_split_across_groups_count_in_each_group(tmp_path: Path) -> None:
+    rows = {"u1": 1, "u2": 2, "u3": 5, "u4": 3, "u5": 50}  # u2..u5 have (kept) rows in both wards
     out = _exact(tmp_path, rows, "SELECT ward, COUNT(DISTINCT pid) AS people FROM visits GROUP BY ward")
-    assert sum(v["units(*)"] for v in out.values()) == 5  # L1 over groups: one per unit
+    before = sum(v["units(*)"] for v in out.values())
+    assert 5 < before <= 9 and all(v["units(*)"] <= 5 for v in out.values())  # distinct people per ward
+    # one more unit moves the groups by at most min(bound 3, 2 wards) = 2, the sensitivity used
     more = _exact(tmp_path / "x", {**rows, "u6": 40}, "SELECT ward, COUNT(DISTINCT pid) FROM visits GROUP BY ward")
-    assert sum(v["units(*)"] for v in more.values()) - 5 == 1
+    assert sum(v["units(*)"] for v in more.values()) - before in (1, 2)
+    plan = plan_dp(analyze("SELECT ward, COUNT(DISTINCT pid) FROM visits GROUP BY ward", {"visits": VISITS},
+                           {"visits": {"ward"}}), VISITS, 1.0)
+    assert plan.unit_groups == 2
 
 
 def test_people_through_the_gateway(client, alice, demo_data_root) -> None:  # noqa: ANN001

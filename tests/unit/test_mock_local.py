@@ -16,7 +16,7 @@ import duckdb
 import pytest
 from sqlglot import exp
 
-from sandbox.engine import _key_sql, _where_sql
+from sandbox.engine_sql import _key_sql, _where_sql
 from sandbox.mock import mock_frame
 from sandbox.sql._eval import evaluate
 from sandbox.sql.analyze import analyze
