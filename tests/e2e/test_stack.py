@@ -98,9 +98,9 @@ def test_dp_query_moves_budget(stack: Stack, alice: dict) -> None:
     out = stack.exec_nb("alice", textwrap.dedent(f"""
         import json, sandbox
         db = sandbox.connect()
-        before = db.budget()
+        before = db.budget(raw=True)
         df = db.query({QUERY!r}, epsilon=0.5)
-        after = db.budget()
+        after = db.budget(raw=True)
         print(json.dumps({{"cols": list(df.columns), "rows": len(df), "attrs": df.attrs,
                           "before": before, "after": after}}, default=str))
     """)).stdout
@@ -110,7 +110,9 @@ def test_dp_query_moves_budget(stack: Stack, alice: dict) -> None:
     assert attrs["epsilon_spent"] == pytest.approx(0.5)
     assert "ci_halfwidth" in attrs["accuracy"]
     assert attrs["budget"]["epsilon_spent"] >= 0.5
-    assert result["before"] != result["after"]
+    spent = {b["grant"]: b["epsilon_spent"] for b in result["before"]["grants"]}
+    assert {b["grant"]: b["epsilon_spent"] for b in result["after"]["grants"]}[GRANT] == \
+        pytest.approx(spent[GRANT] + 0.5)
 
 
 def _gateway_token(stack: Stack, user: str) -> str:
