@@ -18,6 +18,7 @@ import re
 import secrets
 import sqlite3
 from pathlib import Path
+from typing import Any, cast
 
 from sandbox.errors import NotFound, SandboxError
 from sandbox.state.db import StateDB, register_schema
@@ -154,29 +155,29 @@ def request_row(conn: sqlite3.Connection, request_id: str) -> sqlite3.Row:
     row = conn.execute("SELECT * FROM export_requests WHERE id = ?", (request_id,)).fetchone()
     if row is None:
         raise NotFound(f"no export request {request_id}", code="unknown_export")
-    return row
+    return cast(sqlite3.Row, row)
 
 
-def current_files(conn: sqlite3.Connection, request_id: str) -> list[dict]:
+def current_files(conn: sqlite3.Connection, request_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT * FROM export_files WHERE request_id = ? AND removed_at IS NULL ORDER BY id", (request_id,)
     ).fetchall()
     return [_file(r) for r in rows]
 
 
-def all_files(conn: sqlite3.Connection, request_id: str) -> list[dict]:
+def all_files(conn: sqlite3.Connection, request_id: str) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT * FROM export_files WHERE request_id = ? ORDER BY id", (request_id,))
     return [_file(r) for r in rows.fetchall()]
 
 
-def _file(row: sqlite3.Row) -> dict:
+def _file(row: sqlite3.Row) -> dict[str, Any]:
     item = dict(row)
     item["checks"] = json.loads(item["checks"])
     return item
 
 
 def insert_file(conn: sqlite3.Connection, request_id: str, name: str, digest: str, size: int,
-                kind: str, checks: list[dict], round_: int) -> None:
+                kind: str, checks: list[dict[str, Any]], round_: int) -> None:
     conn.execute(
         "UPDATE export_files SET removed_at = ? WHERE request_id = ? AND name = ? AND removed_at IS NULL",
         (now(), request_id, name),
@@ -196,24 +197,24 @@ def remove_file(conn: sqlite3.Connection, request_id: str, name: str) -> bool:
     return cur.rowcount > 0
 
 
-def reviews(conn: sqlite3.Connection, request_id: str, round_: int | None = None) -> list[dict]:
+def reviews(conn: sqlite3.Connection, request_id: str, round_: int | None = None) -> list[dict[str, Any]]:
     sql = "SELECT * FROM export_reviews WHERE request_id = ?"
-    params: tuple = (request_id,)
+    params: tuple[Any, ...] = (request_id,)
     if round_ is not None:
         sql += " AND round = ?"
         params = (request_id, round_)
     return [dict(r) for r in conn.execute(sql + " ORDER BY id", params).fetchall()]
 
 
-def events(conn: sqlite3.Connection, request_id: str) -> list[dict]:
+def events(conn: sqlite3.Connection, request_id: str) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT * FROM export_events WHERE request_id = ? ORDER BY id", (request_id,))
     return [dict(r) for r in rows.fetchall()]
 
 
 def list_requests(conn: sqlite3.Connection, *, requester: str | None = None,
                   statuses: tuple[str, ...] | None = None, grant_id: str | None = None,
-                  limit: int = 200) -> list[dict]:
-    sql, params = "SELECT * FROM export_requests WHERE 1 = 1", []
+                  limit: int = 200) -> list[dict[str, Any]]:
+    sql, params = "SELECT * FROM export_requests WHERE 1 = 1", list[str | int]()
     if requester is not None:
         sql += " AND requester = ?"
         params.append(requester)
@@ -228,9 +229,9 @@ def list_requests(conn: sqlite3.Connection, *, requester: str | None = None,
     return [dict(r) for r in conn.execute(sql, params).fetchall()]
 
 
-def overrides(conn: sqlite3.Connection, request_id: str, round_: int | None = None) -> list[dict]:
+def overrides(conn: sqlite3.Connection, request_id: str, round_: int | None = None) -> list[dict[str, Any]]:
     sql = "SELECT * FROM export_overrides WHERE request_id = ?"
-    params: tuple = (request_id,)
+    params: tuple[Any, ...] = (request_id,)
     if round_ is not None:
         sql += " AND round = ?"
         params = (request_id, round_)

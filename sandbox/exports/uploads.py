@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from sandbox.errors import BadRequest, NotFound, SandboxError
 from sandbox.exports import store
@@ -42,7 +43,7 @@ MAX_COUNT_COLUMNS = 200
 MAX_COLUMN_NAME = 64
 
 
-def _checked_files(services: Services, ctx: CheckContext, files: list[tuple[str, bytes]]) -> list[dict]:
+def _checked_files(services: Services, ctx: CheckContext, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     """Each upload rendered canonical and checked; only the canonical bytes are kept."""
     names = [n for n, _ in files]
     if len(set(names)) != len(names):
@@ -71,7 +72,7 @@ def _columns(kind: str, data: bytes) -> list[str]:
     return read_canonical(kind, data, 0).columns if kind in TABLE_KINDS else []
 
 
-def check_count_columns(counts: list[str], checked: list[dict]) -> None:
+def check_count_columns(counts: list[str], checked: list[dict[str, Any]]) -> None:
     """``count_columns`` are short, few, and name columns of the request's tables: not a free-text channel."""
     if len(counts) > MAX_COUNT_COLUMNS:
         raise BadRequest(f"at most {MAX_COUNT_COLUMNS} count columns", code="bad_count_columns")
@@ -84,7 +85,7 @@ def check_count_columns(counts: list[str], checked: list[dict]) -> None:
                          code="bad_count_columns")
 
 
-def _uploads(files: Sequence[tuple[object, bytes]]) -> list[dict]:
+def _uploads(files: Sequence[tuple[object, bytes]]) -> list[dict[str, Any]]:
     """What the audit log keeps of uploads: name as given (truncated), size and sha256; never bytes."""
     return [{"name": str(name)[:MAX_AUDITED_NAME], "size": len(data), "sha256": store.sha256(data)}
             for name, data in files]
@@ -103,7 +104,7 @@ def audit_refused(services: Services, user: str, grant_id: object, files: list[t
 
 def audit_oversize(services: Services, user: str, path: str, size: int | None, code: str, message: str) -> None:
     """A request refused before its form was read (over the size or part limits): audited by size only."""
-    detail = {"grant": None, "files": [], "path": path[:MAX_AUDITED_NAME], "size": size,
+    detail: dict[str, Any] = {"grant": None, "files": [], "path": path[:MAX_AUDITED_NAME], "size": size,
               "reason": {"code": code, "message": message[:2000]}}
     services.audit.record(AuditEvent(user, "export.upload_refused", None, detail))
 
@@ -150,7 +151,7 @@ def _submit(services: Services, user: str, *, grant_id: object, title: object, j
 
 
 def _insert_request(services: Services, user: str, rid: str, grant: Grant, title_s: str, justification_s: str,
-                    counts: list[str], checked: list[dict], blobs: store.BlobStore,
+                    counts: list[str], checked: list[dict[str, Any]], blobs: store.BlobStore,
                     written: list[tuple[str, str]]) -> None:
     with services.db.work() as work:
         conn = work.conn
@@ -204,7 +205,7 @@ def _change_files(services: Services, request_id: str, user: str, files: list[tu
     return new
 
 
-def _apply_change(services: Services, request_id: str, user: str, remove: list[str], checked: list[dict],
+def _apply_change(services: Services, request_id: str, user: str, remove: list[str], checked: list[dict[str, Any]],
                   blobs: store.BlobStore, written: list[tuple[str, str]]) -> str:
     with services.db.work() as work:
         conn = work.conn

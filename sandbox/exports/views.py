@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from typing import Any
 
 from sandbox.errors import NotFound
 from sandbox.exports import store
@@ -33,7 +34,7 @@ SEALED_TEXT = ("name, digest, sizes and check outcomes are shown to the requeste
                "and again once approved: read back later they would be a channel around the review")
 
 
-def shows_metadata(row: sqlite3.Row | dict, privileged: bool) -> bool:
+def shows_metadata(row: sqlite3.Row | dict[str, Any], privileged: bool) -> bool:
     return privileged or row["status"] in REVIEWED
 
 
@@ -42,7 +43,7 @@ def is_privileged(services: Services, user: str) -> bool:
     return user in roles.reviewers or user in roles.admins
 
 
-def sees_all(services: Services, row: sqlite3.Row | dict, user: str) -> bool:
+def sees_all(services: Services, row: sqlite3.Row | dict[str, Any], user: str) -> bool:
     """Reviewers and admins see a request's previews, check details and identifier results, unless
     it is their own or on a grant they are a member of: then they see it as its requester does
     (otherwise a reviewer who is also an operator would have the membership oracle and the
@@ -55,7 +56,7 @@ def sees_all(services: Services, row: sqlite3.Row | dict, user: str) -> bool:
         return False
 
 
-def visible_checks(checks: list[dict], privileged: bool) -> list[dict]:
+def visible_checks(checks: list[dict[str, Any]], privileged: bool) -> list[dict[str, Any]]:
     if privileged:
         return checks
     return [
@@ -67,7 +68,7 @@ def visible_checks(checks: list[dict], privileged: bool) -> list[dict]:
     ]
 
 
-def _may_view(services: Services, row: sqlite3.Row | dict, user: str) -> bool:
+def _may_view(services: Services, row: sqlite3.Row | dict[str, Any], user: str) -> bool:
     roles = services.policies.roles()
     return row["requester"] == user or user in roles.reviewers or user in roles.admins
 
@@ -92,7 +93,7 @@ def resolve_names(services: Services, request_id: str, names: list[str]) -> list
     return [n if n in stored else alias.get(n, n) for n in names]
 
 
-def file_view(f: dict, privileged: bool, sealed: bool = False, position: int = 0) -> dict:
+def file_view(f: dict[str, Any], privileged: bool, sealed: bool = False, position: int = 0) -> dict[str, Any]:
     """One file: ``sha256`` and ``size`` are the canonical file's (what leaves); ``uploaded_size`` the upload's.
 
     ``sealed`` (a requester's later view of a request not yet approved) leaves out the digest, the sizes
@@ -106,16 +107,16 @@ def file_view(f: dict, privileged: bool, sealed: bool = False, position: int = 0
                 "kind": f["kind"], "outcome": None, "checks": [], "added_round": f["added_round"],
                 "sealed": SEALED_TEXT}
     checks = visible_checks(f["checks"], privileged)
-    sizes: dict = next((c for c in f["checks"] if c["rule"] == "canonical.size"), {})
+    sizes: dict[str, Any] = next((c for c in f["checks"] if c["rule"] == "canonical.size"), {})
     return {"name": f["name"], "sha256": f["sha256"], "size": f["size"], "uploaded_size": sizes.get("uploaded"),
             "kind": f["kind"], "outcome": worst(checks), "checks": checks, "added_round": f["added_round"]}
 
 
-def override_view(o: dict) -> dict:
+def override_view(o: dict[str, Any]) -> dict[str, Any]:
     return {"admin": o["admin"], "reason": o["reason"], "round": o["round"], "ts": o["ts"], "files": o["files"]}
 
 
-def request_view(services: Services, request_id: str, user: str, uploaded: bool = False) -> dict:
+def request_view(services: Services, request_id: str, user: str, uploaded: bool = False) -> dict[str, Any]:
     """The request with its files, checks, visible reviews, history and what ``user`` may do.
 
     ``uploaded``: the answer to ``user``'s own upload (submit, file change), which shows them the digests
@@ -169,7 +170,7 @@ def request_view(services: Services, request_id: str, user: str, uploaded: bool 
     }
 
 
-def summary(conn: sqlite3.Connection, row: dict, privileged: bool = True) -> dict:
+def summary(conn: sqlite3.Connection, row: dict[str, Any], privileged: bool = True) -> dict[str, Any]:
     files = store.current_files(conn, row["id"])
     return {"id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
             "title": row["title"] if shows_metadata(row, privileged) else HIDDEN_TEXT,
@@ -181,12 +182,12 @@ def summary(conn: sqlite3.Connection, row: dict, privileged: bool = True) -> dic
             if shows_metadata(row, privileged) else None}
 
 
-def mine(services: Services, user: str) -> list[dict]:
+def mine(services: Services, user: str) -> list[dict[str, Any]]:
     conn = services.db.conn
     return [summary(conn, r, sees_all(services, r, user)) for r in store.list_requests(conn, requester=user)]
 
 
-def queue(services: Services, user: str) -> list[dict]:
+def queue(services: Services, user: str) -> list[dict[str, Any]]:
     """Open requests awaiting this reviewer's vote (never their own); empty for non-reviewers."""
     conn = services.db.conn
     roles = services.policies.roles()
@@ -196,7 +197,7 @@ def queue(services: Services, user: str) -> list[dict]:
             if can_review(services, conn, r, user)]
 
 
-def recent(services: Services, user: str, limit: int = 50) -> list[dict]:
+def recent(services: Services, user: str, limit: int = 50) -> list[dict[str, Any]]:
     """Every request a reviewer or admin may see, newest first (not the queue)."""
     roles = services.policies.roles()
     if user not in roles.reviewers and user not in roles.admins:
