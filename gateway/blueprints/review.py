@@ -7,17 +7,11 @@ SameSite=Strict ``sandbox_token`` cookie that the embedded authenticator reads.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
-import os
-import secrets
-from pathlib import Path
 from urllib.parse import quote
 
 from flask import Blueprint, Response, g, jsonify, redirect, render_template, request, url_for
 
-from gateway.auth import bearer_token
+from gateway import csrf
 from gateway.blueprints.exports import file_response, uploaded_files
 from gateway.context import authenticator, identity, services
 from sandbox.errors import BadRequest, Forbidden, NotFound, Unauthorized
@@ -79,41 +73,11 @@ def logout():  # noqa: ANN201
     return resp
 
 
-# -- CSRF: an HMAC of the user and their credential, with a key kept in the state dir ---------
-def _csrf_key() -> bytes:
-    path: Path = services().db.dir / "review-csrf.key"
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)  # first writer wins
-        tmp.unlink(missing_ok=True)
-        return path.read_bytes()
-
-
-def csrf_token() -> str:
-    credential = bearer_token(request) or request.cookies.get(COOKIE) or ""
-    msg = f"{identity().user}\x00{hashlib.sha256(credential.encode()).hexdigest()}".encode()
-    return hmac.new(_csrf_key(), msg, hashlib.sha256).hexdigest()
-
-
-def check_csrf() -> None:
-    sent = request.form.get("csrf_token", "")
-    if not hmac.compare_digest(sent, csrf_token()):
-        raise Forbidden("the form is stale or did not come from this site; reload and retry",
-                        code="bad_csrf")
-
-
 def page(template: str, **ctx: object) -> str:
     user = identity().user
     roles = services().policies.roles()
     return render_template(template, user=user, is_reviewer=user in roles.reviewers,
-                           csrf_token=csrf_token(), **ctx)
+                           csrf_token=csrf.token(), **ctx)
 
 
 def wants_json() -> bool:
@@ -214,7 +178,7 @@ def _back(request_id: str, done: str) -> Response:
 @bp.post("/exports/<request_id>/decision")
 def decide(request_id: str):  # noqa: ANN201
     user = identity().user
-    check_csrf()
+    csrf.check()
     new = workflow.review(services(), request_id, user, request.form.get("decision"),
                           request.form.get("comment", ""))
     return _back(request_id, new)
@@ -223,7 +187,7 @@ def decide(request_id: str):  # noqa: ANN201
 @bp.post("/exports/<request_id>/override")
 def override(request_id: str):  # noqa: ANN201
     user = identity().user
-    check_csrf()
+    csrf.check()
     new = override_checks(services(), request_id, user, request.form.get("reason", ""))
     return _back(request_id, new)
 
@@ -231,7 +195,7 @@ def override(request_id: str):  # noqa: ANN201
 @bp.post("/exports/<request_id>/withdraw")
 def withdraw(request_id: str):  # noqa: ANN201
     user = identity().user
-    check_csrf()
+    csrf.check()
     new = workflow.withdraw(services(), request_id, user, request.form.get("reason", ""))
     return _back(request_id, new)
 
@@ -239,7 +203,7 @@ def withdraw(request_id: str):  # noqa: ANN201
 @bp.post("/exports/<request_id>/files")
 def change_files(request_id: str):  # noqa: ANN201
     user = identity().user
-    check_csrf()
+    csrf.check()
     remove = [n for n in request.form.getlist("remove") if n]
     remove = views.resolve_names(services(), request_id, remove)
     new = uploads.change_files(services(), request_id, user, uploaded_files(), remove)
@@ -249,7 +213,7 @@ def change_files(request_id: str):  # noqa: ANN201
 @bp.post("/exports/<request_id>/resubmit")
 def resubmit(request_id: str):  # noqa: ANN201
     user = identity().user
-    check_csrf()
+    csrf.check()
     new = workflow.resubmit(services(), request_id, user, request.form.get("comment", ""))
     return _back(request_id, new)
 
