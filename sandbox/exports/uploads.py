@@ -13,7 +13,6 @@ them until the request is approved (:mod:`sandbox.exports.views`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +35,7 @@ from sandbox.exports.workflow import (
 )
 from sandbox.policy.models import Grant
 from sandbox.services import Services
+from sandbox.state import exports_repo
 from sandbox.state.audit import AuditEvent
 
 log = logging.getLogger(__name__)
@@ -156,11 +156,7 @@ def _insert_request(services: Services, user: str, rid: str, grant: Grant, title
     with services.db.work() as work:
         conn = work.conn
         _usable_grant(services, grant.id, user)  # again, inside the transaction: a revoke may have won
-        ts = store.now()
-        conn.execute(
-            "INSERT INTO export_requests (id, grant_id, requester, title, justification, status, round,"
-            " count_columns, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'submitted', 1, ?, ?, ?)",
-            (rid, grant.id, user, title_s, justification_s, json.dumps(counts), ts, ts))
+        exports_repo.insert_request(conn, rid, grant.id, user, title_s, justification_s, counts)
         for f in checked:
             store.insert_file(conn, rid, f["name"], f["sha256"], f["size"], f["kind"], f["checks"], 1)
         transition(services, conn, None, "submit", user, request_id=rid, grant_id=grant.id,
@@ -177,9 +173,8 @@ def change_files(services: Services, request_id: str, user: str, files: list[tup
         return _change_files(services, request_id, user, files, remove or [])
     except SandboxError as exc:
         if files:
-            grant_id = services.db.conn.execute("SELECT grant_id FROM export_requests WHERE id = ?",
-                                                (request_id,)).fetchone()
-            audit_refused(services, user, grant_id["grant_id"] if grant_id else None, files, exc,
+            grant_id = exports_repo.grant_of(services.db.conn, request_id)
+            audit_refused(services, user, grant_id, files, exc,
                           request_id=request_id[:MAX_AUDITED_NAME])
         raise
 
@@ -193,7 +188,7 @@ def _change_files(services: Services, request_id: str, user: str, files: list[tu
     check_requester(row, user)
     next_state(row["status"], "change_files")
     grant = _usable_grant(services, row["grant_id"], user)
-    ctx = check_context(services, grant, user, json.loads(row["count_columns"]))
+    ctx = check_context(services, grant, user, list(row["count_columns"]))
     checked = _checked_files(services, ctx, files)
     blobs = store.BlobStore(services.db)
     written: list[tuple[str, str]] = []

@@ -6,7 +6,6 @@ visible once the round is complete; until then a reviewer sees only their own vo
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
@@ -34,7 +33,7 @@ SEALED_TEXT = ("name, digest, sizes and check outcomes are shown to the requeste
                "and again once approved: read back later they would be a channel around the review")
 
 
-def shows_metadata(row: sqlite3.Row | dict[str, Any], privileged: bool) -> bool:
+def shows_metadata(row: dict[str, Any], privileged: bool) -> bool:
     return privileged or row["status"] in REVIEWED
 
 
@@ -43,7 +42,7 @@ def is_privileged(services: Services, user: str) -> bool:
     return user in roles.reviewers or user in roles.admins
 
 
-def sees_all(services: Services, row: sqlite3.Row | dict[str, Any], user: str) -> bool:
+def sees_all(services: Services, row: dict[str, Any], user: str) -> bool:
     """Reviewers and admins see a request's previews, check details and identifier results, unless
     it is their own or on a grant they are a member of: then they see it as its requester does
     (otherwise a reviewer who is also an operator would have the membership oracle and the
@@ -68,12 +67,12 @@ def visible_checks(checks: list[dict[str, Any]], privileged: bool) -> list[dict[
     ]
 
 
-def _may_view(services: Services, row: sqlite3.Row | dict[str, Any], user: str) -> bool:
+def _may_view(services: Services, row: dict[str, Any], user: str) -> bool:
     roles = services.policies.roles()
     return row["requester"] == user or user in roles.reviewers or user in roles.admins
 
 
-def load(services: Services, request_id: str, user: str) -> sqlite3.Row:
+def load(services: Services, request_id: str, user: str) -> dict[str, Any]:
     row = store.request_row(services.db.conn, request_id)
     if not _may_view(services, row, user):
         raise NotFound(f"no export request {request_id}", code="unknown_export")
@@ -149,7 +148,7 @@ def request_view(services: Services, request_id: str, user: str, uploaded: bool 
         "id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
         "title": row["title"] if shown else HIDDEN_TEXT,
         "justification": row["justification"] if shown else HIDDEN_TEXT, "status": status, "round": row["round"],
-        "count_columns": json.loads(row["count_columns"]) if shown else [],
+        "count_columns": list(row["count_columns"]) if shown else [],
         "created_at": row["created_at"], "updated_at": row["updated_at"],
         "reviewers_required": reviewers_required(services, row["grant_id"]),
         "votes_this_round": votes if status in OPEN else None,
