@@ -14,7 +14,7 @@ from flask import Blueprint, Response, g, jsonify, redirect, render_template, re
 from gateway import csrf
 from gateway.blueprints.exports import file_response, uploaded_files
 from gateway.context import authenticator, identity, services
-from sandbox.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from sandbox.errors import BadRequest, Unauthorized
 from sandbox.exports import store, uploads, views, workflow
 from sandbox.exports.canonical import TABLE_KINDS
 from sandbox.exports.canonical.tables import read_canonical
@@ -156,17 +156,7 @@ def preview_file(request_id: str, name: str):  # noqa: ANN201
     """The canonical bytes (what would leave) for reviewers and admins, inside the review UI.
 
     Not for the requester: they get files through the download, once approved (and audited)."""
-    user = identity().user
-    row = views.load(services(), request_id, user)
-    if not views.sees_all(services(), row, user):
-        raise Forbidden("previews are for reviewers; download the files once they are approved",
-                        code="preview_reviewers_only")
-    f = next((f for f in store.current_files(services().db.conn, row["id"]) if f["name"] == name), None)
-    if f is None:
-        raise NotFound(f"no file {name} on this request", code="unknown_file")
-    data = store.BlobStore(services().db).get(request_id, f["sha256"])
-    if data is None or store.sha256(data) != f["sha256"]:
-        raise workflow.IntegrityError(f"{name}: the stored bytes do not match their sha256")
+    f, data = views.preview(services(), request_id, name, identity().user)
     return file_response(f, data, attachment=f["kind"] not in ("png", "jpeg"))
 
 
@@ -205,7 +195,6 @@ def change_files(request_id: str):  # noqa: ANN201
     user = identity().user
     csrf.check()
     remove = [n for n in request.form.getlist("remove") if n]
-    remove = views.resolve_names(services(), request_id, remove)
     new = uploads.change_files(services(), request_id, user, uploaded_files(), remove)
     return _back(request_id, new)
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sandbox.errors import BadRequest, NotFound, SandboxError
-from sandbox.exports import store
+from sandbox.exports import store, views
 from sandbox.exports.checks import CheckContext, run_all
 from sandbox.exports.checks.file_gates import DEFAULT_LIMITS
 from sandbox.exports.context import check_context
@@ -168,7 +168,11 @@ def _insert_request(services: Services, user: str, rid: str, grant: Grant, title
 
 def change_files(services: Services, request_id: str, user: str, files: list[tuple[str, bytes]],
                  remove: list[str] | None = None) -> str:
-    """Add or replace files (same name replaces) and remove files on a returned request."""
+    """Add or replace files (same name replaces) and remove files on a returned request.
+
+    ``remove`` names files as the requester sees them: stored names, or the positional names of
+    the sealed view (``file-<n>.<kind>``), which are mapped to the stored ones here. The JSON API
+    and the review UI both call this one function."""
     try:
         return _change_files(services, request_id, user, files, remove or [])
     except SandboxError as exc:
@@ -186,6 +190,7 @@ def _change_files(services: Services, request_id: str, user: str, files: list[tu
     conn = services.db.conn
     row = store.request_row(conn, request_id)
     check_requester(row, user)
+    remove = views.resolve_names(services, request_id, remove)
     next_state(row["status"], "change_files")
     grant = _usable_grant(services, row["grant_id"], user)
     ctx = check_context(services, grant, user, list(row["count_columns"]))

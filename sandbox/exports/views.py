@@ -9,11 +9,19 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from sandbox.errors import NotFound
+from sandbox.errors import Forbidden, NotFound
 from sandbox.exports import store
 from sandbox.exports.checks import worst
 from sandbox.exports.override import can_override
-from sandbox.exports.workflow import OPEN, blocked_files, can_approve, can_review, can_transition, reviewers_required
+from sandbox.exports.workflow import (
+    OPEN,
+    IntegrityError,
+    blocked_files,
+    can_approve,
+    can_review,
+    can_transition,
+    reviewers_required,
+)
 from sandbox.services import Services
 
 # Checks that consult raw data answer reviewers only: shown to a requester, the identifier
@@ -77,6 +85,22 @@ def load(services: Services, request_id: str, user: str) -> dict[str, Any]:
     if not _may_view(services, row, user):
         raise NotFound(f"no export request {request_id}", code="unknown_export")
     return row
+
+
+def preview(services: Services, request_id: str, name: str, user: str) -> tuple[dict[str, Any], bytes]:
+    """A current file's canonical bytes (what would leave), sha256-checked, for the reviewers and
+    admins who see the request in full; never for its requester (they download once approved)."""
+    row = load(services, request_id, user)
+    if not sees_all(services, row, user):
+        raise Forbidden("previews are for reviewers; download the files once they are approved",
+                        code="preview_reviewers_only")
+    f = next((f for f in store.current_files(services.db.conn, row["id"]) if f["name"] == name), None)
+    if f is None:
+        raise NotFound(f"no file {name} on this request", code="unknown_file")
+    data = store.BlobStore(services.db).get(request_id, f["sha256"])
+    if data is None or store.sha256(data) != f["sha256"]:
+        raise IntegrityError(f"{name}: the stored bytes do not match their sha256")
+    return f, data
 
 
 def sealed_name(position: int, kind: str) -> str:
