@@ -1,11 +1,12 @@
 """Helpers for the authority's pages (/admin/...): HTML by default with a JSON twin (``?format=json``),
-forms with the review UI's CSRF token, JSON bodies for scripts, sign-in redirect for browsers."""
+forms with the CSRF token of :mod:`gateway.csrf`, JSON bodies for scripts, sign-in redirect for browsers."""
 
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from gateway import csrf
 from gateway.context import identity, json_body
 from sandbox.errors import BadRequest, Unauthorized
 
@@ -19,9 +20,7 @@ def is_admin_page() -> bool:
 
 
 def page(template: str, **ctx: object) -> str:
-    from gateway.blueprints.review import csrf_token
-
-    return render_template(template, user=identity().user, csrf_token=csrf_token(), **ctx)
+    return render_template(template, user=identity().user, csrf_token=csrf.token(), **ctx)
 
 
 def form_or_json() -> dict:
@@ -31,9 +30,7 @@ def form_or_json() -> dict:
         if not isinstance(body, dict):
             raise BadRequest("send a JSON object", code="bad_json")
         return body
-    from gateway.blueprints.review import check_csrf
-
-    check_csrf()
+    csrf.check()
     return {k: v for k, v in request.form.items() if k != "csrf_token"}
 
 

@@ -7,6 +7,7 @@ import logging
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from gateway import csrf
 from gateway.auth import Authenticator, EmbeddedTokenAuthenticator
 from sandbox.errors import SandboxError
 from sandbox.services import Services, Settings
@@ -32,6 +33,7 @@ def create_app(
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["sandbox"] = services
     app.extensions["sandbox.auth"] = authenticator or EmbeddedTokenAuthenticator(services.tokens)
+    csrf.init_app(app, services)
 
     from gateway import blueprints
 

@@ -1,9 +1,10 @@
 """CSRF protection for the public forms, which have no login: a signed double-submit token.
 
-The form carries ``itsdangerous``'s signature (keyed with a secret in the state directory, with a
-timestamp) of a random nonce that also sits in an HttpOnly, SameSite=Strict cookie. A post is
-accepted only when the signature is valid, younger than ``MAX_AGE`` and names the cookie's nonce:
-another site can neither read the cookie nor forge the signature.
+The form carries ``itsdangerous``'s signature (keyed with the web UI's secret of :mod:`gateway.csrf`,
+kept outside the state directory, with a timestamp) of a random nonce that also sits in an HttpOnly,
+SameSite=Strict cookie. A post is accepted only when the signature is valid, younger than
+``MAX_AGE`` and names the cookie's nonce: another site can neither read the cookie nor forge the
+signature.
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from flask import Response, g, request
+from flask import Response, current_app, g, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from gateway.context import services
 from sandbox.errors import Forbidden
-from sandbox.oversight import state_key
 
 COOKIE = "sandbox_public_form"
 MAX_AGE = 4 * 3600
 
 
 def _serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(state_key(services().db.dir, "public-forms"), salt="public-form")
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="public-form")  # see gateway.csrf
 
 
 def form_token() -> str:

@@ -26,6 +26,7 @@ from sandbox.policy.models import Dataset, Grant
 from sandbox.policy.prices import PriceSchedule
 from sandbox.policy.rules import check_grant_fits_catalog
 from sandbox.services import Services
+from sandbox.state import offerings_store
 
 STATUS_ACTIONS = {"grant.suspended": "suspended", "grant.revoked": "revoked", "grant.resumed": "active"}
 
@@ -156,9 +157,8 @@ def _priced_product_events(services: Services, grant_id: str) -> list[tuple[dt.d
     """When each priced product of the grant was approved and withdrawn, from the audit log (a change
     of the grant's declarations is effective from that moment, never retroactively)."""
     try:
-        priced = {int(r["id"]) for r in services.db.read(
-            "SELECT id, price, free_to_public FROM offerings WHERE grant_id = ? AND kind = 'product'", (grant_id,))
-            if not r["free_to_public"] and r["price"] is not None and Decimal(r["price"]) != 0}
+        priced = {p.id for p in offerings_store.product_prices(services.db.conn, grant_id)
+                  if not p.free_to_public and p.price is not None and Decimal(p.price) != 0}
     except sqlite3.Error:  # the offerings module is not installed
         return []
     events = []

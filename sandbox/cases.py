@@ -277,18 +277,18 @@ def authority_list(services: Services, user: str, statuses: tuple[str, ...] | No
 
 def statistics_by_kind(services: Services) -> dict:
     """Counts per kind and status, and the median days from filing to closing, for the register."""
-    rows = services.db.read("SELECT kind, status, created_at, closed_at FROM cases")
+    rows = store.lifetimes(services.db.conn)
     out: dict[str, dict] = {}
     for kind in KINDS:
-        mine = [r for r in rows if r["kind"] == kind]
+        mine = [r for r in rows if r.kind == kind]
         days = [
-            (dt.datetime.fromisoformat(r["closed_at"]) - dt.datetime.fromisoformat(r["created_at"])).total_seconds()
-            / 86400 for r in mine if r["status"] == "closed" and r["closed_at"]
+            (dt.datetime.fromisoformat(r.closed_at) - dt.datetime.fromisoformat(r.created_at)).total_seconds()
+            / 86400 for r in mine if r.status == "closed" and r.closed_at
         ]
         out[kind] = {
             "label": KINDS[kind],
             "total": len(mine),
-            **{s: sum(1 for r in mine if r["status"] == s) for s in STATUSES},
+            **{s: sum(1 for r in mine if r.status == s) for s in STATUSES},
             "median_days_to_close": round(statistics.median(days), 2) if days else None,
         }
     return out

@@ -72,7 +72,7 @@ def check_downloadable(ds: Dataset) -> None:
 
 
 def _registered_dates(services: Services) -> dict[str, str]:
-    return {r["id"]: r["applied_at"][:10] for r in services.db.read("SELECT id, applied_at FROM datasets")}
+    return {ds_id: applied[:10] for ds_id, applied in services.policies.datasets_applied_at().items()}
 
 
 def _data_modified(services: Services, ds: Dataset) -> str | None:

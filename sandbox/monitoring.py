@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import sqlite3
 import threading
@@ -33,13 +32,13 @@ from sandbox.errors import Conflict, NotFound
 from sandbox.oversight import settings_of
 from sandbox.policy.monitoring import MonitoringPolicy
 from sandbox.services import Services
-from sandbox.state import alerts_store
-from sandbox.state.audit import AuditEvent
+from sandbox.state import alerts_store, monitor_reads
+from sandbox.state.audit import AuditEvent, Entry
 
 log = logging.getLogger("sandbox.monitoring")
 SCAN_BATCH = 5000
 _scan_lock = threading.Lock()
-REFUSALS = ("query.refused", "query.plan_refused")  # SQL tuple literal: fixed strings, no user input
+REFUSALS = ("query.refused", "query.plan_refused")
 
 
 @dataclass
@@ -190,20 +189,15 @@ def _window_start(ts: str, minutes: int) -> str:
     return (dt.datetime.fromisoformat(ts) - dt.timedelta(minutes=minutes)).isoformat(timespec="microseconds")
 
 
-def _count(conn: sqlite3.Connection, where: str, params: tuple) -> int:
-    return int(conn.execute(f"SELECT COUNT(*) AS n FROM audit WHERE {where}", params).fetchone()["n"])
-
-
-def _evaluate(services: Services, conn: sqlite3.Connection, policy: MonitoringPolicy, e: sqlite3.Row) -> list[Alert]:
-    action, ts, actor, gid = e["action"], e["ts"], e["actor"], e["grant_id"]
-    detail = json.loads(e["detail"])
+def _evaluate(services: Services, conn: sqlite3.Connection, policy: MonitoringPolicy, e: Entry) -> list[Alert]:
+    action, ts, actor, gid = e.action, e.ts, e.actor, e.grant_id
+    detail = e.detail
     found: list[Alert] = []
     if action in REFUSALS:  # plans are refused by the same checks: probing through /v1/plan counts too
         rule = policy.refused_burst
         if rule.enabled:
             since = _window_start(ts, rule.window_minutes)
-            n = _count(conn, f"action IN {REFUSALS} AND actor = ? AND ts >= ? AND seq <= ?",
-                       (actor, since, e["seq"]))
+            n = monitor_reads.count_actor_actions(conn, REFUSALS, actor, since, e.seq)
             if n >= rule.threshold:
                 # any grant id may be named in a refused request: this rule is about the user, never a grant
                 found.append(Alert("refused_burst", f"user:{actor}", None, actor,
@@ -212,10 +206,7 @@ def _evaluate(services: Services, conn: sqlite3.Connection, policy: MonitoringPo
         rule_p = policy.id_probing
         if rule_p.enabled and detail.get("code") in rule_p.codes:
             since = _window_start(ts, rule_p.window_minutes)
-            marks = ", ".join("?" for _ in rule_p.codes)
-            n = _count(conn, f"action IN {REFUSALS} AND actor = ? AND grant_id IS ? AND ts >= ? AND seq <= ?"
-                       f" AND json_extract(detail, '$.code') IN ({marks})",
-                       (actor, gid, since, e["seq"], *rule_p.codes))
+            n = monitor_reads.count_actor_codes(conn, REFUSALS, actor, gid, since, e.seq, tuple(rule_p.codes))
             if n >= rule_p.threshold:
                 found.append(Alert("id_probing", f"user:{actor}:grant:{gid}", gid, actor,
                                    f"{actor} probed identifiers or ungranted columns {n} times within "
@@ -224,11 +215,7 @@ def _evaluate(services: Services, conn: sqlite3.Connection, policy: MonitoringPo
     elif action == "auth.bad_token" and policy.bad_tokens.enabled:
         rule_b = policy.bad_tokens
         since = _window_start(ts, rule_b.window_minutes)
-        # aggregated entries carry a count; older ones counted one each, plus what they carried over
-        n = int(conn.execute(
-            "SELECT COALESCE(SUM(COALESCE(json_extract(detail, '$.count'), 1)"
-            " + COALESCE(json_extract(detail, '$.not_recorded_before'), 0)), 0) AS n FROM audit"
-            " WHERE action = 'auth.bad_token' AND ts >= ? AND seq <= ?", (since, e["seq"])).fetchone()["n"])
+        n = monitor_reads.bad_tokens_presented(conn, since, e.seq)
         if n >= rule_b.threshold:
             found.append(Alert("bad_tokens", "gateway", None, None,
                                f"{n} bad credentials presented within {rule_b.window_minutes} min", {"count": n}))
@@ -240,54 +227,52 @@ def _evaluate(services: Services, conn: sqlite3.Connection, policy: MonitoringPo
         rule_h = policy.spawn_outside_hours
         local = dt.datetime.fromisoformat(ts).astimezone(zoneinfo.ZoneInfo(rule_h.timezone))
         if not rule_h.start_hour <= local.hour < rule_h.end_hour:
-            found.append(Alert("spawn_outside_hours", f"spawn:{e['seq']}", gid, actor,
+            found.append(Alert("spawn_outside_hours", f"spawn:{e.seq}", gid, actor,
                                f"{actor} started a notebook server at {local:%H:%M} {rule_h.timezone}, outside "
                                f"{rule_h.start_hour:02d}:00-{rule_h.end_hour:02d}:00",
                                {"local_time": local.isoformat(timespec="minutes")}, rule_h.suspend and gid is not None))
     return found
 
 
-def _budget_burn(services: Services, conn: sqlite3.Connection, policy: MonitoringPolicy, e: sqlite3.Row) -> list[Alert]:
+def _budget_burn(services: Services, conn: sqlite3.Connection, policy: MonitoringPolicy, e: Entry) -> list[Alert]:
     rule = policy.budget_burn
-    row = conn.execute("SELECT epsilon_total_nano FROM budgets WHERE grant_id = ?", (e["grant_id"],)).fetchone()
-    if row is None or not row["epsilon_total_nano"]:
+    grant_id = e.grant_id or ""
+    total = monitor_reads.budget_total_nano(conn, grant_id)
+    if not total:
         return []
-    since = _window_start(e["ts"], rule.window_minutes)
-    spent = conn.execute("SELECT COALESCE(SUM(epsilon_nano), 0) AS s FROM charges WHERE grant_id = ? AND ts >= ?",
-                         (e["grant_id"], since)).fetchone()["s"]
-    share = spent / row["epsilon_total_nano"]
+    since = _window_start(e.ts, rule.window_minutes)
+    share = monitor_reads.spent_since_nano(conn, grant_id, since) / total
     if share < rule.fraction:
         return []
-    return [Alert("budget_burn", f"grant:{e['grant_id']}", e["grant_id"], e["actor"],
-                  f"grant {e['grant_id']} spent {share:.0%} of its budget within {rule.window_minutes} min",
+    return [Alert("budget_burn", f"grant:{e.grant_id}", e.grant_id, e.actor,
+                  f"grant {e.grant_id} spent {share:.0%} of its budget within {rule.window_minutes} min",
                   {"share": round(share, 4)}, rule.suspend)]
 
 
-def _export_failures(conn: sqlite3.Connection, policy: MonitoringPolicy, e: sqlite3.Row, detail: dict) -> list[Alert]:
+def _export_failures(conn: sqlite3.Connection, policy: MonitoringPolicy, e: Entry, detail: dict) -> list[Alert]:
     rule = policy.export_checks_failed
-    since = _window_start(e["ts"], rule.window_minutes)
-    rows = conn.execute("SELECT detail FROM audit WHERE action = 'export.submitted' AND grant_id = ? AND ts >= ?"
-                        " AND seq <= ?", (e["grant_id"], since, e["seq"])).fetchall()
-    failing = [r for r in (json.loads(x["detail"]).get("request") for x in rows) if r and _has_failure(conn, r)]
+    since = _window_start(e.ts, rule.window_minutes)
+    submitted = monitor_reads.submitted_details(conn, e.grant_id or "", since, e.seq)
+    failing = [r for r in (x.get("request") for x in submitted) if r and _has_failure(conn, r)]
     if detail.get("request") not in failing or len(failing) < rule.threshold:
         return []
-    return [Alert("export_checks_failed", f"grant:{e['grant_id']}", e["grant_id"], e["actor"],
-                  f"{len(failing)} export request(s) under grant {e['grant_id']} failed an automatic check within "
+    return [Alert("export_checks_failed", f"grant:{e.grant_id}", e.grant_id, e.actor,
+                  f"{len(failing)} export request(s) under grant {e.grant_id} failed an automatic check within "
                   f"{rule.window_minutes} min", {"requests": failing[-10:]}, rule.suspend)]
 
 
 def _has_failure(conn: sqlite3.Connection, request_id: str) -> bool:
     try:
-        rows = conn.execute("SELECT checks FROM export_files WHERE request_id = ?", (request_id,)).fetchall()
+        files = monitor_reads.file_checks(conn, request_id)
     except sqlite3.Error:  # the exports module is not installed
         return False
-    return any(c.get("outcome") == "fail" for r in rows for c in json.loads(r["checks"]))
+    return any(c.get("outcome") == "fail" for checks in files for c in checks)
 
 
 # -- the scan -------------------------------------------------------------------------------------
 def pending(services: Services) -> bool:
     """Cheap read: has the audit log grown since the last scan?"""
-    head = services.db.read("SELECT COALESCE(MAX(seq), 0) AS s FROM audit")[0]["s"]
+    head = monitor_reads.last_seq(services.db.conn)
     return head > alerts_store.cursor(services.db.conn)
 
 
@@ -300,23 +285,22 @@ def scan(services: Services) -> list[Alert]:
             with services.db.work() as work:
                 conn = work.conn
                 last = alerts_store.cursor(conn)
-                rows = conn.execute("SELECT * FROM audit WHERE seq > ? AND actor != 'monitor' ORDER BY seq LIMIT ?",
-                                    (last, SCAN_BATCH)).fetchall()
-                head = conn.execute("SELECT COALESCE(MAX(seq), 0) AS s FROM audit").fetchone()["s"]
+                rows = monitor_reads.entries_after(conn, last, SCAN_BATCH, skip_actor="monitor")
+                head = monitor_reads.last_seq(conn)
                 batch: list[Alert] = []
                 horizon = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=settings_of(services).monitor_horizon_hours)
                            ).isoformat(timespec="microseconds")
                 for e in rows:
-                    if e["ts"] < horizon:  # old history (e.g. a first scan after an upgrade) raises nothing
+                    if e.ts < horizon:  # old history (e.g. a first scan after an upgrade) raises nothing
                         continue
                     for alert in _evaluate(services, conn, policy, e):
                         window = getattr(policy, alert.rule).window_minutes
-                        if alerts_store.raised_since(conn, alert.rule, alert.subject, _window_start(e["ts"], window)) \
+                        if alerts_store.raised_since(conn, alert.rule, alert.subject, _window_start(e.ts, window)) \
                                 or any(a.rule == alert.rule and a.subject == alert.subject for a in batch):
                             continue
                         alert.id = _store_alert(services, conn, alert)
                         batch.append(alert)
-                new_last = rows[-1]["seq"] if len(rows) == SCAN_BATCH else head
+                new_last = rows[-1].seq if len(rows) == SCAN_BATCH else head
                 alerts_store.set_cursor(conn, max(new_last, last))
             raised.extend(batch)
             if len(rows) < SCAN_BATCH:

@@ -27,6 +27,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from sandbox.errors import BadRequest
 from sandbox.policy.prices import PriceSchedule, default_prices_path, load_prices
 from sandbox.services import Services
+from sandbox.state import exports_repo
 from sandbox.state.ledger import NANO
 
 PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
@@ -73,12 +74,9 @@ def _exports_by_grant(services: Services, start: dt.datetime, end: dt.datetime) 
 def _withdrawn_by_authority(services: Services) -> set[str]:
     """Export requests withdrawn by someone other than their requester (the authority, e.g. on revocation)."""
     try:
-        rows = services.db.read(
-            "SELECT e.request_id FROM export_events e JOIN export_requests r ON r.id = e.request_id"
-            " WHERE e.action = 'withdraw' AND e.actor != r.requester")
+        return exports_repo.withdrawn_by_others(services.db.conn)
     except sqlite3.Error:  # the exports module is not installed
         return set()
-    return {r["request_id"] for r in rows}
 
 
 def _quantity(value: Decimal) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify, redirect, request, url_for
 
-from gateway import admin_pages
+from gateway import admin_pages, csrf
 from gateway.context import require_role, services
 from sandbox import monitoring
 from sandbox.errors import BadRequest, Unauthorized
@@ -50,9 +50,7 @@ def acknowledge(alert_id: int):  # noqa: ANN201
     """Acknowledge an alert: a form (CSRF token) from the page, or JSON from a script."""
     user = require_role("admin").user
     if not request.is_json:
-        from gateway.blueprints.review import check_csrf
-
-        check_csrf()
+        csrf.check()
     elif request.get_json(silent=True) is None:
         raise BadRequest("send a JSON object (it may be empty)", code="bad_json")
     alert = monitoring.acknowledge(services(), alert_id, user)

@@ -92,7 +92,6 @@ def withdraw(request_id: str):  # noqa: ANN201
 def change_files(request_id: str):  # noqa: ANN201
     user = identity().user
     remove = [n for n in request.form.getlist("remove") if n]
-    remove = views.resolve_names(services(), request_id, remove)
     uploads.change_files(services(), request_id, user, uploaded_files(), remove)
     return export_response(request_id, user, uploaded=True)
 

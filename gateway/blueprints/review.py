@@ -7,20 +7,14 @@ SameSite=Strict ``sandbox_token`` cookie that the embedded authenticator reads.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
-import os
-import secrets
-from pathlib import Path
 from urllib.parse import quote
 
 from flask import Blueprint, Response, g, jsonify, redirect, render_template, request, url_for
 
-from gateway.auth import bearer_token
+from gateway import csrf
 from gateway.blueprints.exports import file_response, uploaded_files
 from gateway.context import authenticator, identity, services
-from sandbox.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from sandbox.errors import BadRequest, Unauthorized
 from sandbox.exports import store, uploads, views, workflow
 from sandbox.exports.canonical import TABLE_KINDS
 from sandbox.exports.canonical.tables import read_canonical
@@ -79,41 +73,11 @@ def logout():  # noqa: ANN201
     return resp
 
 
-# -- CSRF: an HMAC of the user and their credential, with a key kept in the state dir ---------
-def _csrf_key() -> bytes:
-    path: Path = services().db.dir / "review-csrf.key"
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)  # first writer wins
-        tmp.unlink(missing_ok=True)
-        return path.read_bytes()
-
-
-def csrf_token() -> str:
-    credential = bearer_token(request) or request.cookies.get(COOKIE) or ""
-    msg = f"{identity().user}\x00{hashlib.sha256(credential.encode()).hexdigest()}".encode()
-    return hmac.new(_csrf_key(), msg, hashlib.sha256).hexdigest()
-
-
-def check_csrf() -> None:
-    sent = request.form.get("csrf_token", "")
-    if not hmac.compare_digest(sent, csrf_token()):
-        raise Forbidden("the form is stale or did not come from this site; reload and retry",
-                        code="bad_csrf")
-
-
 def page(template: str, **ctx: object) -> str:
     user = identity().user
     roles = services().policies.roles()
     return render_template(template, user=user, is_reviewer=user in roles.reviewers,
-                           csrf_token=csrf_token(), **ctx)
+                           csrf_token=csrf.token(), **ctx)
 
 
 def wants_json() -> bool:
@@ -192,17 +156,7 @@ def preview_file(request_id: str, name: str):  # noqa: ANN201
     """The canonical bytes (what would leave) for reviewers and admins, inside the review UI.
 
     Not for the requester: they get files through the download, once approved (and audited)."""
-    user = identity().user
-    row = views.load(services(), request_id, user)
-    if not views.sees_all(services(), row, user):
-        raise Forbidden("previews are for reviewers; download the files once they are approved",
-                        code="preview_reviewers_only")
-    f = next((f for f in store.current_files(services().db.conn, row["id"]) if f["name"] == name), None)
-    if f is None:
-        raise NotFound(f"no file {name} on this request", code="unknown_file")
-    data = store.BlobStore(services().db).get(request_id, f["sha256"])
-    if data is None or store.sha256(data) != f["sha256"]:
-        raise workflow.IntegrityError(f"{name}: the stored bytes do not match their sha256")
+    f, data = views.preview(services(), request_id, name, identity().user)
     return file_response(f, data, attachment=f["kind"] not in ("png", "jpeg"))
 
 
@@ -214,7 +168,7 @@ def _back(request_id: str, done: str) -> Response:
 @bp.post("/exports/<request_id>/decision")
 def decide(request_id: str):  # noqa: ANN201
     user = identity().user
-    check_csrf()
+    csrf.check()
     new = workflow.review(services(), request_id, user, request.form.get("decision"),
                           request.form.get("comment", ""))
     return _back(request_id, new)
@@ -223,7 +177,7 @@ def decide(request_id: str):  # noqa: ANN201
 @bp.post("/exports/<request_id>/override")
 def override(request_id: str):  # noqa: ANN201
     user = identity().user
-    check_csrf()
+    csrf.check()
     new = override_checks(services(), request_id, user, request.form.get("reason", ""))
     return _back(request_id, new)
 
@@ -231,7 +185,7 @@ def override(request_id: str):  # noqa: ANN201
 @bp.post("/exports/<request_id>/withdraw")
 def withdraw(request_id: str):  # noqa: ANN201
     user = identity().user
-    check_csrf()
+    csrf.check()
     new = workflow.withdraw(services(), request_id, user, request.form.get("reason", ""))
     return _back(request_id, new)
 
@@ -239,9 +193,8 @@ def withdraw(request_id: str):  # noqa: ANN201
 @bp.post("/exports/<request_id>/files")
 def change_files(request_id: str):  # noqa: ANN201
     user = identity().user
-    check_csrf()
+    csrf.check()
     remove = [n for n in request.form.getlist("remove") if n]
-    remove = views.resolve_names(services(), request_id, remove)
     new = uploads.change_files(services(), request_id, user, uploaded_files(), remove)
     return _back(request_id, new)
 
@@ -249,7 +202,7 @@ def change_files(request_id: str):  # noqa: ANN201
 @bp.post("/exports/<request_id>/resubmit")
 def resubmit(request_id: str):  # noqa: ANN201
     user = identity().user
-    check_csrf()
+    csrf.check()
     new = workflow.resubmit(services(), request_id, user, request.form.get("comment", ""))
     return _back(request_id, new)
 

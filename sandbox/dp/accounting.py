@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import cast
 
 import opendp.prelude as dp
+from opendp.mod import Measurement
+
+from sandbox.dp.opendp_types import PrivacyMap
 
 dp.enable_features("contrib")
 
@@ -21,7 +25,7 @@ NANO = 1_000_000_000
 
 
 
-def _measurement_with_rho(rho: float):  # noqa: ANN202
+def _measurement_with_rho(rho: float) -> Measurement:
     """A discrete Gaussian measurement whose zCDP at sensitivity 1 is ``rho`` (scale = 1/sqrt(2 rho))."""
     return dp.m.make_gaussian(dp.atom_domain(T="i64"), dp.absolute_distance(T="i64"), scale=1 / math.sqrt(2 * rho))
 
@@ -31,7 +35,7 @@ def rho_to_epsilon(rho: float, delta: float) -> float:
     """The epsilon at ``delta`` of a rho-zCDP release, by OpenDP's conversion (0 for rho 0)."""
     if rho <= 0:
         return 0.0
-    converted = dp.c.make_zCDP_to_approxDP(_measurement_with_rho(rho))
+    converted = cast(PrivacyMap, dp.c.make_zCDP_to_approxDP(_measurement_with_rho(rho)))
     return float(converted.map(1).epsilon(delta))
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from statistics import NormalDist
+from typing import cast
 
 import opendp.prelude as dp
 
+from sandbox.dp.opendp_types import PrivacyMap
 from sandbox.errors import BadRequest
 
 dp.enable_features("contrib")
@@ -20,10 +22,10 @@ I64_GUARD = 2**62  # exact aggregates are saturated here so that noise addition 
 
 
 @lru_cache(maxsize=256)
-def _vector_laplace(scale: float):  # noqa: ANN202
-    return dp.m.make_laplace(
+def _vector_laplace(scale: float) -> PrivacyMap:
+    return cast(PrivacyMap, dp.m.make_laplace(
         dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), scale=scale
-    )
+    ))
 
 
 @lru_cache(maxsize=1024)
@@ -61,11 +63,11 @@ def halfwidth(scale: float, alpha: float) -> float:
 
 
 @lru_cache(maxsize=256)
-def _vector_gaussian(scale: float):  # noqa: ANN202
+def _vector_gaussian(scale: float) -> PrivacyMap:
     """OpenDP's Gaussian on i64 vectors: discrete Gaussian noise, zero-concentrated DP (rho)."""
-    return dp.m.make_gaussian(
+    return cast(PrivacyMap, dp.m.make_gaussian(
         dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="i64"), scale=scale
-    )
+    ))
 
 
 @lru_cache(maxsize=1024)

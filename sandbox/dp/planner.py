@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import opendp.prelude as _dp
 
@@ -38,10 +39,31 @@ from sandbox.dp.noise import (
     laplace_scale,
 )
 from sandbox.errors import BadRequest
-from sandbox.policy.models import Dataset
-from sandbox.sql.plan import MAX_QUANTILE_CELLS, ORDER_KINDS, SPREAD_KINDS, QueryPlan, quantile_grid
+from sandbox.policy.models import Column, Dataset
+from sandbox.sql.plan import MAX_QUANTILE_CELLS, ORDER_KINDS, SPREAD_KINDS, Aggregate, QueryPlan, quantile_grid
 
 ALPHA = 0.05
+
+
+def _named(column: str | None) -> str:
+    """The column a per-column measurement or aggregate reads (COUNT(*) reads none)."""
+    if column is None:
+        raise ValueError("this measurement reads no column")
+    return column
+
+
+def _q(q: float | None) -> float:
+    """The quantile of a quantile measurement or aggregate."""
+    if q is None:
+        raise ValueError("a quantile measurement needs its q")
+    return q
+
+
+def _bounds(column: Column) -> tuple[float, float]:
+    """The declared bounds of a column that sums, averages and spreads read (the catalog requires them)."""
+    if column.bounds is None:
+        raise ValueError("this column has no declared bounds")
+    return column.bounds
 
 
 @dataclass(frozen=True)
@@ -113,10 +135,10 @@ class DPPlan:
         if prim.kind in ("units", "select"):
             return self.unit_groups
         if prim.kind == "quantile":
-            return quantiles.score_sensitivity(prim.q, k)
+            return quantiles.score_sensitivity(_q(prim.q), k)
         if prim.kind in SPREAD_PRIMITIVES:
-            return k * spread_sensitivity(prim, self.dataset.columns[prim.column])
-        low, high = self.dataset.columns[prim.column].fixed_bounds
+            return k * spread_sensitivity(prim, self.dataset.columns[_named(prim.column)])
+        low, high = self.dataset.columns[_named(prim.column)].fixed_bounds
         return k * max(abs(low), abs(high), 1)
 
     @property
@@ -129,11 +151,11 @@ class DPPlan:
             return 1
         return k if self.query.open_keys else min(k, self.query.n_groups)
 
-    def keys(self) -> list[tuple]:
+    def keys(self) -> list[tuple[Any, ...]]:
         return list(itertools.product(*(k.values for k in self.query.group_keys)))
 
 
-def needed(agg) -> list[Primitive]:  # noqa: ANN001
+def needed(agg: Aggregate) -> list[Primitive]:
     """The measurements an aggregate reads (shared between aggregates that read the same)."""
     if agg.kind == "count":
         return [Primitive("count", agg.column)]
@@ -170,7 +192,7 @@ def plan_dp(
             )
         prims.append(SELECT)
     for agg in query.aggregates:
-        cells = query.n_groups * quantile_grid(dataset.columns[agg.column]).m if agg.kind in ORDER_KINDS else 0
+        cells = query.n_groups * quantile_grid(dataset.columns[_named(agg.column)]).m if agg.kind in ORDER_KINDS else 0
         if cells > MAX_QUANTILE_CELLS:  # the analyser refuses these first; belt and braces
             raise BadRequest(f"{agg.name}: too many groups for a quantile; use fewer keys", "too_many_groups")
         for p in needed(agg):
@@ -182,13 +204,16 @@ def plan_dp(
 @dataclass(frozen=True)
 class Release:
     columns: list[str]
-    rows: list[list]
+    rows: list[list[Any]]
     ci_halfwidth: dict[str, float | None]
     scales: dict[str, float]
     measurements: dict[str, list[str]] = field(default_factory=dict)  # output column -> what it reads
-    quantiles: dict[str, dict] = field(default_factory=dict)  # output column -> rank accuracy
-    selection: dict = field(default_factory=dict)  # partition selection: threshold, delta, keys released
+    quantiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # output column -> rank accuracy
+    selection: dict[str, Any] = field(default_factory=dict)  # partition selection: threshold, delta, keys released
 
+
+Noisy = dict[Primitive, list[Any]]  # primitive -> one noisy value per key
+Scales = dict[Primitive, float]  # primitive -> its noise scale
 
 SELECT = Primitive("select", None)  # the unit count per key that partition selection thresholds
 
@@ -200,18 +225,18 @@ def spread_primitives(column: str | None) -> list[Primitive]:
     return [Primitive("count", column), Primitive("centred_sum", column), Primitive("centred_sumsq", column)]
 
 
-def spread_sensitivity(prim: Primitive, column) -> int:  # noqa: ANN001
+def spread_sensitivity(prim: Primitive, column: Column) -> int:
     c = spread.centring(column)
     return c.half if prim.kind == "centred_sum" else c.square_sensitivity
 
 
-def _spread_parts(plan: DPPlan, agg, noisy, i: int) -> spread.Parts:  # noqa: ANN001
+def _spread_parts(plan: DPPlan, agg: Aggregate, noisy: Noisy, i: int) -> spread.Parts:
     n, s, q = (noisy[p][i] for p in spread_primitives(agg.column))
-    return spread.Parts.from_fixed(n, s, q, plan.dataset.columns[agg.column])
+    return spread.Parts.from_fixed(n, s, q, plan.dataset.columns[_named(agg.column)])
 
 
-def _spread_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float:  # noqa: ANN001
-    column = plan.dataset.columns[agg.column]
+def _spread_halfwidth(plan: DPPlan, agg: Aggregate, noisy: Noisy, scales: Scales, n_keys: int) -> float:
+    column = plan.dataset.columns[_named(agg.column)]
     count, csum, csq = spread_primitives(agg.column)
     t_n = plan.halfwidth(scales[count], ALPHA / 3)
     t_s = plan.halfwidth(scales[csum], ALPHA / 3) / column.factor
@@ -226,12 +251,12 @@ def _measurements(plan: DPPlan) -> dict[str, list[str]]:
     return {agg.name: [p.label for p in needed(agg)] for agg in plan.query.aggregates}
 
 
-def release(plan: DPPlan, exact: dict[tuple, dict[Primitive, int]]) -> Release:
+def release(plan: DPPlan, exact: dict[tuple[Any, ...], dict[Primitive, Any]]) -> Release:
     """Add noise to the exact aggregates of every public key (empty groups included)."""
     keys = plan.keys()
-    noisy: dict[Primitive, list] = {}
+    noisy: dict[Primitive, list[Any]] = {}
     scales: dict[Primitive, float] = {}
-    accuracy: dict[Primitive, dict] = {}
+    accuracy: dict[Primitive, dict[str, Any]] = {}
     chosen = None
     if plan.query.open_keys:  # only keys whose noisy unit count clears OpenDP's threshold
         chosen = selection.select_keys(
@@ -244,7 +269,8 @@ def release(plan: DPPlan, exact: dict[tuple, dict[Primitive, int]]) -> Release:
             continue
         if prim.kind == "quantile":
             out = quantiles.release_quantile(
-                plan.dataset.columns[prim.column], prim.q, plan.dataset.max_rows_per_unit, plan.quantile_epsilon,
+                plan.dataset.columns[_named(prim.column)], _q(prim.q), plan.dataset.max_rows_per_unit,
+                plan.quantile_epsilon,
                 [exact.get(key, {}).get(prim) for key in keys], zcdp_rho=plan.zcdp_share,
             )
             noisy[prim], scales[prim] = out.values, out.scale
@@ -277,11 +303,11 @@ def _factor(plan: DPPlan, column: str | None) -> int:
     return 1 if column is None else plan.dataset.columns[column].factor
 
 
-def _assemble(plan: DPPlan, keys, noisy, scales) -> Release:  # noqa: ANN001
+def _assemble(plan: DPPlan, keys: list[tuple[Any, ...]], noisy: Noisy, scales: Scales) -> Release:
     query = plan.query
     key_index = {k.name: i for i, k in enumerate(query.group_keys)}
     aggs = {a.name: a for a in query.aggregates}
-    rows: list[list] = []
+    rows: list[list[Any]] = []
     ci: dict[str, float | None] = {}
     for name in query.columns:
         if name in aggs:
@@ -304,36 +330,36 @@ def _assemble(plan: DPPlan, keys, noisy, scales) -> Release:  # noqa: ANN001
                 row.append(noisy[needed(agg)[0]][i])
                 continue
             if agg.kind in SPREAD_KINDS:
-                column = plan.dataset.columns[agg.column]
+                column = plan.dataset.columns[_named(agg.column)]
                 row.append(spread.estimate(agg.kind, _spread_parts(plan, agg, noisy, i), column))
                 continue
             total = noisy[_sum_of(agg)][i] / _factor(plan, agg.column)
             if agg.kind == "sum":
                 row.append(total)
             else:
-                row.append(_bounded_avg(plan, agg.column, total, noisy[_count_of(agg)][i]))
+                row.append(_bounded_avg(plan, _named(agg.column), total, noisy[_count_of(agg)][i]))
         rows.append(row)
     return Release(
         list(query.columns), rows, ci, {p.label: s for p, s in scales.items()}, _measurements(plan)
     )
 
 
-def _count_of(agg) -> Primitive:  # noqa: ANN001
+def _count_of(agg: Aggregate) -> Primitive:
     return Primitive("count", agg.column)
 
 
-def _sum_of(agg) -> Primitive:  # noqa: ANN001
+def _sum_of(agg: Aggregate) -> Primitive:
     return Primitive("sum", agg.column)
 
 
 def _bounded_avg(plan: DPPlan, column: str, total: float, count: int) -> float:
-    low, high = plan.dataset.columns[column].bounds
+    low, high = _bounds(plan.dataset.columns[column])
     if count <= 0:
         return (low + high) / 2  # no signal: the midpoint of the public bounds
     return min(max(total / count, low), high)
 
 
-def _aggregate_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float | None:  # noqa: ANN001
+def _aggregate_halfwidth(plan: DPPlan, agg: Aggregate, noisy: Noisy, scales: Scales, n_keys: int) -> float | None:
     if agg.kind == "count":
         return plan.halfwidth(scales[_count_of(agg)], ALPHA)
     if agg.kind == "count_units":
@@ -348,7 +374,7 @@ def _aggregate_halfwidth(plan: DPPlan, agg, noisy, scales, n_keys: int) -> float
     # AVG: a conservative interval from each part at alpha/2, worst row reported
     ts = plan.halfwidth(scales[_sum_of(agg)], ALPHA / 2) / factor
     tc = plan.halfwidth(scales[_count_of(agg)], ALPHA / 2)
-    low, high = plan.dataset.columns[agg.column].bounds
+    low, high = _bounds(plan.dataset.columns[_named(agg.column)])
     worst = 0.0
     for i in range(n_keys):
         s = noisy[_sum_of(agg)][i] / factor
@@ -403,16 +429,16 @@ def planned_notes(plan: DPPlan) -> dict[str, str]:
     return out
 
 
-def planned_quantiles(plan: DPPlan) -> dict[str, dict]:
+def planned_quantiles(plan: DPPlan) -> dict[str, dict[str, Any]]:
     """Each quantile column's rank accuracy, exactly as the release states it (no data needed)."""
     out = {}
     for agg in plan.query.aggregates:
         if agg.kind not in ORDER_KINDS:
             continue
-        column = plan.dataset.columns[agg.column]
+        column = plan.dataset.columns[_named(agg.column)]
         grid = quantile_grid(column)
-        sens = quantiles.score_sensitivity(agg.q, plan.dataset.max_rows_per_unit)
-        error = quantiles.rank_error(agg.q, sens, plan.quantile_epsilon, grid.m, plan.zcdp_share)
+        sens = quantiles.score_sensitivity(_q(agg.q), plan.dataset.max_rows_per_unit)
+        error = quantiles.rank_error(_q(agg.q), sens, plan.quantile_epsilon, grid.m, plan.zcdp_share)
         out[agg.name] = {"rank_error": round(error, 3), "resolution": grid.step / column.factor, "q": agg.q,
                          "meaning": QUANTILE_MEANING}
     return out
@@ -457,7 +483,7 @@ def cost_for_halfwidth(  # noqa: PLR0913
         if cost > max_cost:
             break
         widths = planned_halfwidths(plan_dp(query, dataset, cost, accounting, delta))
-        if all(widths[a.name] is not None and widths[a.name] <= target * (1 + 1e-12) for a in sized):
+        if all((w := widths[a.name]) is not None and w <= target * (1 + 1e-12) for a in sized):
             return cost
         cost = math.ceil(cost * 1.0005 * 1e9) / 1e9
     unit = "rho" if accounting == "zcdp" else "epsilon"

@@ -29,9 +29,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 import opendp.prelude as dp
+from opendp.mod import Measurement
 
+from sandbox.dp.opendp_types import PrivacyMap
 from sandbox.errors import BadRequest
 from sandbox.policy.models import Column
 from sandbox.sql.plan import QuantileGrid, quantile_grid
@@ -63,10 +66,10 @@ def alpha_fraction(q: float) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=256)
-def _score_transformation(q: float):  # noqa: ANN202
-    return dp.t.make_quantile_score_candidates(
+def _score_transformation(q: float) -> PrivacyMap:
+    return cast(PrivacyMap, dp.t.make_quantile_score_candidates(
         dp.vector_domain(dp.atom_domain(T="i64")), dp.symmetric_distance(), [0, 1], q
-    )
+    ))
 
 
 def score_sensitivity(q: float, rows_per_unit: int) -> int:
@@ -87,7 +90,7 @@ def scores(counts: QuantileCounts, q: float) -> list[int]:
 
 
 @lru_cache(maxsize=1024)
-def _selector(scale: float):  # noqa: ANN202
+def _selector(scale: float) -> Measurement:
     return dp.m.make_noisy_max(
         dp.vector_domain(dp.atom_domain(T="u64")), dp.linf_distance(T="u64"), dp.max_divergence(),
         scale=scale, negate=True,
@@ -98,11 +101,11 @@ def _selector(scale: float):  # noqa: ANN202
 def selection_scale(sensitivity: int, epsilon: float, zcdp_rho: float | None = None) -> float:
     """Noisy max scale for ``epsilon``; with ``zcdp_rho`` also checked as a zCDP charge of that rho."""
     scale = 2.0 * sensitivity / epsilon
-    spent = _selector(scale).map(sensitivity)
+    spent = cast(PrivacyMap, _selector(scale)).map(sensitivity)
     if spent > epsilon * (1 + 1e-9):
         raise BadRequest(f"quantile calibration failed: {spent} > {epsilon}", code="calibration_failed")
     if zcdp_rho is not None:
-        rho = dp.c.make_pureDP_to_zCDP(_selector(scale)).map(sensitivity)
+        rho = cast(PrivacyMap, dp.c.make_pureDP_to_zCDP(_selector(scale))).map(sensitivity)
         if rho > zcdp_rho * (1 + 1e-9):
             raise BadRequest(f"quantile calibration failed: rho {rho} > {zcdp_rho}", code="calibration_failed")
     return scale

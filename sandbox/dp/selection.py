@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, cast
 
 import opendp.prelude as dp
 
+from sandbox.dp.opendp_types import PrivacyMap
 from sandbox.errors import BadRequest
 
 dp.enable_features("contrib")
@@ -35,12 +37,12 @@ def selection_delta(grant_delta: float) -> float:
     return grant_delta / SELECTIONS_PER_GRANT
 
 
-def _measurement(scale: float, threshold: int):  # noqa: ANN202
-    return dp.m.make_laplace_threshold(
+def _measurement(scale: float, threshold: int) -> PrivacyMap:
+    return cast(PrivacyMap, dp.m.make_laplace_threshold(
         dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64")),
         dp.l01inf_distance(dp.absolute_distance(T="i64")),
         scale=scale, threshold=threshold,
-    )
+    ))
 
 
 @lru_cache(maxsize=256)
@@ -70,18 +72,19 @@ def calibrate(epsilon: float, delta: float, unit_keys: int = 1) -> tuple[float, 
 
 @dataclass(frozen=True)
 class Selection:
-    keys: list[tuple]
+    keys: list[tuple[Any, ...]]
     scale: float
     threshold: int
     delta: float
 
 
-def key_order(key: tuple) -> list:
+def key_order(key: tuple[Any, ...]) -> list[Any]:
     """Released keys in a stable order: numbers by value, then strings."""
     return [(0, v, "") if isinstance(v, int | float) and not isinstance(v, bool) else (1, 0, str(v)) for v in key]
 
 
-def select_keys(unit_counts: dict[tuple, int], epsilon: float, delta: float, unit_keys: int = 1) -> Selection:
+def select_keys(unit_counts: dict[tuple[Any, ...], int], epsilon: float, delta: float,
+                unit_keys: int = 1) -> Selection:
     """The keys whose noisy unit count reaches the threshold (OpenDP decides, not this code)."""
     scale, threshold = calibrate(epsilon, delta, unit_keys)
     encoded = {json.dumps(list(key), default=str): int(n) for key, n in unit_counts.items() if n > 0}

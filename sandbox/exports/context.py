@@ -3,6 +3,8 @@ the noisy answers the grant released, and the tables of its already approved exp
 
 from __future__ import annotations
 
+from typing import Any
+
 from sandbox.exports import store
 from sandbox.exports.canonical import TABLE_KINDS
 from sandbox.exports.canonical.tables import read_canonical
@@ -28,7 +30,7 @@ def check_context(services: Services, grant: Grant, user: str, count_columns: li
                         count_columns=tuple(count_columns), limits=DEFAULT_LIMITS)
 
 
-def _released_exports(services: Services, grant_id: str) -> list[dict]:
+def _released_exports(services: Services, grant_id: str) -> list[dict[str, Any]]:
     """Tables of the grant's approved/released exports, shaped like released answers."""
     blobs = store.BlobStore(services.db)
     out = []

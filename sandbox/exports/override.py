@@ -11,6 +11,7 @@ request and counted per grant on the public register.
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from sandbox.errors import Conflict, Forbidden
 from sandbox.exports import store
@@ -26,7 +27,8 @@ from sandbox.exports.workflow import (
 from sandbox.services import Services
 
 
-def check_may_override(services: Services, conn: sqlite3.Connection, row: sqlite3.Row | dict, user: str) -> None:
+def check_may_override(services: Services, conn: sqlite3.Connection, row: dict[str, Any],
+                       user: str) -> None:
     """Raises Forbidden (not_admin, override_own, admin_is_member, admin_is_reviewer)."""
     if user not in services.policies.roles().admins:
         raise Forbidden("only an admin outside the grant may override a failed check", code="not_admin")
@@ -41,7 +43,7 @@ def check_may_override(services: Services, conn: sqlite3.Connection, row: sqlite
         raise Forbidden("a reviewer of this request cannot also override its checks", code="admin_is_reviewer")
 
 
-def can_override(services: Services, conn: sqlite3.Connection, row: sqlite3.Row | dict, user: str) -> bool:
+def can_override(services: Services, conn: sqlite3.Connection, row: dict[str, Any], user: str) -> bool:
     if row["status"] not in OPEN or not blocked_files(conn, row):
         return False
     try:

@@ -1,99 +1,34 @@
-"""Export tables and the blob store.
+"""Export records as the airlock's views use them, and the blob store.
 
-Rows live in SQLite (``export_requests``, ``export_files``, ``export_reviews``,
-``export_events``, ``export_overrides``); the canonical bytes (never the uploaded ones) live
-beside the database under
-``<state>/exports/<request>/<sha256>``, written atomically and never overwritten. Files that a
-returned request replaced stay in ``export_files`` with ``removed_at`` set, and every review of
-every round stays in ``export_reviews``: the history is never rewritten.
+Rows live in SQLite and are read and written by :mod:`sandbox.state.exports_repo` (all the
+SQL, returning dataclasses); this module hands them to the exports package as plain dicts
+(``dataclasses.asdict``: what the views and the JSON API show). The canonical bytes (never the
+uploaded ones) live beside the database under ``<state>/exports/<request>/<sha256>``, written
+atomically and never overwritten.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
-import json
 import re
 import secrets
 import sqlite3
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from sandbox.errors import NotFound, SandboxError
-from sandbox.state.db import StateDB, register_schema
+from sandbox.state import exports_repo
+from sandbox.state.db import StateDB
 from sandbox.state.files import atomic_write
-
-register_schema(
-    """
-    CREATE TABLE IF NOT EXISTS export_requests (
-        id TEXT PRIMARY KEY,
-        grant_id TEXT NOT NULL,
-        requester TEXT NOT NULL,
-        title TEXT NOT NULL,
-        justification TEXT NOT NULL,
-        status TEXT NOT NULL,
-        round INTEGER NOT NULL DEFAULT 1,
-        count_columns TEXT NOT NULL DEFAULT '[]',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS export_requests_by_status ON export_requests(status, created_at);
-    CREATE INDEX IF NOT EXISTS export_requests_by_requester ON export_requests(requester, created_at);
-    CREATE TABLE IF NOT EXISTS export_files (
-        id INTEGER PRIMARY KEY,
-        request_id TEXT NOT NULL REFERENCES export_requests(id),
-        name TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        checks TEXT NOT NULL,
-        added_round INTEGER NOT NULL,
-        added_at TEXT NOT NULL,
-        removed_at TEXT
-    );
-    CREATE UNIQUE INDEX IF NOT EXISTS export_files_current
-        ON export_files(request_id, name) WHERE removed_at IS NULL;
-    CREATE TABLE IF NOT EXISTS export_reviews (
-        id INTEGER PRIMARY KEY,
-        request_id TEXT NOT NULL REFERENCES export_requests(id),
-        round INTEGER NOT NULL,
-        reviewer TEXT NOT NULL,
-        decision TEXT NOT NULL,
-        comment TEXT NOT NULL,
-        ts TEXT NOT NULL,
-        UNIQUE (request_id, round, reviewer)
-    );
-    CREATE TABLE IF NOT EXISTS export_events (
-        id INTEGER PRIMARY KEY,
-        request_id TEXT NOT NULL REFERENCES export_requests(id),
-        ts TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        from_status TEXT,
-        to_status TEXT NOT NULL,
-        comment TEXT NOT NULL DEFAULT '',
-        audit_seq INTEGER
-    );
-    CREATE TABLE IF NOT EXISTS export_overrides (
-        id INTEGER PRIMARY KEY,
-        request_id TEXT NOT NULL REFERENCES export_requests(id),
-        grant_id TEXT NOT NULL,
-        round INTEGER NOT NULL,
-        admin TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        files TEXT NOT NULL,
-        ts TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS export_overrides_by_request ON export_overrides(request_id, round)
-    """
-)
 
 REQUEST_ID = re.compile(r"^exp-[0-9a-f]{16}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+    return exports_repo.now()
 
 
 def new_request_id() -> str:
@@ -150,106 +85,52 @@ class BlobStore:
             return None
 
 
-def request_row(conn: sqlite3.Connection, request_id: str) -> sqlite3.Row:
-    row = conn.execute("SELECT * FROM export_requests WHERE id = ?", (request_id,)).fetchone()
-    if row is None:
-        raise NotFound(f"no export request {request_id}", code="unknown_export")
-    return row
+def request_row(conn: sqlite3.Connection, request_id: str) -> dict[str, Any]:
+    """Raises NotFound (unknown_export)."""
+    return asdict(exports_repo.request(conn, request_id))
 
 
-def current_files(conn: sqlite3.Connection, request_id: str) -> list[dict]:
-    rows = conn.execute(
-        "SELECT * FROM export_files WHERE request_id = ? AND removed_at IS NULL ORDER BY id", (request_id,)
-    ).fetchall()
-    return [_file(r) for r in rows]
+def current_files(conn: sqlite3.Connection, request_id: str) -> list[dict[str, Any]]:
+    return [asdict(f) for f in exports_repo.current_files(conn, request_id)]
 
 
-def all_files(conn: sqlite3.Connection, request_id: str) -> list[dict]:
-    rows = conn.execute("SELECT * FROM export_files WHERE request_id = ? ORDER BY id", (request_id,))
-    return [_file(r) for r in rows.fetchall()]
-
-
-def _file(row: sqlite3.Row) -> dict:
-    item = dict(row)
-    item["checks"] = json.loads(item["checks"])
-    return item
+def all_files(conn: sqlite3.Connection, request_id: str) -> list[dict[str, Any]]:
+    return [asdict(f) for f in exports_repo.all_files(conn, request_id)]
 
 
 def insert_file(conn: sqlite3.Connection, request_id: str, name: str, digest: str, size: int,
-                kind: str, checks: list[dict], round_: int) -> None:
-    conn.execute(
-        "UPDATE export_files SET removed_at = ? WHERE request_id = ? AND name = ? AND removed_at IS NULL",
-        (now(), request_id, name),
-    )
-    conn.execute(
-        "INSERT INTO export_files (request_id, name, sha256, size, kind, checks, added_round, added_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (request_id, name, digest, size, kind, json.dumps(checks), round_, now()),
-    )
+                kind: str, checks: list[dict[str, Any]], round_: int) -> None:
+    exports_repo.insert_file(conn, request_id, name, digest, size, kind, checks, round_)
 
 
 def remove_file(conn: sqlite3.Connection, request_id: str, name: str) -> bool:
-    cur = conn.execute(
-        "UPDATE export_files SET removed_at = ? WHERE request_id = ? AND name = ? AND removed_at IS NULL",
-        (now(), request_id, name),
-    )
-    return cur.rowcount > 0
+    return exports_repo.remove_file(conn, request_id, name)
 
 
-def reviews(conn: sqlite3.Connection, request_id: str, round_: int | None = None) -> list[dict]:
-    sql = "SELECT * FROM export_reviews WHERE request_id = ?"
-    params: tuple = (request_id,)
-    if round_ is not None:
-        sql += " AND round = ?"
-        params = (request_id, round_)
-    return [dict(r) for r in conn.execute(sql + " ORDER BY id", params).fetchall()]
+def reviews(conn: sqlite3.Connection, request_id: str, round_: int | None = None) -> list[dict[str, Any]]:
+    return [asdict(r) for r in exports_repo.reviews(conn, request_id, round_)]
 
 
-def events(conn: sqlite3.Connection, request_id: str) -> list[dict]:
-    rows = conn.execute("SELECT * FROM export_events WHERE request_id = ? ORDER BY id", (request_id,))
-    return [dict(r) for r in rows.fetchall()]
+def events(conn: sqlite3.Connection, request_id: str) -> list[dict[str, Any]]:
+    return [asdict(e) for e in exports_repo.events(conn, request_id)]
 
 
 def list_requests(conn: sqlite3.Connection, *, requester: str | None = None,
                   statuses: tuple[str, ...] | None = None, grant_id: str | None = None,
-                  limit: int = 200) -> list[dict]:
-    sql, params = "SELECT * FROM export_requests WHERE 1 = 1", []
-    if requester is not None:
-        sql += " AND requester = ?"
-        params.append(requester)
-    if grant_id is not None:
-        sql += " AND grant_id = ?"
-        params.append(grant_id)
-    if statuses:
-        sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
-        params.extend(statuses)
-    sql += " ORDER BY created_at DESC LIMIT ?"
-    params.append(limit)
-    return [dict(r) for r in conn.execute(sql, params).fetchall()]
+                  limit: int = 200) -> list[dict[str, Any]]:
+    return [asdict(r) for r in exports_repo.list_requests(conn, requester=requester, statuses=statuses,
+                                                          grant_id=grant_id, limit=limit)]
 
 
-def overrides(conn: sqlite3.Connection, request_id: str, round_: int | None = None) -> list[dict]:
-    sql = "SELECT * FROM export_overrides WHERE request_id = ?"
-    params: tuple = (request_id,)
-    if round_ is not None:
-        sql += " AND round = ?"
-        params = (request_id, round_)
-    out = []
-    for r in conn.execute(sql + " ORDER BY id", params).fetchall():
-        item = dict(r)
-        item["files"] = json.loads(item["files"])
-        out.append(item)
-    return out
+def overrides(conn: sqlite3.Connection, request_id: str, round_: int | None = None) -> list[dict[str, Any]]:
+    return [asdict(o) for o in exports_repo.overrides(conn, request_id, round_)]
 
 
 def insert_override(conn: sqlite3.Connection, request_id: str, grant_id: str, round_: int, admin: str,
                     reason: str, files: dict[str, str]) -> None:
-    conn.execute(
-        "INSERT INTO export_overrides (request_id, grant_id, round, admin, reason, files, ts)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)", (request_id, grant_id, round_, admin, reason, json.dumps(files), now()))
+    exports_repo.insert_override(conn, request_id, grant_id, round_, admin, reason, files)
 
 
 def override_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """How many check-failure overrides each grant has had (for the public register)."""
-    rows = conn.execute("SELECT grant_id, COUNT(*) AS n FROM export_overrides GROUP BY grant_id").fetchall()
-    return {r["grant_id"]: int(r["n"]) for r in rows}
+    return exports_repo.override_counts(conn)

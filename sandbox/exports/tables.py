@@ -7,6 +7,7 @@ import io
 import math
 import re
 from dataclasses import dataclass, field
+from typing import SupportsFloat, cast
 
 from sandbox.errors import BadRequest
 
@@ -128,7 +129,7 @@ def read_parquet(data: bytes, max_rows: int | None = None) -> Table:
     columns = [str(n) for n in table.column_names]
     pylists = [table.column(i).to_pylist() for i in range(table.num_columns)]
     rows = [[_plain(col[r]) for col in pylists] for r in range(table.num_rows)]
-    decimals = [[None] * len(columns) for _ in rows]
+    decimals: list[list[int | None]] = [[None] * len(columns) for _ in rows]
     return Table(columns, rows, decimals)
 
 
@@ -140,7 +141,7 @@ def _plain(v: object) -> object:
     if v is None or isinstance(v, int | float | str):
         return v
     try:
-        return float(v)  # Decimal and friends
+        return float(cast(SupportsFloat, v))  # Decimal and friends
     except (TypeError, ValueError):
         return str(v)
 

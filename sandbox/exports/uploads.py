@@ -13,12 +13,12 @@ them until the request is approved (:mod:`sandbox.exports.views`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from sandbox.errors import BadRequest, NotFound, SandboxError
-from sandbox.exports import store
+from sandbox.exports import store, views
 from sandbox.exports.checks import CheckContext, run_all
 from sandbox.exports.checks.file_gates import DEFAULT_LIMITS
 from sandbox.exports.context import check_context
@@ -35,6 +35,7 @@ from sandbox.exports.workflow import (
 )
 from sandbox.policy.models import Grant
 from sandbox.services import Services
+from sandbox.state import exports_repo
 from sandbox.state.audit import AuditEvent
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ MAX_COUNT_COLUMNS = 200
 MAX_COLUMN_NAME = 64
 
 
-def _checked_files(services: Services, ctx: CheckContext, files: list[tuple[str, bytes]]) -> list[dict]:
+def _checked_files(services: Services, ctx: CheckContext, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     """Each upload rendered canonical and checked; only the canonical bytes are kept."""
     names = [n for n, _ in files]
     if len(set(names)) != len(names):
@@ -71,7 +72,7 @@ def _columns(kind: str, data: bytes) -> list[str]:
     return read_canonical(kind, data, 0).columns if kind in TABLE_KINDS else []
 
 
-def check_count_columns(counts: list[str], checked: list[dict]) -> None:
+def check_count_columns(counts: list[str], checked: list[dict[str, Any]]) -> None:
     """``count_columns`` are short, few, and name columns of the request's tables: not a free-text channel."""
     if len(counts) > MAX_COUNT_COLUMNS:
         raise BadRequest(f"at most {MAX_COUNT_COLUMNS} count columns", code="bad_count_columns")
@@ -84,7 +85,7 @@ def check_count_columns(counts: list[str], checked: list[dict]) -> None:
                          code="bad_count_columns")
 
 
-def _uploads(files: Sequence[tuple[object, bytes]]) -> list[dict]:
+def _uploads(files: Sequence[tuple[object, bytes]]) -> list[dict[str, Any]]:
     """What the audit log keeps of uploads: name as given (truncated), size and sha256; never bytes."""
     return [{"name": str(name)[:MAX_AUDITED_NAME], "size": len(data), "sha256": store.sha256(data)}
             for name, data in files]
@@ -103,7 +104,7 @@ def audit_refused(services: Services, user: str, grant_id: object, files: list[t
 
 def audit_oversize(services: Services, user: str, path: str, size: int | None, code: str, message: str) -> None:
     """A request refused before its form was read (over the size or part limits): audited by size only."""
-    detail = {"grant": None, "files": [], "path": path[:MAX_AUDITED_NAME], "size": size,
+    detail: dict[str, Any] = {"grant": None, "files": [], "path": path[:MAX_AUDITED_NAME], "size": size,
               "reason": {"code": code, "message": message[:2000]}}
     services.audit.record(AuditEvent(user, "export.upload_refused", None, detail))
 
@@ -150,16 +151,12 @@ def _submit(services: Services, user: str, *, grant_id: object, title: object, j
 
 
 def _insert_request(services: Services, user: str, rid: str, grant: Grant, title_s: str, justification_s: str,
-                    counts: list[str], checked: list[dict], blobs: store.BlobStore,
+                    counts: list[str], checked: list[dict[str, Any]], blobs: store.BlobStore,
                     written: list[tuple[str, str]]) -> None:
     with services.db.work() as work:
         conn = work.conn
         _usable_grant(services, grant.id, user)  # again, inside the transaction: a revoke may have won
-        ts = store.now()
-        conn.execute(
-            "INSERT INTO export_requests (id, grant_id, requester, title, justification, status, round,"
-            " count_columns, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'submitted', 1, ?, ?, ?)",
-            (rid, grant.id, user, title_s, justification_s, json.dumps(counts), ts, ts))
+        exports_repo.insert_request(conn, rid, grant.id, user, title_s, justification_s, counts)
         for f in checked:
             store.insert_file(conn, rid, f["name"], f["sha256"], f["size"], f["kind"], f["checks"], 1)
         transition(services, conn, None, "submit", user, request_id=rid, grant_id=grant.id,
@@ -171,14 +168,17 @@ def _insert_request(services: Services, user: str, rid: str, grant: Grant, title
 
 def change_files(services: Services, request_id: str, user: str, files: list[tuple[str, bytes]],
                  remove: list[str] | None = None) -> str:
-    """Add or replace files (same name replaces) and remove files on a returned request."""
+    """Add or replace files (same name replaces) and remove files on a returned request.
+
+    ``remove`` names files as the requester sees them: stored names, or the positional names of
+    the sealed view (``file-<n>.<kind>``), which are mapped to the stored ones here. The JSON API
+    and the review UI both call this one function."""
     try:
         return _change_files(services, request_id, user, files, remove or [])
     except SandboxError as exc:
         if files:
-            grant_id = services.db.conn.execute("SELECT grant_id FROM export_requests WHERE id = ?",
-                                                (request_id,)).fetchone()
-            audit_refused(services, user, grant_id["grant_id"] if grant_id else None, files, exc,
+            grant_id = exports_repo.grant_of(services.db.conn, request_id)
+            audit_refused(services, user, grant_id, files, exc,
                           request_id=request_id[:MAX_AUDITED_NAME])
         raise
 
@@ -190,9 +190,10 @@ def _change_files(services: Services, request_id: str, user: str, files: list[tu
     conn = services.db.conn
     row = store.request_row(conn, request_id)
     check_requester(row, user)
+    remove = views.resolve_names(services, request_id, remove)
     next_state(row["status"], "change_files")
     grant = _usable_grant(services, row["grant_id"], user)
-    ctx = check_context(services, grant, user, json.loads(row["count_columns"]))
+    ctx = check_context(services, grant, user, list(row["count_columns"]))
     checked = _checked_files(services, ctx, files)
     blobs = store.BlobStore(services.db)
     written: list[tuple[str, str]] = []
@@ -204,7 +205,7 @@ def _change_files(services: Services, request_id: str, user: str, files: list[tu
     return new
 
 
-def _apply_change(services: Services, request_id: str, user: str, remove: list[str], checked: list[dict],
+def _apply_change(services: Services, request_id: str, user: str, remove: list[str], checked: list[dict[str, Any]],
                   blobs: store.BlobStore, written: list[tuple[str, str]]) -> str:
     with services.db.work() as work:
         conn = work.conn

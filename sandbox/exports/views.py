@@ -6,14 +6,22 @@ visible once the round is complete; until then a reviewer sees only their own vo
 
 from __future__ import annotations
 
-import json
 import sqlite3
+from typing import Any
 
-from sandbox.errors import NotFound
+from sandbox.errors import Forbidden, NotFound
 from sandbox.exports import store
 from sandbox.exports.checks import worst
 from sandbox.exports.override import can_override
-from sandbox.exports.workflow import OPEN, blocked_files, can_approve, can_review, can_transition, reviewers_required
+from sandbox.exports.workflow import (
+    OPEN,
+    IntegrityError,
+    blocked_files,
+    can_approve,
+    can_review,
+    can_transition,
+    reviewers_required,
+)
 from sandbox.services import Services
 
 # Checks that consult raw data answer reviewers only: shown to a requester, the identifier
@@ -33,7 +41,7 @@ SEALED_TEXT = ("name, digest, sizes and check outcomes are shown to the requeste
                "and again once approved: read back later they would be a channel around the review")
 
 
-def shows_metadata(row: sqlite3.Row | dict, privileged: bool) -> bool:
+def shows_metadata(row: dict[str, Any], privileged: bool) -> bool:
     return privileged or row["status"] in REVIEWED
 
 
@@ -42,7 +50,7 @@ def is_privileged(services: Services, user: str) -> bool:
     return user in roles.reviewers or user in roles.admins
 
 
-def sees_all(services: Services, row: sqlite3.Row | dict, user: str) -> bool:
+def sees_all(services: Services, row: dict[str, Any], user: str) -> bool:
     """Reviewers and admins see a request's previews, check details and identifier results, unless
     it is their own or on a grant they are a member of: then they see it as its requester does
     (otherwise a reviewer who is also an operator would have the membership oracle and the
@@ -55,7 +63,7 @@ def sees_all(services: Services, row: sqlite3.Row | dict, user: str) -> bool:
         return False
 
 
-def visible_checks(checks: list[dict], privileged: bool) -> list[dict]:
+def visible_checks(checks: list[dict[str, Any]], privileged: bool) -> list[dict[str, Any]]:
     if privileged:
         return checks
     return [
@@ -67,16 +75,32 @@ def visible_checks(checks: list[dict], privileged: bool) -> list[dict]:
     ]
 
 
-def _may_view(services: Services, row: sqlite3.Row | dict, user: str) -> bool:
+def _may_view(services: Services, row: dict[str, Any], user: str) -> bool:
     roles = services.policies.roles()
     return row["requester"] == user or user in roles.reviewers or user in roles.admins
 
 
-def load(services: Services, request_id: str, user: str) -> sqlite3.Row:
+def load(services: Services, request_id: str, user: str) -> dict[str, Any]:
     row = store.request_row(services.db.conn, request_id)
     if not _may_view(services, row, user):
         raise NotFound(f"no export request {request_id}", code="unknown_export")
     return row
+
+
+def preview(services: Services, request_id: str, name: str, user: str) -> tuple[dict[str, Any], bytes]:
+    """A current file's canonical bytes (what would leave), sha256-checked, for the reviewers and
+    admins who see the request in full; never for its requester (they download once approved)."""
+    row = load(services, request_id, user)
+    if not sees_all(services, row, user):
+        raise Forbidden("previews are for reviewers; download the files once they are approved",
+                        code="preview_reviewers_only")
+    f = next((f for f in store.current_files(services.db.conn, row["id"]) if f["name"] == name), None)
+    if f is None:
+        raise NotFound(f"no file {name} on this request", code="unknown_file")
+    data = store.BlobStore(services.db).get(request_id, f["sha256"])
+    if data is None or store.sha256(data) != f["sha256"]:
+        raise IntegrityError(f"{name}: the stored bytes do not match their sha256")
+    return f, data
 
 
 def sealed_name(position: int, kind: str) -> str:
@@ -92,7 +116,7 @@ def resolve_names(services: Services, request_id: str, names: list[str]) -> list
     return [n if n in stored else alias.get(n, n) for n in names]
 
 
-def file_view(f: dict, privileged: bool, sealed: bool = False, position: int = 0) -> dict:
+def file_view(f: dict[str, Any], privileged: bool, sealed: bool = False, position: int = 0) -> dict[str, Any]:
     """One file: ``sha256`` and ``size`` are the canonical file's (what leaves); ``uploaded_size`` the upload's.
 
     ``sealed`` (a requester's later view of a request not yet approved) leaves out the digest, the sizes
@@ -106,16 +130,16 @@ def file_view(f: dict, privileged: bool, sealed: bool = False, position: int = 0
                 "kind": f["kind"], "outcome": None, "checks": [], "added_round": f["added_round"],
                 "sealed": SEALED_TEXT}
     checks = visible_checks(f["checks"], privileged)
-    sizes: dict = next((c for c in f["checks"] if c["rule"] == "canonical.size"), {})
+    sizes: dict[str, Any] = next((c for c in f["checks"] if c["rule"] == "canonical.size"), {})
     return {"name": f["name"], "sha256": f["sha256"], "size": f["size"], "uploaded_size": sizes.get("uploaded"),
             "kind": f["kind"], "outcome": worst(checks), "checks": checks, "added_round": f["added_round"]}
 
 
-def override_view(o: dict) -> dict:
+def override_view(o: dict[str, Any]) -> dict[str, Any]:
     return {"admin": o["admin"], "reason": o["reason"], "round": o["round"], "ts": o["ts"], "files": o["files"]}
 
 
-def request_view(services: Services, request_id: str, user: str, uploaded: bool = False) -> dict:
+def request_view(services: Services, request_id: str, user: str, uploaded: bool = False) -> dict[str, Any]:
     """The request with its files, checks, visible reviews, history and what ``user`` may do.
 
     ``uploaded``: the answer to ``user``'s own upload (submit, file change), which shows them the digests
@@ -148,7 +172,7 @@ def request_view(services: Services, request_id: str, user: str, uploaded: bool 
         "id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
         "title": row["title"] if shown else HIDDEN_TEXT,
         "justification": row["justification"] if shown else HIDDEN_TEXT, "status": status, "round": row["round"],
-        "count_columns": json.loads(row["count_columns"]) if shown else [],
+        "count_columns": list(row["count_columns"]) if shown else [],
         "created_at": row["created_at"], "updated_at": row["updated_at"],
         "reviewers_required": reviewers_required(services, row["grant_id"]),
         "votes_this_round": votes if status in OPEN else None,
@@ -169,7 +193,7 @@ def request_view(services: Services, request_id: str, user: str, uploaded: bool 
     }
 
 
-def summary(conn: sqlite3.Connection, row: dict, privileged: bool = True) -> dict:
+def summary(conn: sqlite3.Connection, row: dict[str, Any], privileged: bool = True) -> dict[str, Any]:
     files = store.current_files(conn, row["id"])
     return {"id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
             "title": row["title"] if shows_metadata(row, privileged) else HIDDEN_TEXT,
@@ -181,12 +205,12 @@ def summary(conn: sqlite3.Connection, row: dict, privileged: bool = True) -> dic
             if shows_metadata(row, privileged) else None}
 
 
-def mine(services: Services, user: str) -> list[dict]:
+def mine(services: Services, user: str) -> list[dict[str, Any]]:
     conn = services.db.conn
     return [summary(conn, r, sees_all(services, r, user)) for r in store.list_requests(conn, requester=user)]
 
 
-def queue(services: Services, user: str) -> list[dict]:
+def queue(services: Services, user: str) -> list[dict[str, Any]]:
     """Open requests awaiting this reviewer's vote (never their own); empty for non-reviewers."""
     conn = services.db.conn
     roles = services.policies.roles()
@@ -196,7 +220,7 @@ def queue(services: Services, user: str) -> list[dict]:
             if can_review(services, conn, r, user)]
 
 
-def recent(services: Services, user: str, limit: int = 50) -> list[dict]:
+def recent(services: Services, user: str, limit: int = 50) -> list[dict[str, Any]]:
     """Every request a reviewer or admin may see, newest first (not the queue)."""
     roles = services.policies.roles()
     if user not in roles.reviewers and user not in roles.admins:

@@ -21,6 +21,7 @@ upload paths (submit, change files) are in :mod:`sandbox.exports.uploads`.
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound
 from sandbox.exports import store
@@ -29,6 +30,7 @@ from sandbox.exports.checks.file_gates import NAME_RE
 from sandbox.policy.models import Grant, Roles
 from sandbox.policy.rules import check_grant_usable
 from sandbox.services import Services
+from sandbox.state import exports_repo
 from sandbox.state.audit import AuditEvent
 
 STATES = ("submitted", "partially_reviewed", "approved", "rejected", "returned", "withdrawn", "released")
@@ -95,12 +97,12 @@ def check_reviewer(roles: Roles, user: str) -> None:
         raise Forbidden(f"{user} is not a reviewer", code="not_reviewer")
 
 
-def check_not_own(row: sqlite3.Row | dict, user: str) -> None:
+def check_not_own(row: dict[str, Any], user: str) -> None:
     if row["requester"] == user:
         raise Forbidden("reviewers never review their own request", code="self_review")
 
 
-def check_requester(row: sqlite3.Row | dict, user: str) -> None:
+def check_requester(row: dict[str, Any], user: str) -> None:
     if row["requester"] != user:
         raise Forbidden("only the requester may do this", code="not_requester")
 
@@ -121,20 +123,20 @@ def check_not_member(members: frozenset[str] | None, user: str) -> None:
         raise Forbidden("members of a grant never review its exports", code="reviewer_is_member")
 
 
-def check_not_overrider(conn: sqlite3.Connection, row: sqlite3.Row | dict, user: str) -> None:
+def check_not_overrider(conn: sqlite3.Connection, row: dict[str, Any], user: str) -> None:
     if any(o["admin"] == user for o in store.overrides(conn, row["id"])):
         raise Forbidden("the admin who overrode a check does not also review the request",
                         code="reviewer_is_overrider")
 
 
-def blocked_files(conn: sqlite3.Connection, row: sqlite3.Row | dict) -> list[dict]:
+def blocked_files(conn: sqlite3.Connection, row: dict[str, Any]) -> list[dict[str, Any]]:
     """Current files with a failed check that no admin override of this round covers."""
     covered = {(n, sha) for o in store.overrides(conn, row["id"], row["round"]) for n, sha in o["files"].items()}
     return [f for f in store.current_files(conn, row["id"])
             if worst(f["checks"]) == "fail" and (f["name"], f["sha256"]) not in covered]
 
 
-def check_not_blocked(conn: sqlite3.Connection, row: sqlite3.Row | dict) -> None:
+def check_not_blocked(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
     blocked = blocked_files(conn, row)
     if blocked:
         names = ", ".join(f["name"] for f in blocked)
@@ -142,13 +144,13 @@ def check_not_blocked(conn: sqlite3.Connection, row: sqlite3.Row | dict) -> None
                        "or ask an admin outside the grant for a written override", code="check_failed")
 
 
-def check_not_voted(conn: sqlite3.Connection, row: sqlite3.Row | dict, user: str) -> None:
+def check_not_voted(conn: sqlite3.Connection, row: dict[str, Any], user: str) -> None:
     if any(r["reviewer"] == user for r in store.reviews(conn, row["id"], row["round"])):
         raise Conflict("you already reviewed this round; reviews are independent and final",
                        code="already_reviewed")
 
 
-def can_review(services: Services, conn: sqlite3.Connection, row: sqlite3.Row | dict, user: str) -> bool:
+def can_review(services: Services, conn: sqlite3.Connection, row: dict[str, Any], user: str) -> bool:
     try:
         check_reviewer(services.policies.roles(), user)
         check_not_own(row, user)
@@ -160,7 +162,7 @@ def can_review(services: Services, conn: sqlite3.Connection, row: sqlite3.Row | 
     return row["status"] in OPEN
 
 
-def can_approve(services: Services, conn: sqlite3.Connection, row: sqlite3.Row | dict, user: str) -> bool:
+def can_approve(services: Services, conn: sqlite3.Connection, row: dict[str, Any], user: str) -> bool:
     return can_review(services, conn, row, user) and not blocked_files(conn, row)
 
 
@@ -180,26 +182,25 @@ def outcome_of(decisions: list[str]) -> str:
 
 
 # -- the one place a state changes ----------------------------------------------------------------
-def transition(services: Services, conn: sqlite3.Connection, row: sqlite3.Row | dict | None,
+def transition(services: Services, conn: sqlite3.Connection, row: dict[str, Any] | None,
                action: str, actor: str, *, request_id: str | None = None, grant_id: str | None = None,
-               comment: str = "", detail: dict | None = None) -> str:
+               comment: str = "", detail: dict[str, Any] | None = None) -> str:
     """Apply ``action`` inside the caller's write transaction; returns the new state."""
     status = row["status"] if row is not None else None
     new = next_state(status, action)
     rid = row["id"] if row is not None else request_id
     gid = row["grant_id"] if row is not None else grant_id
+    if rid is None:
+        raise ValueError("a transition of a new request needs its request_id")
     ts = store.now()
     if row is not None:
         bump = 1 if action == "resubmit" else 0
-        conn.execute("UPDATE export_requests SET status = ?, round = round + ?, updated_at = ? WHERE id = ?",
-                     (new, bump, ts, rid))
+        exports_repo.set_status(conn, rid, new, bump, ts)
     seq = services.audit.append(conn, AuditEvent(actor, AUDIT_ACTIONS[action], gid, {
         "request": rid, "from": status, "to": new, **({"comment": comment} if comment else {}),
         **(detail or {}),
     }))
-    conn.execute(
-        "INSERT INTO export_events (request_id, ts, actor, action, from_status, to_status, comment, audit_seq)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (rid, ts, actor, action, status, new, comment, seq))
+    exports_repo.insert_event(conn, rid, ts, actor, action, status, new, comment, seq)
     return new
 
 
@@ -246,9 +247,7 @@ def review(services: Services, request_id: str, reviewer: str, decision: object,
             if not text and any(worst(f["checks"]) == "fail" for f in files):
                 raise BadRequest("a check failed and an admin overrode it: approving needs a comment that says why",
                                  code="comment_required")
-        conn.execute(
-            "INSERT INTO export_reviews (request_id, round, reviewer, decision, comment, ts)"
-            " VALUES (?, ?, ?, ?, ?, ?)", (request_id, row["round"], reviewer, decision, text, store.now()))
+        exports_repo.insert_review(conn, request_id, row["round"], reviewer, decision, text)
         votes = store.reviews(conn, request_id, row["round"])
         needed = reviewers_required(services, row["grant_id"])
         detail = {"round": row["round"], "decision": decision, "votes": len(votes), "required": needed}
@@ -300,12 +299,10 @@ def resubmit(services: Services, request_id: str, user: str, comment: str = "") 
 
 def _approved_digests(services: Services, conn: sqlite3.Connection, request_id: str) -> dict[str, str]:
     """The files the approving event recorded in the hash-chained audit log."""
-    ev = conn.execute(
-        "SELECT audit_seq FROM export_events WHERE request_id = ? AND action = 'approve'"
-        " ORDER BY id DESC LIMIT 1", (request_id,)).fetchone()
-    if ev is None:
+    seq = exports_repo.approving_seq(conn, request_id)
+    if seq is None:
         return {}
-    entry = services.audit.entry(ev["audit_seq"])
+    entry = services.audit.entry(seq)
     return entry.detail.get("files", {}) if entry else {}
 
 
@@ -319,7 +316,7 @@ def _check_grant_not_stopped(services: Services, grant_id: str) -> None:
         raise Forbidden(f"grant {grant_id} is {status}: nothing leaves under it", code=f"grant_{status}")
 
 
-def download(services: Services, request_id: str, name: str, user: str) -> tuple[dict, bytes]:
+def download(services: Services, request_id: str, name: str, user: str) -> tuple[dict[str, Any], bytes]:
     """The approved bytes of one file, to the requester only, sha256-checked; first download releases."""
     conn = services.db.conn
     row = store.request_row(conn, request_id)

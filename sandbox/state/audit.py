@@ -50,7 +50,7 @@ class Entry:
         return dict(self.__dict__)
 
 
-def _entry(row: sqlite3.Row) -> Entry:
+def entry_of(row: sqlite3.Row) -> Entry:
     return Entry(row["seq"], row["ts"], row["actor"], row["action"], row["grant_id"], json.loads(row["detail"]),
                  row["prev_hash"], row["hash"], row["key_id"], row["mac"])
 
@@ -84,7 +84,7 @@ class AuditLog:
                      grant_id: str | None = None, action_prefix: str | None = None) -> Iterator[Entry]:
         clause, params = _where(since=since, actions=actions, grant_id=grant_id, action_prefix=action_prefix)
         for row in self.db.conn.execute(f"SELECT * FROM audit{clause} ORDER BY seq", params):
-            yield _entry(row)
+            yield entry_of(row)
 
     def search(self, *, action: str | None = None, action_prefix: str | None = None, grant_id: str | None = None,
                actor: str | None = None, since: str | None = None, until: str | None = None, limit: int = 100,
@@ -95,11 +95,11 @@ class AuditLog:
         total = int(self.db.read(f"SELECT COUNT(*) AS n FROM audit{clause}", params)[0]["n"])
         rows = self.db.read(f"SELECT * FROM audit{clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
                             [*params, limit, offset])
-        return total, [_entry(r) for r in rows]
+        return total, [entry_of(r) for r in rows]
 
     def entry(self, seq: int) -> Entry | None:
         rows = self.db.read("SELECT * FROM audit WHERE seq = ?", (seq,))
-        return _entry(rows[0]) if rows else None
+        return entry_of(rows[0]) if rows else None
 
     def head(self) -> tuple[int, str]:
         row = self.db.conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import sqlite3
+from dataclasses import dataclass
 
 from sandbox.state.db import register_schema
 
@@ -110,3 +111,17 @@ def filed_since_network(conn: sqlite3.Connection, since: str, network: str) -> i
     row = conn.execute("SELECT COUNT(*) AS n FROM cases WHERE created_at >= ? AND filed_by = 'public'"
                        " AND substr(client, 1, 16) = ?", (since, network)).fetchone()
     return int(row["n"])
+
+
+@dataclass(frozen=True)
+class CaseLifetime:
+    kind: str
+    status: str
+    created_at: str
+    closed_at: str | None
+
+
+def lifetimes(conn: sqlite3.Connection) -> list[CaseLifetime]:
+    """Every case's kind, status and when it was filed and closed (the register's statistics)."""
+    return [CaseLifetime(r["kind"], r["status"], r["created_at"], r["closed_at"])
+            for r in conn.execute("SELECT kind, status, created_at, closed_at FROM cases").fetchall()]

@@ -155,6 +155,10 @@ class PolicyStore:
             for r in self.db.read("SELECT id, body FROM datasets ORDER BY id")
         }
 
+    def datasets_applied_at(self) -> dict[str, str]:
+        """When each dataset's entry was applied (ISO timestamp), by dataset id."""
+        return {r["id"]: r["applied_at"] for r in self.db.read("SELECT id, applied_at FROM datasets")}
+
     # -- roles -----------------------------------------------------------------------------
     def apply_roles(self, roles: Roles, actor: str) -> None:
         body = json.dumps(_dump(roles))

@@ -115,6 +115,16 @@ class MacKeyring:
     def available(self) -> bool:
         return self.current_file.exists()
 
+    def derived(self, purpose: str) -> bytes:
+        """A 32-byte secret for another ``purpose`` (the web UI's session and CSRF signatures),
+        derived from the current MAC key with HKDF-SHA256: kept outside the state directory like
+        the key itself, needing no file of its own, and changing when the MAC key is rotated."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        info = f"sandbox-derived\x00{purpose}".encode()
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(self.current().secret)
+
     def all(self) -> dict[str, MacKey]:
         found: dict[str, MacKey] = {}
         paths = sorted(self.dir.glob(f"{RETIRED_PREFIX}*.key")) if self.dir.is_dir() else []

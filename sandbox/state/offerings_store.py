@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from dataclasses import dataclass
 
 from sandbox.state.db import register_schema
 
@@ -79,3 +80,17 @@ def latest_notice(conn: sqlite3.Connection, grant_id: str, status: str) -> dict 
     row = conn.execute("SELECT * FROM grant_notices WHERE grant_id = ? AND status = ? ORDER BY id DESC LIMIT 1",
                        (grant_id, status)).fetchone()
     return dict(row) if row else None
+
+
+@dataclass(frozen=True)
+class ProductPrice:
+    id: int
+    price: str | None
+    free_to_public: bool
+
+
+def product_prices(conn: sqlite3.Connection, grant_id: str) -> list[ProductPrice]:
+    """The price terms of every product a grant declared (billing: which declarations are priced)."""
+    rows = conn.execute("SELECT id, price, free_to_public FROM offerings WHERE grant_id = ? AND kind = 'product'",
+                        (grant_id,)).fetchall()
+    return [ProductPrice(int(r["id"]), r["price"], bool(r["free_to_public"])) for r in rows]

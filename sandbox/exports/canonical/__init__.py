@@ -9,6 +9,7 @@ canonical bytes; the uploaded bytes are hashed for the audit log and dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sandbox.exports.canonical.images import canonical_image
 from sandbox.exports.canonical.tables import canonical_table
@@ -31,10 +32,10 @@ class Canonical:
     data: bytes
     uploaded_size: int
     uploaded_sha256: str
-    findings: list[dict] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
 
 
-def render(kind: str, data: bytes, max_rows: int | None = None) -> tuple[bytes, list[dict]]:
+def render(kind: str, data: bytes, max_rows: int | None = None) -> tuple[bytes, list[dict[str, Any]]]:
     """(canonical bytes, findings) of an upload whose kind the file gates established."""
     if kind in TABLE_KINDS:
         return canonical_table(kind, data, max_rows)
@@ -46,7 +47,7 @@ def render(kind: str, data: bytes, max_rows: int | None = None) -> tuple[bytes, 
     raise ValueError(f"no canonical form for {kind}")  # the gates never let one through
 
 
-def size_result(uploaded: int, canonical: int) -> dict:
+def size_result(uploaded: int, canonical: int) -> dict[str, Any]:
     from sandbox.exports.checks import result
 
     detail = f"uploaded {uploaded:,} bytes, released {canonical:,} bytes (canonical rendering)"

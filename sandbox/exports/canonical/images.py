@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -99,7 +100,7 @@ def _refuse(why: str) -> BadRequest:
     return BadRequest(f"the picture cannot be decoded: {why}", code="bad_image")
 
 
-def canonical_image(kind: str, data: bytes) -> tuple[bytes, list[dict]]:
+def canonical_image(kind: str, data: bytes) -> tuple[bytes, list[dict[str, Any]]]:
     """(canonical bytes, findings) of a png or jpeg file."""
     from sandbox.exports.checks import result
 

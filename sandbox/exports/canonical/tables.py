@@ -28,10 +28,14 @@ import io
 import math
 import re
 from collections import Counter
+from typing import TYPE_CHECKING, Any, SupportsFloat, cast
 
 from sandbox.errors import BadRequest
 from sandbox.exports.canonical.text import clean, decode, invisible_result, mark_stacks, marks_result
 from sandbox.exports.tables import Table, read_delimited, read_parquet
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 MAX_NAME = 200
@@ -69,7 +73,7 @@ def write_delimited(table: Table, delimiter: str) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def _arrow_type(values: list[object]):  # noqa: ANN202
+def _arrow_type(values: list[object]) -> pa.DataType:
     import pyarrow as pa
 
     present = [v for v in values if v is not None]
@@ -91,7 +95,7 @@ def write_parquet(table: Table) -> bytes:
         if typ == pa.string():
             values = [None if v is None else str(v) for v in values]
         elif typ == pa.float64():
-            values = [None if v is None else float(v) for v in values]  # type: ignore[arg-type]
+            values = [None if v is None else float(cast(SupportsFloat, v)) for v in values]  # _arrow_type: numbers only
         fields.append(pa.field(name, typ, nullable=True))
         arrays.append(pa.array(values, type=typ))
     fresh = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
@@ -116,7 +120,7 @@ def canonical_float(v: float, numbers: Counter[str]) -> float | None:
     return out
 
 
-def numbers_result(numbers: Counter[str]) -> dict:
+def numbers_result(numbers: Counter[str]) -> dict[str, Any]:
     from sandbox.exports.checks import result
 
     detail = "; ".join(f"{n:,} float(s) {what}" for what, n in numbers.items())
@@ -126,7 +130,7 @@ def numbers_result(numbers: Counter[str]) -> dict:
     return result("canonical.numbers", "pass", detail or "every number is finite", changes=dict(numbers))
 
 
-def _clean_table(table: Table, removed: Counter[str], changed: list[dict], numbers: Counter[str]) -> Table:
+def _clean_table(table: Table, removed: Counter[str], changed: list[dict[str, Any]], numbers: Counter[str]) -> Table:
     """Invisible characters removed (counted in ``removed``), whitespace squeezed (cells that
     changed are appended to ``changed``) in column names and text cells, floats made canonical
     (counted in ``numbers``)."""
@@ -172,7 +176,7 @@ def check_column_names(columns: list[str]) -> None:
         seen.add(c)
 
 
-def whitespace_result(changed: list[dict]) -> dict:
+def whitespace_result(changed: list[dict[str, Any]]) -> dict[str, Any]:
     from sandbox.exports.checks import result
 
     if not changed:
@@ -182,7 +186,7 @@ def whitespace_result(changed: list[dict]) -> dict:
                   changed[:200])
 
 
-def formula_result(table: Table) -> dict:
+def formula_result(table: Table) -> dict[str, Any]:
     from sandbox.exports.checks import result
 
     cells = [{"row": r, "column": table.columns[i], "reason": "starts like a spreadsheet formula; "
@@ -197,7 +201,7 @@ def formula_result(table: Table) -> dict:
     return result("canonical.formulas", "review", detail, cells[:200])
 
 
-def long_cells_result(table: Table) -> dict:
+def long_cells_result(table: Table) -> dict[str, Any]:
     from sandbox.exports.checks import result
 
     cells = [{"row": r, "column": table.columns[i], "reason": f"{len(v):,} characters of text in one cell"}
@@ -209,15 +213,15 @@ def long_cells_result(table: Table) -> dict:
                   "characters: read them in full, a cell can carry a whole table", cells[:200])
 
 
-def _marks(table: Table) -> dict:
+def _marks(table: Table) -> dict[str, Any]:
     return marks_result(sum(mark_stacks(v) for v in table.columns)
                         + sum(mark_stacks(v) for row in table.rows for v in row if isinstance(v, str)))
 
 
-def canonical_table(kind: str, data: bytes, max_rows: int | None = None) -> tuple[bytes, list[dict]]:
+def canonical_table(kind: str, data: bytes, max_rows: int | None = None) -> tuple[bytes, list[dict[str, Any]]]:
     """(canonical bytes, findings) of a csv, tsv or parquet file."""
     removed: Counter[str] = Counter()
-    changed: list[dict] = []
+    changed: list[dict[str, Any]] = []
     numbers: Counter[str] = Counter()
     if kind == "parquet":
         table = _clean_table(read_parquet(data, max_rows), removed, changed, numbers)

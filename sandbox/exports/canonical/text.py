@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
+from typing import Any
 
 REMOVED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Cn"})
 KEPT = frozenset({"\t", "\n"})
@@ -62,7 +63,7 @@ def mark_stacks(text: str) -> int:
     return stacks
 
 
-def marks_result(stacks: int) -> dict:
+def marks_result(stacks: int) -> dict[str, Any]:
     from sandbox.exports.checks import result
 
     if not stacks:
@@ -102,7 +103,7 @@ def describe(removed: Counter[str], limit: int = 8) -> str:
     return f"{total} invisible, control or special space character(s) removed or replaced ({', '.join(parts)}{more})"
 
 
-def invisible_result(removed: Counter[str]) -> dict:
+def invisible_result(removed: Counter[str]) -> dict[str, Any]:
     from sandbox.exports.checks import result
 
     if not removed:
@@ -112,7 +113,7 @@ def invisible_result(removed: Counter[str]) -> dict:
                   removed=dict(removed))
 
 
-def canonical_text(data: bytes) -> tuple[bytes, str, list[dict]]:
+def canonical_text(data: bytes) -> tuple[bytes, str, list[dict[str, Any]]]:
     """(canonical bytes, canonical text, findings) of a text, Markdown or code file.
 
     Spaces and tabs at the end of a line are removed too (counted as ``trailing whitespace``):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import BadRequest, SandboxError
 
@@ -21,12 +22,12 @@ if TYPE_CHECKING:
 OUTCOMES = ("pass", "review", "fail")
 
 
-def result(rule: str, outcome: str, detail: str, cells: list | None = None, **extra: object) -> dict:
+def result(rule: str, outcome: str, detail: str, cells: list[Any] | None = None, **extra: object) -> dict[str, Any]:
     assert outcome in OUTCOMES, outcome
     return {"rule": rule, "outcome": outcome, "detail": detail, "cells": list(cells or []), **extra}
 
 
-def worst(results: Sequence[dict]) -> str:
+def worst(results: Sequence[dict[str, Any]]) -> str:
     outcomes = {r["outcome"] for r in results}
     return next((o for o in reversed(OUTCOMES) if o in outcomes), "pass")
 
@@ -36,7 +37,7 @@ class FileRefused(BadRequest):
 
     code = "file_refused"
 
-    def __init__(self, name: str, results: list[dict]) -> None:
+    def __init__(self, name: str, results: list[dict[str, Any]]) -> None:
         failed = [r for r in results if r["outcome"] == "fail"]
         super().__init__(f"{name}: " + "; ".join(r["detail"] for r in failed))
         self.results = results
@@ -48,13 +49,13 @@ class CheckContext:
 
     units: Mapping[str, str] = field(default_factory=dict)  # dataset id -> privacy-unit column
     matcher: Callable[[str, list[str]], int] = lambda _ds, _values: 0
-    answers: Sequence[dict] = ()  # Ledger.released_answers(grant, requester): provenance
-    released: Sequence[dict] | None = None  # everything the grant released: differencing
+    answers: Sequence[dict[str, Any]] = ()  # Ledger.released_answers(grant, requester): provenance
+    released: Sequence[dict[str, Any]] | None = None  # everything the grant released: differencing
     count_columns: Sequence[str] = ()
     limits: Limits | None = None
 
 
-def run_all(name: str, data: bytes, ctx: CheckContext) -> tuple[Canonical, list[dict]]:
+def run_all(name: str, data: bytes, ctx: CheckContext) -> tuple[Canonical, list[dict[str, Any]]]:
     """(canonical file, results) for one upload; raises :class:`FileRefused` when a gate fails.
 
     The gates look at the upload; every other check looks at the canonical rendering only, the
@@ -79,7 +80,7 @@ def run_all(name: str, data: bytes, ctx: CheckContext) -> tuple[Canonical, list[
     return canon, results
 
 
-def check_canonical(name: str, kind: str, data: bytes, ctx: CheckContext, limits: Limits) -> list[dict]:
+def check_canonical(name: str, kind: str, data: bytes, ctx: CheckContext, limits: Limits) -> list[dict[str, Any]]:
     """The disclosure checks on canonical bytes (tables, text, pictures); the file name is scanned for ids."""
     from sandbox.exports.checks import identifiers
 
@@ -87,16 +88,16 @@ def check_canonical(name: str, kind: str, data: bytes, ctx: CheckContext, limits
     matcher = _safe(ctx.matcher)
     for i, r in enumerate(results):
         if r["rule"] == "identifiers" and ctx.units:
-            results[i] = _guard("identifiers", lambda r=r: identifiers.with_file_name(r, name, ctx.units, matcher))
+            results[i] = _guard("identifiers", partial(identifiers.with_file_name, r, name, ctx.units, matcher))
     return results
 
 
-def _checks_of_kind(name: str, kind: str, data: bytes, ctx: CheckContext, limits: Limits) -> list[dict]:
+def _checks_of_kind(name: str, kind: str, data: bytes, ctx: CheckContext, limits: Limits) -> list[dict[str, Any]]:
     from sandbox.exports.canonical import TABLE_KINDS
     from sandbox.exports.canonical.tables import read_canonical
     from sandbox.exports.checks import differencing, file_gates, identifiers, provenance, sdc
 
-    results: list[dict] = []
+    results: list[dict[str, Any]] = []
     matcher = _safe(ctx.matcher)
     if kind in TABLE_KINDS:
         table = read_canonical(kind, data)
@@ -136,7 +137,7 @@ def _safe(matcher: Callable[[str, list[str]], int]) -> Callable[[str, list[str]]
     return wrapped
 
 
-def _guard(rule: str, fn: Callable[[], dict]) -> dict:
+def _guard(rule: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return fn()
     except _CheckUnavailable as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sandbox.exports.checks import result
 from sandbox.exports.checks.sdc import THRESHOLD, is_count_column
@@ -26,7 +27,7 @@ def _num(v: object) -> float | None:
     return float(v)
 
 
-def _key_columns(columns: list[str], rows: list[list], counts: set[str]) -> list[int]:
+def _key_columns(columns: list[str], rows: list[list[Any]], counts: set[str]) -> list[int]:
     keys = []
     for i, c in enumerate(columns):
         if c in counts:
@@ -38,7 +39,7 @@ def _key_columns(columns: list[str], rows: list[list], counts: set[str]) -> list
     return keys
 
 
-def count_cells(columns: list[str], rows: list[list], declared: Iterable[str] = ()) -> list[tuple]:
+def count_cells(columns: list[str], rows: list[list[Any]], declared: Iterable[str] = ()) -> list[tuple[Any, ...]]:
     """(key, count column, value, row) for every count cell; key = sorted (column, value) pairs."""
     declared = list(declared)
     counts = {c for c in columns if is_count_column(c, declared)}
@@ -52,13 +53,13 @@ def count_cells(columns: list[str], rows: list[list], declared: Iterable[str] = 
     return out
 
 
-def check_table(table: Table, answers: Sequence[dict], declared: Iterable[str] = (),
-                threshold: int = THRESHOLD) -> dict:
+def check_table(table: Table, answers: Sequence[dict[str, Any]], declared: Iterable[str] = (),
+                threshold: int = THRESHOLD) -> dict[str, Any]:
     declared = list(declared)
     mine = count_cells(table.columns, table.rows, declared)
     if not mine:
         return result("differencing", "pass", "no count cells to compare")
-    released: dict[tuple, list[tuple[float, str]]] = {}
+    released: dict[tuple[Any, ...], list[tuple[float, str]]] = {}
     totals: list[tuple[float, str]] = []
     for a in answers:
         resp = a.get("response", {})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from sandbox.exports.checks import result
 
@@ -121,9 +122,9 @@ def png_trailing_bytes(data: bytes) -> int | None:
     return None
 
 
-def gate(name: str, data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str | None, list[dict]]:
+def gate(name: str, data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str | None, list[dict[str, Any]]]:
     """Run the gates; returns (kind or None when refused, results). Kind: csv|tsv|parquet|png|jpeg|text."""
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     if not NAME_RE.match(name):
         out.append(result("file.name", "fail", "file names are letters, digits, '.', '_' or '-' (no paths)"))
         return None, out
@@ -166,7 +167,7 @@ def _kind_specific(kind: str, data: bytes) -> str | None:
     return None
 
 
-def row_gate(n_rows: int, n_columns: int, limits: Limits = DEFAULT_LIMITS) -> dict:
+def row_gate(n_rows: int, n_columns: int, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """The row and column caps for tables (refusing when over)."""
     if n_rows > limits.max_rows:
         return result("file.rows", "fail", f"more than {limits.max_rows:,} rows")

@@ -32,6 +32,7 @@ import random
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from sandbox.exports.checks import result
 from sandbox.exports.tables import Table
@@ -139,7 +140,7 @@ def judge(matched: int, distinct: int, expected: float) -> str:
 
 
 def assess(ds_id: str, unit: str, tokens: list[str], matcher: Matcher,
-           memo: dict[tuple[str, int], float] | None = None) -> dict | None:
+           memo: dict[tuple[str, int], float] | None = None) -> dict[str, Any] | None:
     """A finding for one dataset, or None when no token is an id."""
     matched = min(matcher(ds_id, tokens), len(tokens)) if tokens else 0
     if not matched:
@@ -160,7 +161,7 @@ def _rates(rates: dict[int, float]) -> str:
     return ", ".join(f"{d} digit(s): {r:.0%}" for d, r in rates.items())
 
 
-def check_table(table: Table, units: Mapping[str, str], matcher: Matcher) -> dict:
+def check_table(table: Table, units: Mapping[str, str], matcher: Matcher) -> dict[str, Any]:
     """``units`` maps a granted dataset id to its privacy-unit column (datasets with unit `row` excluded)."""
     if not units:
         return result("identifiers", "pass", "no granted dataset has a privacy-unit id column")
@@ -191,12 +192,12 @@ def check_table(table: Table, units: Mapping[str, str], matcher: Matcher) -> dic
                   cells)
 
 
-def check_text(text: str, units: Mapping[str, str], matcher: Matcher) -> dict:
+def check_text(text: str, units: Mapping[str, str], matcher: Matcher) -> dict[str, Any]:
     """Every digit run in free text (code, notebook JSON saved as text...), compared with the unit ids."""
     if not units:
         return result("identifiers", "pass", "no granted dataset has a privacy-unit id column")
     tokens, complete = tokenize([text])
-    cells: list[dict] = []
+    cells: list[dict[str, Any]] = []
     worst = "pass"
     if not complete:
         cells.append({"outcome": "review", "reason": _unfinished(len(tokens))})
@@ -212,7 +213,7 @@ def check_text(text: str, units: Mapping[str, str], matcher: Matcher) -> dict:
     return result("identifiers", "pass", f"none of {len(tokens)} number(s) in the text is a unit id. {NOT_CAUGHT}")
 
 
-def with_file_name(found: dict, name: str, units: Mapping[str, str], matcher: Matcher) -> dict:
+def with_file_name(found: dict[str, Any], name: str, units: Mapping[str, str], matcher: Matcher) -> dict[str, Any]:
     """The identifier result with the file name scanned like a cell (a name can carry ids too)."""
     tokens = tokens_of([name])
     extra = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from sandbox.exports.checks import result
 from sandbox.exports.tables import Table
@@ -19,7 +20,7 @@ from sandbox.exports.tables import Table
 MAX_LISTED = 200
 
 
-def released_numbers(answers: Sequence[dict]) -> list[float]:
+def released_numbers(answers: Sequence[dict[str, Any]]) -> list[float]:
     nums: set[float] = set()
     for a in answers:
         for row in a.get("response", {}).get("rows", []) or []:
@@ -35,11 +36,11 @@ def matches(value: float, decimals: int | None, pool: list[float]) -> bool:
     return i < len(pool) and pool[i] <= value + tol
 
 
-def query_list(answers: Sequence[dict]) -> list[dict]:
+def query_list(answers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"query_id": a["query_id"], "epsilon": a["epsilon"], "ts": a.get("ts")} for a in answers]
 
 
-def check_table(table: Table, answers: Sequence[dict]) -> dict:
+def check_table(table: Table, answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
     queries = query_list(answers)
     spent = round(sum(q["epsilon"] for q in queries), 9)
     if not queries:
@@ -67,7 +68,7 @@ def check_table(table: Table, answers: Sequence[dict]) -> dict:
                   "(derived or from elsewhere)", cells[:MAX_LISTED], queries=queries)
 
 
-def check_other(kind: str, answers: Sequence[dict]) -> dict:
+def check_other(kind: str, answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
     queries = query_list(answers)
     spent = round(sum(q["epsilon"] for q in queries), 9)
     return result("provenance", "review",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sandbox.exports.checks import result
 from sandbox.exports.tables import Table
@@ -103,7 +104,7 @@ def magnitude_columns(table: Table, declared: Iterable[str] = ()) -> list[str]:
     return out
 
 
-def check_table(table: Table, declared_counts: Iterable[str] = ()) -> list[dict]:
+def check_table(table: Table, declared_counts: Iterable[str] = ()) -> list[dict[str, Any]]:
     """All four SDC results for one table."""
     counts = count_columns(table, declared_counts)
     return [
@@ -113,7 +114,7 @@ def check_table(table: Table, declared_counts: Iterable[str] = ()) -> list[dict]
     ]
 
 
-def threshold_check(table: Table, counts: list[str], threshold: int = THRESHOLD) -> dict:
+def threshold_check(table: Table, counts: list[str], threshold: int = THRESHOLD) -> dict[str, Any]:
     if not counts:
         return result("sdc.threshold", "review",
                       "no count column found (name it n/count/freq or declare it): "
@@ -133,7 +134,7 @@ def threshold_check(table: Table, counts: list[str], threshold: int = THRESHOLD)
     return result("sdc.threshold", "pass", f"every cell of {where} is at least {threshold}")
 
 
-def zeros_check(table: Table, counts: list[str]) -> dict:
+def zeros_check(table: Table, counts: list[str]) -> dict[str, Any]:
     cells = []
     for c in counts:
         i = table.columns.index(c)
@@ -146,7 +147,7 @@ def zeros_check(table: Table, counts: list[str]) -> dict:
     return result("sdc.zeros", "pass", "no zero counts" if counts else "no count column to check")
 
 
-def contributor_checks(table: Table, declared_counts: Iterable[str] = ()) -> list[dict]:
+def contributor_checks(table: Table, declared_counts: Iterable[str] = ()) -> list[dict[str, Any]]:
     """nk-dominance and p-percent, from ``m``, ``m_top1`` and ``m_top2`` columns."""
     with_top = [c for c in table.columns
                 if f"{c}_top1" in table.columns and f"{c}_top2" in table.columns]
