@@ -15,6 +15,7 @@ import ipaddress
 import statistics
 
 from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound, SandboxError
+from sandbox.fields import text_field
 from sandbox.oversight import settings_of, state_key
 from sandbox.policy.rules import can_use_grant
 from sandbox.services import Services
@@ -63,19 +64,6 @@ def can_act(status: str, action: str) -> bool:
 def check_authority(services: Services, user: str) -> None:
     if user not in services.policies.roles().admins:
         raise Forbidden(f"{user} is not an admin: only the authority handles cases", code="not_admin")
-
-
-def _text(value: object, field: str, limit: int, required: bool = True) -> str:
-    text = value.strip() if isinstance(value, str) else ""
-    if required and not text:
-        raise BadRequest(f"`{field}` is required", code=f"missing_{field}")
-    if len(text) > limit:
-        raise BadRequest(f"`{field}` is longer than {limit} characters", code=f"bad_{field}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(f"`{field}` is not valid Unicode text", code="bad_text") from None
-    return text
 
 
 def _networks(address: str) -> tuple[str, str]:
@@ -130,9 +118,9 @@ def file_public(services: Services, kind: object, form: dict, client_address: st
             raise BadRequest("a request to open data names the resource (`dataset`)", code="missing_dataset")
         if datasets[ds_id].classification == "L1":
             raise Conflict(f"{ds_id} is already open data: download it from the directory", code="already_open")
-    subject = _text(form.get("subject"), "subject", MAX_SUBJECT)
-    body = _text(form.get("message"), "message", cfg.max_case_text)
-    contact = _text(form.get("contact"), "contact", MAX_CONTACT, required=False) or None
+    subject = text_field(form.get("subject"), "subject", MAX_SUBJECT)
+    body = text_field(form.get("message"), "message", cfg.max_case_text)
+    contact = text_field(form.get("contact"), "contact", MAX_CONTACT, required=False) or None
     client = filing_key(services, client_address)
     with services.db.work() as work:
         conn = work.conn
@@ -163,8 +151,8 @@ def file_data_quality(services: Services, user: str, form: dict) -> str:
         raise Forbidden(f"{user} cannot report under grant {grant_id}", code="not_a_member")
     if not isinstance(ds_id, str) or ds_id not in grant.datasets:
         raise BadRequest("`dataset` must be a resource of the grant", code="unknown_dataset")
-    subject = _text(form.get("subject"), "subject", MAX_SUBJECT)
-    body = _text(form.get("message"), "message", cfg.max_case_text)
+    subject = text_field(form.get("subject"), "subject", MAX_SUBJECT)
+    body = text_field(form.get("message"), "message", cfg.max_case_text)
     with services.db.work() as work:
         conn = work.conn
         case_id = _insert(services, conn, "data_quality", ds_id, grant.id, subject, body, None, user, None)
@@ -195,7 +183,7 @@ def act(services: Services, case_id: str, user: str, action: object, *, owner: o
     if not isinstance(action, str) or action not in AUDIT_ACTIONS or action == "file":
         raise BadRequest("`action` must be assign, respond, reopen or close", code="bad_action")
     cfg = settings_of(services)
-    note_s = _text(note, "note", cfg.max_case_text, required=False)
+    note_s = text_field(note, "note", cfg.max_case_text, required=False)
     with services.db.work() as work:
         conn = work.conn
         row = store.get(conn, case_id)
@@ -205,18 +193,18 @@ def act(services: Services, case_id: str, user: str, action: object, *, owner: o
         fields: dict[str, object] = {"status": new, "updated_at": store.now()}
         detail: dict[str, object] = {"case": case_id, "from": row["status"], "to": new}
         if action == "assign":
-            owner_s = _text(owner if owner is not None else user, "owner", 128)
+            owner_s = text_field(owner if owner is not None else user, "owner", 128)
             if owner_s not in services.policies.roles().admins:
                 raise BadRequest(f"{owner_s} is not an admin of the authority", code="bad_owner")
             fields["owner"] = detail["owner"] = owner_s
         elif action == "respond":
-            fields["response"] = _text(response, "response", cfg.max_case_text)
+            fields["response"] = text_field(response, "response", cfg.max_case_text)
             detail["response"] = fields["response"]
             if row["owner"] is None:
                 fields["owner"] = user
         elif action == "close":
             if response is not None and str(response).strip():
-                fields["response"] = _text(response, "response", cfg.max_case_text)
+                fields["response"] = text_field(response, "response", cfg.max_case_text)
                 detail["response"] = fields["response"]
             elif not row["response"]:
                 raise Conflict("write a response before closing the case", code="response_required")

@@ -12,6 +12,7 @@ import datetime as dt
 from decimal import Decimal, InvalidOperation
 
 from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound, PolicyError
+from sandbox.fields import text_field
 from sandbox.policy.models import Grant
 from sandbox.policy.rules import check_grant_fits_catalog, effective_status
 from sandbox.services import Services
@@ -36,19 +37,6 @@ def next_status(status: str, action: str) -> str:
         return TRANSITIONS[status][action]
     except KeyError:
         raise Conflict(f"a declaration that is {status} cannot be {action}d", code="illegal_transition") from None
-
-
-def _text(value: object, field: str, limit: int, required: bool = True) -> str:
-    text = value.strip() if isinstance(value, str) else ""
-    if required and not text:
-        raise BadRequest(f"`{field}` is required", code=f"missing_{field}")
-    if len(text) > limit:
-        raise BadRequest(f"`{field}` is longer than {limit} characters", code=f"bad_{field}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from JSON "\ud800"
-        raise BadRequest(f"`{field}` is not valid Unicode text", code="bad_text") from None
-    return text
 
 
 def _member_grant(services: Services, grant_id: object, user: str) -> Grant:
@@ -93,8 +81,8 @@ def declare(services: Services, user: str, body: dict) -> int:
     kind = body.get("kind")
     if not isinstance(kind, str) or kind not in KINDS:
         raise BadRequest("`kind` must be product or service", code="bad_kind")
-    name = _text(body.get("name"), "name", MAX_NAME)
-    description = _text(body.get("description"), "description", MAX_DESCRIPTION)
+    name = text_field(body.get("name"), "name", MAX_NAME)
+    description = text_field(body.get("description"), "description", MAX_DESCRIPTION)
     price = parse_price(body.get("price"))
     free = body.get("free_to_public", False)
     if not isinstance(free, bool):
@@ -133,7 +121,7 @@ def check_price_ceiling(services: Services, kind: str, price: Decimal | None) ->
 def act(services: Services, offering_id: int, user: str, action: object, comment: object = None) -> str:
     if action not in ("approve", "reject", "withdraw"):
         raise BadRequest("`decision` must be approve, reject or withdraw", code="bad_decision")
-    note = _text(comment, "comment", MAX_DESCRIPTION, required=action == "reject")
+    note = text_field(comment, "comment", MAX_DESCRIPTION, required=action == "reject")
     if not 0 < offering_id < 2**63:  # SQLite integers: anything else names no declaration
         raise NotFound(f"no declaration {offering_id}", code="unknown_offering")
     with services.db.work() as work:
@@ -253,7 +241,7 @@ def publish_reason(services: Services, grant_id: str, actor: str, text: str) -> 
     Suspension reasons recorded with ``grants suspend --reason`` stay in the audit log only (they
     may name people); a revocation's ``--reason`` is published as the CLI promises.
     """
-    text = _text(text, "reason", 500)
+    text = text_field(text, "reason", 500)
     grant = services.policies.grant(grant_id)
     if grant.status == "active":
         raise Conflict(f"grant {grant_id} is active: there is no suspension or revocation to explain",

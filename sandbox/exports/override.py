@@ -18,12 +18,12 @@ from sandbox.exports import store
 from sandbox.exports.workflow import (
     MAX_TEXT,
     OPEN,
-    _text,
     blocked_files,
     grant_members,
     next_state,
     transition,
 )
+from sandbox.fields import text_field
 from sandbox.services import Services
 
 
@@ -55,7 +55,7 @@ def can_override(services: Services, conn: sqlite3.Connection, row: dict[str, An
 
 def override(services: Services, request_id: str, admin: str, reason: object) -> str:
     """Lift the block of the files failing now (this round); returns the (unchanged) state."""
-    text = _text(reason, "reason", MAX_TEXT)
+    text = text_field(reason, "reason", MAX_TEXT)
     with services.db.work() as work:
         conn = work.conn
         row = store.request_row(conn, request_id)

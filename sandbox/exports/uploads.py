@@ -26,13 +26,13 @@ from sandbox.exports.workflow import (
     MAX_AUDITED_NAME,
     MAX_JUSTIFICATION,
     MAX_TITLE,
-    _text,
     _usable_grant,
     check_requester,
     grant_members,
     next_state,
     transition,
 )
+from sandbox.fields import text_field
 from sandbox.policy.models import Grant
 from sandbox.services import Services
 from sandbox.state import exports_repo
@@ -129,8 +129,8 @@ def submit(services: Services, user: str, *, grant_id: object, title: object, ju
 
 def _submit(services: Services, user: str, *, grant_id: object, title: object, justification: object,
             files: list[tuple[str, bytes]], count_columns: list[str] | None) -> str:
-    title_s = _text(title, "title", MAX_TITLE)
-    justification_s = _text(justification, "justification", MAX_JUSTIFICATION)
+    title_s = text_field(title, "title", MAX_TITLE)
+    justification_s = text_field(justification, "justification", MAX_JUSTIFICATION)
     if not files:
         raise BadRequest("attach at least one file as `files`", code="no_files")
     if len(files) > DEFAULT_LIMITS.max_files:

@@ -27,6 +27,7 @@ from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound
 from sandbox.exports import store
 from sandbox.exports.checks import worst
 from sandbox.exports.checks.file_gates import NAME_RE
+from sandbox.fields import text_field
 from sandbox.policy.models import Grant, Roles
 from sandbox.policy.rules import check_grant_usable
 from sandbox.services import Services
@@ -205,13 +206,6 @@ def transition(services: Services, conn: sqlite3.Connection, row: dict[str, Any]
 
 
 # -- operations -------------------------------------------------------------------------------
-def _text(value: object, field: str, limit: int, required: bool = True) -> str:
-    text = value.strip() if isinstance(value, str) else ""
-    if required and not text:
-        raise BadRequest(f"`{field}` is required", code=f"missing_{field}")
-    if len(text) > limit:
-        raise BadRequest(f"`{field}` is longer than {limit} characters", code=f"bad_{field}")
-    return text
 
 
 def _usable_grant(services: Services, grant_id: object, user: str) -> Grant:
@@ -229,7 +223,7 @@ def review(services: Services, request_id: str, reviewer: str, decision: object,
     """Cast one reviewer's vote; returns the request's new state."""
     if decision not in DECISIONS:
         raise BadRequest("`decision` must be approve, reject or return", code="bad_decision")
-    text = _text(comment, "comment", MAX_TEXT, required=decision != "approve")
+    text = text_field(comment, "comment", MAX_TEXT, required=decision != "approve")
     roles = services.policies.roles()
     check_reviewer(roles, reviewer)
     with services.db.work() as work:
@@ -266,7 +260,7 @@ def withdraw(services: Services, request_id: str, user: str, reason: str = "") -
         conn = work.conn
         row = store.request_row(conn, request_id)
         check_requester(row, user)
-        new = transition(services, conn, row, "withdraw", user, comment=_text(reason, "reason", MAX_COMMENT,
+        new = transition(services, conn, row, "withdraw", user, comment=text_field(reason, "reason", MAX_COMMENT,
                                                                              required=False))
     return new
 
@@ -292,7 +286,7 @@ def resubmit(services: Services, request_id: str, user: str, comment: str = "") 
         _usable_grant(services, row["grant_id"], user)
         files = store.current_files(conn, request_id)
         new = transition(services, conn, row, "resubmit", user,
-                         comment=_text(comment, "comment", MAX_COMMENT, required=False),
+                         comment=text_field(comment, "comment", MAX_COMMENT, required=False),
                          detail={"round": row["round"] + 1, "files": {f["name"]: f["sha256"] for f in files}})
     return new
 
