@@ -184,6 +184,9 @@ class StateDB:
                 chain.migrate(conn)
                 for migration in _MIGRATIONS:
                     migration(conn)
+                if self.keyring.available():
+                    for keyed in _KEYED_MIGRATIONS:
+                        keyed(conn, self.keyring)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -261,6 +264,15 @@ _MIGRATIONS: list[Any] = []
 def register_migration(fn: Any) -> Any:
     """A function run (idempotently) on every open, after the schemas: adds columns to old files."""
     _MIGRATIONS.append(fn)
+    return fn
+
+
+_KEYED_MIGRATIONS: list[Any] = []
+
+
+def register_keyed_migration(fn: Any) -> Any:
+    """Like :func:`register_migration`, with the MAC keyring (run only when the current key is present)."""
+    _KEYED_MIGRATIONS.append(fn)
     return fn
 
 
