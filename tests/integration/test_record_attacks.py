@@ -83,3 +83,67 @@ def test_tokens_from_before_the_row_mac_are_kept_only_when_their_event_verifies(
     reopened = Fresh(services.settings)
     assert reopened.tokens.user_for(genuine) == "alice"
     assert reopened.tokens.user_for(planted) is None
+
+
+# -- 2. the tail cut off by restoring an old head, or every table emptied --------------------------
+def _verify(services: Services) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from sandbox.cli import cli
+
+    r = CliRunner().invoke(cli, ["audit", "verify", "--state", str(services.settings.state_dir)],
+                           env={"SANDBOX_ADMIN_TOKEN": ""}, catch_exceptions=False)
+    return r.exit_code, r.output
+
+
+def test_restoring_an_old_head_row_is_detected_by_the_mark_outside_the_state(services: Services) -> None:
+    import pytest
+
+    from gateway.app import create_app
+    from sandbox.errors import SandboxError
+
+    with attacker(services) as conn:
+        old = dict(conn.execute("SELECT * FROM audit_head").fetchone())
+    services.tokens.create("bob")
+    services.tokens.create("carol")
+    assert _verify(services)[0] == 0
+    with attacker(services) as conn:
+        conn.execute("DELETE FROM audit WHERE seq > ?", (old["seq"],))
+        conn.execute("UPDATE audit_head SET seq = ?, hash = ?, key_id = ?, mac = ?",
+                     (old["seq"], old["hash"], old["key_id"], old["mac"]))
+        conn.execute("DELETE FROM tokens WHERE user IN ('bob', 'carol')")
+    code, out = _verify(services)
+    assert code == 1 and "high-water mark" in out, out
+    with pytest.raises(SandboxError, match="high-water mark"):
+        create_app(services=services)
+
+
+def test_an_emptied_log_is_not_intact(services: Services) -> None:
+    with attacker(services) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            conn.execute(f"DELETE FROM {table}")
+    code, out = _verify(services)
+    assert code == 1 and "high-water mark" in out, out
+
+
+# -- 6. triggers and views planted in the state database ------------------------------------------
+def test_a_planted_trigger_never_runs_and_is_reported(services: Services) -> None:
+    import pytest
+
+    from gateway.app import create_app
+    from sandbox.errors import SandboxError
+
+    with attacker(services) as conn:
+        conn.execute("CREATE TRIGGER planted AFTER INSERT ON tokens BEGIN"
+                     " UPDATE budgets SET epsilon_total_nano = epsilon_total_nano * 10; END")
+        conn.execute("CREATE VIEW planted_view AS SELECT 1")
+        before = conn.execute("SELECT SUM(epsilon_total_nano) FROM budgets").fetchone()[0]
+    with pytest.raises(SandboxError, match="planted"):
+        services.tokens.create("bob")
+    with attacker(services) as conn:
+        assert conn.execute("SELECT SUM(epsilon_total_nano) FROM budgets").fetchone()[0] == before
+    with pytest.raises(SandboxError, match="planted"):
+        create_app(services=services)
+    code, out = _verify(services)
+    assert code == 1 and "trigger planted" in out and "view planted_view" in out, out
