@@ -86,12 +86,12 @@ def test_tokens_from_before_the_row_mac_are_kept_only_when_their_event_verifies(
 
 
 # -- 2. the tail cut off by restoring an old head, or every table emptied --------------------------
-def _verify(services: Services) -> tuple[int, str]:
+def _verify(services: Services, *args: str) -> tuple[int, str]:
     from click.testing import CliRunner
 
     from sandbox.cli import cli
 
-    r = CliRunner().invoke(cli, ["audit", "verify", "--state", str(services.settings.state_dir)],
+    r = CliRunner().invoke(cli, ["audit", "verify", "--state", str(services.settings.state_dir), *args],
                            env={"SANDBOX_ADMIN_TOKEN": ""}, catch_exceptions=False)
     return r.exit_code, r.output
 
@@ -147,3 +147,54 @@ def test_a_planted_trigger_never_runs_and_is_reported(services: Services) -> Non
         create_app(services=services)
     code, out = _verify(services)
     assert code == 1 and "trigger planted" in out and "view planted_view" in out, out
+
+
+# -- 3. a checkpoint document is checked against a pinned key, never its own -----------------------
+def _self_signed_document(services: Services) -> dict:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from sandbox.state.checkpoints import message
+    from sandbox.state.keys import public_key_id
+
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    kid = public_key_id(raw)
+    seq, head = services.audit.head()
+    ts = "2026-12-01T00:00:00+00:00"
+    return {"public_keys": {kid: base64.b64encode(raw).decode()},
+            "checkpoints": [{"seq": seq, "head": head, "ts": ts, "key_id": kid,
+                             "signature": base64.b64encode(key.sign(message(seq, head, ts))).decode()}]}
+
+
+def test_a_self_signed_document_is_checked_against_the_local_key_by_default(services: Services,
+                                                                             tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    services.checkpoints.sign("test")
+    fake = tmp_path / "fake.json"
+    fake.write_text(json.dumps(_self_signed_document(services)))
+    code, out = _verify(services, "--checkpoints", str(fake))
+    assert code == 1 and "signature invalid or key" in out, out
+    code, out = _verify(services, "--checkpoints", str(fake), "--trust-document-key")
+    assert code == 0 and "proves nothing about rollback" in out, out
+
+
+def test_verify_export_needs_a_pinned_key(services: Services, tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from click.testing import CliRunner
+
+    from sandbox.cli import cli
+
+    services.checkpoints.sign("test")
+    export = tmp_path / "audit.jsonl"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["audit", "export", "--state", str(services.settings.state_dir),
+                               "-o", str(export)]).exit_code == 0
+    fake = tmp_path / "fake.json"
+    fake.write_text(json.dumps(_self_signed_document(services)))
+    r = runner.invoke(cli, ["audit", "verify-export", str(export), "--checkpoints", str(fake)])
+    assert r.exit_code != 0 and "--public-key" in r.output, r.output
