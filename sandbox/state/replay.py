@@ -69,6 +69,8 @@ class Replayed:
     cap_spent: dict[str, int] = field(default_factory=dict)  # "dataset/operator" ('' = all grants) -> nano
     grant_dataset: dict[str, int] = field(default_factory=dict)  # "grant/dataset" -> units nano
     charge_scopes: dict[str, dict[str, Any]] = field(default_factory=dict)  # query id -> its scope
+    delta_spent: dict[str, float] = field(default_factory=dict)  # "dataset/grant" -> a zcdp grant's delta
+    selection_delta: dict[str, dict[str, Any]] = field(default_factory=dict)  # scope id -> {dataset, grant_id, delta}
     cases: dict[str, str] = field(default_factory=dict)  # case id -> status
     offerings: dict[str, str] = field(default_factory=dict)  # offering id -> status
     alerts_raised: set[int] = field(default_factory=set)  # audit seq of each alert.raised
@@ -154,6 +156,12 @@ def _apply_scopes(state: Replayed, e: Entry, eps_units: int) -> None:
         state.grant_dataset[f"{gid}/{ds}"] = state.grant_dataset.get(f"{gid}/{ds}", 0) + units
         state.charge_scopes[str(scope["scope"])] = {"grant_id": gid, "dataset": ds, "operator": op,
                                                      "units_nano": units, "cap_epsilon_nano": cap}
+        delta = d.get("delta")
+        if isinstance(delta, (int, float)) and delta > 0:
+            if "rho_nano" in d:  # a zcdp grant's delta counts once per dataset (its first charge there)
+                state.delta_spent.setdefault(f"{ds}/{gid}", float(delta))
+            else:  # a pure grant's partition selection, per query and dataset
+                state.selection_delta[str(scope["scope"])] = {"dataset": ds, "grant_id": gid, "delta": float(delta)}
 
 
 def _apply_export(state: Replayed, e: Entry, rid: str) -> None:
@@ -349,10 +357,38 @@ def _scopes(db: StateDB, log: Replayed) -> list[Divergence]:
     out += _totals("cap_spent", caps, log.cap_spent)
     out += _totals("grant_dataset_spent", per_grant, log.grant_dataset)
     out += _keys(scopes, log.charge_scopes, "charge_scopes")
+    out += _deltas(db, log)
     for qid in sorted(set(scopes) & set(log.charge_scopes)):
         for column, want in log.charge_scopes[qid].items():
             if scopes[qid][column] != want:
                 out.append(Divergence("charge_scopes", qid, column, scopes[qid][column], want))
+    return out
+
+
+def _deltas(db: StateDB, log: Replayed) -> list[Divergence]:
+    """The delta tallies of the dataset caps: a row the log implies must be there with its delta (a deleted
+    or lowered row would let more queries past the cap). Rows the log does not imply (a backfill's, from
+    charges logged before the events named their scopes) are left to the charges they come from."""
+    out: list[Divergence] = []
+    try:
+        spent = {f"{r['dataset']}/{r['grant_id']}": r["delta"]
+                 for r in db.read("SELECT dataset, grant_id, delta FROM dataset_delta_spent")}
+        selected = {r["query_id"]: dict(r) for r in db.read("SELECT * FROM dataset_selection_delta")}
+    except sqlite3.Error:
+        return out
+    for key, want in sorted(log.delta_spent.items()):
+        if key not in spent:
+            out.append(Divergence("dataset_delta_spent", key, "row", MISSING, PRESENT))
+        elif abs(spent[key] - want) > 1e-15:
+            out.append(Divergence("dataset_delta_spent", key, "delta", spent[key], want))
+    for key, row in sorted(log.selection_delta.items()):
+        have = selected.get(key)
+        if have is None:
+            out.append(Divergence("dataset_selection_delta", key, "row", MISSING, PRESENT))
+            continue
+        for column, want in row.items():
+            if (abs(have[column] - want) > 1e-15) if column == "delta" else have[column] != want:
+                out.append(Divergence("dataset_selection_delta", key, column, have[column], want))
     return out
 
 

@@ -11,6 +11,8 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 
+from test_unknown_categories import visits_client  # noqa: F401 - the fixture
+
 from sandbox.services import Services
 
 CASE = {"grant": "g-2026-001", "dataset": "nhanes_2017", "subject": "forged", "message": "filed by the attacker"}
@@ -198,3 +200,38 @@ def test_verify_export_needs_a_pinned_key(services: Services, tmp_path) -> None:
     fake.write_text(json.dumps(_self_signed_document(services)))
     r = runner.invoke(cli, ["audit", "verify-export", str(export), "--checkpoints", str(fake)])
     assert r.exit_code != 0 and "--public-key" in r.output, r.output
+
+
+# -- 4. the delta tallies of the dataset caps replay from the log ---------------------------------
+def test_deleting_a_zcdp_grants_delta_tally_is_detected(services: Services, client, alice) -> None:  # noqa: ANN001
+    from sandbox.policy.models import Grant
+
+    body = services.policies.grant("g-2026-001").model_dump(mode="json")
+    body.update(id="g-zcdp", accounting="zcdp")
+    services.policies.apply_grant(Grant.model_validate(body), "admin")
+    r = client.post("/v1/query", json={"sql": "SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex",
+                                       "rho": 0.01, "grant": "g-zcdp"}, headers=alice)
+    assert r.status_code == 200, r.json
+    assert _verify(services)[0] == 0
+    with attacker(services) as conn:
+        assert conn.execute("DELETE FROM dataset_delta_spent").rowcount == 1
+    code, out = _verify(services)
+    assert code == 1 and "dataset_delta_spent[nhanes_2017/g-zcdp]" in out, out
+
+
+def test_deleting_a_selection_delta_is_detected(visits_client) -> None:  # noqa: ANN001, F811
+    client, alice, services = visits_client
+    from test_unknown_categories import GRANT
+
+    reply = client.post("/v1/query", headers=alice, json={
+        "sql": "SELECT city, COUNT(*) AS n FROM visits GROUP BY city", "epsilon": 0.5, "grant": GRANT})
+    assert reply.status_code == 200, reply.json
+    assert _verify(services)[0] == 0
+    with attacker(services) as conn:
+        conn.execute("UPDATE dataset_selection_delta SET delta = 0")
+    code, out = _verify(services)
+    assert code == 1 and "dataset_selection_delta[" in out, out
+    with attacker(services) as conn:
+        conn.execute("DELETE FROM dataset_selection_delta")
+    code, out = _verify(services)
+    assert code == 1 and "dataset_selection_delta[" in out, out
