@@ -235,3 +235,28 @@ def test_deleting_a_selection_delta_is_detected(visits_client) -> None:  # noqa:
         conn.execute("DELETE FROM dataset_selection_delta")
     code, out = _verify(services)
     assert code == 1 and "dataset_selection_delta[" in out, out
+
+
+# -- 7. the public checkpoint pages are bounded ---------------------------------------------------
+def test_public_checkpoints_are_paginated_and_follow_new_checkpoints(services: Services, client) -> None:  # noqa: ANN001
+    before = client.get("/public/checkpoints.json").json["checkpoints"]
+    services.tokens.create("bob")
+    signed = services.checkpoints.sign("test")
+    assert signed is not None
+    after = client.get("/public/checkpoints.json").json["checkpoints"]  # the cached page follows the new one
+    assert len(after) == len(before) + 1 and after[-1]["seq"] == signed.seq
+    with attacker(services) as conn:
+        conn.execute("BEGIN")
+        for i in range(1, 251):
+            conn.execute("INSERT INTO checkpoints VALUES (?, ?, '2026-12-01T00:00:00+00:00', 'k', 's')",
+                         (1000 + i, "f" * 64))
+        conn.execute("COMMIT")
+    doc = client.get("/public/checkpoints.json").json
+    seqs = [c["seq"] for c in doc["checkpoints"]]
+    assert len(seqs) == 100 and seqs == sorted(seqs) and seqs[-1] == 1250 and doc["next_before"] == 1151
+    older = client.get("/public/checkpoints.json?before=1151").json
+    assert [c["seq"] for c in older["checkpoints"]] == list(range(1051, 1151))
+    last = client.get("/public/checkpoints.json?before=1051").json
+    assert len(last["checkpoints"]) == 50 + len(after) and last["next_before"] is None
+    assert client.get("/public/checkpoints.json?before=x").status_code == 400
+    assert client.get("/public/checkpoints").data.count(b"<tr><td class=\"nowrap\">") == 100
