@@ -22,6 +22,7 @@ from sandbox.state.db import StateDB
 MISSING = "(no row)"
 ABSENT = "(no event)"
 PRESENT = "(present)"
+UNKNOWN: Any = object()  # a value the log does not record (events from before it was logged)
 STATUS_ACTIONS = {"grant.suspended": "suspended", "grant.resumed": "active", "grant.revoked": "revoked"}
 NANO = 1_000_000_000
 VOTE_ACTIONS = ("export.reviewed", "export.approved", "export.rejected", "export.returned")
@@ -69,6 +70,7 @@ class Replayed:
     cap_spent: dict[str, int] = field(default_factory=dict)  # "dataset/operator" ('' = all grants) -> nano
     grant_dataset: dict[str, int] = field(default_factory=dict)  # "grant/dataset" -> units nano
     charge_scopes: dict[str, dict[str, Any]] = field(default_factory=dict)  # query id -> its scope
+    sessions: list[dict[str, Any]] = field(default_factory=list)  # notebook sessions in the order opened
     delta_spent: dict[str, float] = field(default_factory=dict)  # "dataset/grant" -> a zcdp grant's delta
     selection_delta: dict[str, dict[str, Any]] = field(default_factory=dict)  # scope id -> {dataset, grant_id, delta}
     cases: dict[str, str] = field(default_factory=dict)  # case id -> status
@@ -138,6 +140,16 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
         state.alerts_acknowledged.add(str(d["alert"]))
     elif e.action == "alert.enforced" and d.get("alert") is not None:
         state.alerts_enforced.add(str(d["alert"]))
+    elif e.action == "server.started":
+        at = d.get("at", UNKNOWN)  # events from before `at` was logged: the times are not compared
+        for open_session in state.sessions:
+            if open_session["user"] == e.actor and open_session["stopped_at"] is None:
+                open_session["stopped_at"] = at
+        state.sessions.append({"user": e.actor, "grant_id": e.grant_id, "started_at": at, "stopped_at": None})
+    elif e.action == "server.stopped":
+        for open_session in state.sessions:
+            if open_session["user"] == e.actor and open_session["stopped_at"] is None:
+                open_session["stopped_at"] = d.get("at", UNKNOWN)
     elif e.action == "audit.checkpoint":
         state.checkpoints[int(d["seq"])] = str(d.get("head"))
 
@@ -212,6 +224,7 @@ def reconcile(db: StateDB, audit: AuditLog) -> list[Divergence]:
     out += _exports(db, log)
     out += _scopes(db, log)
     out += _oversight(db, log)
+    out += _sessions(db, log)
     rows = {str(r["seq"]): r["head"] for r in db.read("SELECT seq, head FROM checkpoints")}
     expected = {str(k): v for k, v in log.checkpoints.items()}
     out += _keys(rows, expected, "checkpoints")
@@ -362,6 +375,22 @@ def _scopes(db: StateDB, log: Replayed) -> list[Divergence]:
         for column, want in log.charge_scopes[qid].items():
             if scopes[qid][column] != want:
                 out.append(Divergence("charge_scopes", qid, column, scopes[qid][column], want))
+    return out
+
+
+def _sessions(db: StateDB, log: Replayed) -> list[Divergence]:
+    """Notebook sessions (billed as hours): each row, in order, as the server.* events imply."""
+    rows = [dict(r) for r in db.read("SELECT id, user, grant_id, started_at, stopped_at FROM sessions ORDER BY id")]
+    out: list[Divergence] = []
+    for i in range(max(len(rows), len(log.sessions))):
+        key = str(rows[i]["id"]) if i < len(rows) else f"#{i + 1}"
+        if i >= len(rows) or i >= len(log.sessions):
+            out.append(Divergence("sessions", key, "row", PRESENT if i < len(rows) else MISSING,
+                                  PRESENT if i < len(log.sessions) else ABSENT))
+            continue
+        for column, want in log.sessions[i].items():
+            if want is not UNKNOWN and rows[i][column] != want:
+                out.append(Divergence("sessions", key, column, rows[i][column], want))
     return out
 
 

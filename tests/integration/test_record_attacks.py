@@ -260,3 +260,19 @@ def test_public_checkpoints_are_paginated_and_follow_new_checkpoints(services: S
     assert len(last["checkpoints"]) == 50 + len(after) and last["next_before"] is None
     assert client.get("/public/checkpoints.json?before=x").status_code == 400
     assert client.get("/public/checkpoints").data.count(b"<tr><td class=\"nowrap\">") == 100
+
+
+# -- 4b. billed notebook sessions replay from the log ---------------------------------------------
+def test_editing_notebook_sessions_is_detected(services: Services) -> None:
+    services.sessions.started("alice", "g-2026-001", at="2026-12-01T08:00:00+00:00")
+    services.sessions.stopped("alice", at="2026-12-01T12:00:00+00:00")
+    services.sessions.started("alice", "g-2026-001", at="2026-12-01T13:00:00+00:00")
+    assert _verify(services)[0] == 0
+    with attacker(services) as conn:
+        conn.execute("UPDATE sessions SET stopped_at = started_at WHERE stopped_at IS NOT NULL")
+    code, out = _verify(services)
+    assert code == 1 and "sessions[1].stopped_at" in out, out
+    with attacker(services) as conn:
+        conn.execute("DELETE FROM sessions")
+    code, out = _verify(services)
+    assert code == 1 and "sessions[" in out, out
