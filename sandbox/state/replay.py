@@ -70,6 +70,7 @@ class Replayed:
     cap_spent: dict[str, int] = field(default_factory=dict)  # "dataset/operator" ('' = all grants) -> nano
     grant_dataset: dict[str, int] = field(default_factory=dict)  # "grant/dataset" -> units nano
     charge_scopes: dict[str, dict[str, Any]] = field(default_factory=dict)  # query id -> its scope
+    notices: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # grant -> (status, text, actor)
     sessions: list[dict[str, Any]] = field(default_factory=list)  # notebook sessions in the order opened
     delta_spent: dict[str, float] = field(default_factory=dict)  # "dataset/grant" -> a zcdp grant's delta
     selection_delta: dict[str, dict[str, Any]] = field(default_factory=dict)  # scope id -> {dataset, grant_id, delta}
@@ -92,6 +93,8 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
     if e.action in ("grant.created", "grant.changed") and e.grant_id:
         body = d.get("grant")
         old = state.grants.get(e.grant_id, {"status_reason": None})
+        if body and old.get("status") is not None and old.get("status") != body.get("status"):
+            state.notices.pop(e.grant_id, None)  # a reason published for the old status no longer applies
         state.grants[e.grant_id] = {
             "body": body, "status": body.get("status") if body else None, "status_reason": old["status_reason"]}
         if body:
@@ -99,6 +102,9 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
             budget["total"] = _nano(body["budget"]["epsilon"])
     elif e.action in STATUS_ACTIONS and e.grant_id:
         status = d.get("to", STATUS_ACTIONS[e.action])
+        state.notices.pop(e.grant_id, None)
+        if status == "revoked" and str(d.get("reason") or "").strip():
+            state.notices[e.grant_id] = [("revoked", str(d["reason"]).strip(), e.actor)]
         grant = state.grants.setdefault(e.grant_id, {"body": None, "status": None, "status_reason": None})
         grant["status"] = status
         grant["status_reason"] = d.get("reason") or None
@@ -140,6 +146,8 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
         state.alerts_acknowledged.add(str(d["alert"]))
     elif e.action == "alert.enforced" and d.get("alert") is not None:
         state.alerts_enforced.add(str(d["alert"]))
+    elif e.action == "grant.reason_published" and e.grant_id:
+        state.notices.setdefault(e.grant_id, []).append((str(d.get("status")), str(d.get("reason")), e.actor))
     elif e.action == "server.started":
         at = d.get("at", UNKNOWN)  # events from before `at` was logged: the times are not compared
         for open_session in state.sessions:
@@ -225,6 +233,7 @@ def reconcile(db: StateDB, audit: AuditLog) -> list[Divergence]:
     out += _scopes(db, log)
     out += _oversight(db, log)
     out += _sessions(db, log)
+    out += _notices(db, log)
     rows = {str(r["seq"]): r["head"] for r in db.read("SELECT seq, head FROM checkpoints")}
     expected = {str(k): v for k, v in log.checkpoints.items()}
     out += _keys(rows, expected, "checkpoints")
@@ -375,6 +384,30 @@ def _scopes(db: StateDB, log: Replayed) -> list[Divergence]:
         for column, want in log.charge_scopes[qid].items():
             if scopes[qid][column] != want:
                 out.append(Divergence("charge_scopes", qid, column, scopes[qid][column], want))
+    return out
+
+
+def _notices(db: StateDB, log: Replayed) -> list[Divergence]:
+    """What the public register says about a suspended or revoked grant: each notice as the log has it."""
+    try:
+        rows = db.read("SELECT grant_id, status, text, actor FROM grant_notices ORDER BY id")
+    except sqlite3.Error:
+        return []
+    table: dict[str, list[tuple[str, str, str]]] = {}
+    for r in rows:
+        table.setdefault(r["grant_id"], []).append((r["status"], r["text"], r["actor"]))
+    out: list[Divergence] = []
+    for gid in sorted(set(table) | set(log.notices)):
+        have, want = table.get(gid, []), log.notices.get(gid, [])
+        for i in range(max(len(have), len(want))):
+            key = f"{gid}#{i + 1}"
+            if i >= len(have) or i >= len(want):
+                out.append(Divergence("grant_notices", key, "row", PRESENT if i < len(have) else MISSING,
+                                      PRESENT if i < len(want) else ABSENT))
+                continue
+            for column, a, b in zip(("status", "text", "actor"), have[i], want[i], strict=True):
+                if a != b:
+                    out.append(Divergence("grant_notices", key, column, a, b))
     return out
 
 

@@ -276,3 +276,19 @@ def test_editing_notebook_sessions_is_detected(services: Services) -> None:
         conn.execute("DELETE FROM sessions")
     code, out = _verify(services)
     assert code == 1 and "sessions[" in out, out
+
+
+# -- 4c. the public notices of grants replay from the log -----------------------------------------
+def test_forged_public_notices_are_detected(services: Services) -> None:
+    from sandbox.offerings import publish_reason
+
+    services.policies.set_status("g-2026-001", "suspended", "admin", "private reason")
+    publish_reason(services, "g-2026-001", "admin", "Suspended while a complaint is examined")
+    assert _verify(services)[0] == 0
+    with attacker(services) as conn:
+        conn.execute("UPDATE grant_notices SET text = 'forged public text'")
+    code, out = _verify(services)
+    assert code == 1 and "grant_notices[g-2026-001" in out and "forged public text" in out, out
+    with attacker(services) as conn:
+        conn.execute("DELETE FROM grant_notices")
+    assert _verify(services)[0] == 1
