@@ -28,6 +28,8 @@ def create_app(
         if settings is None:
             raise ValueError("create_app needs settings or services")
         services = Services(settings)
+    services.db.refuse_foreign_schema()  # planted triggers or views would run inside every unit of work
+    services.audit.check_mark()  # a log behind the mark in the keys directory was cut off or rolled back
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = services.settings.max_upload_bytes
     app.config["JSON_SORT_KEYS"] = False

@@ -57,7 +57,7 @@ class Services:
                                        create=settings.create_keys)
         self.checkpoints = Checkpoints(self.db, self.audit, signing)
         self.policies = PolicyStore(self.db, self.audit, on_grant_change=self._checkpoint_grant_change)
-        self.ledger = Ledger(self.db, self.audit)
+        self.ledger = Ledger(self.db, self.audit, backfill=settings.create_keys)  # off: read-only verification
         self.tokens = TokenStore(self.db)
         self.sessions = SessionLog(self.db)
         self.engine = Engine(

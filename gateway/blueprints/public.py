@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify, redirect, render_template, reque
 
 from gateway.context import services
 from sandbox.disclosure import USE_LABELS, parse_year, register, register_csv
+from sandbox.errors import BadRequest
 
 bp = Blueprint("public", __name__, url_prefix="/public")
 
@@ -45,12 +46,24 @@ def grants_csv():  # noqa: ANN201
     return _fresh(resp)
 
 
+def _checkpoint_page() -> dict:
+    """The newest checkpoints, or (``?before=SEQ``) the page before that entry number."""
+    raw = request.args.get("before")
+    if raw is None:
+        return services().checkpoints.page()
+    try:
+        before = int(raw)
+    except ValueError:
+        raise BadRequest("before: an entry number", code="bad_parameter") from None
+    return services().checkpoints.page(before=before)
+
+
 @bp.get("/checkpoints")
 def checkpoints_html():  # noqa: ANN201
-    doc = services().checkpoints.document()
+    doc = _checkpoint_page()
     return _fresh(Response(render_template("public/checkpoints.html", doc=doc), mimetype="text/html"))
 
 
 @bp.get("/checkpoints.json")
 def checkpoints_json():  # noqa: ANN201
-    return _fresh(jsonify(services().checkpoints.document()))
+    return _fresh(jsonify(_checkpoint_page()))

@@ -30,18 +30,46 @@ def audit() -> None:
     """The keyed, hash-chained audit log and its signed checkpoints."""
 
 
+def _pins(public_keys: tuple[str, ...], trust_document_key: bool, local: dict[str, str]) -> dict[str, str] | None:
+    """The checkpoint public keys to verify against: --public-key, else the local signing key's public
+    half; the document's own keys only with --trust-document-key (None tells verify_against so)."""
+    pinned = dict(k.split("=", 1) for k in public_keys if "=" in k)
+    if pinned:
+        return pinned
+    if trust_document_key:
+        return None
+    if local:
+        return dict(local)
+    fail("no checkpoint public key to verify against: pass --public-key KEY_ID=BASE64 (obtained elsewhere than"
+         " the document), or --trust-document-key to trust the document's own key (which an attacker who"
+         " wrote the document chose)", 2)
+
+
+def _warn_self_served(source: str, trust_document_key: bool) -> None:
+    if trust_document_key:
+        click.echo("note: verified with the document's own public key: this proves only that the document is"
+                   " self-consistent, not that the gateway's key signed it", err=True)
+    if source.startswith(("http://", "https://")) or trust_document_key:
+        click.echo("note: a checkpoint document served by the gateway being verified (or copied from it now)"
+                   " proves nothing about rollback; only copies saved elsewhere earlier do", err=True)
+
+
 @audit.command("verify")
 @STATE
 @click.option("--checkpoints", "checkpoints_src", default=None, metavar="FILE_OR_URL",
               help="Also verify against checkpoints kept elsewhere: a saved /public/checkpoints.json, or the "
                    "URL of a gateway. Detects a log cut short, rolled back or rewritten.")
 @click.option("--public-key", "public_keys", multiple=True, metavar="KEY_ID=BASE64",
-              help="Pin the checkpoint public key instead of trusting the one in the document.")
+              help="The checkpoint public key to verify against (obtained elsewhere than the document; "
+                   "repeat for retired keys).")
+@click.option("--trust-document-key", is_flag=True,
+              help="Verify against the public keys the document itself carries (proves only that it is "
+                   "self-consistent).")
 @click.option("--without-key", is_flag=True,
               help="Verify without the MAC key (an outside auditor): chain, checkpoints and replay only.")
 @translate_errors
 def audit_verify(state_dir: Path, checkpoints_src: str | None, public_keys: tuple[str, ...],
-                 without_key: bool) -> None:
+                 trust_document_key: bool, without_key: bool) -> None:
     """Check every link and MAC of the chain, that the state tables agree with what the log implies,
     and (with --checkpoints) that the log agrees with signed checkpoints kept elsewhere.
 
@@ -59,17 +87,23 @@ def audit_verify(state_dir: Path, checkpoints_src: str | None, public_keys: tupl
         else:
             problems.append(f"no audit MAC key at {s.db.keyring.current_file}: MACs cannot be checked "
                             "(pass --without-key to check the rest)")
+    problems.extend(f"the state database holds a {f} the gateway did not create" for f in s.db.foreign_schema())
     divergences = reconcile(s.db, s.audit)
     problems.extend(f"state differs from the log: {d}" for d in divergences)
     first = result.first_bad
     if checkpoints_src:
-        pinned = dict(k.split("=", 1) for k in public_keys if "=" in k) or None
+        local: dict[str, str] = {}
+        key = s.checkpoints.key
+        if key is not None and key.path.exists():  # the public half of the local signing key
+            local[key.key_id()] = key.public_b64()
+        pinned = _pins(public_keys, trust_document_key, local)
         report = verify_against(s.audit, load_document(checkpoints_src), pinned)
         problems.extend(f"checkpoints: {p}" for p in report.problems)
         if report.first_bad is not None:
             first = report.first_bad if first is None else min(first, report.first_bad)
         if not report.problems:
             click.echo(f"checkpoints: {report.checked} verified, the log agrees with every one")
+        _warn_self_served(checkpoints_src, trust_document_key)
     for problem in problems:
         click.echo(f"TAMPERED: {problem}", err=True)
     if problems:
@@ -83,9 +117,14 @@ def audit_verify(state_dir: Path, checkpoints_src: str | None, public_keys: tupl
 @click.option("--checkpoints", "checkpoints_src", required=True, metavar="FILE_OR_URL",
               help="Checkpoints kept elsewhere: a saved /public/checkpoints.json, or the URL of a gateway.")
 @click.option("--public-key", "public_keys", multiple=True, metavar="KEY_ID=BASE64",
-              help="Pin the checkpoint public key instead of trusting the one in the document.")
+              help="The checkpoint public key to verify against (obtained elsewhere than the document; "
+                   "repeat for retired keys).")
+@click.option("--trust-document-key", is_flag=True,
+              help="Verify against the public keys the document itself carries (proves only that it is "
+                   "self-consistent).")
 @translate_errors
-def audit_verify_export(export_file: Path, checkpoints_src: str, public_keys: tuple[str, ...]) -> None:
+def audit_verify_export(export_file: Path, checkpoints_src: str, public_keys: tuple[str, ...],
+                        trust_document_key: bool) -> None:
     """For audit authorities, without the state directory or any secret: check a full `audit export`
     (JSON lines) link by link and against signed checkpoints, with only the public key. Exit 1 on any problem.
     """
@@ -94,8 +133,9 @@ def audit_verify_export(export_file: Path, checkpoints_src: str, public_keys: tu
 
     log = ExportedLog.load(export_file)
     result = log.verify()
-    pinned = dict(k.split("=", 1) for k in public_keys if "=" in k) or None
+    pinned = _pins(public_keys, trust_document_key, {})
     report = verify_against(log, load_document(checkpoints_src), pinned)
+    _warn_self_served(checkpoints_src, trust_document_key)
     problems = [*result.problems, *(f"checkpoints: {p}" for p in report.problems)]
     for problem in problems:
         click.echo(f"TAMPERED: {problem}", err=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.errors import SandboxError
-from sandbox.state.chain import GENESIS, AuditEvent, canonical, entry_hash, head_message
+from sandbox.state.chain import GENESIS, AuditEvent, canonical, check_mark, entry_hash, head_message, read_mark
 from sandbox.state.db import StateDB
 from sandbox.state.keys import MacKey
 
@@ -105,6 +105,13 @@ class AuditLog:
         row = self.db.conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         return (row["seq"], row["hash"]) if row else (0, GENESIS)
 
+    def check_mark(self) -> None:
+        """Refuse a log behind the high-water mark kept in the keys directory (cut off or rolled back)."""
+        keys = self.db.keyring.all() if self.db.keyring.available() else None
+        problems = check_mark(read_mark(self.db.keyring.dir), keys, self.hash_at, self.head()[0])
+        if problems:
+            raise SandboxError(f"refusing to start: {problems[0][1]}")
+
     def hash_at(self, seq: int) -> str | None:
         row = self.db.conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
         return row["hash"] if row else None
@@ -115,6 +122,7 @@ class AuditLog:
         rows = (dict(r) for r in self.db.conn.execute("SELECT * FROM audit ORDER BY seq"))
         problems, count, last_seq, prev = check_chain(rows, keys)
         problems.extend(self._check_head(keys, count, last_seq, prev))
+        problems.extend(check_mark(read_mark(self.db.keyring.dir), keys, self.hash_at, last_seq))
         first = min((s for s, _ in problems), default=None)
         return VerifyResult(ok=not problems, entries=count, head=prev, problems=tuple(p for _, p in problems),
                             first_bad=first, macs_checked=keys is not None)

@@ -13,8 +13,10 @@ import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from sandbox.state.files import atomic_write
 from sandbox.state.keys import MacKey
 
 SCHEMA = """
@@ -102,3 +104,52 @@ def set_head(conn: sqlite3.Connection, key: MacKey, seq: int, digest: str) -> No
         " key_id = excluded.key_id, mac = excluded.mac",
         (seq, digest, key.id, key.mac(head_message(seq, digest))),
     )
+
+
+# -- the high-water mark, kept in the keys directory ----------------------------------------------
+MARK_FILE = "audit-mark.json"
+
+
+def mark_message(seq: int, digest: str) -> str:
+    return f"mark:{seq}:{digest}"
+
+
+def read_mark(keys_dir: Path) -> dict[str, Any] | None:
+    """The high-water mark as stored (``seq``, ``hash``, ``key_id``, ``mac``), or None when there is none."""
+    path = keys_dir / MARK_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"seq": 0, "hash": "", "key_id": "", "mac": ""}  # unreadable: fails its MAC check
+    return data if isinstance(data, dict) else {"seq": 0, "hash": "", "key_id": "", "mac": ""}
+
+
+def advance_mark(keys_dir: Path, key: MacKey, seq: int, digest: str) -> None:
+    """Move the mark forward to (seq, digest) (never back): atomic write, MACed. Raises OSError."""
+    current = read_mark(keys_dir)
+    if current is not None and isinstance(current.get("seq"), int) and current["seq"] >= seq:
+        return
+    body = {"seq": seq, "hash": digest, "key_id": key.id, "mac": key.mac(mark_message(seq, digest))}
+    atomic_write(keys_dir / MARK_FILE, (json.dumps(body) + "\n").encode("ascii"))
+
+
+def check_mark(mark: dict[str, Any] | None, keys: dict[str, MacKey] | None, hash_at: Any,
+               last_seq: int) -> list[tuple[int, str]]:
+    """The log against the high-water mark: it must hold the marked entry (it may be longer)."""
+    if mark is None:
+        return []
+    seq, digest = mark.get("seq"), mark.get("hash")
+    if not isinstance(seq, int) or not isinstance(digest, str):
+        return [(1, "the audit high-water mark in the keys directory is unreadable")]
+    if keys is not None:
+        key = keys.get(str(mark.get("key_id")))
+        if key is None or not key.check(mark_message(seq, digest), mark.get("mac")):
+            return [(1, "the audit high-water mark's MAC does not match")]
+    if last_seq < seq:
+        return [(last_seq + 1, f"the log ends at entry {last_seq}, but the high-water mark in the keys directory"
+                               f" records entry {seq}: entries were cut off or the state was rolled back")]
+    if hash_at(seq) != digest:
+        return [(seq, f"entry {seq} differs from the high-water mark in the keys directory (rewritten)")]
+    return []

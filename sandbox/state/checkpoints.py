@@ -38,6 +38,7 @@ register_schema(
 KIND = "trusted-sandbox.audit-checkpoint.v1"
 CHECKPOINT_ACTION = "audit.checkpoint"
 GATEWAY = "gateway"
+PAGE = 100  # checkpoints per page of /public/checkpoints(.json)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Checkpoints:
         self.db = db
         self.audit = audit
         self.key = key
+        self._cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     def sign(self, reason: str = "interval") -> Checkpoint | None:
         """Sign the current head unless the newest entry is already a checkpoint (or there is no key)."""
@@ -85,8 +87,31 @@ class Checkpoints:
         rows = self.db.read("SELECT * FROM checkpoints ORDER BY seq DESC LIMIT ?", (limit,))
         return [Checkpoint(r["seq"], r["head"], r["ts"], r["key_id"], r["signature"]) for r in reversed(rows)]
 
+    def page(self, before: int | None = None, limit: int = PAGE) -> dict[str, Any]:
+        """One page of the public document: the newest ``limit`` checkpoints (below ``before``), oldest
+        first, with ``next_before`` for the page before it. The first page is cached until the next
+        checkpoint (an anonymous request never serializes the whole table)."""
+        newest = self.db.read("SELECT MAX(seq) AS m, COUNT(*) AS n FROM checkpoints")[0]
+        marker = (newest["m"], newest["n"], limit)
+        if before is None and self._cache is not None and self._cache[0] == marker:
+            return self._cache[1]
+        sql, params = "SELECT * FROM checkpoints", [limit + 1]
+        if before is not None:
+            sql, params = sql + " WHERE seq < ?", [before, limit + 1]
+        rows = self.db.read(sql + " ORDER BY seq DESC LIMIT ?", params)
+        more = len(rows) > limit
+        cps = [Checkpoint(r["seq"], r["head"], r["ts"], r["key_id"], r["signature"]) for r in reversed(rows[:limit])]
+        doc = self._document(cps)
+        doc["next_before"] = cps[0].seq if more and cps else None
+        if before is None:
+            self._cache = (marker, doc)
+        return doc
+
     def document(self) -> dict[str, Any]:
-        """What ``/public/checkpoints.json`` serves (and what auditors save)."""
+        """The newest page of what ``/public/checkpoints.json`` serves (and what auditors save)."""
+        return self.page()
+
+    def _document(self, checkpoints: list[Checkpoint]) -> dict[str, Any]:
         keys: dict[str, str] = {}
         if self.key is not None and self.key.path.exists():
             keys[self.key.key_id()] = self.key.public_b64()
@@ -95,7 +120,7 @@ class Checkpoints:
             "algorithm": "Ed25519",
             "signed_message": 'canonical JSON {"head", "kind", "seq", "ts"}, sorted keys, no spaces, ASCII',
             "public_keys": keys,
-            "checkpoints": [c.to_dict() for c in self.all()],
+            "checkpoints": [c.to_dict() for c in checkpoints],
         }
 
 

@@ -15,6 +15,7 @@ outside it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from sandbox.state.chain import AuditEvent
 from sandbox.state.keys import MacKey, MacKeyring
 
 DB_NAME = "sandbox.db"
+log = logging.getLogger(__name__)
 _SCHEMAS: list[str] = [chain.SCHEMA]
 # Tables that only cache what the log already says (e.g. how far the monitor has read it): a unit
 # of work that changes nothing else may commit without an event. Declared with their schema.
@@ -52,6 +54,13 @@ class UnauditedWrite(SandboxError):
 
     status = 500
     code = "unaudited_write"
+
+
+class ForeignSchema(SandboxError):
+    """The state database holds triggers or views the gateway did not create: nothing is written."""
+
+    status = 503
+    code = "foreign_schema"
 
 
 def register_schema(sql: str, *, derived: tuple[str, ...] = ()) -> str:
@@ -120,6 +129,7 @@ class StateDB:
         self.keyring = keyring or MacKeyring.for_state(self.dir)
         self.path = self.dir / DB_NAME
         self._local = threading.local()
+        self._mark_warned = False
         self._ensure_schema()
 
     # -- connections -----------------------------------------------------------------------
@@ -184,12 +194,34 @@ class StateDB:
                 chain.migrate(conn)
                 for migration in _MIGRATIONS:
                     migration(conn)
+                if self.keyring.available():
+                    for keyed in _KEYED_MIGRATIONS:
+                        keyed(conn, self.keyring)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
         finally:
             self._local.bootstrap = False
+
+    # -- the schema -------------------------------------------------------------------------
+    def foreign_schema(self) -> list[str]:
+        """Triggers and views in the database that no module registered (this code defines none):
+        planted by someone who wrote the file, they would run inside the gateway's units of work."""
+        version = self.conn.execute("PRAGMA schema_version").fetchone()[0]
+        cached: tuple[int, list[str]] | None = getattr(self._local, "schema_seen", None)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        found = [f"{r[0]} {r[1]}" for r in self.conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') ORDER BY type, name")]
+        self._local.schema_seen = (version, found)
+        return found
+
+    def refuse_foreign_schema(self) -> None:
+        found = self.foreign_schema()
+        if found:
+            raise ForeignSchema(f"{self.path}: unknown {', '.join(found)} in the state database (not created by"
+                                " the gateway); refusing to write until it is removed")
 
     # -- the unit of work --------------------------------------------------------------------
     def current_work(self) -> Work | None:
@@ -217,6 +249,11 @@ class StateDB:
         # handler sleeps with growing back-off, which made the p99 of 16 parallel writers about 1 s
         with _writer_lock(self.path):
             conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.refuse_foreign_schema()  # inside the transaction: nothing planted runs in this unit of work
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
             work = Work(conn, key)
             self._local.work = work
             before = conn.total_changes
@@ -232,6 +269,17 @@ class StateDB:
             else:
                 self._local.work = None
                 conn.execute("COMMIT")
+                if work.head is not None:
+                    self._advance_mark(key, *work.head)
+
+    def _advance_mark(self, key: MacKey, seq: int, digest: str) -> None:
+        """The high-water mark outside the state directory follows every commit (see chain.check_mark)."""
+        try:
+            chain.advance_mark(self.keyring.dir, key, seq, digest)
+        except OSError as exc:
+            if not self._mark_warned:
+                self._mark_warned = True
+                log.warning("cannot write the audit high-water mark in %s: %s", self.keyring.dir, exc)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -261,6 +309,15 @@ _MIGRATIONS: list[Any] = []
 def register_migration(fn: Any) -> Any:
     """A function run (idempotently) on every open, after the schemas: adds columns to old files."""
     _MIGRATIONS.append(fn)
+    return fn
+
+
+_KEYED_MIGRATIONS: list[Any] = []
+
+
+def register_keyed_migration(fn: Any) -> Any:
+    """Like :func:`register_migration`, with the MAC keyring (run only when the current key is present)."""
+    _KEYED_MIGRATIONS.append(fn)
     return fn
 
 

@@ -147,11 +147,12 @@ def _stale(created_at: str) -> bool:
 
 
 class Ledger:
-    def __init__(self, db: StateDB, audit: AuditLog, wait_for_twin_s: float = 30.0) -> None:
+    def __init__(self, db: StateDB, audit: AuditLog, wait_for_twin_s: float = 30.0, *, backfill: bool = True) -> None:
         self.db = db
         self.audit = audit
         self.wait_for_twin_s = wait_for_twin_s
-        caps.backfill(db, audit)  # one-time upgrade: charges from before the cap tallies count against them
+        if backfill:  # not when verifying: a repair at open would hide tally rows deleted since
+            caps.backfill(db, audit)  # one-time upgrade: charges from before the cap tallies count against them
 
     @staticmethod
     def ensure_budget(

@@ -22,6 +22,7 @@ from sandbox.state.db import StateDB
 MISSING = "(no row)"
 ABSENT = "(no event)"
 PRESENT = "(present)"
+UNKNOWN: Any = object()  # a value the log does not record (events from before it was logged)
 STATUS_ACTIONS = {"grant.suspended": "suspended", "grant.resumed": "active", "grant.revoked": "revoked"}
 NANO = 1_000_000_000
 VOTE_ACTIONS = ("export.reviewed", "export.approved", "export.rejected", "export.returned")
@@ -69,6 +70,10 @@ class Replayed:
     cap_spent: dict[str, int] = field(default_factory=dict)  # "dataset/operator" ('' = all grants) -> nano
     grant_dataset: dict[str, int] = field(default_factory=dict)  # "grant/dataset" -> units nano
     charge_scopes: dict[str, dict[str, Any]] = field(default_factory=dict)  # query id -> its scope
+    notices: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # grant -> (status, text, actor)
+    sessions: list[dict[str, Any]] = field(default_factory=list)  # notebook sessions in the order opened
+    delta_spent: dict[str, float] = field(default_factory=dict)  # "dataset/grant" -> a zcdp grant's delta
+    selection_delta: dict[str, dict[str, Any]] = field(default_factory=dict)  # scope id -> {dataset, grant_id, delta}
     cases: dict[str, str] = field(default_factory=dict)  # case id -> status
     offerings: dict[str, str] = field(default_factory=dict)  # offering id -> status
     alerts_raised: set[int] = field(default_factory=set)  # audit seq of each alert.raised
@@ -88,6 +93,8 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
     if e.action in ("grant.created", "grant.changed") and e.grant_id:
         body = d.get("grant")
         old = state.grants.get(e.grant_id, {"status_reason": None})
+        if body and old.get("status") is not None and old.get("status") != body.get("status"):
+            state.notices.pop(e.grant_id, None)  # a reason published for the old status no longer applies
         state.grants[e.grant_id] = {
             "body": body, "status": body.get("status") if body else None, "status_reason": old["status_reason"]}
         if body:
@@ -95,6 +102,9 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
             budget["total"] = _nano(body["budget"]["epsilon"])
     elif e.action in STATUS_ACTIONS and e.grant_id:
         status = d.get("to", STATUS_ACTIONS[e.action])
+        state.notices.pop(e.grant_id, None)
+        if status == "revoked" and str(d.get("reason") or "").strip():
+            state.notices[e.grant_id] = [("revoked", str(d["reason"]).strip(), e.actor)]
         grant = state.grants.setdefault(e.grant_id, {"body": None, "status": None, "status_reason": None})
         grant["status"] = status
         grant["status_reason"] = d.get("reason") or None
@@ -136,6 +146,18 @@ def _apply(state: Replayed, e: Entry) -> None:  # noqa: C901 - one branch per ev
         state.alerts_acknowledged.add(str(d["alert"]))
     elif e.action == "alert.enforced" and d.get("alert") is not None:
         state.alerts_enforced.add(str(d["alert"]))
+    elif e.action == "grant.reason_published" and e.grant_id:
+        state.notices.setdefault(e.grant_id, []).append((str(d.get("status")), str(d.get("reason")), e.actor))
+    elif e.action == "server.started":
+        at = d.get("at", UNKNOWN)  # events from before `at` was logged: the times are not compared
+        for open_session in state.sessions:
+            if open_session["user"] == e.actor and open_session["stopped_at"] is None:
+                open_session["stopped_at"] = at
+        state.sessions.append({"user": e.actor, "grant_id": e.grant_id, "started_at": at, "stopped_at": None})
+    elif e.action == "server.stopped":
+        for open_session in state.sessions:
+            if open_session["user"] == e.actor and open_session["stopped_at"] is None:
+                open_session["stopped_at"] = d.get("at", UNKNOWN)
     elif e.action == "audit.checkpoint":
         state.checkpoints[int(d["seq"])] = str(d.get("head"))
 
@@ -154,6 +176,12 @@ def _apply_scopes(state: Replayed, e: Entry, eps_units: int) -> None:
         state.grant_dataset[f"{gid}/{ds}"] = state.grant_dataset.get(f"{gid}/{ds}", 0) + units
         state.charge_scopes[str(scope["scope"])] = {"grant_id": gid, "dataset": ds, "operator": op,
                                                      "units_nano": units, "cap_epsilon_nano": cap}
+        delta = d.get("delta")
+        if isinstance(delta, (int, float)) and delta > 0:
+            if "rho_nano" in d:  # a zcdp grant's delta counts once per dataset (its first charge there)
+                state.delta_spent.setdefault(f"{ds}/{gid}", float(delta))
+            else:  # a pure grant's partition selection, per query and dataset
+                state.selection_delta[str(scope["scope"])] = {"dataset": ds, "grant_id": gid, "delta": float(delta)}
 
 
 def _apply_export(state: Replayed, e: Entry, rid: str) -> None:
@@ -204,6 +232,8 @@ def reconcile(db: StateDB, audit: AuditLog) -> list[Divergence]:
     out += _exports(db, log)
     out += _scopes(db, log)
     out += _oversight(db, log)
+    out += _sessions(db, log)
+    out += _notices(db, log)
     rows = {str(r["seq"]): r["head"] for r in db.read("SELECT seq, head FROM checkpoints")}
     expected = {str(k): v for k, v in log.checkpoints.items()}
     out += _keys(rows, expected, "checkpoints")
@@ -349,10 +379,78 @@ def _scopes(db: StateDB, log: Replayed) -> list[Divergence]:
     out += _totals("cap_spent", caps, log.cap_spent)
     out += _totals("grant_dataset_spent", per_grant, log.grant_dataset)
     out += _keys(scopes, log.charge_scopes, "charge_scopes")
+    out += _deltas(db, log)
     for qid in sorted(set(scopes) & set(log.charge_scopes)):
         for column, want in log.charge_scopes[qid].items():
             if scopes[qid][column] != want:
                 out.append(Divergence("charge_scopes", qid, column, scopes[qid][column], want))
+    return out
+
+
+def _notices(db: StateDB, log: Replayed) -> list[Divergence]:
+    """What the public register says about a suspended or revoked grant: each notice as the log has it."""
+    try:
+        rows = db.read("SELECT grant_id, status, text, actor FROM grant_notices ORDER BY id")
+    except sqlite3.Error:
+        return []
+    table: dict[str, list[tuple[str, str, str]]] = {}
+    for r in rows:
+        table.setdefault(r["grant_id"], []).append((r["status"], r["text"], r["actor"]))
+    out: list[Divergence] = []
+    for gid in sorted(set(table) | set(log.notices)):
+        have, want = table.get(gid, []), log.notices.get(gid, [])
+        for i in range(max(len(have), len(want))):
+            key = f"{gid}#{i + 1}"
+            if i >= len(have) or i >= len(want):
+                out.append(Divergence("grant_notices", key, "row", PRESENT if i < len(have) else MISSING,
+                                      PRESENT if i < len(want) else ABSENT))
+                continue
+            for column, a, b in zip(("status", "text", "actor"), have[i], want[i], strict=True):
+                if a != b:
+                    out.append(Divergence("grant_notices", key, column, a, b))
+    return out
+
+
+def _sessions(db: StateDB, log: Replayed) -> list[Divergence]:
+    """Notebook sessions (billed as hours): each row, in order, as the server.* events imply."""
+    rows = [dict(r) for r in db.read("SELECT id, user, grant_id, started_at, stopped_at FROM sessions ORDER BY id")]
+    out: list[Divergence] = []
+    for i in range(max(len(rows), len(log.sessions))):
+        key = str(rows[i]["id"]) if i < len(rows) else f"#{i + 1}"
+        if i >= len(rows) or i >= len(log.sessions):
+            out.append(Divergence("sessions", key, "row", PRESENT if i < len(rows) else MISSING,
+                                  PRESENT if i < len(log.sessions) else ABSENT))
+            continue
+        for column, want in log.sessions[i].items():
+            if want is not UNKNOWN and rows[i][column] != want:
+                out.append(Divergence("sessions", key, column, rows[i][column], want))
+    return out
+
+
+def _deltas(db: StateDB, log: Replayed) -> list[Divergence]:
+    """The delta tallies of the dataset caps: a row the log implies must be there with its delta (a deleted
+    or lowered row would let more queries past the cap). Rows the log does not imply (a backfill's, from
+    charges logged before the events named their scopes) are left to the charges they come from."""
+    out: list[Divergence] = []
+    try:
+        spent = {f"{r['dataset']}/{r['grant_id']}": r["delta"]
+                 for r in db.read("SELECT dataset, grant_id, delta FROM dataset_delta_spent")}
+        selected = {r["query_id"]: dict(r) for r in db.read("SELECT * FROM dataset_selection_delta")}
+    except sqlite3.Error:
+        return out
+    for key, want in sorted(log.delta_spent.items()):
+        if key not in spent:
+            out.append(Divergence("dataset_delta_spent", key, "row", MISSING, PRESENT))
+        elif abs(spent[key] - want) > 1e-15:
+            out.append(Divergence("dataset_delta_spent", key, "delta", spent[key], want))
+    for key, row in sorted(log.selection_delta.items()):
+        have = selected.get(key)
+        if have is None:
+            out.append(Divergence("dataset_selection_delta", key, "row", MISSING, PRESENT))
+            continue
+        for column, want in row.items():
+            if (abs(have[column] - want) > 1e-15) if column == "delta" else have[column] != want:
+                out.append(Divergence("dataset_selection_delta", key, column, have[column], want))
     return out
 
 

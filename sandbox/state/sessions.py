@@ -29,24 +29,20 @@ class SessionLog:
         self.db = db
 
     def started(self, user: str, grant_id: str, at: str | None = None) -> None:
+        when = at or _now()
         with self.db.work() as work:
-            work.execute(
-                "UPDATE sessions SET stopped_at = ? WHERE user = ? AND stopped_at IS NULL", (at or _now(), user)
-            )
-            work.execute(
-                "INSERT INTO sessions (user, grant_id, started_at) VALUES (?, ?, ?)", (user, grant_id, at or _now())
-            )
-            work.record(AuditEvent(user, "server.started", grant_id, {}))
+            work.execute("UPDATE sessions SET stopped_at = ? WHERE user = ? AND stopped_at IS NULL", (when, user))
+            work.execute("INSERT INTO sessions (user, grant_id, started_at) VALUES (?, ?, ?)", (user, grant_id, when))
+            work.record(AuditEvent(user, "server.started", grant_id, {"at": when}))  # `at`: for replay
 
     def stopped(self, user: str, at: str | None = None) -> None:
+        when = at or _now()
         with self.db.work() as work:
             row = work.execute(
                 "SELECT grant_id FROM sessions WHERE user = ? AND stopped_at IS NULL", (user,)
             ).fetchone()
-            work.execute(
-                "UPDATE sessions SET stopped_at = ? WHERE user = ? AND stopped_at IS NULL", (at or _now(), user)
-            )
-            work.record(AuditEvent(user, "server.stopped", row["grant_id"] if row else None, {}))
+            work.execute("UPDATE sessions SET stopped_at = ? WHERE user = ? AND stopped_at IS NULL", (when, user))
+            work.record(AuditEvent(user, "server.stopped", row["grant_id"] if row else None, {"at": when}))
 
     def hours(self, grant_id: str, start: dt.datetime, end: dt.datetime) -> float:
         """Notebook hours under a grant inside [start, end); a running session counts until now."""
