@@ -45,10 +45,14 @@ def test_tokens_are_keyed_outside_the_state_and_bound_to_the_session(services: S
     # another gateway over a copy of the state, with other keys, cannot mint a valid token
     state = tmp_path / "copy" / "state"
     shutil.copytree(services.db.dir, state, ignore=shutil.ignore_patterns("engine"))
-    other = create_app(services=Services(Settings(state_dir=state, data_root=demo_data_root,
-                                                  keys_dir=tmp_path / "other-keys")))
+    other_services = Services(Settings(state_dir=state, data_root=demo_data_root, keys_dir=tmp_path / "other-keys"))
+    other = create_app(services=other_services)
     foreign = other.test_client()
-    foreign_token = _token(foreign, carol, rid)
+    # carol's token rows are MACed under the real key: the copy with other keys refuses them, so the
+    # other gateway signs her in with a token of its own
+    assert foreign.get(f"/review/exports/{rid}", headers=carol).status_code == 302  # to the sign-in page
+    foreign_carol = {"Authorization": f"Bearer {other_services.tokens.create('carol')}"}
+    foreign_token = _token(foreign, foreign_carol, rid)
     cookie = foreign.get_cookie("session")
     assert cookie is not None
     replayed = app.test_client()  # that session cookie and its token, presented to the real gateway
@@ -56,7 +60,7 @@ def test_tokens_are_keyed_outside_the_state_and_bound_to_the_session(services: S
     r = replayed.post(f"/review/exports/{rid}/decision", headers=carol,
                       data={"csrf_token": foreign_token, "decision": "return", "comment": "no"})
     assert r.status_code == 403
-    r = foreign.post(f"/review/exports/{rid}/decision", headers=carol,  # (valid where it was minted)
+    r = foreign.post(f"/review/exports/{rid}/decision", headers=foreign_carol,  # (valid where it was minted)
                      data={"csrf_token": foreign_token, "decision": "return", "comment": "no"})
     assert r.status_code == 303
     # the genuine token, with its session: accepted

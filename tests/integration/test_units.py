@@ -9,6 +9,7 @@ people are counted near the truth, and the id is never returned or usable elsewh
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sandbox.bounding import KEY_FILE
 from sandbox.dp.planner import plan_dp
 from sandbox.engine import Engine
 from sandbox.policy.models import Dataset
@@ -40,10 +42,15 @@ def _write(root: Path, rows: dict[str, int]) -> None:
     pq.write_table(pa.table({"pid": pids, "ward": wards, "cost": costs}), root / "visits.parquet")
 
 
-def _exact(tmp: Path, rows: dict[str, int], sql: str) -> dict:
+def _exact(tmp: Path, rows: dict[str, int], sql: str, key_from: Path | None = None) -> dict:
+    """Exact aggregates of an engine built from ``rows``; ``key_from``: reuse that build's bounding key
+    (neighbouring datasets are compared under one key, as one gateway builds them)."""
     data = tmp / "data"
     data.mkdir(parents=True, exist_ok=True)
     _write(data, rows)
+    if key_from is not None:
+        (tmp / "engine").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(key_from / "engine" / KEY_FILE, tmp / "engine" / KEY_FILE)
     engine = Engine(data, tmp / "engine")
     engine.ensure({"visits": VISITS})
     plan = plan_dp(analyze(sql, {"visits": VISITS}, {"visits": {"ward", "cost"}}), VISITS, 1.0)
@@ -66,7 +73,8 @@ def test_units_split_across_groups_count_in_each_group(tmp_path: Path) -> None:
     before = sum(v["units(*)"] for v in out.values())
     assert 5 < before <= 9 and all(v["units(*)"] <= 5 for v in out.values())  # distinct people per ward
     # one more unit moves the groups by at most min(bound 3, 2 wards) = 2, the sensitivity used
-    more = _exact(tmp_path / "x", {**rows, "u6": 40}, "SELECT ward, COUNT(DISTINCT pid) FROM visits GROUP BY ward")
+    more = _exact(tmp_path / "x", {**rows, "u6": 40}, "SELECT ward, COUNT(DISTINCT pid) FROM visits GROUP BY ward",
+                  key_from=tmp_path)
     assert sum(v["units(*)"] for v in more.values()) - before in (1, 2)
     plan = plan_dp(analyze("SELECT ward, COUNT(DISTINCT pid) FROM visits GROUP BY ward", {"visits": VISITS},
                            {"visits": {"ward"}}), VISITS, 1.0)
