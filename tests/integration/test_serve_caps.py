@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
+from serving import serving
 
 REPO = Path(__file__).resolve().parents[2]
 GRANTS = ("g-2026-001", "g-2026-002")  # two grants of one operator, both held by alice
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path, caps: dict):  # noqa: ANN202
+def _policies(tmp_path: Path, warm_engine_dir: Path, caps: dict) -> tuple[Path, Path]:
+    """Two grants of one operator under the dataset's ``caps``; a state with a warm engine."""
     policies = tmp_path / "policies"
     shutil.copytree(REPO / "policies", policies)
     ds_path = policies / "datasets" / "nhanes_2017.yaml"
@@ -36,29 +29,7 @@ def _serve(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path, caps: di
     (policies / "grants" / "g-2026-002.yaml").write_text(yaml.safe_dump({**first, "id": "g-2026-002"}))
     state = tmp_path / "state"
     shutil.copytree(warm_engine_dir, state / "engine")
-    cmd = [sys.executable, "-m", "sandbox.cli"]
-    subprocess.run(cmd + ["admin", "init", "--state", str(state)], check=True, capture_output=True)
-    token = subprocess.run(cmd + ["tokens", "create", "alice", "--state", str(state)],
-                           check=True, capture_output=True, text=True).stdout.strip()
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("w")  # noqa: SIM115 - open for the server's lifetime
-    proc = subprocess.Popen(
-        cmd + ["serve", "--data-root", str(demo_data_root), "--policies", str(policies), "--state", str(state),
-               "--port", str(port), "--threads", "16"],
-        stdout=subprocess.DEVNULL, stderr=log, text=True, env={**os.environ},
-    )
-    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            requests.get(url + "/v1/budget", headers=headers, timeout=2)
-            break
-        except requests.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("sandbox serve did not start: " + (tmp_path / "serve.log").read_text())
-            time.sleep(0.2)
-    return proc, log, url, headers, state
+    return policies, state
 
 
 @pytest.mark.parametrize(
@@ -71,8 +42,8 @@ def _serve(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path, caps: di
 def test_fifty_concurrent_queries_across_two_grants_never_exceed_a_cap(  # noqa: PLR0913
     tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path, caps: dict, affordable: int, cap: str
 ) -> None:
-    proc, log, url, headers, state = _serve(tmp_path, demo_data_root, warm_engine_dir, caps)
-    try:
+    policies, state = _policies(tmp_path, warm_engine_dir, caps)
+    with serving(tmp_path, policies, state, demo_data_root, start_timeout=90) as (url, headers):
         def one(i: int) -> tuple[int, dict]:
             body = {"sql": f"SELECT COUNT(*) AS n{i} FROM nhanes_2017", "epsilon": 0.5, "grant": GRANTS[i % 2]}
             r = requests.post(url + "/v1/query", json=body, headers=headers, timeout=120)
@@ -90,10 +61,6 @@ def test_fifty_concurrent_queries_across_two_grants_never_exceed_a_cap(  # noqa:
         assert sum(g["epsilon_spent"] for g in budgets) == affordable * 0.5
         shown = {c["cap"]: c for c in budgets[0]["caps"] if c["dataset"] == "nhanes_2017"}
         assert shown[cap]["epsilon_spent"] == affordable * 0.5 and shown[cap]["epsilon_remaining"] == 0.0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
     from sandbox.services import Services, Settings
 

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
+from serving import serving
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -34,33 +24,8 @@ def served(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path):  # noqa
     grant_path.write_text(yaml.safe_dump(grant))
     state = tmp_path / "state"
     shutil.copytree(warm_engine_dir, state / "engine")
-    cmd = [sys.executable, "-m", "sandbox.cli"]
-    subprocess.run(cmd + ["admin", "init", "--state", str(state)], check=True, capture_output=True)
-    token = subprocess.run(cmd + ["tokens", "create", "alice", "--state", str(state)],
-                           check=True, capture_output=True, text=True).stdout.strip()
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("w")  # noqa: SIM115 - open for the server's lifetime
-    proc = subprocess.Popen(
-        cmd + ["serve", "--data-root", str(demo_data_root), "--policies", str(policies), "--state", str(state),
-               "--port", str(port), "--threads", "16"],
-        stdout=subprocess.DEVNULL, stderr=log, text=True, env={**os.environ},
-    )
-    url = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {token}"}
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            requests.get(url + "/v1/budget", headers=headers, timeout=2)
-            break
-        except requests.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("sandbox serve did not start: " + (tmp_path / "serve.log").read_text())
-            time.sleep(0.2)
-    yield url, headers, state
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with serving(tmp_path, policies, state, demo_data_root) as (url, headers):
+        yield url, headers, state
 
 
 def test_fifty_concurrent_queries_never_overspend(served) -> None:  # noqa: ANN001
