@@ -10,11 +10,9 @@ memory. Not a test: nothing here asserts.
 from __future__ import annotations
 
 import argparse
-import resource
 import secrets
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,12 +40,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "engine" / "catalog.duckdb"
         target.parent.mkdir()
-        t0 = time.perf_counter()
-        kept = build_in_child({ds.id: ds}, DATA, target, print, args.memory, key=secrets.token_bytes(32))
-        wall = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"{args.rows:,} rows, bound {args.max_rows_per_unit}: kept {kept[ds.id]:,}; "
-          f"build {wall:.1f} s, child peak memory {peak:.0f} MB")
+        report = build_in_child({ds.id: ds}, DATA, target, print, args.memory, key=secrets.token_bytes(32))
+    print(f"{args.rows:,} rows, bound {args.max_rows_per_unit}: kept {report.kept[ds.id]:,}; "
+          f"build {report.seconds:.1f} s, child peak memory {report.peak_mb:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,10 @@ def create_app(
 
     @app.errorhandler(SandboxError)
     def _sandbox_error(exc: SandboxError):  # noqa: ANN202
-        return _error_response(exc.status, exc.code, exc.message, exc.detail)
+        body, status = _error_response(exc.status, exc.code, exc.message, exc.detail)
+        retry_after = getattr(exc, "retry_after", None)  # e.g. 503 data_building: the new data is being built
+        headers = {"Retry-After": str(retry_after)} if retry_after else {}
+        return body, status, headers
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # noqa: ANN202

@@ -1,46 +1,54 @@
-"""The locked-down DuckDB engine behind the gateway.
+"""The locked-down DuckDB engine behind the gateway, and how a new engine file replaces the old.
 
-``build`` turns the Parquet under the data root into one DuckDB database file that holds,
-per dataset, only the declared columns of the rows kept by the contribution bound, with
-numeric columns also carried clamped and in fixed point (``__v_<col>``) so sums are exact
-integers. The id column itself is not copied. The file is then opened read-only with
-external access, extension autoload and autoinstall off and configuration locked.
+The engine file (built by :mod:`sandbox.engine_build` in a child process) is opened read-only
+with external access, extension autoload and autoinstall off and configuration locked. The
+engine never sees operator SQL: it runs SQL it builds from the typed plan.
 
-The contribution bound (which rows of each unit are kept, and why that depends on the
-unit's own rows only) is in :mod:`sandbox.bounding`.
-
-The engine never sees operator SQL: it runs SQL it builds from the typed plan.
+Refresh without downtime (issue 13). The file in force is a :class:`Generation`: its connection,
+the data versions it holds and the *catalog entries it was built from*. When the catalog or a
+source file changes, :meth:`Engine.refresh` starts building the new file in the background and
+returns at once; queries keep being answered by the generation in force, planned with that
+generation's own entries (never a new bound over old data), until the new file is ready and
+swapped in, in one assignment. A failed build leaves the generation in force serving; it is
+logged and audited, and tried again only when the catalog or a file changes again.
+:meth:`Engine.ensure` is the blocking form (start-up, the admin CLI).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 import logging
-import os
-import re
-import resource
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import duckdb
+from sqlglot import exp
 
-from sandbox.bounding import (
-    KEY_FILE,
-    bounded_rows_sql,
-    hmac_sql,
-    load_or_create_key,
-    reserved_names_in,
-)
-from sandbox.bounding import literal as _lit
-from sandbox.bounding import quote as _q
+from sandbox.bounding import KEY_FILE, col, ident, load_or_create_key, render
 from sandbox.dp.planner import DPPlan, Primitive
 from sandbox.dp.quantiles import counts_from_rows
+from sandbox.engine_build import (  # noqa: F401 - re-exported: the engine's public names
+    ENGINE_FORMAT,
+    ID_SCHEME,
+    ID_TABLE_PREFIX,
+    KEY_CHECK,
+    BuildReport,
+    EngineError,
+    build,
+    build_in_child,
+    catalog_digest,
+    data_versions,
+    derive_ids_key,
+    fingerprint,
+    fingerprint_of,
+    keyed_id,
+    redact,
+)
 from sandbox.engine_sql import aggregate_sql, quantile_counts_sql
 from sandbox.errors import SandboxError
 from sandbox.policy.models import Dataset
@@ -52,233 +60,44 @@ LOCKED_CONFIG = {
     "autoinstall_known_extensions": False,
     "lock_configuration": True,
 }
-
-
-ID_TABLE_PREFIX = "__ids_"
-ENGINE_FORMAT = 4  # bumped when the engine file's columns change, so that old files are rebuilt
-
-
-# the unit-id table holds HMAC-SHA256(ids key, id): the key is derived from the bounding key in the
-# state directory and never written to the engine file (DuckDB's hash with a salt stored beside
-# the table let anyone holding the file enumerate every id). Part of the fingerprint: a file
-# built the old way is rebuilt.
-ID_SCHEME = "ids-hmac-sha256-v1"
-IDS_KEY_LABEL = b"sandbox export identifier check"
-KEY_CHECK = "key check"
-
-
-def derive_ids_key(bounding_key: bytes) -> bytes:
-    """The key of the unit-id table: HMAC(bounding key, a fixed label), so a separate PRF."""
-    return hmac.new(bounding_key, IDS_KEY_LABEL, hashlib.sha256).digest()
-
-
-def keyed_id(ids_key: bytes, value: str) -> str:
-    """HMAC-SHA256(ids key, value) in lowercase hex: what the unit-id table holds."""
-    return hmac.new(ids_key, value.encode(), hashlib.sha256).hexdigest()
-class EngineError(SandboxError):
-    """503. ``admin_detail`` (never in the JSON answer) carries what only the administrator should read."""
-
-    status = 503
-    code = "engine_unavailable"
-    admin_detail: str = ""
-
-
+DEFAULT_RETRY_AFTER = 10  # seconds, before the first build's duration is known
 log = logging.getLogger("sandbox.engine")
-_BYTES_LITERAL = re.compile(r"(\\x[0-9A-Fa-f]{2}){2,}")
 
 
-def redact(text: str) -> str:
-    """Byte-string literals (the bounding HMAC's key pads) removed from an error text."""
-    return _BYTES_LITERAL.sub("<redacted>", text)
+@dataclass(eq=False)
+class Generation:
+    """One engine file in force: its connection, and what it was built from (entries and versions)."""
+
+    fingerprint: str
+    path: Path
+    con: duckdb.DuckDBPyConnection
+    datasets: Mapping[str, Dataset]
+    versions: Mapping[str, str]
+    tables: frozenset[str]
+    local: threading.local = field(default_factory=threading.local)
+
+    def entry(self, ds_id: str) -> Dataset | None:
+        """The catalog entry ``ds_id``'s table was built from (None: not in this file)."""
+        return self.datasets.get(ds_id) if ds_id in self.tables else None
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self.local, "cursor", None)
+        if cur is None:
+            cur = self.con.cursor()
+            self.local.cursor = cur
+        return cur
 
 
-# catalog fields that change neither the engine file nor any answer
-_NOT_IN_DIGEST = {"title", "description", "publisher", "budget", "max_epsilon_per_operator", "operator_caps"}
-
-
-def catalog_digest(ds: Dataset) -> str:
-    """The digest of what in a catalog entry shapes answers (source, unit, bound, columns, domains)."""
-    body = ds.model_dump(mode="json", exclude=_NOT_IN_DIGEST)
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def data_versions(datasets: Mapping[str, Dataset], data_root: Path) -> dict[str, str]:
-    """Per dataset: a version that changes when its catalog entry, its source file or the
-    engine file's format (``ENGINE_FORMAT``) changes."""
-    out = {}
-    for ds_id in sorted(datasets):
-        ds = datasets[ds_id]
-        h = hashlib.sha256(f"engine-format-{ENGINE_FORMAT}:{catalog_digest(ds)}".encode())
-        try:
-            st = (data_root / ds.source).stat()
-            h.update(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode())
-        except OSError:
-            h.update(b"missing")
-        out[ds_id] = h.hexdigest()[:16]
-    return out
-
-
-def fingerprint(datasets: Mapping[str, Dataset], data_root: Path) -> str:
-    """Changes when a catalog entry or a source file changes: then the engine file is rebuilt."""
-    h = hashlib.sha256(ID_SCHEME.encode())
-    for ds_id, version in data_versions(datasets, data_root).items():
-        h.update(f"{ds_id}:{version};".encode())
-    return h.hexdigest()[:16]
-
-
-def build(
-    datasets: Mapping[str, Dataset],
-    data_root: Path,
-    target: Path,
-    progress: Callable[[str], None] = lambda _msg: None,
-    memory_limit: str = "1GB",
-    threads: int = 2,
-    *,
-    key: bytes,
-) -> dict[str, int]:
-    """Write the engine file (atomically); returns rows kept per dataset.
-
-    ``key`` is the bounding PRF's secret (32 bytes, kept in the state directory, never
-    written to the engine file). The build spills to ``<target dir>/spill`` rather than
-    exceed ``memory_limit``.
-    """
-    tmp = target.with_suffix(".building")
-    tmp.unlink(missing_ok=True)
-    spill = target.parent / "spill"
-    spill.mkdir(exist_ok=True)
-    ids_key = derive_ids_key(key)
-    kept: dict[str, int] = {}
-    con = duckdb.connect(
-        str(tmp),
-        config={
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-            "memory_limit": memory_limit,
-            "threads": threads,
-            "temp_directory": str(spill),
-            "preserve_insertion_order": False,
-        },
-    )
-    try:
-        for ds_id, ds in sorted(datasets.items()):
-            source = data_root / ds.source
-            if not source.is_file():
-                progress(f"{ds_id}: source {ds.source} missing under the data root; skipped")
-                continue
-            _refuse_reserved_names(con, ds_id, source)
-            progress(f"{ds_id}: bounding contributions and fixing point ...")
-            try:
-                con.execute(f"CREATE TABLE {_q(ds_id)} AS {bounded_rows_sql(ds, source, key)}")
-            except duckdb.Error as exc:
-                raise EngineError(f"{ds_id}: cannot import {ds.source}: {exc}", code="import_failed") from None
-            kept[ds_id] = con.execute(f"SELECT COUNT(*) FROM {_q(ds_id)}").fetchone()[0]
-            if ds.privacy_unit != "row":
-                # keyed hashes of the unit ids, for the export identifier-leak check only
-                unit = f"TRIM(CAST({_q(ds.privacy_unit)} AS VARCHAR))"
-                con.execute(
-                    f"CREATE TABLE {_q(ID_TABLE_PREFIX + ds_id)} AS SELECT DISTINCT {hmac_sql(ids_key, unit)} AS h "
-                    f"FROM read_parquet({_lit(str(source))}) WHERE {_q(ds.privacy_unit)} IS NOT NULL"
-                )
-            progress(f"{ds_id}: {kept[ds_id]:,} rows kept")
-        # a PRF output of the key, so a key that does not match the file is noticed (not silent zeros)
-        con.execute("CREATE TABLE __meta AS SELECT ? AS key_check", [keyed_id(ids_key, KEY_CHECK)])
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    os.replace(tmp, target)
-    return kept
-
-
-def _refuse_reserved_names(con: duckdb.DuckDBPyConnection, ds_id: str, source: Path) -> None:
-    """A file column named like an engine name (``__n``, ``rowid``...) could shadow it: refused."""
-    try:
-        names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_lit(str(source))})").fetchall()]
-    except duckdb.Error as exc:
-        raise EngineError(f"{ds_id}: cannot read the schema of its source: {exc}", code="import_failed") from None
-    reserved = reserved_names_in(names)
-    if reserved:
-        raise EngineError(
-            f"{ds_id}: its source file has reserved column names ({', '.join(sorted(reserved))}); rename or drop "
-            "them in the Parquet (names starting with __ and row, rowid, file_row_number, filename, file_index)",
-            code="reserved_column",
-        )
-
-
-def _child_main() -> None:
-    """Entry point of the import child: a JSON job on stdin, JSON lines on stdout."""
-    job = json.loads(sys.stdin.read())
-
-    def say(kind: str, value: object) -> None:
-        sys.stdout.write(json.dumps([kind, value]) + "\n")
-        sys.stdout.flush()
-
-    try:
-        datasets = {k: Dataset.model_validate(v, context={"stored": True}) for k, v in job["datasets"].items()}
-        kept = build(datasets, Path(job["data_root"]), Path(job["target"]), lambda m: say("progress", m),
-                     job["memory"], job["threads"], key=bytes.fromhex(job["key"]))
-        say("done", kept)
-    except SandboxError as exc:
-        say("error", exc.message)
-    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
-        say("error", f"{type(exc).__name__}: {exc}")
-
-
-def build_in_child(
-    datasets: Mapping[str, Dataset],
-    data_root: Path,
-    target: Path,
-    progress: Callable[[str], None] = lambda _msg: None,
-    memory_limit: str = "4GB",
-    threads: int = 2,
-    *,
-    key: bytes,
-) -> dict[str, int]:
-    """Run :func:`build` in a child process, so the serving process never holds the import's
-    memory (a bounded-contribution window over tens of millions of rows). The key travels
-    on the child's stdin, never on its command line."""
-    job = {
-        "datasets": {k: v.model_dump(mode="json") for k, v in datasets.items()},
-        "data_root": str(data_root), "target": str(target), "memory": memory_limit, "threads": threads,
-        "key": key.hex(),
-    }
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from sandbox.engine import _child_main; _child_main()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(json.dumps(job))
-    proc.stdin.close()
-    result: dict[str, int] | None = None
-    error = "the import process ended without a result"
-    for line in proc.stdout:
-        try:
-            kind, value = json.loads(line)
-        except ValueError:
-            continue
-        if kind == "progress":
-            progress(value)
-        elif kind == "done":
-            result = value
-        else:
-            error = value
-    proc.wait()
-    if result is None:
-        # DuckDB's text can quote the SQL (near the key's pads): the administrator reads it in the
-        # log and on the command line, an operator only learns that the data is unavailable
-        detail = redact(error)
-        log.error("engine build failed: %s", detail)
-        exc = EngineError("the data engine could not be built; the administrator has been told (gateway log)",
-                          code="import_failed")
-        exc.admin_detail = detail
-        raise exc
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    progress(f"built in {time.monotonic() - t0:.1f} s (import process peak memory {peak:.0f} MB)")
-    return result
+def data_building(ds_id: str, retry_after: int) -> EngineError:
+    """503 ``data_building`` with ``Retry-After``: the data a query needs is not in the file in force yet."""
+    exc = EngineError(f"dataset {ds_id} is being built from its new catalog entry or source file; ask again in "
+                      f"about {retry_after} s", code="data_building")
+    exc.retry_after = retry_after
+    return exc
 
 
 class Engine:
-    """Read-only, locked DuckDB over the engine file; rebuilt when the catalog changes."""
+    """The generation in force, and the background build of the next one."""
 
     def __init__(
         self,
@@ -287,46 +106,173 @@ class Engine:
         threads: int = 2,
         memory_limit: str = "1GB",
         build_memory: str = "4GB",
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        catalog: Callable[[], Mapping[str, Dataset]] | None = None,
     ) -> None:
         self.data_root = Path(data_root)
         self.build_memory = build_memory
         self.engine_dir = Path(engine_dir)
         self.engine_dir.mkdir(parents=True, exist_ok=True)
-        self.config = {**LOCKED_CONFIG, "threads": threads, "memory_limit": memory_limit}
-        self._lock = threading.Lock()
-        self._con: duckdb.DuckDBPyConnection | None = None
-        self._fingerprint: str | None = None
-        self._local = threading.local()
-        # (connection, data versions, per-thread cursors), swapped as one: a cursor knows what it reads
-        self._serving: tuple[duckdb.DuckDBPyConnection, dict[str, str], threading.local] | None = None
-        self._tables: frozenset[str] = frozenset()
-        self._versions: dict[str, str] = {}
+        self.threads = threads
+        self.config: dict[str, str | bool | int | float | list[str]] = {
+            **LOCKED_CONFIG, "threads": threads, "memory_limit": memory_limit}
+        self.on_event = on_event  # (audit action, detail): the catalog change, the swap, a failed build
+        # the catalog in force, read when a background build starts (a request's copy may be older)
+        self.catalog = catalog
+        self._gen: Generation | None = None
+        self._state = threading.Condition()  # guards the fields below; notified when the worker ends
+        self._build_lock = threading.Lock()  # one build and swap at a time, background or not
+        self._wanted: tuple[str, dict[str, Dataset], dict[str, str]] | None = None
+        self._building: str | None = None
+        self._worker: threading.Thread | None = None
+        self._failed: str | None = None  # a build that failed: not tried again until something changes
+        self._started: float | None = None
+        self._last_seconds: float | None = None
         self._ids_key: bytes | None = None
 
+    # -- which file is in force -----------------------------------------------------------------
+    def serving(self) -> Generation | None:
+        return self._gen
+
     def ensure(self, datasets: Mapping[str, Dataset], progress: Callable[[str], None] = lambda _m: None) -> None:
+        """Blocking: return once the file built from ``datasets`` (and the files now) is in force."""
         versions = data_versions(datasets, self.data_root)
-        fp = fingerprint(datasets, self.data_root)
-        if fp == self._fingerprint:
+        fp = fingerprint_of(versions)
+        gen = self._gen
+        if gen is not None and gen.fingerprint == fp:
             return
-        with self._lock:
-            if fp == self._fingerprint:
+        self._build_and_swap(fp, dict(datasets), versions, progress)
+
+    def refresh(self, datasets: Mapping[str, Dataset]) -> Generation | None:
+        """Non-blocking: the generation in force; if ``datasets`` (or their files) differ from what it was
+        built from, a background build of the new file is started (unless one is under way or that very
+        build failed). With no generation in force at all (a cold start), the first one is loaded (or
+        built) before returning, as :meth:`ensure` would."""
+        versions = data_versions(datasets, self.data_root)
+        fp = fingerprint_of(versions)
+        if self._gen is None and fp != self._failed:
+            try:
+                self._build_and_swap(fp, dict(datasets), versions, lambda m: log.info("engine: %s", m))
+            except SandboxError:
+                return None  # logged and audited; not tried again until something changes
+        with self._state:
+            gen = self._gen
+            if (gen is not None and gen.fingerprint == fp) or fp in (self._failed, self._building):
+                return gen
+            if self._wanted is None or self._wanted[0] != fp:
+                self._wanted = (fp, dict(datasets), versions)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="engine-refresh", daemon=True)
+                self._worker.start()
+        return gen
+
+    def building(self) -> bool:
+        """Whether a background build is queued or under way."""
+        return self._worker is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until no background build is queued or under way (True), or ``timeout`` seconds (False)."""
+        with self._state:
+            return self._state.wait_for(lambda: self._worker is None, timeout)
+
+    def retry_after(self) -> int:
+        """Seconds a client might wait for the build under way (from the last build's duration)."""
+        started, last = self._started, self._last_seconds
+        if started is None or last is None:
+            return DEFAULT_RETRY_AFTER
+        return int(min(300, max(1, last - (time.monotonic() - started) + 1)))
+
+    def _work(self) -> None:
+        while True:
+            with self._state:
+                job, self._wanted = self._wanted, None
+                if job is None:
+                    self._worker = None
+                    self._state.notify_all()
+                    return
+                self._building = job[0]
+            fp, datasets, versions = job
+            try:
+                if self.catalog is not None:  # build what is in force now, not what a request read earlier
+                    datasets = dict(self.catalog())
+                    versions = data_versions(datasets, self.data_root)
+                    fp = fingerprint_of(versions)
+                    with self._state:
+                        self._building = fp
+                if fp != self._failed:
+                    self._build_and_swap(fp, datasets, versions, lambda m: log.info("engine: %s", m))
+            except SandboxError:
+                pass  # logged and audited; the generation in force keeps serving
+            except Exception:  # noqa: BLE001 - the worker must outlive any failure
+                log.exception("engine refresh failed")
+                with self._state:
+                    self._failed = fp
+            finally:
+                with self._state:
+                    self._building = None
+
+    def _build_and_swap(self, fp: str, datasets: dict[str, Dataset], versions: dict[str, str],
+                        progress: Callable[[str], None]) -> None:
+        with self._build_lock:
+            previous = self._gen
+            if previous is not None and previous.fingerprint == fp:
                 return
             target = self.engine_dir / f"catalog-{fp}.duckdb"
+            serving = previous.fingerprint if previous else None
+            report: BuildReport | None = None
             if not target.exists():
-                build_in_child(datasets, self.data_root, target, progress, self.build_memory,
-                               self.config["threads"], key=self.bounding_key())
-            con = duckdb.connect(str(target), read_only=True, config=self.config)
-            tables = frozenset(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
-            old = self._con
-            self._con, self._tables, self._fingerprint, self._versions = con, tables, fp, versions
-            self._local = threading.local()
-            self._serving = (con, versions, self._local)
+                self._event("engine.catalog_changed", {"build": fp, "serving": serving,
+                                                       **_changes(previous, versions)})
+                self._started = time.monotonic()
+                try:
+                    report = build_in_child(datasets, self.data_root, target, progress, self.build_memory,
+                                            self.threads, key=self.bounding_key())
+                except SandboxError as exc:
+                    self._failed_build(fp, serving, exc)
+                    raise
+                finally:
+                    self._started = None
+                self._last_seconds = report.seconds
+            try:
+                gen = self._open(fp, target, datasets, versions)
+            except duckdb.Error as exc:
+                error = EngineError(f"the engine file could not be opened: {type(exc).__name__}", code="open_failed")
+                self._failed_build(fp, serving, error)
+                raise error from None
+            with self._state:
+                self._gen = gen  # the swap: one assignment; requests holding the old generation finish on it
+                if self._failed == fp:
+                    self._failed = None
             for stale in self.engine_dir.glob("catalog-*.duckdb"):
                 if stale != target:
-                    stale.unlink(missing_ok=True)
-            if old is not None:
-                old.close()
+                    stale.unlink(missing_ok=True)  # open connections keep reading an unlinked file
+            if previous is not None or report is not None:
+                detail: dict[str, Any] = {"build": fp, "previous": serving, "versions": dict(versions)}
+                if report is not None:
+                    detail.update(rows=report.kept, seconds=round(report.seconds, 1), peak_mb=round(report.peak_mb))
+                self._event("engine.swapped", detail)
 
+    def _failed_build(self, fp: str, serving: str | None, exc: SandboxError) -> None:
+        with self._state:
+            self._failed = fp
+        log.error("engine build %s failed (%s); %s keeps serving", fp, exc.code, serving or "nothing")
+        self._event("engine.build_failed", {"build": fp, "serving": serving, "code": exc.code})
+
+    def _event(self, action: str, detail: dict[str, Any]) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(action, detail)
+        except Exception:  # noqa: BLE001 - an audit failure is logged; the engine keeps its state consistent
+            log.exception("could not audit %s", action)
+
+    def _open(self, fp: str, target: Path, datasets: Mapping[str, Dataset], versions: Mapping[str, str]) -> Generation:
+        con = duckdb.connect(str(target), read_only=True, config=self.config)
+        listing = exp.select(col("table_name")).from_(exp.Table(this=exp.Anonymous(this="duckdb_tables")))
+        tables = frozenset(r[0] for r in con.execute(render(listing)).fetchall())
+        return Generation(fp, target, con, MappingProxyType(dict(datasets)), MappingProxyType(dict(versions)), tables)
+
+    # -- keys -------------------------------------------------------------------------------------
     def bounding_key(self) -> bytes:
         """The bounding PRF's key, created once in the state directory (``engine/bounding.key``, 0600).
 
@@ -340,33 +286,32 @@ class Engine:
             self._ids_key = derive_ids_key(self.bounding_key())
         return self._ids_key
 
+    # -- the generation in force --------------------------------------------------------------------
     @property
     def build_id(self) -> str | None:
         """The build in force: the fingerprint of the catalog and source files built."""
-        return self._fingerprint
+        gen = self._gen
+        return gen.fingerprint if gen else None
 
     def data_version(self, ds_id: str) -> str | None:
         """The version of ``ds_id`` in the build in force (catalog entry and source file)."""
-        return self._versions.get(ds_id)
+        gen = self._gen
+        return gen.versions.get(ds_id) if gen else None
+
+    def has_table(self, ds_id: str) -> bool:
+        gen = self._gen
+        return gen is not None and ds_id in gen.tables
 
     def _cursor(self, pin: Mapping[str, str] | None = None) -> duckdb.DuckDBPyConnection:
         """This thread's cursor on the build in force; with ``pin`` (dataset -> data version), refused
         unless the build in force holds those versions (a request pins the data it checked and planned
-        against: a refresh of one of its datasets in between would answer from other data)."""
-        serving = self._serving
-        if self._con is None or serving is None:
+        against: a swap in between would answer from other data)."""
+        gen = self._gen
+        if gen is None:
             raise EngineError("the engine is not ready")
-        con, versions, local = serving
-        if pin is not None and any(versions.get(ds_id) != version for ds_id, version in pin.items()):
+        if pin is not None and any(gen.versions.get(ds_id) != version for ds_id, version in pin.items()):
             raise EngineError("the data was refreshed while the query ran; ask again", code="data_refreshed")
-        cur = getattr(local, "cursor", None)
-        if cur is None:
-            cur = con.cursor()
-            local.cursor = cur
-        return cur
-
-    def has_table(self, ds_id: str) -> bool:
-        return ds_id in self._tables
+        return gen.cursor()
 
     def unit_id_matches(self, ds_id: str, values: list[str]) -> int:
         """How many of ``values`` are privacy-unit ids of ``ds_id`` (compared as keyed hashes).
@@ -375,42 +320,49 @@ class Engine:
         """
         if not values:
             return 0
+        gen = self._gen
+        if gen is None:
+            raise EngineError("the engine is not ready")
         table = ID_TABLE_PREFIX + ds_id
-        if table not in self._tables:
+        if table not in gen.tables:
+            if ds_id not in gen.datasets and self.building():  # a new dataset: its ids are not loaded yet
+                raise data_building(ds_id, self.retry_after())
             return 0
-        cur = self._cursor()
+        cur = gen.cursor()
         ids_key = self.ids_key()
         try:
-            check = cur.execute("SELECT key_check FROM __meta").fetchone()
+            check = cur.execute(render(exp.select(col("key_check")).from_(exp.Table(this=ident("__meta"))))).fetchone()
         except duckdb.Error:
             raise EngineError("the engine file has no identifier key check: rebuild the engine") from None
         if check is None or not hmac.compare_digest(str(check[0]), keyed_id(ids_key, KEY_CHECK)):
             raise EngineError("the identifier key does not match the engine file: rebuild the engine")
         keyed = [keyed_id(ids_key, _normalize_id(v)) for v in values]
-        row = cur.execute(
-            f"SELECT COUNT(*) FROM (SELECT UNNEST(?::VARCHAR[]) AS h) AS f WHERE f.h IN (SELECT h FROM {_q(table)})",
-            [keyed],
-        ).fetchone()
-        return int(row[0])
+        given = exp.select(exp.Alias(this=exp.Unnest(expressions=[exp.Cast(
+            this=exp.Placeholder(), to=exp.DataType.build("VARCHAR[]", dialect="duckdb"))]), alias=ident("h")))
+        known = exp.select(col("h")).from_(exp.Table(this=ident(table)))
+        found = (exp.select(exp.Count(this=exp.Star())).from_(given.subquery("f"))
+                 .where(exp.In(this=col("h", "f"), query=known.subquery())))
+        row = cur.execute(render(found), [keyed]).fetchone()
+        return int(row[0]) if row else 0
 
-    def exact(self, plan: DPPlan, pin: Mapping[str, str] | None = None) -> dict[tuple, dict[Primitive, int]]:
+    def exact(self, plan: DPPlan, pin: Mapping[str, str] | None = None) -> dict[tuple[Any, ...], dict[Primitive, int]]:
         """Exact bounded aggregates per public key present in the data (for a quantile: the
         per-candidate counts its scores are computed from, :class:`QuantileCounts`), from the data
         versions ``pin`` only when given (:class:`EngineError` ``data_refreshed`` if others are in force)."""
         scalar = tuple(p for p in plan.primitives if p.kind != "quantile")
         n_keys = len(plan.query.group_keys)
         domains = [_OPEN if k.open else {v: v for v in k.values} for k in plan.query.group_keys]
-        out: dict[tuple, dict[Primitive, int]] = {}
+        out: dict[tuple[Any, ...], dict[Primitive, int]] = {}
         for row in self._run(aggregate_sql(plan, scalar), pin) if scalar else []:
             key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
             if any(k is _MISSING for k in key):
                 continue
             out[key] = {p: int(row[n_keys + j] or 0) for j, p in enumerate(scalar)}
         for prim in plan.primitives:
-            if prim.kind != "quantile":
+            if prim.kind != "quantile" or prim.column is None:
                 continue
             grid = quantile_grid(plan.dataset.columns[prim.column])
-            cells: dict[tuple, list] = {}
+            cells: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
             for row in self._run(quantile_counts_sql(plan, prim, grid), pin):
                 key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
                 if not any(k is _MISSING for k in key):
@@ -421,15 +373,23 @@ class Engine:
 
     def lookup_key_unique(self, lookup: str, key: str) -> bool:
         """Whether a public lookup's key column holds each value at most once (public data only)."""
-        row = self._run(f"SELECT COUNT({_q(key)}) = COUNT(DISTINCT {_q(key)}) FROM {_q(lookup)}")
+        unique = exp.EQ(this=exp.Count(this=col(key)), expression=exp.Count(this=exp.Distinct(expressions=[col(key)])))
+        row = self._run(render(exp.select(unique).from_(exp.Table(this=ident(lookup)))))
         return bool(row[0][0])
 
-    def _run(self, sql: str, pin: Mapping[str, str] | None = None) -> list[tuple]:
+    def _run(self, sql: str, pin: Mapping[str, str] | None = None) -> list[tuple[Any, ...]]:
         cursor = self._cursor(pin)
         try:
             return cursor.execute(sql).fetchall()
         except duckdb.Error as exc:
             raise EngineError(f"the engine could not run the query: {type(exc).__name__}") from None
+
+
+def _changes(previous: Generation | None, versions: Mapping[str, str]) -> dict[str, list[str]]:
+    """What differs between the generation in force and a new build: datasets added, changed, removed."""
+    old = dict(previous.versions) if previous else {}
+    return {"added": sorted(set(versions) - set(old)), "removed": sorted(set(old) - set(versions)),
+            "changed": sorted(d for d in set(old) & set(versions) if old[d] != versions[d])}
 
 
 _MISSING = object()
@@ -442,7 +402,7 @@ def _normalize_id(value: object) -> str:
     return text
 
 
-class _Open(dict):
+class _Open(dict[object, object]):
     """The domain of a key without declared values (DP partition selection decides)."""
 
     def get(self, value: object, default: object = None) -> object:
@@ -452,7 +412,7 @@ class _Open(dict):
 _OPEN = _Open()
 
 
-def _match(value: object, domain: dict) -> object:
+def _match(value: object, domain: dict[Any, Any]) -> object:
     """The domain's own value for an engine key (10 rather than 10.0), or _MISSING."""
     try:
         return domain.get(value, _MISSING)

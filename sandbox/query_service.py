@@ -24,7 +24,7 @@ from sandbox.dp.planner import (
     release,
 )
 from sandbox.dp.selection import calibrate, selection_delta
-from sandbox.engine import EngineError, catalog_digest, data_versions
+from sandbox.engine import EngineError, Generation, catalog_digest, data_building
 from sandbox.errors import BadRequest, Forbidden, NotFound, PolicyError, SandboxError
 from sandbox.policy.models import Dataset, Grant
 from sandbox.policy.rules import can_use_grant, check_grant_fits_catalog, check_grant_usable, granted_columns
@@ -242,13 +242,47 @@ class QueryService:
         plan = analyze(req.sql, catalog, granted_columns(grant, catalog))
         return plan, catalog[plan.dataset], catalog
 
-    def _pin(self, datasets: list[Dataset]) -> dict[str, str]:
-        return _pin_versions(self.s.engine, datasets)
+    def _as_built(self, grant: Grant, req: QueryRequest, plan: QueryPlan, catalog: dict[str, Dataset],
+                  gen: Generation | None, *, strict: bool = True) -> tuple[QueryPlan, list[Dataset]]:
+        """The plan and the catalog entries of the datasets the query reads, as the generation ``gen``
+        was built from them: a query is planned with the entries its data was built from, never a new
+        bound over old data. Access was checked on the entries in force (``catalog``, the grant now).
+        ``strict``: a dataset ``gen`` lacks, or a query that only fits the new entry, is a 503."""
+        ids = [plan.dataset] + ([plan.join.lookup] if plan.join is not None else [])
+        engine = self.s.engine
+        built: dict[str, Dataset] = {}
+        for ds_id in ids:
+            entry = gen.entry(ds_id) if gen is not None else None
+            if entry is None and not strict:
+                return plan, [catalog[i] for i in ids]
+            if entry is None:
+                if gen is None and not engine.building():
+                    raise EngineError("the engine is not ready")
+                if engine.building():
+                    raise data_building(ds_id, engine.retry_after())
+                raise SandboxError(f"dataset {ds_id} has no data loaded yet", code="dataset_unavailable")
+            built[ds_id] = entry
+        if any(catalog_digest(built[i]) != catalog_digest(catalog[i]) for i in ids):
+            # a refresh is under way (or failed): the query must also fit the entries the data was built from
+            try:
+                plan = analyze(req.sql, {**catalog, **built}, granted_columns(grant, catalog))
+            except SandboxError:
+                if not strict:
+                    return plan, [catalog[i] for i in ids]
+                if engine.building():
+                    raise data_building(plan.dataset, engine.retry_after()) from None
+                raise SandboxError(f"dataset {plan.dataset}: the data of its catalog entry in force is not loaded "
+                                   "(its build failed; the administrator has been told)",
+                                   code="dataset_unavailable") from None
+        return plan, [built[i] for i in ids]
 
     def _plan(self, user: str, grant: Grant, req: QueryRequest) -> dict:
         plan, dataset, catalog = self._analyze(grant, req)
+        # the entries a query would be answered with now (those of the build in force, while a refresh runs)
+        plan, entries = self._as_built(grant, req, plan, catalog, self.s.engine.serving(), strict=False)
+        dataset = entries[0]
         if plan.join is not None:  # the merged catalog entry, from metadata alone (the key check needs data)
-            dataset = joined_dataset(dataset, catalog[plan.join.lookup])
+            dataset = joined_dataset(dataset, entries[1])
         delta = _selection_delta(grant, plan)
         unit = "rho" if grant.accounting == "zcdp" else "epsilon"
         out: dict = {"grant": grant.id, "dataset": dataset.id, "accounting": grant.accounting, "charged": False}
@@ -294,21 +328,22 @@ class QueryService:
 
     def _run(self, user: str, grant: Grant, req: QueryRequest) -> dict:
         check_accounting(grant, req.unit)
-        plan, dataset, catalog = self._analyze(grant, req)
-        self.s.engine.ensure(self.s.policies.datasets())
-        if not self.s.engine.has_table(dataset.id):
-            raise SandboxError(f"dataset {dataset.id} has no data loaded yet", code="dataset_unavailable")
-        versioned = [dataset]
-        if plan.join is not None:
-            versioned.append(catalog[plan.join.lookup])
-        pin = self._pin(versioned)
+        plan, _, catalog = self._analyze(grant, req)
+        engine = self.s.engine
+        # a changed catalog entry or file starts a background build; the generation in force answers
+        gen = engine.refresh(catalog)
+        plan, versioned = self._as_built(grant, req, plan, catalog, gen)
+        assert gen is not None
+        pin = {d.id: gen.versions[d.id] for d in versioned}
+        dataset = versioned[0]
         if plan.join is not None:  # checked on public data, before any charge
-            dataset = check_lookup(self.s.engine, plan.join, dataset, catalog)
-            if self._pin(versioned) != pin:  # refreshed during the check: it held for other data
+            dataset = check_lookup(engine, plan.join, dataset, {**catalog, **{d.id: d for d in versioned}})
+            if any(engine.data_version(ds_id) != version for ds_id, version in pin.items()):
+                # swapped during the check: it held for other data
                 raise EngineError("the data was refreshed while the query was checked; ask again",
                                   code="data_refreshed")
         dp_plan = plan_dp(plan, dataset, from_nano(to_nano(req.cost)), grant.accounting, _selection_delta(grant, plan))
-        data_version = "+".join(self.s.engine.data_version(d.id) or "" for d in versioned)
+        data_version = "+".join(pin[d.id] for d in versioned)
         digest = "+".join(catalog_digest(d) for d in [dataset, *versioned[1:]])
         key = cache_key(grant.id, plan.normalized_sql, req.cost, data_version, digest, req.unit)
         query_id = "q-" + uuid.uuid4().hex[:16]
@@ -323,11 +358,11 @@ class QueryService:
             cache_key=key,
             audit_detail={"sql": req.sql, "normalized_sql": plan.normalized_sql, "dataset": plan.dataset,
                           "data_version": data_version},
-            dataset=dataset,
+            dataset=catalog[plan.dataset],  # caps as in force now (they are not part of the built entry)
             operator=grant.operator,
             delta=dp_plan.delta,
             # a join on the privacy unit reads a second private dataset: its caps are charged too
-            also=tuple(d for d in versioned[1:] if not d.public),
+            also=tuple(catalog[d.id] for d in versioned[1:] if not (d.public and catalog[d.id].public)),
         )
         if charge.cached_response is not None:
             return {
@@ -367,17 +402,6 @@ class QueryService:
         self.s.ledger.store_answer(key, query_id, user, grant.id, response)
         response["budget"] = self.s.ledger.state(grant.id).to_dict()
         return response
-
-
-def _pin_versions(engine, datasets: list[Dataset]) -> dict[str, str]:  # noqa: ANN001
-    """The data versions of ``datasets`` in the build in force, if it was built from exactly these
-    catalog entries (the ones the query was analysed and will be planned with) and their current
-    files; else 503 ``data_refreshed``, before any charge. The engine then answers from them only."""
-    current = data_versions({d.id: d for d in datasets}, engine.data_root)
-    if any(engine.data_version(d.id) != current[d.id] for d in datasets):
-        raise EngineError("the data or its catalog entry changed while the query was checked; ask again",
-                          code="data_refreshed")
-    return current
 
 
 def _selection_delta(grant: Grant, plan: QueryPlan) -> float:

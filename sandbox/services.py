@@ -11,7 +11,7 @@ from pathlib import Path
 from sandbox.engine import Engine
 from sandbox.errors import SandboxError
 from sandbox.oversight import OversightSettings
-from sandbox.state.audit import AuditLog
+from sandbox.state.audit import AuditEvent, AuditLog
 from sandbox.state.checkpoints import Checkpoints
 from sandbox.state.db import StateDB
 from sandbox.state.grants_store import PolicyStore
@@ -21,6 +21,7 @@ from sandbox.state.sessions import SessionLog
 from sandbox.state.tokens import TokenStore
 
 log = logging.getLogger("sandbox.services")
+ENGINE_ACTOR = "gateway:engine"  # the actor of the engine's own audit events (refreshes)
 
 
 @dataclass
@@ -66,7 +67,13 @@ class Services:
             threads=settings.engine_threads,
             memory_limit=settings.engine_memory,
             build_memory=settings.engine_build_memory,
+            on_event=self._engine_event,
+            catalog=self.policies.datasets,
         )
+
+    def _engine_event(self, action: str, detail: dict) -> None:
+        """The engine's catalog changes, swaps and failed builds, in the audit log."""
+        self.audit.record(AuditEvent(ENGINE_ACTOR, action, None, detail))
 
     def _checkpoint_grant_change(self, grant_id: str) -> None:
         """Every grant change is followed by a signed checkpoint; the change itself is already committed."""

@@ -87,7 +87,8 @@ def datasets_register(paths, data_root, state_dir):  # noqa: ANN001, ANN201
 def datasets_import(paths, data_root, state_dir):  # noqa: ANN001, ANN201
     """Validate entries against their Parquet, register them, and build the engine file (with progress).
 
-    The running gateway picks the new engine file up on its next query.
+    A running gateway swaps the new engine file in when its next query notices the change (until
+    then, and while it opens the file, the file in force keeps answering).
     """
     from sandbox.catalog_check import check_dataset_against_parquet
     from sandbox.policy.loader import load_dataset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -53,8 +54,11 @@ def test_a_data_refresh_invalidates_the_cache_and_is_charged_again(own_data, ali
     duckdb.sql(f"COPY (SELECT * FROM '{src}' LIMIT {rows - 2000}) TO '{tmp}' (FORMAT parquet)")
     tmp.replace(src)
     build = svc.engine.build_id
+    # the new file is built in the background: meanwhile the old one answers (the same answer, free)
+    during = client.post("/v1/query", json=body, headers=headers).get_json()
+    assert during["query_id"] == first["query_id"] and during["cached"] is True
+    assert svc.engine.wait(120) and svc.engine.build_id != build  # rebuilt from the new file, swapped in
     fresh = client.post("/v1/query", json=body, headers=headers).get_json()
-    assert svc.engine.build_id != build  # rebuilt from the new file
     assert fresh["cached"] is False and fresh["query_id"] != first["query_id"]
     assert fresh["epsilon_spent"] == 0.5
     assert svc.ledger.state(GRANT).epsilon_spent == 1.0  # charged again; the refresh reset nothing
@@ -70,6 +74,9 @@ def test_a_new_bound_in_the_catalog_entry_is_a_new_answer(own_data, alice_of) ->
     first = client.post("/v1/query", json=body, headers=headers).get_json()
     ds = svc.policies.datasets()["nhanes_2017"]
     svc.policies.apply_dataset(ds.model_copy(update={"max_rows_per_unit": 2}), "admin")
+    # until the file built with the new bound is in force, the old file answers with the old bound
+    assert client.post("/v1/query", json=body, headers=headers).get_json()["query_id"] == first["query_id"]
+    assert svc.engine.wait(120)
     second = client.post("/v1/query", json=body, headers=headers).get_json()
     assert second["cached"] is False and second["query_id"] != first["query_id"]
     assert second["mechanism"]["scales"]["count(*)"] == 2 * first["mechanism"]["scales"]["count(*)"]
@@ -181,13 +188,11 @@ def test_notebook_client_plans_then_queries(live_server, services: Services, zcd
 
 def test_plan_touches_no_data(client, alice, services: Services) -> None:  # noqa: ANN001
     """With the engine gone, a query fails but a plan still answers: it never reaches the data."""
-    services.engine._con = None
-    services.engine._fingerprint = "gone"  # ensure() would otherwise reopen it
-    services.engine._tables = frozenset()
+    services.engine._gen = None  # no engine file in force
+    services.engine.refresh = lambda *_a, **_k: None  # and none coming
     body = {"sql": "SELECT sex, COUNT(*) AS n FROM nhanes_2017 GROUP BY sex", "epsilon": 0.2, "grant": GRANT}
     plan = client.post("/v1/plan", json=body, headers=alice)
     assert plan.status_code == 200 and plan.get_json()["accuracy"]["ci_halfwidth"]["n"] > 0
-    services.engine.ensure = lambda *_a, **_k: None  # keep it gone for the query
     assert client.post("/v1/query", json=body, headers=alice).status_code != 200
 
 
@@ -287,23 +292,32 @@ def test_zcdp_per_query_cap_holds_in_epsilon(client, alice, services) -> None:  
 
 
 def test_a_failed_build_answers_a_generic_503(own_data, alice_of, caplog) -> None:  # noqa: ANN001
-    """DuckDB's error text (a SQL excerpt, possibly near the bounding key's pads) never reaches an operator."""
+    """DuckDB's error text (a SQL excerpt, possibly near the bounding key's pads) never reaches an operator,
+    nor the audit log. In the background the old file keeps answering; a blocking build is a generic 503."""
     import logging
+
+    from sandbox.engine import EngineError
 
     svc, root = own_data
     client, headers = _app(svc), alice_of(svc)
+    before = client.post("/v1/query", json={"sql": COUNT, "epsilon": 0.5, "grant": GRANT}, headers=headers)
     src = root / "adult_income.parquet"
     tmp = root / "adult_income.new.parquet"  # a refresh that lost a declared column
     duckdb.sql(f"COPY (SELECT * EXCLUDE (occupation) FROM '{src}') TO '{tmp}' (FORMAT parquet)")
     tmp.replace(src)
     with caplog.at_level(logging.ERROR, logger="sandbox.engine"):
         r = client.post("/v1/query", json={"sql": COUNT, "epsilon": 0.5, "grant": GRANT}, headers=headers)
-    assert r.status_code == 503
-    text = r.get_data(as_text=True)
-    error = r.get_json()["error"]
-    assert error["code"] == "import_failed"
+        assert svc.engine.wait(120)
+    assert r.status_code == 200 and r.get_json()["query_id"] == before.get_json()["query_id"]
+    failed = [e for e in svc.audit.entries() if e["action"] == "engine.build_failed"]
+    assert len(failed) == 1 and failed[0]["detail"]["code"] == "import_failed"
+    with pytest.raises(EngineError) as info:
+        svc.engine.ensure(svc.policies.datasets())
+    error = info.value
+    assert error.code == "import_failed" and error.status == 503
     for leak in ("SELECT", "read_parquet", "LINE", "\\x", "occupation", "Binder", "sha256", "adult_income.parquet"):
-        assert leak not in text, leak
+        assert leak not in error.message, leak
+        assert leak not in json.dumps(failed[0]["detail"]), leak
     logged = " ".join(rec.getMessage() for rec in caplog.records)
     assert "occupation" in logged  # the administrator has the detail in the gateway's log
     assert "\\x" not in logged  # without the key's pads

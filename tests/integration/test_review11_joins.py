@@ -102,28 +102,32 @@ def test_the_engine_join_never_meets_a_repeated_lookup_key(tmp_path: Path) -> No
     assert joined[("South",)] == alone[("s",)] and joined[("East",)] == alone[("e",)]
 
 
-def test_a_catalog_change_between_analysis_and_engine_is_not_answered(tmp_path: Path) -> None:
-    """The query is analysed (and its sensitivity planned) from one catalog entry; if the admin widens
-    a bound and the engine is rebuilt from the new entry before the query runs, the engine's values
-    (clamped to the new bound) would be released at the old bound's sensitivity. Refused, uncharged."""
+def test_a_catalog_change_between_analysis_and_engine_is_planned_with_the_built_entry(tmp_path: Path) -> None:
+    """The query is analysed from one catalog entry; if the admin widens a bound and the engine is rebuilt
+    from the new entry before the query reaches it, the engine's values (clamped to the new bound) were
+    released at the old bound's sensitivity. Now a query is planned with the entry of the file it reads:
+    here the new one, so its noise is that of the wide bound (issue 13: never a bound other than the data's)."""
     from sandbox.policy.loader import load_policies
     from sandbox.state.grants_store import apply_policies
 
     client, headers, services = _world(tmp_path)
     policies = tmp_path / "policies"
-    ensure = services.engine.ensure
+    narrow = _ask(client, headers, "SELECT SUM(cost) AS s FROM visits", 1.0).get_json()["mechanism"]["scales"]
+    refresh = services.engine.refresh
 
-    def widened_first(datasets, progress=lambda _m: None):  # noqa: ANN001, ANN202
+    def widened_first(datasets):  # noqa: ANN001, ANN202
         entry = policies / "datasets" / "visits.yaml"
         entry.write_text(entry.read_text().replace("bounds: [0, 100]", "bounds: [0, 100000]"))
         apply_policies(services.policies, load_policies(policies), "test")
-        return ensure(services.policies.datasets(), progress)
+        services.engine.ensure(services.policies.datasets())  # built and swapped in
+        return refresh(datasets)
 
-    services.engine.ensure = widened_first  # type: ignore[method-assign]
-    before = services.ledger.state(GRANT).epsilon_spent
-    reply = _ask(client, headers, "SELECT SUM(cost) AS s FROM visits", 1.0)
-    assert reply.status_code == 503 and reply.get_json()["error"]["code"] == "data_refreshed", reply.get_json()
-    assert services.ledger.state(GRANT).epsilon_spent == before
+    services.engine.refresh = widened_first  # type: ignore[method-assign]
+    reply = _ask(client, headers, "SELECT SUM(cost) AS s FROM visits", 0.999)
+    assert reply.status_code == 200, reply.get_json()
+    wide = reply.get_json()["mechanism"]["scales"]
+    (label,) = wide
+    assert wide[label] / narrow[label] == pytest.approx(1000 / 0.999)
 
 
 def test_a_private_join_with_an_unbounded_int_column_answers(tmp_path: Path) -> None:
@@ -144,6 +148,7 @@ def test_a_private_join_with_an_unbounded_int_column_answers(tmp_path: Path) -> 
     grant = (policies / "grants" / "g-join.yaml").read_text().replace("[region, cost]", "[region, cost, code]")
     (policies / "grants" / "g-join.yaml").write_text(textwrap.dedent(grant))
     apply_policies(services.policies, load_policies(policies), "test")
+    services.engine.ensure(services.policies.datasets())  # the new file in force (else the old one answers)
     reply = _ask(client, headers, "SELECT COUNT(*) AS n FROM visits v JOIN other o ON v.pid = o.pid", 0.5)
     assert reply.status_code == 200, reply.get_json()
     reply = _ask(client, headers, "SELECT COUNT(*) AS n FROM visits v JOIN other o ON v.pid = o.pid "
