@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -104,7 +105,7 @@ class Engine:
         data_root: Path,
         engine_dir: Path,
         threads: int = 2,
-        memory_limit: str = "1GB",
+        memory_limit: str = "600MB",
         build_memory: str = "4GB",
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         catalog: Callable[[], Mapping[str, Dataset]] | None = None,
@@ -243,14 +244,23 @@ class Engine:
                 self._gen = gen  # the swap: one assignment; requests holding the old generation finish on it
                 if self._failed == fp:
                     self._failed = None
-            for stale in self.engine_dir.glob("catalog-*.duckdb"):
-                if stale != target:
-                    stale.unlink(missing_ok=True)  # open connections keep reading an unlinked file
+            self._remove_stale(target, previous.path if previous else None)
             if previous is not None or report is not None:
                 detail: dict[str, Any] = {"build": fp, "previous": serving, "versions": dict(versions)}
                 if report is not None:
                     detail.update(rows=report.kept, seconds=round(report.seconds, 1), peak_mb=round(report.peak_mb))
                 self._event("engine.swapped", detail)
+
+    def _remove_stale(self, current: Path, previous: Path | None) -> None:
+        """Other engine files are unlinked (open connections keep reading an unlinked file); DuckDB's spill
+        folders (``<file>.tmp``) too, but the previous generation's, which may still be answering."""
+        for stale in self.engine_dir.glob("catalog-*.duckdb"):
+            if stale != current:
+                stale.unlink(missing_ok=True)
+        keep = {current.name + ".tmp"} | ({previous.name + ".tmp"} if previous else set())
+        for spill in self.engine_dir.glob("catalog-*.duckdb.tmp"):
+            if spill.name not in keep:
+                shutil.rmtree(spill, ignore_errors=True)
 
     def _failed_build(self, fp: str, serving: str | None, exc: SandboxError) -> None:
         with self._state:

@@ -338,10 +338,10 @@ class QueryService:
         dataset = versioned[0]
         if plan.join is not None:  # checked on public data, before any charge
             dataset = check_lookup(engine, plan.join, dataset, {**catalog, **{d.id: d for d in versioned}})
-            if any(engine.data_version(ds_id) != version for ds_id, version in pin.items()):
-                # swapped during the check: it held for other data
-                raise EngineError("the data was refreshed while the query was checked; ask again",
-                                  code="data_refreshed")
+        if any(engine.data_version(ds_id) != version for ds_id, version in pin.items()):
+            # swapped since the query was planned (or the lookup checked): it held for other data
+            raise EngineError("the data was refreshed while the query was checked; ask again",
+                              code="data_refreshed")
         dp_plan = plan_dp(plan, dataset, from_nano(to_nano(req.cost)), grant.accounting, _selection_delta(grant, plan))
         data_version = "+".join(pin[d.id] for d in versioned)
         digest = "+".join(catalog_digest(d) for d in [dataset, *versioned[1:]])

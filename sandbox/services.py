@@ -34,7 +34,10 @@ class Settings:
     max_body_bytes: int = 64_000  # JSON bodies of the query API
     max_upload_bytes: int = 20_000_000  # a whole export request
     engine_threads: int = 2
-    engine_memory: str = "1GB"  # DuckDB memory limit while serving queries
+    # DuckDB memory limit while serving queries: with the rest of the process (about 200 MB) and DuckDB's own
+    # overshoot this keeps the gateway under 1 GB at 100M rows (a COUNT(DISTINCT unit) over them filled a
+    # 1GB limit: 1.3 GB in all; 700MB: 1.0 GB)
+    engine_memory: str = "600MB"
     engine_build_memory: str = "4GB"  # the import child process (contribution bound); spills beyond
     internal_token: str | None = None  # shared secret for the hub's spawn check
     keys_dir: Path | None = None  # audit MAC keyring, signing key, admin token; default: `keys` beside state_dir

@@ -106,7 +106,9 @@ def _apply_and_warm(services, policies_dir: Path, actor: str) -> None:  # noqa: 
 )
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64), help="WSGI worker threads.")
 @click.option("--engine-threads", default=2, show_default=True, type=click.IntRange(1, 64), help="DuckDB threads.")
-@click.option("--engine-memory", default="1GB", show_default=True, help="DuckDB memory limit while serving.")
+@click.option("--engine-memory", default="600MB", show_default=True,
+              help="DuckDB memory limit while serving (the gateway process is about 200 MB more; a refresh holds "
+                   "two engine files open until the old one's last query ends).")
 @click.option("--build-memory", default="4GB", show_default=True,
               help="Memory limit of the import child process that builds the engine file (it spills beyond).")
 @click.option("--checkpoint-interval", default=300.0, show_default=True, type=click.FloatRange(0),
@@ -172,7 +174,7 @@ def demo(data_root, policies_dir, state_dir, host, port, user):  # noqa: ANN001,
     from sandbox.demo_data import import_demo
 
     import_demo(data_root, progress=lambda m: click.echo(f"demo data: {m}", err=True))
-    services = _build_services(state_dir, data_root, None, 2, "1GB")
+    services = _build_services(state_dir, data_root, None, 2, "600MB")
     ensure_admin(services)
     _apply_and_warm(services, policies_dir, STARTUP_ACTOR)
     _start_checkpoints(services)
