@@ -39,6 +39,7 @@ class Settings:
     keys_dir: Path | None = None  # audit MAC keyring, signing key, admin token; default: `keys` beside state_dir
     audit_key_file: Path | None = None  # the current audit MAC key; default: <keys_dir>/audit-mac.key
     signing_key_file: Path | None = None  # Ed25519 checkpoint key; default: <keys_dir>/checkpoint-signing.pem
+    audit_mark_file: Path | None = None  # writable audit high-water mark; default: <keys_dir>/audit-mark.json
     create_keys: bool = True  # create missing default keys on first use (off for read-only verification)
     checkpoint_interval_s: float = 300.0  # `sandbox serve` signs a checkpoint this often (and on grant changes)
     today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(dt.UTC).date())
@@ -50,7 +51,7 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         keyring = MacKeyring.for_state(settings.state_dir, settings.keys_dir, settings.audit_key_file,
-                                       create=settings.create_keys)
+                                       create=settings.create_keys, mark_file=settings.audit_mark_file)
         self.db = StateDB(settings.state_dir, keyring)
         self.audit = AuditLog(self.db)
         signing = SigningKey.for_state(settings.state_dir, settings.keys_dir, settings.signing_key_file,

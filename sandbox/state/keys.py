@@ -11,6 +11,9 @@ Someone who can write ``--state`` but cannot read these keys cannot forge a vali
   the public key alone.
 - The keys directory (``--keys`` / ``SANDBOX_KEYS``) defaults to ``keys`` beside the state
   directory. Default keys are created on first use; a key inside the state directory is refused.
+- The audit high-water mark (``--audit-mark-file`` / ``SANDBOX_AUDIT_MARK``; default
+  ``<keys>/audit-mark.json``) must be *writable* by the gateway and outside the state directory:
+  where the keys are a read-only secret mount (the Docker stack), it gets a small volume of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 MAC_KEY_FILE = "audit-mac.key"
+MARK_FILE = "audit-mark.json"  # the audit high-water mark (see chain.check_mark)
 RETIRED_PREFIX = "audit-mac-"
 SIGNING_KEY_FILE = "checkpoint-signing.pem"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -83,19 +87,22 @@ class MacKey:
 class MacKeyring:
     """The current MAC key (created on first write when it is the default) and every retired one."""
 
-    def __init__(self, keys_dir: Path, current_file: Path | None = None, *, create: bool = True) -> None:
+    def __init__(self, keys_dir: Path, current_file: Path | None = None, *, create: bool = True,
+                 mark_file: Path | None = None) -> None:
         self.dir = Path(keys_dir)
         self.current_file = Path(current_file) if current_file else self.dir / MAC_KEY_FILE
+        self.mark_file = Path(mark_file) if mark_file else self.dir / MARK_FILE
         self.create = create
         self._current: MacKey | None = None
 
     @classmethod
     def for_state(cls, state_dir: Path, keys_dir: Path | None = None, current_file: Path | None = None,
-                  *, create: bool = True) -> MacKeyring:
+                  *, create: bool = True, mark_file: Path | None = None) -> MacKeyring:
         keys = Path(keys_dir) if keys_dir else default_keys_dir(state_dir)
-        ring = cls(keys, current_file, create=create)
+        ring = cls(keys, current_file, create=create, mark_file=mark_file)
         check_outside(ring.dir, state_dir, "the keys directory")
         check_outside(ring.current_file, state_dir, "the audit MAC key")
+        check_outside(ring.mark_file, state_dir, "the audit high-water mark")
         return ring
 
     def current(self) -> MacKey:
