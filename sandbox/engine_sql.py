@@ -67,10 +67,12 @@ def where_tree(where: exp.Expression, ds: Dataset) -> exp.Expression:
 
 
 def _keys(plan: DPPlan) -> tuple[list[exp.Expression], list[exp.Expression]]:
-    """The group keys as ``<key> AS k<i>``, and the GROUP BY references to them."""
-    names = [f"k{i}" for i in range(len(plan.query.group_keys))]
-    select: list[exp.Expression] = [_named(key_tree(k), n) for k, n in zip(plan.query.group_keys, names, strict=True)]
-    return select, [column(n) for n in names]
+    """The group keys as ``<key> AS k<i>``, and the key expressions to GROUP BY. Grouping by the
+    expressions, not the output names: a dataset may declare a column named ``k0``, which DuckDB
+    would bind in preference to the output name."""
+    keys = [key_tree(k) for k in plan.query.group_keys]
+    select: list[exp.Expression] = [_named(key.copy(), f"k{i}") for i, key in enumerate(keys)]
+    return select, keys
 
 
 def _measure(prim: Primitive, ds: Dataset) -> exp.Expression:
@@ -122,7 +124,7 @@ def quantile_counts_tree(plan: DPPlan, prim: Primitive, grid: QuantileGrid) -> e
     select = select.from_(from_tree(plan)).where(exp.not_(exp.Is(this=value.copy(), expression=exp.null())))
     if plan.query.where is not None:
         select = select.where(where_tree(plan.query.where, plan.dataset))  # ANDed to the one above
-    return select.group_by(*group, column("qg"), column("qat"))
+    return select.group_by(*group, cell.copy(), at.copy())
 
 
 def quantile_counts_sql(plan: DPPlan, prim: Primitive, grid: QuantileGrid) -> str:
