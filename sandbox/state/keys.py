@@ -36,6 +36,7 @@ MAC_KEY_FILE = "audit-mac.key"
 MARK_FILE = "audit-mark.json"  # the audit high-water mark (see chain.check_mark)
 RETIRED_PREFIX = "audit-mac-"
 SIGNING_KEY_FILE = "checkpoint-signing.pem"
+RETIRED_SIGNING_PREFIX = "checkpoint-signing-"  # <prefix><key id>.pub: a retired public key (base64)
 ADMIN_TOKEN_FILE = "admin.token"
 
 
@@ -217,6 +218,41 @@ class SigningKey:
 
     def sign(self, message: bytes) -> str:
         return base64.b64encode(self._load().sign(message)).decode("ascii")
+
+    def retired_public(self) -> dict[str, str]:
+        """Key id -> base64 public key of every retired signing key (beside the private key file),
+        published with the current one so checkpoints signed before a rotation keep verifying."""
+        found: dict[str, str] = {}
+        folder = self.path.parent
+        for path in sorted(folder.glob(f"{RETIRED_SIGNING_PREFIX}*.pub")) if folder.is_dir() else []:
+            try:
+                public = path.read_text(encoding="ascii").strip()
+                raw = base64.b64decode(public, validate=True)
+            except (OSError, ValueError):
+                continue
+            if len(raw) == 32:
+                found[public_key_id(raw)] = public
+        return found
+
+    def rotate(self) -> tuple[str, str]:
+        """Retire the current key (its public half kept as ``checkpoint-signing-<id>.pub``) and start a
+        new one; (old id, new id). Raises :class:`KeyUnavailable` where the keys cannot be written."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        old_id, old_public = self.key_id(), self.public_b64()
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        try:
+            retired = self.path.parent / f"{RETIRED_SIGNING_PREFIX}{old_id}.pub"
+            if not retired.exists():
+                atomic_write(retired, old_public.encode("ascii") + b"\n", exclusive=True)
+            atomic_write(self.path, pem)
+        except OSError as exc:
+            raise KeyUnavailable(f"cannot rotate the checkpoint signing key {self.path}: {exc}") from None
+        self._key = None
+        return old_id, self.key_id()
 
 
 def verify_signature(public_b64: str, message: bytes, signature_b64: str) -> bool:

@@ -189,6 +189,7 @@ MUTATING = [
     ("tokens", "create", "mallory"),
     ("tokens", "revoke", "alice"),
     ("audit", "rotate-key"),
+    ("audit", "rotate-signing-key"),
     ("audit", "checkpoint"),
     ("admin", "init", "--user", "mallory"),
 ]
