@@ -84,7 +84,7 @@ def _audit_oversize(services: Services, code: str, message: str) -> None:
     except SandboxError:
         return
     try:
-        audit_oversize(services, user, request.path, request.content_length, code, message)
+        audit_oversize(services.audit, user, request.path, request.content_length, code, message)
     except Exception:  # the 413 still answers; the failure is logged
         log.exception("could not audit an oversize upload")
 
