@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.engine import Engine
+from sandbox.engine_spark import SparkOptions
+from sandbox.engines import PerDatasetEngine
 from sandbox.errors import SandboxError
 from sandbox.oversight import OversightSettings
 from sandbox.state.audit import AuditLog
@@ -35,6 +37,10 @@ class Settings:
     engine_threads: int = 2
     engine_memory: str = "1GB"  # DuckDB memory limit while serving queries
     engine_build_memory: str = "4GB"  # the import child process (contribution bound); spills beyond
+    # datasets with `engine: spark`: the Spark master (local mode by default; a cluster's URL otherwise,
+    # whose executors see the data root and the state's engine directory at the same paths)
+    spark_master: str = field(default_factory=lambda: os.environ.get("SANDBOX_SPARK_MASTER", "local[2]"))
+    spark_driver_memory: str = field(default_factory=lambda: os.environ.get("SANDBOX_SPARK_DRIVER_MEMORY", "2g"))
     internal_token: str | None = None  # shared secret for the hub's spawn check
     keys_dir: Path | None = None  # audit MAC keyring, signing key, admin token; default: `keys` beside state_dir
     audit_key_file: Path | None = None  # the current audit MAC key; default: <keys_dir>/audit-mac.key
@@ -61,12 +67,15 @@ class Services:
         self.ledger = Ledger(self.db, self.audit, backfill=settings.create_keys)  # off: read-only verification
         self.tokens = TokenStore(self.db)
         self.sessions = SessionLog(self.db)
-        self.engine = Engine(
+        engine_dir = settings.state_dir / "engine"
+        self.engine = PerDatasetEngine(
             settings.data_root,
-            settings.state_dir / "engine",
+            engine_dir,
             threads=settings.engine_threads,
             memory_limit=settings.engine_memory,
             build_memory=settings.engine_build_memory,
+            spark=SparkOptions(master=settings.spark_master, driver_memory=settings.spark_driver_memory,
+                               local_dir=engine_dir / "spark" / "local"),
         )
 
     def _checkpoint_grant_change(self, grant_id: str) -> None:
