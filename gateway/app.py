@@ -30,6 +30,9 @@ def create_app(
         services = Services(settings)
     services.db.refuse_foreign_schema()  # planted triggers or views would run inside every unit of work
     services.audit.check_mark()  # a log behind the mark in the keys directory was cut off or rolled back
+    broken = services.tokens.follower.catch_up()  # every entry's link, hash and MAC, and the revocations
+    if broken:
+        raise SandboxError(f"refusing to start: the audit log cannot be trusted ({broken}); see sandbox audit verify")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = services.settings.max_upload_bytes
     app.config["JSON_SORT_KEYS"] = False

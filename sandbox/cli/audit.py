@@ -94,7 +94,8 @@ def audit_verify(state_dir: Path, checkpoints_src: str | None, public_keys: tupl
     if checkpoints_src:
         local: dict[str, str] = {}
         key = s.checkpoints.key
-        if key is not None and key.path.exists():  # the public half of the local signing key
+        if key is not None and key.path.exists():  # the public half of the local signing key, and the
+            local.update(key.retired_public())  # retired ones kept beside it (the keys dir, not the state)
             local[key.key_id()] = key.public_b64()
         pinned = _pins(public_keys, trust_document_key, local)
         report = verify_against(s.audit, load_document(checkpoints_src), pinned)

@@ -104,7 +104,17 @@ class MacKeyring:
         check_outside(ring.dir, state_dir, "the keys directory")
         check_outside(ring.current_file, state_dir, "the audit MAC key")
         check_outside(ring.mark_file, state_dir, "the audit high-water mark")
+        ring.check_mark_is_no_key()
         return ring
+
+    def check_mark_is_no_key(self) -> None:
+        """The mark file is rewritten on every commit: it must not be (or look like) a key file."""
+        mark = self.mark_file.resolve()
+        names = (MAC_KEY_FILE, SIGNING_KEY_FILE, ADMIN_TOKEN_FILE)
+        if (mark == self.current_file.resolve() or mark.name in names or mark.suffix in (".key", ".pem", ".pub")
+                or mark.name.startswith((RETIRED_PREFIX, RETIRED_SIGNING_PREFIX))):
+            raise SandboxError(f"{self.mark_file}: the audit high-water mark must not be a key file (it is"
+                               " rewritten on every change); give it a name of its own, e.g. audit-mark.json")
 
     def current(self) -> MacKey:
         """The key new entries are MACed with; created (0600) when missing and allowed."""
@@ -168,6 +178,7 @@ class SigningKey:
         self.path = Path(path)
         self.create = create
         self._key: Ed25519PrivateKey | None = None  # loaded lazily
+        self._stamp: tuple[int, int] | None = None  # (inode, mtime) of the file _key was read from
 
     @classmethod
     def for_state(cls, state_dir: Path, keys_dir: Path | None = None, path: Path | None = None,
@@ -184,8 +195,8 @@ class SigningKey:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        if self._key is not None:
-            return self._key
+        if self._key is not None and self._stamp == self._file_stamp():
+            return self._key  # unchanged: a rotation in another process replaces the file (new inode)
         if not self.path.exists():
             if not self.create:
                 raise KeyUnavailable(f"no checkpoint signing key at {self.path}")
@@ -202,8 +213,15 @@ class SigningKey:
             raise KeyUnavailable(f"{self.path}: not a readable Ed25519 private key ({exc})") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyUnavailable(f"{self.path}: not an Ed25519 key")
-        self._key = key
+        self._key, self._stamp = key, self._file_stamp()
         return key
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
 
     def public_raw(self) -> bytes:
         from cryptography.hazmat.primitives import serialization

@@ -4,8 +4,8 @@ Each row carries an HMAC under the audit MAC key (kept outside the state directo
 user, scope and whether it is revoked; a lookup refuses a row whose MAC does not verify. Someone who
 can write the state directory but cannot read the keys can neither plant a token, move one to
 another user, nor un-revoke one. Nor can they restore an older copy of a revoked row (its MAC was
-valid once): a lookup also refuses a token that any ``token.revoked`` entry of the log names (each
-process reads the log's new entries incrementally, by sequence number). Rows from before the MAC
+valid once): a lookup also refuses a token that any ``token.revoked`` entry of the log names
+(:mod:`sandbox.state.follow` reads and checks the log's new entries as it grows). Rows from before the MAC
 are MACed on open only when their ``token.created`` entry verifies under the keyring; otherwise
 they stay refused.
 
@@ -21,11 +21,11 @@ import hashlib
 import json
 import secrets
 import sqlite3
-import threading
 from dataclasses import dataclass
 
 from sandbox.state.chain import AuditEvent, entry_hash
 from sandbox.state.db import StateDB, add_column, register_keyed_migration, register_migration, register_schema
+from sandbox.state.follow import LogFollower
 from sandbox.state.keys import MacKey, MacKeyring
 
 register_schema(
@@ -113,28 +113,12 @@ class TokenStore:
     def __init__(self, db: StateDB) -> None:
         self.db = db
         self._keys: dict[str, MacKey] = {}
-        self._revoked: set[str] = set()  # token hashes some ``token.revoked`` entry names
-        self._revoked_upto = 0  # the log has been read for revocations up to this sequence number
-        self._revoked_lock = threading.Lock()
+        self.follower = LogFollower(db)  # the log as this process has checked it, and what it revoked
 
     def revoked_in_log(self, digest: str) -> bool:
-        """Whether an entry of the log revoked this token hash. A revoked row restored from an older
-        copy of the state still carries a valid MAC; the log, which only grows, remembers."""
-        with self._revoked_lock:
-            upto = self.db.read("SELECT COALESCE(MAX(seq), 0) AS m FROM audit")[0]["m"]
-            if upto < self._revoked_upto:  # the log got shorter: read it again from the start
-                self._revoked, self._revoked_upto = set(), 0
-            if upto > self._revoked_upto:
-                new = self.db.read("SELECT detail FROM audit WHERE seq > ? AND seq <= ? AND action = 'token.revoked'",
-                                   (self._revoked_upto, upto))
-                for r in new:
-                    try:
-                        named = json.loads(r["detail"]).get("token_sha256") or []
-                    except (ValueError, AttributeError):
-                        continue
-                    self._revoked.update(str(h) for h in named)
-                self._revoked_upto = upto
-            return digest in self._revoked
+        """Whether an entry of the log revoked this token hash (or the log cannot be trusted). A revoked
+        row restored from an older copy of the state still carries a valid MAC; the log remembers."""
+        return self.follower.revoked(digest)
 
     def create(self, user: str, actor: str = "gateway", scope: str = "api") -> str:
         """A new token for ``user`` (returned once; only its hash is stored), audited as ``token.created``."""
