@@ -195,6 +195,7 @@ def main() -> None:
         (pol / "grants" / "g-bench.yaml").write_text(yaml.safe_dump(grant))
         state = tmp / "state"
         sandbox = [sys.executable, "-m", "sandbox.cli.__main__"]
+        subprocess.run(sandbox + ["admin", "init", "--state", str(state)], check=True, capture_output=True)
         token = subprocess.run(sandbox + ["tokens", "create", "bench", "--state", str(state)],
                                check=True, capture_output=True, text=True).stdout.strip()
         port = free_port()

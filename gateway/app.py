@@ -30,6 +30,9 @@ def create_app(
         services = Services(settings)
     services.db.refuse_foreign_schema()  # planted triggers or views would run inside every unit of work
     services.audit.check_mark()  # a log behind the mark in the keys directory was cut off or rolled back
+    broken = services.tokens.follower.catch_up()  # every entry's link, hash and MAC, and the revocations
+    if broken:
+        raise SandboxError(f"refusing to start: the audit log cannot be trusted ({broken}); see sandbox audit verify")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = services.settings.max_upload_bytes
     app.config["JSON_SORT_KEYS"] = False
@@ -87,7 +90,7 @@ def _audit_oversize(services: Services, code: str, message: str) -> None:
     except SandboxError:
         return
     try:
-        audit_oversize(services, user, request.path, request.content_length, code, message)
+        audit_oversize(services.audit, user, request.path, request.content_length, code, message)
     except Exception:  # the 413 still answers; the failure is logged
         log.exception("could not audit an oversize upload")
 

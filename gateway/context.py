@@ -6,11 +6,19 @@ from flask import current_app, g, request
 
 from gateway.auth import Authenticator, Identity
 from sandbox.errors import BadRequest, Forbidden, Unauthorized
+from sandbox.exports.deps import UploadDeps
 from sandbox.services import Services
 
 
 def services() -> Services:
     return current_app.extensions["sandbox"]
+
+
+def export_deps() -> UploadDeps:
+    """The stores the airlock's functions take (sandbox.exports never sees the whole Services)."""
+    from sandbox.wiring import export_deps as of_services
+
+    return of_services(services())
 
 
 def authenticator() -> Authenticator:

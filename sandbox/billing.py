@@ -20,13 +20,16 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from sandbox.errors import PolicyError
 from sandbox.policy.models import Dataset, Grant
 from sandbox.policy.prices import PriceSchedule
 from sandbox.policy.rules import check_grant_fits_catalog
-from sandbox.services import Services
 from sandbox.state import offerings_store
+from sandbox.state.audit import AuditLog
+from sandbox.state.db import StateDB
+from sandbox.state.grants_store import PolicyStore
 
 STATUS_ACTIONS = {"grant.suspended": "suspended", "grant.revoked": "revoked", "grant.resumed": "active"}
 
@@ -50,7 +53,7 @@ def parse_change(line: str) -> tuple[list[str], object, object]:
             start = at + 1
 
 
-def _set(body: dict, path: list[str], value: object) -> None:
+def _set(body: dict[str, Any], path: list[str], value: object) -> None:
     node = body
     for key in path[:-1]:
         nxt = node.get(key)
@@ -69,8 +72,8 @@ class Timeline:
     """A grant's terms and the catalog as they were at any moment."""
 
     applied_at: dt.datetime
-    grant_points: list[tuple[dt.datetime, dict]] = field(default_factory=list)  # (from, body), ascending
-    catalog_now: dict[str, dict] = field(default_factory=dict)
+    grant_points: list[tuple[dt.datetime, dict[str, Any]]] = field(default_factory=list)  # (from, body), ascending
+    catalog_now: dict[str, dict[str, Any]] = field(default_factory=dict)
     catalog_changes: list[tuple[dt.datetime, str, list[tuple[list[str], object, object]]]] = field(default_factory=list)
     # approved products not free to the public: (moment, offering id, approved?) ascending
     priced_products: list[tuple[dt.datetime, int, bool]] = field(default_factory=list)
@@ -83,7 +86,7 @@ class Timeline:
                 (live.add if approved else live.discard)(offering)
         return bool(live)
 
-    def grant_at(self, moment: dt.datetime) -> dict | None:
+    def grant_at(self, moment: dt.datetime) -> dict[str, Any] | None:
         body = None
         for since, b in self.grant_points:
             if since <= moment:
@@ -110,13 +113,13 @@ class Timeline:
                       | {t for t, _, _ in self.priced_products})
 
 
-def timeline(services: Services, grant_id: str) -> Timeline | None:
-    record = next((r for r in services.policies.grant_records() if r.grant.id == grant_id), None)
+def timeline(policies: PolicyStore, audit: AuditLog, db: StateDB, grant_id: str) -> Timeline | None:
+    record = next((r for r in policies.grant_records() if r.grant.id == grant_id), None)
     if record is None:
         return None
     tl = Timeline(applied_at=_ts(record.applied_at))
-    body: dict | None = None
-    for row in services.audit.iter_entries(grant_id=grant_id, action_prefix="grant."):
+    body: dict[str, Any] | None = None
+    for row in audit.iter_entries(grant_id=grant_id, action_prefix="grant."):
         detail = row.detail
         if row.action == "grant.created" and isinstance(detail.get("grant"), dict):
             body = detail["grant"]
@@ -139,8 +142,8 @@ def timeline(services: Services, grant_id: str) -> Timeline | None:
         tl.grant_points.append((max(_ts(row.ts), tl.applied_at), body))
     if not tl.grant_points:  # no creation entry: the terms in force, from the moment they were applied
         tl.grant_points.append((tl.applied_at, record.grant.model_dump(mode="json")))
-    tl.catalog_now = {ds_id: ds.model_dump(mode="json") for ds_id, ds in services.policies.datasets().items()}
-    for entry in services.audit.iter_entries(actions=("dataset.changed",)):
+    tl.catalog_now = {ds_id: ds.model_dump(mode="json") for ds_id, ds in policies.datasets().items()}
+    for entry in audit.iter_entries(actions=("dataset.changed",)):
         detail = entry.detail
         changes = []
         for line in detail.get("changes", ()):
@@ -149,20 +152,20 @@ def timeline(services: Services, grant_id: str) -> Timeline | None:
             except ValueError:
                 continue
         tl.catalog_changes.append((_ts(entry.ts), str(detail.get("dataset")), changes))
-    tl.priced_products = _priced_product_events(services, grant_id)
+    tl.priced_products = _priced_product_events(audit, db, grant_id)
     return tl
 
 
-def _priced_product_events(services: Services, grant_id: str) -> list[tuple[dt.datetime, int, bool]]:
+def _priced_product_events(audit: AuditLog, db: StateDB, grant_id: str) -> list[tuple[dt.datetime, int, bool]]:
     """When each priced product of the grant was approved and withdrawn, from the audit log (a change
     of the grant's declarations is effective from that moment, never retroactively)."""
     try:
-        priced = {p.id for p in offerings_store.product_prices(services.db.conn, grant_id)
+        priced = {p.id for p in offerings_store.product_prices(db.conn, grant_id)
                   if not p.free_to_public and p.price is not None and Decimal(p.price) != 0}
     except sqlite3.Error:  # the offerings module is not installed
         return []
     events = []
-    for entry in services.audit.iter_entries(grant_id=grant_id, actions=("offering.approved", "offering.withdrawn")):
+    for entry in audit.iter_entries(grant_id=grant_id, actions=("offering.approved", "offering.withdrawn")):
         offering = entry.detail.get("offering")
         if isinstance(offering, int) and offering in priced:
             events.append((_ts(entry.ts), offering, entry.action == "offering.approved"))
@@ -208,20 +211,21 @@ def state_at(tl: Timeline, moment: dt.datetime, prices: PriceSchedule, priced_pr
     return "billable"
 
 
-def billable_days(services: Services, grant_id: str, start: dt.datetime, end: dt.datetime,
-                  prices: PriceSchedule, priced_products: bool = False) -> tuple[list[dt.date], Counter]:
+def billable_days(policies: PolicyStore, audit: AuditLog, db: StateDB, grant_id: str, start: dt.datetime,
+                  end: dt.datetime, prices: PriceSchedule,
+                  priced_products: bool = False) -> tuple[list[dt.date], Counter[str]]:
     """The billable days in [start, end) and, for the others, a count per reason (the first found that day)."""
-    tl = timeline(services, grant_id)
+    tl = timeline(policies, audit, db, grant_id)
     if tl is None:
         return [], Counter()
     return classify_days(tl, start, end, prices, priced_products)
 
 
 def classify_days(tl: Timeline, start: dt.datetime, end: dt.datetime, prices: PriceSchedule,
-                  priced_products: bool = False) -> tuple[list[dt.date], Counter]:
+                  priced_products: bool = False) -> tuple[list[dt.date], Counter[str]]:
     """:func:`billable_days` over a timeline already built."""
     days: list[dt.date] = []
-    reasons: Counter = Counter()
+    reasons: Counter[str] = Counter()
     moments = tl.moments()
     day = start
     while day < end:

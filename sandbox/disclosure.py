@@ -13,12 +13,14 @@ import csv
 import datetime as dt
 import io
 import sqlite3
+from typing import Any
 
 from sandbox.errors import BadRequest
 from sandbox.policy.rules import effective_status
-from sandbox.services import Services
+from sandbox.state import exports_repo
 from sandbox.state.audit import AuditLog
 from sandbox.state.db import StateDB
+from sandbox.state.grants_store import PolicyStore
 
 STATUS_ACTIONS = ("grant.created", "grant.changed", "grant.suspended", "grant.revoked", "grant.resumed")
 CSV_FIELDS = ("grant", "operator", "use", "mode", "purpose", "datasets", "valid_from", "valid_until", "status",
@@ -42,19 +44,18 @@ def status_changes(audit: AuditLog) -> dict[str, dt.datetime]:
     return changed
 
 
-def grant_entries(services: Services) -> list[dict]:
-    """Every grant ever applied, as the register shows it (status as of ``services.today()``)."""
+def grant_entries(policies: PolicyStore, audit: AuditLog, db: StateDB, today: dt.date) -> list[dict[str, Any]]:
+    """Every grant ever applied, as the register shows it (status as of ``today``)."""
     from sandbox.offerings import out_of_policy, public_reason
 
-    today = services.today()
-    titles = {ds_id: ds.title for ds_id, ds in services.policies.datasets().items()}
-    changed = status_changes(services.audit)
-    overrides = override_counts(services)
+    titles = {ds_id: ds.title for ds_id, ds in policies.datasets().items()}
+    changed = status_changes(audit)
+    overrides = override_counts(db)
     entries = []
-    for record in services.policies.grant_records():
+    for record in policies.grant_records():
         grant = record.grant
         status = effective_status(grant, today)
-        if status == "active" and out_of_policy(services, grant) is not None:
+        if status == "active" and out_of_policy(policies, grant) is not None:
             status = "out_of_policy"
         status_changed = None
         if status in ("revoked", "suspended"):
@@ -74,7 +75,7 @@ def grant_entries(services: Services) -> list[dict]:
             "valid_until": grant.valid_until.isoformat(),
             "status": status,
             "status_changed": status_changed,
-            "status_reason": public_reason(services, record),
+            "status_reason": public_reason(db, record),
             "reviewers_required": grant.exports.reviewers_required,
             "check_overrides": overrides.get(grant.id, 0),
             "applied": record.applied_at[:10],
@@ -82,43 +83,35 @@ def grant_entries(services: Services) -> list[dict]:
     return entries
 
 
-def override_counts(services: Services) -> dict[str, int]:
+def override_counts(db: StateDB) -> dict[str, int]:
     """Per grant, how many times an admin overrode failed export checks (a count, never the reasons)."""
-    try:
-        from sandbox.exports import store
-    except ImportError:
-        return {}
-    return store.override_counts(services.db.conn)
+    return exports_repo.override_counts(db.conn)
 
 
-def released_products(db: StateDB) -> list[dict]:
+def released_products(db: StateDB) -> list[dict[str, str]]:
     """Data products released through the export airlock: ``title``, ``date`` (YYYY-MM-DD), ``grant``.
 
-    Returns [] when the exports module is not installed or nothing has been released yet.
+    Returns [] when the export tables cannot be read or nothing has been released yet.
     """
-    try:
-        from sandbox.exports import store
-    except ImportError:
-        return []
     conn = db.conn
     try:
-        requests = store.list_requests(conn, statuses=("released",), limit=1_000_000)
+        requests = exports_repo.list_requests(conn, statuses=("released",), limit=1_000_000)
         products = []
         for req in requests:
-            released = [e["ts"] for e in store.events(conn, req["id"]) if e["to_status"] == "released"]
-            when = released[0] if released else req["updated_at"]
-            products.append({"title": req["title"], "date": when[:10], "grant": req["grant_id"]})
+            released = [e.ts for e in exports_repo.events(conn, req.id) if e.to_status == "released"]
+            when = released[0] if released else req.updated_at
+            products.append({"title": req.title, "date": when[:10], "grant": req.grant_id})
     except (sqlite3.Error, AttributeError, KeyError, TypeError):
         return []
     return sorted(products, key=lambda p: (p["date"], p["grant"], p["title"]))
 
 
-def register(services: Services) -> dict:
-    """The whole register, as ``/public/grants.json`` serves it."""
+def register(policies: PolicyStore, audit: AuditLog, db: StateDB, today: dt.date) -> dict[str, Any]:
+    """The whole register as of ``today``, as ``/public/grants.json`` serves it."""
     return {
-        "as_of": services.today().isoformat(),
-        "grants": grant_entries(services),
-        "released_products": released_products(services.db),
+        "as_of": today.isoformat(),
+        "grants": grant_entries(policies, audit, db, today),
+        "released_products": released_products(db),
     }
 
 
@@ -131,7 +124,7 @@ def parse_year(value: str | None, default: int) -> int:
     return int(value)
 
 
-def in_force_during(entry: dict, year: int) -> bool:
+def in_force_during(entry: dict[str, Any], year: int) -> bool:
     """The grant's window overlaps ``year`` and it was not already suspended/revoked before the year began."""
     first, last = f"{year}-01-01", f"{year}-12-31"
     overlaps = entry["valid_from"] <= last and entry["valid_until"] >= first
@@ -145,13 +138,14 @@ def _cell(value: object) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def register_csv(services: Services, year: int) -> str:
-    """The yearly disclosure export: grants in force at any time during ``year``, one row each."""
-    products = [p for p in released_products(services.db) if p["date"].startswith(f"{year}-")]
+def register_csv(policies: PolicyStore, audit: AuditLog, db: StateDB, today: dt.date, year: int) -> str:
+    """The yearly disclosure export: grants in force at any time during ``year``, one row each
+    (statuses as of ``today``)."""
+    products = [p for p in released_products(db) if p["date"].startswith(f"{year}-")]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
-    for e in grant_entries(services):
+    for e in grant_entries(policies, audit, db, today):
         if not in_force_during(e, year):
             continue
         datasets = "; ".join(f"{d['title']} ({d['id']}): {', '.join(d['columns'])}" for d in e["datasets"])

@@ -8,17 +8,44 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sqlglot import exp
+
 from sandbox.bounding import ROW_KEY, UNIT_FIRST, UNIT_KEY, value_column
-from sandbox.bounding import quote as _q
 from sandbox.policy.models import Column, Dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandbox.dp.planner import DPPlan
 
-__all__ = ["ROW_KEY", "UNIT_FIRST", "UNIT_KEY", "from_sql"]
+__all__ = ["ROW_KEY", "UNIT_FIRST", "UNIT_KEY", "from_sql", "from_tree"]
+
+RANK = "__rank"  # a unit's joined rows in bounding order (dropped from the joined table)
 
 
-def from_sql(plan: DPPlan) -> str:
+def _ident(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=True)
+
+
+def _col(name: str, table: str | None = None) -> exp.Column:
+    """A quoted column reference, qualified by ``table`` (``p``: the private side, ``l``: the other)."""
+    return exp.column(_ident(name), table=_ident(table) if table else None)
+
+
+def _table(name: str, alias: str | None = None) -> exp.Table:
+    table = exp.Table(this=_ident(name))
+    if alias is not None:
+        table.set("alias", exp.TableAlias(this=_ident(alias)))
+    return table
+
+
+def _as(expression: exp.Expression, alias: str) -> exp.Alias:
+    return exp.Alias(this=expression, alias=_ident(alias))
+
+
+def _varchar(expression: exp.Expression) -> exp.Cast:
+    return exp.cast(expression, "VARCHAR")
+
+
+def from_tree(plan: DPPlan) -> exp.Table | exp.Subquery:
     """The dataset, or the dataset left/inner-joined to a public lookup on the lookup's unique key,
     with the lookup's columns (and fixed-point values) named ``<lookup>__<column>``.
 
@@ -28,15 +55,23 @@ def from_sql(plan: DPPlan) -> str:
 
     ds, join = plan.dataset, plan.query.join
     if join is None:
-        return _q(ds.id)
+        return _table(ds.id)
     if join.unit:
-        return _unit_join_sql(plan)
+        return _unit_join_tree(plan)
     items = _private_items(plan) + _internal_items(ds) + _joined_items(plan)
-    kind = "LEFT JOIN" if join.left else "JOIN"
-    key = f"CAST({_q(join.key)} AS VARCHAR)"
-    lookup = f"(SELECT * FROM {_q(join.lookup)} QUALIFY count(*) OVER (PARTITION BY {key}) = 1)"
-    on = f"CAST(p.{_q(join.column)} AS VARCHAR) = CAST(l.{_q(join.key)} AS VARCHAR)"
-    return f"(SELECT {', '.join(items)} FROM {_q(ds.id)} AS p {kind} {lookup} AS l ON {on}) AS {_q(ds.id)}"
+    once = exp.EQ(this=exp.Window(this=exp.Count(this=exp.Star()), partition_by=[_varchar(_col(join.key))]),
+                  expression=exp.Literal.number(1))
+    lookup = exp.select(exp.Star()).from_(_table(join.lookup)).qualify(once).subquery(_ident("l"))
+    on = exp.EQ(this=_varchar(_col(join.column, "p")), expression=_varchar(_col(join.key, "l")))
+    joined = exp.Join(this=lookup, on=on, side="LEFT" if join.left else None)
+    inner = exp.select(*items).from_(_table(ds.id, "p"))
+    inner.append("joins", joined)
+    return inner.subquery(_ident(ds.id))
+
+
+def from_sql(plan: DPPlan) -> str:
+    """:func:`from_tree` in DuckDB's SQL."""
+    return from_tree(plan).sql(dialect="duckdb")
 
 
 def _has_values(column: Column) -> bool:
@@ -44,52 +79,57 @@ def _has_values(column: Column) -> bool:
     return column.numeric and column.bounds is not None
 
 
-def _private_items(plan: DPPlan) -> list[str]:
+def _private_items(plan: DPPlan) -> list[exp.Expression]:
     """The private dataset's own declared columns (and fixed-point values), by name."""
 
     ds, join = plan.dataset, plan.query.join
     assert join is not None
-    prefix = f"{join.lookup}__"
+    prefix = join.lookup + "__"
     own = {n: c for n, c in ds.columns.items() if not n.startswith(prefix) and c.type != "id"}
-    return [f"p.{_q(n)}" for n in own] + [f"p.{_q(value_column(n))}" for n, c in own.items() if _has_values(c)]
+    values = [value_column(n) for n, c in own.items() if _has_values(c)]
+    return [_col(n, "p") for n in [*own, *values]]
 
 
-def _internal_items(ds: Dataset) -> list[str]:
+def _internal_items(ds: Dataset) -> list[exp.Expression]:
 
     names = [UNIT_FIRST] if ds.privacy_unit == "row" else [UNIT_FIRST, UNIT_KEY, ROW_KEY]
-    return [f"p.{_q(n)}" for n in names]
+    return [_col(n, "p") for n in names]
 
 
-def _joined_items(plan: DPPlan) -> list[str]:
+def _joined_items(plan: DPPlan) -> list[exp.Expression]:
     """The other dataset's columns, renamed ``<other>__<column>``."""
 
     ds, join = plan.dataset, plan.query.join
     assert join is not None
-    prefix = f"{join.lookup}__"
-    items = []
+    prefix = join.lookup + "__"
+    items: list[exp.Expression] = []
     for name, column in ds.columns.items():
         if name.startswith(prefix):
             original = name[len(prefix):]
-            items.append(f"l.{_q(original)} AS {_q(name)}")
+            items.append(_as(_col(original, "l"), name))
             if _has_values(column):
-                items.append(f"l.{_q(value_column(original))} AS {_q(value_column(name))}")
+                items.append(_as(_col(value_column(original), "l"), value_column(name)))
     return items
 
 
-def _unit_join_sql(plan: DPPlan) -> str:
+def _unit_join_tree(plan: DPPlan) -> exp.Subquery:
     """Two datasets joined on their privacy unit (keyed hashes), then bounded again: each unit keeps
     at most ``max_rows_per_unit`` joined rows (ordered by the XOR of both rows' keyed PRF values,
     ``__row``, so the choice depends on the unit's own rows only), and its first kept row is its
     representative."""
 
     ds, join = plan.dataset, plan.query.join
-    items = _private_items(plan) + [f"p.{_q(UNIT_KEY)}"] + _joined_items(plan)
-    unit = f"p.{_q(UNIT_KEY)}"
-    p_row, l_row = f"p.{_q(ROW_KEY)}", f"COALESCE(l.{_q(ROW_KEY)}, 0)"  # LEFT JOIN: no lookup row
-    order = f"xor({p_row}, {l_row}), {p_row}, {l_row}"
-    rank = f"row_number() OVER (PARTITION BY {unit} ORDER BY {order})"
-    kind = "LEFT JOIN" if join.left else "JOIN"
-    inner = (f"SELECT {', '.join(items)}, {rank} AS __rank FROM {_q(ds.id)} AS p {kind} {_q(join.lookup)} AS l "
-             f"ON {unit} = l.{_q(UNIT_KEY)}")
-    return (f"(SELECT * EXCLUDE (__rank), __rank = 1 AS {_q(UNIT_FIRST)} FROM ({inner}) "
-            f"WHERE __rank <= {ds.max_rows_per_unit}) AS {_q(ds.id)}")
+    assert join is not None
+    p_row = _col(ROW_KEY, "p")
+    l_row = exp.Coalesce(this=_col(ROW_KEY, "l"), expressions=[exp.Literal.number(0)])  # LEFT JOIN: no lookup row
+    order = [exp.BitwiseXor(this=p_row, expression=l_row), p_row.copy(), l_row.copy()]
+    rank = exp.Window(this=exp.RowNumber(), partition_by=[_col(UNIT_KEY, "p")],
+                      order=exp.Order(expressions=[exp.Ordered(this=o, nulls_first=False) for o in order]))
+    items = [*_private_items(plan), _col(UNIT_KEY, "p"), *_joined_items(plan), _as(rank, RANK)]
+    on = exp.EQ(this=_col(UNIT_KEY, "p"), expression=_col(UNIT_KEY, "l"))
+    inner = exp.select(*items).from_(_table(ds.id, "p"))
+    inner.append("joins", exp.Join(this=_table(join.lookup, "l"), on=on, side="LEFT" if join.left else None))
+    first = _as(exp.EQ(this=_col(RANK), expression=exp.Literal.number(1)), UNIT_FIRST)
+    kept = exp.LTE(this=_col(RANK), expression=exp.Literal.number(ds.max_rows_per_unit))
+    bounded = exp.select(exp.Star(except_=[_col(RANK)]), first).from_(inner.subquery()).where(kept)
+    return bounded.subquery(_ident(ds.id))

@@ -18,7 +18,8 @@ from sandbox.policy.rules import check_grant_fits_catalog, effective_status
 from sandbox.services import Services
 from sandbox.state import offerings_store as store
 from sandbox.state.audit import AuditEvent
-from sandbox.state.grants_store import GrantRecord
+from sandbox.state.db import StateDB
+from sandbox.state.grants_store import GrantRecord, PolicyStore
 
 KINDS = {"product": "Data product", "service": "Service capability"}
 TRANSITIONS: dict[str, dict[str, str]] = {
@@ -173,10 +174,10 @@ def published(services: Services, grant_id: str) -> list[dict]:
 
 
 # -- the grant's public record ----------------------------------------------------------------------
-def out_of_policy(services: Services, grant: Grant) -> str | None:
+def out_of_policy(policies: PolicyStore, grant: Grant) -> str | None:
     """Why a grant no longer fits the catalog (a dataset reclassified, removed, a column gone), or None."""
     try:
-        check_grant_fits_catalog(grant, services.policies.datasets())
+        check_grant_fits_catalog(grant, policies.datasets())
     except PolicyError as exc:
         return exc.message
     return None
@@ -185,7 +186,7 @@ def out_of_policy(services: Services, grant: Grant) -> str | None:
 def public_status(services: Services, grant: Grant) -> str:
     """The register's status: ``out_of_policy`` replaces ``active`` when the grant no longer fits."""
     status = effective_status(grant, services.today())
-    if status == "active" and out_of_policy(services, grant) is not None:
+    if status == "active" and out_of_policy(services.policies, grant) is not None:
         return "out_of_policy"
     return status
 
@@ -253,7 +254,7 @@ def publish_reason(services: Services, grant_id: str, actor: str, text: str) -> 
                                                {"status": grant.status, "reason": text}))
 
 
-def public_reason(services: Services, record: GrantRecord) -> str | None:
+def public_reason(db: StateDB, record: GrantRecord) -> str | None:
     """The published reason for a suspension or revocation (None while active).
 
     Only text published on purpose is shown: a notice (``grants publish-reason``, an automatic
@@ -264,7 +265,7 @@ def public_reason(services: Services, record: GrantRecord) -> str | None:
     status = record.grant.status
     if status == "active":
         return None
-    notice = store.latest_notice(services.db.conn, record.grant.id, status)
+    notice = store.latest_notice(db.conn, record.grant.id, status)
     if notice is not None and _utc(notice["ts"]) >= _utc(record.updated_at).replace(microsecond=0):
         return notice["text"]
     return "revoked by the authority" if status == "revoked" else GENERIC_SUSPENSION
@@ -280,7 +281,8 @@ def grant_record(services: Services, grant_id: str) -> dict:
         "id": grant.id, "operator": grant.operator, "use": grant.use, "mode": grant.mode,
         "purpose": grant.purpose, "valid_from": grant.valid_from.isoformat(),
         "valid_until": grant.valid_until.isoformat(), "status": public_status(services, grant),
-        "status_reason": public_reason(services, record), "out_of_policy": out_of_policy(services, grant),
+        "status_reason": public_reason(services.db, record),
+        "out_of_policy": out_of_policy(services.policies, grant),
         "datasets": {k: list(v.columns) for k, v in sorted(grant.datasets.items())},
         "offerings": published(services, grant.id),
         "use_by_quarter": quarterly_use(services, grant.id, record.applied_at),

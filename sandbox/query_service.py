@@ -25,6 +25,7 @@ from sandbox.dp.planner import (
 )
 from sandbox.dp.selection import calibrate, selection_delta
 from sandbox.engine import EngineError, Generation, catalog_digest, data_building
+from sandbox.engines import check_one_engine
 from sandbox.errors import BadRequest, Forbidden, NotFound, PolicyError, SandboxError
 from sandbox.policy.models import Dataset, Grant
 from sandbox.policy.rules import can_use_grant, check_grant_fits_catalog, check_grant_usable, granted_columns
@@ -240,6 +241,7 @@ class QueryService:
                 f"grant {grant.id} no longer fits the catalog: {exc.message}", code="grant_out_of_policy"
             ) from None
         plan = analyze(req.sql, catalog, granted_columns(grant, catalog))
+        check_one_engine(plan, catalog)
         return plan, catalog[plan.dataset], catalog
 
     def _as_built(self, grant: Grant, req: QueryRequest, plan: QueryPlan, catalog: dict[str, Dataset],

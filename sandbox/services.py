@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.engine import Engine
+from sandbox.engine_spark import SparkOptions
+from sandbox.engines import PerDatasetEngine
 from sandbox.errors import SandboxError
 from sandbox.oversight import OversightSettings
 from sandbox.state.audit import AuditEvent, AuditLog
@@ -39,10 +41,15 @@ class Settings:
     # 1GB limit: 1.3 GB in all; 700MB: 1.0 GB)
     engine_memory: str = "600MB"
     engine_build_memory: str = "4GB"  # the import child process (contribution bound); spills beyond
+    # datasets with `engine: spark`: the Spark master (local mode by default; a cluster's URL otherwise,
+    # whose executors see the data root and the state's engine directory at the same paths)
+    spark_master: str = field(default_factory=lambda: os.environ.get("SANDBOX_SPARK_MASTER", "local[2]"))
+    spark_driver_memory: str = field(default_factory=lambda: os.environ.get("SANDBOX_SPARK_DRIVER_MEMORY", "2g"))
     internal_token: str | None = None  # shared secret for the hub's spawn check
     keys_dir: Path | None = None  # audit MAC keyring, signing key, admin token; default: `keys` beside state_dir
     audit_key_file: Path | None = None  # the current audit MAC key; default: <keys_dir>/audit-mac.key
     signing_key_file: Path | None = None  # Ed25519 checkpoint key; default: <keys_dir>/checkpoint-signing.pem
+    audit_mark_file: Path | None = None  # writable audit high-water mark; default: <keys_dir>/audit-mark.json
     create_keys: bool = True  # create missing default keys on first use (off for read-only verification)
     checkpoint_interval_s: float = 300.0  # `sandbox serve` signs a checkpoint this often (and on grant changes)
     today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(dt.UTC).date())
@@ -54,7 +61,7 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         keyring = MacKeyring.for_state(settings.state_dir, settings.keys_dir, settings.audit_key_file,
-                                       create=settings.create_keys)
+                                       create=settings.create_keys, mark_file=settings.audit_mark_file)
         self.db = StateDB(settings.state_dir, keyring)
         self.audit = AuditLog(self.db)
         signing = SigningKey.for_state(settings.state_dir, settings.keys_dir, settings.signing_key_file,
@@ -64,14 +71,17 @@ class Services:
         self.ledger = Ledger(self.db, self.audit, backfill=settings.create_keys)  # off: read-only verification
         self.tokens = TokenStore(self.db)
         self.sessions = SessionLog(self.db)
-        self.engine = Engine(
+        engine_dir = settings.state_dir / "engine"
+        self.engine = PerDatasetEngine(
             settings.data_root,
-            settings.state_dir / "engine",
+            engine_dir,
             threads=settings.engine_threads,
             memory_limit=settings.engine_memory,
             build_memory=settings.engine_build_memory,
             on_event=self._engine_event,
             catalog=self.policies.datasets,
+            spark=SparkOptions(master=settings.spark_master, driver_memory=settings.spark_driver_memory,
+                               local_dir=engine_dir / "spark" / "local"),
         )
 
     def _engine_event(self, action: str, detail: dict) -> None:

@@ -22,19 +22,38 @@ import datetime as dt
 import io
 import re
 import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from sandbox.errors import BadRequest
 from sandbox.policy.prices import PriceSchedule, default_prices_path, load_prices
-from sandbox.services import Services
 from sandbox.state import exports_repo
-from sandbox.state.ledger import NANO
+from sandbox.state.audit import AuditLog
+from sandbox.state.db import StateDB
+from sandbox.state.grants_store import PolicyStore
+from sandbox.state.ledger import NANO, Ledger
+from sandbox.state.sessions import SessionLog
 
 PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
 YEARS = (1970, 2999)
 CENT = Decimal("0.01")
 CSV_FIELDS = ("period", "grant", "operator", "use", "item", "description", "quantity", "unit_price", "amount",
               "currency")
+
+
+@dataclass(frozen=True)
+class UsageSources:
+    """What a statement is computed from: the grants (policies), the audit log (exports submitted, the
+    history of each grant's terms), the state database (exports the authority withdrew, priced
+    products), the ledger's charges and the notebook sessions."""
+
+    db: StateDB
+    audit: AuditLog
+    policies: PolicyStore
+    ledger: Ledger
+    sessions: SessionLog
 
 
 def parse_period(period: str) -> tuple[dt.datetime, dt.datetime]:
@@ -59,11 +78,12 @@ def _money(value: Decimal) -> str:
     return str(value + 0)  # + 0 turns -0.00 into 0.00
 
 
-def _exports_by_grant(services: Services, start: dt.datetime, end: dt.datetime) -> dict[str, list[dict]]:
+def _exports_by_grant(audit: AuditLog, db: StateDB, start: dt.datetime,
+                      end: dt.datetime) -> dict[str, list[dict[str, Any]]]:
     """Export submissions in [start, end) per grant, each with whether the authority withdrew it."""
-    found: dict[str, list[dict]] = {}
-    withdrawn = _withdrawn_by_authority(services)
-    for entry in services.audit.entries(since=start.isoformat()):
+    found: dict[str, list[dict[str, Any]]] = {}
+    withdrawn = _withdrawn_by_authority(db)
+    for entry in audit.entries(since=start.isoformat()):
         if entry["action"].startswith("export.submitted") and entry["grant_id"] and _ts(entry["ts"]) < end:
             request_id = entry["detail"].get("request")
             found.setdefault(entry["grant_id"], []).append(
@@ -71,10 +91,10 @@ def _exports_by_grant(services: Services, start: dt.datetime, end: dt.datetime) 
     return found
 
 
-def _withdrawn_by_authority(services: Services) -> set[str]:
+def _withdrawn_by_authority(db: StateDB) -> set[str]:
     """Export requests withdrawn by someone other than their requester (the authority, e.g. on revocation)."""
     try:
-        return exports_repo.withdrawn_by_others(services.db.conn)
+        return exports_repo.withdrawn_by_others(db.conn)
     except sqlite3.Error:  # the exports module is not installed
         return set()
 
@@ -84,7 +104,8 @@ def _quantity(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def _line(item: str, description: str, quantity: Decimal, unit_price: Decimal, amount: Decimal | None = None) -> dict:
+def _line(item: str, description: str, quantity: Decimal, unit_price: Decimal,
+          amount: Decimal | None = None) -> dict[str, str]:
     return {
         "item": item,
         "description": description,
@@ -99,7 +120,8 @@ REASONS = {"not_applied": "not yet applied", "outside_window": "outside the vali
            "public_welfare": "free public-welfare use"}
 
 
-def _statement(metrics: dict, days: int, billable: int, not_billed: dict, prices: PriceSchedule) -> list[dict]:
+def _statement(metrics: Mapping[str, Any], days: int, billable: int, not_billed: Mapping[str, int],
+               prices: PriceSchedule) -> list[dict[str, str]]:
     share = Decimal(billable) / Decimal(days)
     lines = [
         _line("monthly_base", f"Monthly base fee for {billable} of {days} days billable",
@@ -120,7 +142,7 @@ def _statement(metrics: dict, days: int, billable: int, not_billed: dict, prices
     return lines
 
 
-def usage_report(services: Services, period: str, prices: PriceSchedule | None = None) -> list[dict]:
+def usage_report(sources: UsageSources, period: str, prices: PriceSchedule | None = None) -> list[dict[str, Any]]:
     """One statement per grant billable or used during ``period`` (``YYYY-MM``, UTC).
 
     Each statement: ``period``, ``grant``, ``operator``, ``use``, ``currency``, the metered totals
@@ -134,20 +156,21 @@ def usage_report(services: Services, period: str, prices: PriceSchedule | None =
 
     start, end = parse_period(period)
     prices = prices or load_prices(default_prices_path())
-    exports = _exports_by_grant(services, start, end)
+    exports = _exports_by_grant(sources.audit, sources.db, start, end)
     days = (end - start).days
     report = []
-    for grant in sorted(services.policies.grants(), key=lambda g: g.id):
-        billable, not_billed = billable_days(services, grant.id, start, end, prices)
+    for grant in sorted(sources.policies.grants(), key=lambda g: g.id):
+        billable, not_billed = billable_days(sources.policies, sources.audit, sources.db, grant.id, start, end,
+                                             prices)
         on = set(billable)
-        charges = [c for c in services.ledger.charges(grant.id) if start <= _ts(c.ts) < end]
+        charges = [c for c in sources.ledger.charges(grant.id) if start <= _ts(c.ts) < end]
         submitted = exports.get(grant.id, [])
-        hours_all = services.sessions.hours(grant.id, start, end)
+        hours_all = sources.sessions.hours(grant.id, start, end)
         in_force = billable or set(not_billed) - {"not_applied", "outside_window", "revoked"}
         if not in_force and not (charges or submitted or hours_all):
             continue
         billed_charges = [c for c in charges if _ts(c.ts).date() in on]
-        hours = sum(services.sessions.hours(grant.id, _day(d), _day(d) + dt.timedelta(days=1)) for d in billable)
+        hours = sum(sources.sessions.hours(grant.id, _day(d), _day(d) + dt.timedelta(days=1)) for d in billable)
         metrics = {
             "queries": len(billed_charges),
             "epsilon_exact": Decimal(sum(c.epsilon_nano for c in billed_charges)) / NANO,
@@ -179,7 +202,7 @@ def _day(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
-def format_csv(report: list[dict]) -> str:
+def format_csv(report: list[dict[str, Any]]) -> str:
     """The statements as CSV: one row per line item, then a ``total`` row per grant."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")

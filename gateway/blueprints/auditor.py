@@ -106,11 +106,12 @@ def grant(grant_id: str):  # noqa: ANN201
 def usage():  # noqa: ANN201
     _auditor()
     from sandbox.usage import usage_report
+    from sandbox.wiring import usage_sources
 
     s = services()
     period = request.args.get("period") or s.today().strftime("%Y-%m")
     try:
-        report = usage_report(s, period)
+        report = usage_report(usage_sources(s), period)
         problem = None
     except PolicyError as exc:  # no price schedule: usage is still shown by the JSON of the charges
         report, problem = [], exc.message

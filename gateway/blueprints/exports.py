@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from gateway.context import identity, json_body, services
+from gateway.context import export_deps, identity, json_body, services
 from sandbox.errors import BadRequest
 from sandbox.exports import override as overrides
 from sandbox.exports import uploads, views, workflow
+from sandbox.state.exports_repo import ExportFile
 
 bp = Blueprint("exports", __name__)
 
@@ -32,7 +33,8 @@ def _form_or_json() -> dict:
 
 
 def export_response(request_id: str, user: str, status: int = 200, uploaded: bool = False) -> tuple[Response, int]:
-    return jsonify(views.request_view(services(), request_id, user, uploaded)), status
+    s = services()
+    return jsonify(views.request_view(s.db, s.policies, request_id, user, uploaded)), status
 
 
 @bp.post("/v1/exports")
@@ -41,7 +43,7 @@ def submit():  # noqa: ANN201
     form = request.form
     counts = form.getlist("count_columns")
     rid = uploads.submit(
-        services(), user, grant_id=form.get("grant"), title=form.get("title"),
+        export_deps(), user, grant_id=form.get("grant"), title=form.get("title"),
         justification=form.get("justification"), files=uploaded_files(),
         count_columns=uploads.parse_count_columns(counts if len(counts) > 1 else (counts or [""])[0]),
     )
@@ -52,8 +54,8 @@ def submit():  # noqa: ANN201
 def listing():  # noqa: ANN201
     user = identity().user
     s = services()
-    return jsonify({"mine": views.mine(s, user), "queue": views.queue(s, user),
-                    "recent": views.recent(s, user)})
+    return jsonify({"mine": views.mine(s.db, s.policies, user), "queue": views.queue(s.db, s.policies, user),
+                    "recent": views.recent(s.db, s.policies, user)})
 
 
 @bp.get("/v1/exports/<request_id>")
@@ -67,7 +69,7 @@ def review(request_id: str):  # noqa: ANN201
     body = json_body()
     if not isinstance(body, dict):
         raise BadRequest('send {"decision": "approve|reject|return", "comment": "..."}', code="bad_json")
-    workflow.review(services(), request_id, user, body.get("decision"), body.get("comment", ""))
+    workflow.review(export_deps(), request_id, user, body.get("decision"), body.get("comment", ""))
     return export_response(request_id, user)
 
 
@@ -76,7 +78,7 @@ def override(request_id: str):  # noqa: ANN201
     """An admin outside the grant lifts the block of failed checks, with a written ``reason``."""
     user = identity().user
     body = _form_or_json()
-    overrides.override(services(), request_id, user, body.get("reason", ""))
+    overrides.override(export_deps(), request_id, user, body.get("reason", ""))
     return export_response(request_id, user)
 
 
@@ -84,7 +86,7 @@ def override(request_id: str):  # noqa: ANN201
 def withdraw(request_id: str):  # noqa: ANN201
     user = identity().user
     body = _form_or_json() if request.content_length else {}
-    workflow.withdraw(services(), request_id, user, str(body.get("reason", "")))
+    workflow.withdraw(export_deps(), request_id, user, str(body.get("reason", "")))
     return export_response(request_id, user)
 
 
@@ -92,7 +94,7 @@ def withdraw(request_id: str):  # noqa: ANN201
 def change_files(request_id: str):  # noqa: ANN201
     user = identity().user
     remove = [n for n in request.form.getlist("remove") if n]
-    uploads.change_files(services(), request_id, user, uploaded_files(), remove)
+    uploads.change_files(export_deps(), request_id, user, uploaded_files(), remove)
     return export_response(request_id, user, uploaded=True)
 
 
@@ -100,22 +102,22 @@ def change_files(request_id: str):  # noqa: ANN201
 def resubmit(request_id: str):  # noqa: ANN201
     user = identity().user
     body = _form_or_json() if request.content_length else {}
-    workflow.resubmit(services(), request_id, user, str(body.get("comment", "")))
+    workflow.resubmit(export_deps(), request_id, user, str(body.get("comment", "")))
     return export_response(request_id, user)
 
 
 @bp.get("/v1/exports/<request_id>/files/<name>")
 def download(request_id: str, name: str):  # noqa: ANN201
     user = identity().user
-    f, data = workflow.download(services(), request_id, name, user)
+    f, data = workflow.download(export_deps(), request_id, name, user)
     return file_response(f, data, attachment=True)
 
 
-def file_response(f: dict, data: bytes, attachment: bool) -> Response:
-    resp = Response(data, mimetype=MIMETYPES.get(f["kind"], "application/octet-stream"))
+def file_response(f: ExportFile, data: bytes, attachment: bool) -> Response:
+    resp = Response(data, mimetype=MIMETYPES.get(f.kind, "application/octet-stream"))
     disposition = "attachment" if attachment else "inline"
-    resp.headers["Content-Disposition"] = f'{disposition}; filename="{f["name"]}"'
-    resp.headers["X-Content-SHA256"] = f["sha256"]
+    resp.headers["Content-Disposition"] = f'{disposition}; filename="{f.name}"'
+    resp.headers["X-Content-SHA256"] = f.sha256
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; sandbox"
     return resp

@@ -25,23 +25,26 @@ def home():  # noqa: ANN201
 @bp.get("/grants")
 def grants_html():  # noqa: ANN201
     s = services()
-    data = register(s)
+    today = s.today()
+    data = register(s.policies, s.audit, s.db, today)
     html = render_template(
-        "public/grants.html", register=data, use_labels=USE_LABELS, year=s.today().year
+        "public/grants.html", register=data, use_labels=USE_LABELS, year=today.year
     )
     return _fresh(Response(html, mimetype="text/html"))
 
 
 @bp.get("/grants.json")
 def grants_json():  # noqa: ANN201
-    return _fresh(jsonify(register(services())))
+    s = services()
+    return _fresh(jsonify(register(s.policies, s.audit, s.db, s.today())))
 
 
 @bp.get("/grants.csv")
 def grants_csv():  # noqa: ANN201
     s = services()
-    year = parse_year(request.args.get("year"), s.today().year)
-    resp = Response(register_csv(s, year), mimetype="text/csv")
+    today = s.today()
+    year = parse_year(request.args.get("year"), today.year)
+    resp = Response(register_csv(s.policies, s.audit, s.db, today, year), mimetype="text/csv")
     resp.headers["Content-Disposition"] = f'attachment; filename="grants-{year}.csv"'
     return _fresh(resp)
 

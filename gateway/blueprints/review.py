@@ -13,7 +13,7 @@ from flask import Blueprint, Response, g, jsonify, redirect, render_template, re
 
 from gateway import csrf
 from gateway.blueprints.exports import file_response, uploaded_files
-from gateway.context import authenticator, identity, services
+from gateway.context import authenticator, export_deps, identity, services
 from sandbox.errors import BadRequest, Unauthorized
 from sandbox.exports import store, uploads, views, workflow
 from sandbox.exports.canonical import TABLE_KINDS
@@ -92,7 +92,7 @@ def home():  # noqa: ANN201
     roles = s.policies.roles()
     if user not in roles.reviewers and user not in roles.admins:
         return redirect(url_for("review.mine", **({"format": "json"} if wants_json() else {})))
-    data = {"queue": views.queue(s, user), "recent": views.recent(s, user)}
+    data = {"queue": views.queue(s.db, s.policies, user), "recent": views.recent(s.db, s.policies, user)}
     if wants_json():
         return jsonify(data)
     return page("review/queue.html", **data)
@@ -102,7 +102,8 @@ def home():  # noqa: ANN201
 def mine():  # noqa: ANN201
     user = identity().user
     s = services()
-    data = {"mine": [{**r, "detail": views.request_view(s, r["id"], user)} for r in views.mine(s, user)]}
+    data = {"mine": [{**r, "detail": views.request_view(s.db, s.policies, r["id"], user)}
+                     for r in views.mine(s.db, s.policies, user)]}
     if wants_json():
         return jsonify({"mine": [r["detail"] for r in data["mine"]]})
     return page("review/mine.html", **data)
@@ -111,12 +112,13 @@ def mine():  # noqa: ANN201
 @bp.get("/exports/<request_id>")
 def request_page(request_id: str):  # noqa: ANN201
     user = identity().user
-    req = views.request_view(services(), request_id, user)
+    s = services()
+    req = views.request_view(s.db, s.policies, request_id, user)
     if wants_json():
         return jsonify(req)
     # previews are for reviewers and admins: a requester reading them from outside the sandbox
     # would take unreleased content out without any approval (they download once approved)
-    privileged = views.sees_all(services(), views.load(services(), request_id, user), user)
+    privileged = views.sees_all(s.policies, views.load(s.db, s.policies, request_id, user), user)
     previews = {f["name"]: _preview(request_id, f) if privileged else {"kind": f["kind"], "hidden": True,
                                                                           "marks": {}, "column_marks": {}}
                 for f in req["files"]}
@@ -156,8 +158,9 @@ def preview_file(request_id: str, name: str):  # noqa: ANN201
     """The canonical bytes (what would leave) for reviewers and admins, inside the review UI.
 
     Not for the requester: they get files through the download, once approved (and audited)."""
-    f, data = views.preview(services(), request_id, name, identity().user)
-    return file_response(f, data, attachment=f["kind"] not in ("png", "jpeg"))
+    s = services()
+    f, data = views.preview(s.db, s.policies, request_id, name, identity().user)
+    return file_response(f, data, attachment=f.kind not in ("png", "jpeg"))
 
 
 # -- forms ------------------------------------------------------------------------------------
@@ -169,7 +172,7 @@ def _back(request_id: str, done: str) -> Response:
 def decide(request_id: str):  # noqa: ANN201
     user = identity().user
     csrf.check()
-    new = workflow.review(services(), request_id, user, request.form.get("decision"),
+    new = workflow.review(export_deps(), request_id, user, request.form.get("decision"),
                           request.form.get("comment", ""))
     return _back(request_id, new)
 
@@ -178,7 +181,7 @@ def decide(request_id: str):  # noqa: ANN201
 def override(request_id: str):  # noqa: ANN201
     user = identity().user
     csrf.check()
-    new = override_checks(services(), request_id, user, request.form.get("reason", ""))
+    new = override_checks(export_deps(), request_id, user, request.form.get("reason", ""))
     return _back(request_id, new)
 
 
@@ -186,7 +189,7 @@ def override(request_id: str):  # noqa: ANN201
 def withdraw(request_id: str):  # noqa: ANN201
     user = identity().user
     csrf.check()
-    new = workflow.withdraw(services(), request_id, user, request.form.get("reason", ""))
+    new = workflow.withdraw(export_deps(), request_id, user, request.form.get("reason", ""))
     return _back(request_id, new)
 
 
@@ -195,7 +198,7 @@ def change_files(request_id: str):  # noqa: ANN201
     user = identity().user
     csrf.check()
     remove = [n for n in request.form.getlist("remove") if n]
-    new = uploads.change_files(services(), request_id, user, uploaded_files(), remove)
+    new = uploads.change_files(export_deps(), request_id, user, uploaded_files(), remove)
     return _back(request_id, new)
 
 
@@ -203,7 +206,7 @@ def change_files(request_id: str):  # noqa: ANN201
 def resubmit(request_id: str):  # noqa: ANN201
     user = identity().user
     csrf.check()
-    new = workflow.resubmit(services(), request_id, user, request.form.get("comment", ""))
+    new = workflow.resubmit(export_deps(), request_id, user, request.form.get("comment", ""))
     return _back(request_id, new)
 
 

@@ -199,10 +199,11 @@ def _set_status(grant_id: str, status: str, state_dir: Path, reason: str) -> Non
     if status == "revoked":
         try:
             from sandbox.exports.workflow import withdraw_pending_for_grant
+            from sandbox.wiring import export_deps
         except ImportError:
             pass
         else:
-            n = withdraw_pending_for_grant(s, grant_id, actor)
+            n = withdraw_pending_for_grant(export_deps(s), grant_id, actor)
             click.echo(f"{grant_id}: {n} pending export request(s) withdrawn")
     hub = _provisioner()
     if hub is not None and status != "active":
@@ -293,8 +294,9 @@ def usage_report_cmd(state_dir, policies_dir, period, fmt):  # noqa: ANN001, ANN
     """Per grant: queries, epsilon, exports, notebook hours, and a statement from policies/prices.yaml."""
     from sandbox.policy.prices import load_prices
     from sandbox.usage import format_csv, usage_report
+    from sandbox.wiring import usage_sources
 
-    report = usage_report(services_for(state_dir), period, load_prices(policies_dir / "prices.yaml"))
+    report = usage_report(usage_sources(services_for(state_dir)), period, load_prices(policies_dir / "prices.yaml"))
     if fmt == "csv":
         click.echo(format_csv(report), nl=False)
     elif fmt == "json":

@@ -94,7 +94,8 @@ def audit_verify(state_dir: Path, checkpoints_src: str | None, public_keys: tupl
     if checkpoints_src:
         local: dict[str, str] = {}
         key = s.checkpoints.key
-        if key is not None and key.path.exists():  # the public half of the local signing key
+        if key is not None and key.path.exists():  # the public half of the local signing key, and the
+            local.update(key.retired_public())  # retired ones kept beside it (the keys dir, not the state)
             local[key.key_id()] = key.public_b64()
         pinned = _pins(public_keys, trust_document_key, local)
         report = verify_against(s.audit, load_document(checkpoints_src), pinned)
@@ -201,6 +202,27 @@ def audit_rotate_key(state_dir: Path) -> None:
     old, new = s.db.keyring.rotate()
     s.db.record(AuditEvent(actor, "audit.key_rotated", None, {"from": old, "to": new}))
     click.echo(f"audit MAC key rotated: {old} -> {new}")
+
+
+@audit.command("rotate-signing-key")
+@STATE
+@translate_errors
+def audit_rotate_signing_key(state_dir: Path) -> None:
+    """Start a new checkpoint signing key. The head is signed with the old key first; the old public
+    key stays published (checkpoints.json lists every key), and the new one signs from here on."""
+    from sandbox.state.chain import AuditEvent
+
+    s = services_for(state_dir)
+    actor = require_admin(s)
+    key = s.checkpoints.key
+    if key is None or not key.available():
+        fail("no checkpoint signing key is configured", 2)
+    s.checkpoints.sign("before signing key rotation")
+    old, new = key.rotate()
+    s.db.record(AuditEvent(actor, "audit.signing_key_rotated", None,
+                           {"from": old, "to": new, "public_key": key.public_b64()}))
+    s.checkpoints.sign("signing key rotated")
+    click.echo(f"checkpoint signing key rotated: {old} -> {new}")
 
 
 # -- tokens ----------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ class KeyOptions:
     audit_key_file: Path | None = None
     signing_key_file: Path | None = None
     admin_token_file: Path | None = None
+    audit_mark_file: Path | None = None
 
 
 _PATH = click.Path(path_type=Path)
@@ -70,11 +71,14 @@ _PATH = click.Path(path_type=Path)
 @click.option("--admin-token-file", envvar="SANDBOX_ADMIN_TOKEN_FILE", type=_PATH, default=None,
               help="File holding the admin credential for commands that change state (or set "
                    "SANDBOX_ADMIN_TOKEN). Default: <keys>/admin.token. Env: SANDBOX_ADMIN_TOKEN_FILE.")
+@click.option("--audit-mark-file", envvar="SANDBOX_AUDIT_MARK", type=_PATH, default=None,
+              help="The audit high-water mark: must be writable and outside --state (it is how a rollback of "
+                   "the whole state directory is noticed). Default: <keys>/audit-mark.json. Env: SANDBOX_AUDIT_MARK.")
 @click.pass_context
 def cli(ctx: click.Context, keys_dir: Path | None, audit_key_file: Path | None, signing_key_file: Path | None,
-        admin_token_file: Path | None) -> None:
+        admin_token_file: Path | None, audit_mark_file: Path | None) -> None:
     """Trusted-circulation sandbox: DP query gateway, grants, budgets, audit."""
-    ctx.obj = KeyOptions(keys_dir, audit_key_file, signing_key_file, admin_token_file)
+    ctx.obj = KeyOptions(keys_dir, audit_key_file, signing_key_file, admin_token_file, audit_mark_file)
 
 
 def key_options() -> KeyOptions:
@@ -113,6 +117,7 @@ def settings_for(state_dir: Path, data_root: Path | None = None, *, create_keys:
     keys = key_options()
     return Settings(state_dir=state_dir, data_root=data_root or state_dir / "no-data", keys_dir=keys.keys_dir,
                     audit_key_file=keys.audit_key_file, signing_key_file=keys.signing_key_file,
+                    audit_mark_file=keys.audit_mark_file,
                     create_keys=create_keys, **extra)
 
 

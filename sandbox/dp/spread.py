@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from sqlglot import exp
+
 from sandbox.policy.models import Column
 
 SQUARE_BITS = 40  # a centred square is carried in at most this many bits (2^shift units beyond)
@@ -47,17 +49,23 @@ def centring(column: Column) -> Centring:
     return Centring(centre, half, shift)
 
 
-def square_sql(value_sql: str, column: Column) -> str:
-    """The engine expression of the carried centred square of a fixed-point value (exact when shift is 0)."""
+def centred_tree(value: exp.Expression, column: Column) -> exp.Expression:
+    """The engine expression of a fixed-point value centred on its column's midpoint, as BIGINT:
+    ``(CAST(value AS BIGINT) - c)``."""
+    centre = exp.Literal.number(centring(column).centre)
+    return exp.paren(exp.Sub(this=exp.cast(value.copy(), "BIGINT"), expression=centre), copy=False)
+
+
+def square_tree(value: exp.Expression, column: Column) -> exp.Expression:
+    """The engine expression of the carried centred square of a fixed-point value (exact when shift
+    is 0): ``d * d``, else ``CAST(ROUND(CAST(d AS DOUBLE) * d / 2.0^shift) AS BIGINT)``."""
     c = centring(column)
-    d = f"(CAST({value_sql} AS BIGINT) - {c.centre})"
+    d = centred_tree(value, column)
     if c.shift == 0:
-        return f"({d} * {d})"
-    return f"CAST(ROUND(CAST({d} AS DOUBLE) * {d} / {float(1 << c.shift)!r}) AS BIGINT)"
-
-
-def centred_sql(value_sql: str, column: Column) -> str:
-    return f"(CAST({value_sql} AS BIGINT) - {centring(column).centre})"
+        return exp.Mul(this=d, expression=d.copy())
+    scaled = exp.Mul(this=exp.cast(d, "DOUBLE"), expression=d.copy())
+    carried = exp.Div(this=scaled, expression=exp.Literal.number(repr(float(1 << c.shift))))
+    return exp.cast(exp.Round(this=carried), "BIGINT")
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,9 @@ request and counted per grant on the public register.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 from sandbox.errors import Conflict, Forbidden
-from sandbox.exports import store
+from sandbox.exports.deps import ExportDeps
 from sandbox.exports.workflow import (
     MAX_TEXT,
     OPEN,
@@ -24,50 +23,51 @@ from sandbox.exports.workflow import (
     transition,
 )
 from sandbox.fields import text_field
-from sandbox.services import Services
+from sandbox.state import exports_repo
+from sandbox.state.exports_repo import ExportRequest
+from sandbox.state.grants_store import PolicyStore
 
 
-def check_may_override(services: Services, conn: sqlite3.Connection, row: dict[str, Any],
-                       user: str) -> None:
+def check_may_override(policies: PolicyStore, conn: sqlite3.Connection, row: ExportRequest, user: str) -> None:
     """Raises Forbidden (not_admin, override_own, admin_is_member, admin_is_reviewer)."""
-    if user not in services.policies.roles().admins:
+    if user not in policies.roles().admins:
         raise Forbidden("only an admin outside the grant may override a failed check", code="not_admin")
-    if row["requester"] == user:
+    if row.requester == user:
         raise Forbidden("nobody overrides checks on their own request", code="override_own")
-    members = grant_members(services, row["grant_id"])
+    members = grant_members(policies, row.grant_id)
     if members is None:
         raise Forbidden("the request's grant cannot be read, so nobody may override", code="unknown_grant")
     if user in members:
         raise Forbidden("members of a grant never override checks on its exports", code="admin_is_member")
-    if any(r["reviewer"] == user for r in store.reviews(conn, row["id"])):
+    if any(r.reviewer == user for r in exports_repo.reviews(conn, row.id)):
         raise Forbidden("a reviewer of this request cannot also override its checks", code="admin_is_reviewer")
 
 
-def can_override(services: Services, conn: sqlite3.Connection, row: dict[str, Any], user: str) -> bool:
-    if row["status"] not in OPEN or not blocked_files(conn, row):
+def can_override(policies: PolicyStore, conn: sqlite3.Connection, row: ExportRequest, user: str) -> bool:
+    if row.status not in OPEN or not blocked_files(conn, row):
         return False
     try:
-        check_may_override(services, conn, row, user)
+        check_may_override(policies, conn, row, user)
     except Forbidden:
         return False
     return True
 
 
-def override(services: Services, request_id: str, admin: str, reason: object) -> str:
+def override(deps: ExportDeps, request_id: str, admin: str, reason: object) -> str:
     """Lift the block of the files failing now (this round); returns the (unchanged) state."""
     text = text_field(reason, "reason", MAX_TEXT)
-    with services.db.work() as work:
+    with deps.db.work() as work:
         conn = work.conn
-        row = store.request_row(conn, request_id)
-        check_may_override(services, conn, row, admin)
-        next_state(row["status"], "override")  # raises illegal_transition outside open states
+        row = exports_repo.request(conn, request_id)
+        check_may_override(deps.policies, conn, row, admin)
+        next_state(row.status, "override")  # raises illegal_transition outside open states
         blocked = blocked_files(conn, row)
         if not blocked:
             raise Conflict("no file of this round has a failed check that is not overridden",
                            code="nothing_to_override")
-        files = {f["name"]: f["sha256"] for f in blocked}
-        rules = {f["name"]: sorted({c["rule"] for c in f["checks"] if c["outcome"] == "fail"}) for f in blocked}
-        store.insert_override(conn, row["id"], row["grant_id"], row["round"], admin, text, files)
-        new = transition(services, conn, row, "override", admin, comment=text,
-                         detail={"round": row["round"], "files": files, "rules": rules})
+        files = {f.name: f.sha256 for f in blocked}
+        rules = {f.name: sorted({c["rule"] for c in f.checks if c["outcome"] == "fail"}) for f in blocked}
+        exports_repo.insert_override(conn, row.id, row.grant_id, row.round, admin, text, files)
+        new = transition(deps.audit, conn, row, "override", admin, comment=text,
+                         detail={"round": row.round, "files": files, "rules": rules})
     return new

@@ -1,10 +1,9 @@
-"""Export records as the airlock's views use them, and the blob store.
+"""The airlock's blob store and identifiers.
 
-Rows live in SQLite and are read and written by :mod:`sandbox.state.exports_repo` (all the
-SQL, returning dataclasses); this module hands them to the exports package as plain dicts
-(``dataclasses.asdict``: what the views and the JSON API show). The canonical bytes (never the
-uploaded ones) live beside the database under ``<state>/exports/<request>/<sha256>``, written
-atomically and never overwritten.
+Requests, files, reviews, events and overrides live in SQLite and are read and written by
+:mod:`sandbox.state.exports_repo` (all the SQL, returning typed records that the exports package
+uses as they are). The canonical bytes (never the uploaded ones) live beside the database under
+``<state>/exports/<request>/<sha256>``, written atomically and never overwritten.
 """
 
 from __future__ import annotations
@@ -13,10 +12,7 @@ import contextlib
 import hashlib
 import re
 import secrets
-import sqlite3
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from sandbox.errors import NotFound, SandboxError
 from sandbox.state import exports_repo
@@ -84,53 +80,3 @@ class BlobStore:
         except OSError:
             return None
 
-
-def request_row(conn: sqlite3.Connection, request_id: str) -> dict[str, Any]:
-    """Raises NotFound (unknown_export)."""
-    return asdict(exports_repo.request(conn, request_id))
-
-
-def current_files(conn: sqlite3.Connection, request_id: str) -> list[dict[str, Any]]:
-    return [asdict(f) for f in exports_repo.current_files(conn, request_id)]
-
-
-def all_files(conn: sqlite3.Connection, request_id: str) -> list[dict[str, Any]]:
-    return [asdict(f) for f in exports_repo.all_files(conn, request_id)]
-
-
-def insert_file(conn: sqlite3.Connection, request_id: str, name: str, digest: str, size: int,
-                kind: str, checks: list[dict[str, Any]], round_: int) -> None:
-    exports_repo.insert_file(conn, request_id, name, digest, size, kind, checks, round_)
-
-
-def remove_file(conn: sqlite3.Connection, request_id: str, name: str) -> bool:
-    return exports_repo.remove_file(conn, request_id, name)
-
-
-def reviews(conn: sqlite3.Connection, request_id: str, round_: int | None = None) -> list[dict[str, Any]]:
-    return [asdict(r) for r in exports_repo.reviews(conn, request_id, round_)]
-
-
-def events(conn: sqlite3.Connection, request_id: str) -> list[dict[str, Any]]:
-    return [asdict(e) for e in exports_repo.events(conn, request_id)]
-
-
-def list_requests(conn: sqlite3.Connection, *, requester: str | None = None,
-                  statuses: tuple[str, ...] | None = None, grant_id: str | None = None,
-                  limit: int = 200) -> list[dict[str, Any]]:
-    return [asdict(r) for r in exports_repo.list_requests(conn, requester=requester, statuses=statuses,
-                                                          grant_id=grant_id, limit=limit)]
-
-
-def overrides(conn: sqlite3.Connection, request_id: str, round_: int | None = None) -> list[dict[str, Any]]:
-    return [asdict(o) for o in exports_repo.overrides(conn, request_id, round_)]
-
-
-def insert_override(conn: sqlite3.Connection, request_id: str, grant_id: str, round_: int, admin: str,
-                    reason: str, files: dict[str, str]) -> None:
-    exports_repo.insert_override(conn, request_id, grant_id, round_, admin, reason, files)
-
-
-def override_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """How many check-failure overrides each grant has had (for the public register)."""
-    return exports_repo.override_counts(conn)

@@ -22,6 +22,7 @@ from sandbox.exports import store, views
 from sandbox.exports.checks import CheckContext, run_all
 from sandbox.exports.checks.file_gates import DEFAULT_LIMITS
 from sandbox.exports.context import check_context
+from sandbox.exports.deps import ExportDeps, UploadDeps
 from sandbox.exports.workflow import (
     MAX_AUDITED_NAME,
     MAX_JUSTIFICATION,
@@ -34,16 +35,16 @@ from sandbox.exports.workflow import (
 )
 from sandbox.fields import text_field
 from sandbox.policy.models import Grant
-from sandbox.services import Services
 from sandbox.state import exports_repo
-from sandbox.state.audit import AuditEvent
+from sandbox.state.audit import AuditEvent, AuditLog
+from sandbox.state.grants_store import PolicyStore
 
 log = logging.getLogger(__name__)
 MAX_COUNT_COLUMNS = 200
 MAX_COLUMN_NAME = 64
 
 
-def _checked_files(services: Services, ctx: CheckContext, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+def _checked_files(ctx: CheckContext, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     """Each upload rendered canonical and checked; only the canonical bytes are kept."""
     names = [n for n, _ in files]
     if len(set(names)) != len(names):
@@ -91,22 +92,22 @@ def _uploads(files: Sequence[tuple[object, bytes]]) -> list[dict[str, Any]]:
             for name, data in files]
 
 
-def audit_refused(services: Services, user: str, grant_id: object, files: list[tuple[str, bytes]],
-                  exc: SandboxError, request_id: str | None = None) -> None:
+def audit_refused(audit: AuditLog, policies: PolicyStore, user: str, grant_id: object,
+                  files: list[tuple[str, bytes]], exc: SandboxError, request_id: str | None = None) -> None:
     """Every refused upload attempt leaves an audit entry (who, grant, files, reason); the bytes are dropped."""
     given = grant_id[:MAX_AUDITED_NAME] if isinstance(grant_id, str) else None
     detail = {"grant": given, "files": _uploads(files), "reason": {"code": exc.code, "message": exc.message[:2000]},
               **({"request": request_id} if request_id else {})}
-    known = given if given is not None and grant_members(services, given) is not None else None
+    known = given if given is not None and grant_members(policies, given) is not None else None
     # the grant column names only grants that exist; the detail keeps the text
-    services.audit.record(AuditEvent(user, "export.upload_refused", known, detail))
+    audit.record(AuditEvent(user, "export.upload_refused", known, detail))
 
 
-def audit_oversize(services: Services, user: str, path: str, size: int | None, code: str, message: str) -> None:
+def audit_oversize(audit: AuditLog, user: str, path: str, size: int | None, code: str, message: str) -> None:
     """A request refused before its form was read (over the size or part limits): audited by size only."""
     detail: dict[str, Any] = {"grant": None, "files": [], "path": path[:MAX_AUDITED_NAME], "size": size,
               "reason": {"code": code, "message": message[:2000]}}
-    services.audit.record(AuditEvent(user, "export.upload_refused", None, detail))
+    audit.record(AuditEvent(user, "export.upload_refused", None, detail))
 
 
 def parse_count_columns(value: object) -> list[str]:
@@ -114,20 +115,20 @@ def parse_count_columns(value: object) -> list[str]:
     return [c.strip() for c in items if isinstance(c, str) and c.strip()]
 
 
-def submit(services: Services, user: str, *, grant_id: object, title: object, justification: object,
+def submit(deps: UploadDeps, user: str, *, grant_id: object, title: object, justification: object,
            files: list[tuple[str, bytes]], count_columns: list[str] | None = None) -> str:
     """Create a request in ``submitted``; returns its id. Gate failures refuse the whole request.
 
     A refused attempt is audited (``export.upload_refused``) and its bytes are not kept."""
     try:
-        return _submit(services, user, grant_id=grant_id, title=title, justification=justification,
+        return _submit(deps, user, grant_id=grant_id, title=title, justification=justification,
                        files=files, count_columns=count_columns)
     except SandboxError as exc:
-        audit_refused(services, user, grant_id, files, exc)
+        audit_refused(deps.audit, deps.policies, user, grant_id, files, exc)
         raise
 
 
-def _submit(services: Services, user: str, *, grant_id: object, title: object, justification: object,
+def _submit(deps: UploadDeps, user: str, *, grant_id: object, title: object, justification: object,
             files: list[tuple[str, bytes]], count_columns: list[str] | None) -> str:
     title_s = text_field(title, "title", MAX_TITLE)
     justification_s = text_field(justification, "justification", MAX_JUSTIFICATION)
@@ -135,38 +136,40 @@ def _submit(services: Services, user: str, *, grant_id: object, title: object, j
         raise BadRequest("attach at least one file as `files`", code="no_files")
     if len(files) > DEFAULT_LIMITS.max_files:
         raise BadRequest(f"at most {DEFAULT_LIMITS.max_files} files per request", code="too_many_files")
-    grant = _usable_grant(services, grant_id, user)
+    grant = _usable_grant(deps.policies, deps.today(), grant_id, user)
     counts = count_columns or []
-    checked = _checked_files(services, check_context(services, grant, user, counts), files)
+    ctx = check_context(deps.policies, deps.ledger, deps.engine, deps.db, grant, user, counts)
+    checked = _checked_files(ctx, files)
     check_count_columns(counts, checked)
     rid = store.new_request_id()
-    blobs = store.BlobStore(services.db)
+    blobs = store.BlobStore(deps.db)
     written: list[tuple[str, str]] = []
     try:
-        _insert_request(services, user, rid, grant, title_s, justification_s, counts, checked, blobs, written)
+        _insert_request(deps, user, rid, grant, title_s, justification_s, counts, checked, blobs, written)
     except BaseException:
         blobs.delete(written)  # the transaction did not commit: no bytes of it stay on disk
         raise
     return rid
 
 
-def _insert_request(services: Services, user: str, rid: str, grant: Grant, title_s: str, justification_s: str,
+def _insert_request(deps: ExportDeps, user: str, rid: str, grant: Grant, title_s: str, justification_s: str,
                     counts: list[str], checked: list[dict[str, Any]], blobs: store.BlobStore,
                     written: list[tuple[str, str]]) -> None:
-    with services.db.work() as work:
+    with deps.db.work() as work:
         conn = work.conn
-        _usable_grant(services, grant.id, user)  # again, inside the transaction: a revoke may have won
+        # again, inside the transaction: a revoke may have won
+        _usable_grant(deps.policies, deps.today(), grant.id, user)
         exports_repo.insert_request(conn, rid, grant.id, user, title_s, justification_s, counts)
         for f in checked:
-            store.insert_file(conn, rid, f["name"], f["sha256"], f["size"], f["kind"], f["checks"], 1)
-        transition(services, conn, None, "submit", user, request_id=rid, grant_id=grant.id,
+            exports_repo.insert_file(conn, rid, f["name"], f["sha256"], f["size"], f["kind"], f["checks"], 1)
+        transition(deps.audit, conn, None, "submit", user, request_id=rid, grant_id=grant.id,
                    detail={"title": title_s, "files": {f["name"]: f["sha256"] for f in checked},
                            "uploads": [f["uploaded"] for f in checked]})
         for f in checked:  # last: every deciding check has passed; the commit follows
             blobs.put_new(rid, f["data"], written)
 
 
-def change_files(services: Services, request_id: str, user: str, files: list[tuple[str, bytes]],
+def change_files(deps: UploadDeps, request_id: str, user: str, files: list[tuple[str, bytes]],
                  remove: list[str] | None = None) -> str:
     """Add or replace files (same name replaces) and remove files on a returned request.
 
@@ -174,51 +177,51 @@ def change_files(services: Services, request_id: str, user: str, files: list[tup
     the sealed view (``file-<n>.<kind>``), which are mapped to the stored ones here. The JSON API
     and the review UI both call this one function."""
     try:
-        return _change_files(services, request_id, user, files, remove or [])
+        return _change_files(deps, request_id, user, files, remove or [])
     except SandboxError as exc:
         if files:
-            grant_id = exports_repo.grant_of(services.db.conn, request_id)
-            audit_refused(services, user, grant_id, files, exc,
+            grant_id = exports_repo.grant_of(deps.db.conn, request_id)
+            audit_refused(deps.audit, deps.policies, user, grant_id, files, exc,
                           request_id=request_id[:MAX_AUDITED_NAME])
         raise
 
 
-def _change_files(services: Services, request_id: str, user: str, files: list[tuple[str, bytes]],
+def _change_files(deps: UploadDeps, request_id: str, user: str, files: list[tuple[str, bytes]],
                   remove: list[str]) -> str:
     if not files and not remove:
         raise BadRequest("attach files as `files` or name files to `remove`", code="no_files")
-    conn = services.db.conn
-    row = store.request_row(conn, request_id)
+    conn = deps.db.conn
+    row = exports_repo.request(conn, request_id)
     check_requester(row, user)
-    remove = views.resolve_names(services, request_id, remove)
-    next_state(row["status"], "change_files")
-    grant = _usable_grant(services, row["grant_id"], user)
-    ctx = check_context(services, grant, user, list(row["count_columns"]))
-    checked = _checked_files(services, ctx, files)
-    blobs = store.BlobStore(services.db)
+    remove = views.resolve_names(conn, request_id, remove)
+    next_state(row.status, "change_files")
+    grant = _usable_grant(deps.policies, deps.today(), row.grant_id, user)
+    ctx = check_context(deps.policies, deps.ledger, deps.engine, deps.db, grant, user, list(row.count_columns))
+    checked = _checked_files(ctx, files)
+    blobs = store.BlobStore(deps.db)
     written: list[tuple[str, str]] = []
     try:
-        new = _apply_change(services, request_id, user, remove, checked, blobs, written)
+        new = _apply_change(deps, request_id, user, remove, checked, blobs, written)
     except BaseException:
         blobs.delete(written)  # the transaction did not commit: no bytes of it stay on disk
         raise
     return new
 
 
-def _apply_change(services: Services, request_id: str, user: str, remove: list[str], checked: list[dict[str, Any]],
+def _apply_change(deps: ExportDeps, request_id: str, user: str, remove: list[str], checked: list[dict[str, Any]],
                   blobs: store.BlobStore, written: list[tuple[str, str]]) -> str:
-    with services.db.work() as work:
+    with deps.db.work() as work:
         conn = work.conn
-        row = store.request_row(conn, request_id)
+        row = exports_repo.request(conn, request_id)
         for name in remove:
-            if not isinstance(name, str) or not store.remove_file(conn, request_id, name):
+            if not isinstance(name, str) or not exports_repo.remove_file(conn, request_id, name):
                 raise NotFound(f"no file {name!r} on this request", code="unknown_file")
         for f in checked:
-            store.insert_file(conn, request_id, f["name"], f["sha256"], f["size"], f["kind"], f["checks"],
-                              row["round"] + 1)
-        if not store.current_files(conn, request_id):
+            exports_repo.insert_file(conn, request_id, f["name"], f["sha256"], f["size"], f["kind"], f["checks"],
+                                     row.round + 1)
+        if not exports_repo.current_files(conn, request_id):
             raise BadRequest("a request needs at least one file", code="no_files")
-        new = transition(services, conn, row, "change_files", user, detail={
+        new = transition(deps.audit, conn, row, "change_files", user, detail={
             "added": {f["name"]: f["sha256"] for f in checked}, "removed": remove,
             "uploads": [f["uploaded"] for f in checked]})
         for f in checked:  # last: every deciding check has passed; the commit follows

@@ -22,7 +22,10 @@ from sandbox.exports.workflow import (
     can_transition,
     reviewers_required,
 )
-from sandbox.services import Services
+from sandbox.state import exports_repo
+from sandbox.state.db import StateDB
+from sandbox.state.exports_repo import ExportFile, ExportRequest, Override
+from sandbox.state.grants_store import PolicyStore
 
 # Checks that consult raw data answer reviewers only: shown to a requester, the identifier
 # check would tell them, for free, which ids are in a dataset (a membership oracle).
@@ -41,24 +44,24 @@ SEALED_TEXT = ("name, digest, sizes and check outcomes are shown to the requeste
                "and again once approved: read back later they would be a channel around the review")
 
 
-def shows_metadata(row: dict[str, Any], privileged: bool) -> bool:
-    return privileged or row["status"] in REVIEWED
+def shows_metadata(row: ExportRequest, privileged: bool) -> bool:
+    return privileged or row.status in REVIEWED
 
 
-def is_privileged(services: Services, user: str) -> bool:
-    roles = services.policies.roles()
+def is_privileged(policies: PolicyStore, user: str) -> bool:
+    roles = policies.roles()
     return user in roles.reviewers or user in roles.admins
 
 
-def sees_all(services: Services, row: dict[str, Any], user: str) -> bool:
+def sees_all(policies: PolicyStore, row: ExportRequest, user: str) -> bool:
     """Reviewers and admins see a request's previews, check details and identifier results, unless
     it is their own or on a grant they are a member of: then they see it as its requester does
     (otherwise a reviewer who is also an operator would have the membership oracle and the
     unreleased content that requesters are denied)."""
-    if not is_privileged(services, user) or row["requester"] == user:
+    if not is_privileged(policies, user) or row.requester == user:
         return False
     try:
-        return user not in services.policies.grant(row["grant_id"]).members
+        return user not in policies.grant(row.grant_id).members
     except NotFound:
         return False
 
@@ -75,30 +78,30 @@ def visible_checks(checks: list[dict[str, Any]], privileged: bool) -> list[dict[
     ]
 
 
-def _may_view(services: Services, row: dict[str, Any], user: str) -> bool:
-    roles = services.policies.roles()
-    return row["requester"] == user or user in roles.reviewers or user in roles.admins
+def _may_view(policies: PolicyStore, row: ExportRequest, user: str) -> bool:
+    roles = policies.roles()
+    return row.requester == user or user in roles.reviewers or user in roles.admins
 
 
-def load(services: Services, request_id: str, user: str) -> dict[str, Any]:
-    row = store.request_row(services.db.conn, request_id)
-    if not _may_view(services, row, user):
+def load(db: StateDB, policies: PolicyStore, request_id: str, user: str) -> ExportRequest:
+    row = exports_repo.request(db.conn, request_id)
+    if not _may_view(policies, row, user):
         raise NotFound(f"no export request {request_id}", code="unknown_export")
     return row
 
 
-def preview(services: Services, request_id: str, name: str, user: str) -> tuple[dict[str, Any], bytes]:
+def preview(db: StateDB, policies: PolicyStore, request_id: str, name: str, user: str) -> tuple[ExportFile, bytes]:
     """A current file's canonical bytes (what would leave), sha256-checked, for the reviewers and
     admins who see the request in full; never for its requester (they download once approved)."""
-    row = load(services, request_id, user)
-    if not sees_all(services, row, user):
+    row = load(db, policies, request_id, user)
+    if not sees_all(policies, row, user):
         raise Forbidden("previews are for reviewers; download the files once they are approved",
                         code="preview_reviewers_only")
-    f = next((f for f in store.current_files(services.db.conn, row["id"]) if f["name"] == name), None)
+    f = next((f for f in exports_repo.current_files(db.conn, row.id) if f.name == name), None)
     if f is None:
         raise NotFound(f"no file {name} on this request", code="unknown_file")
-    data = store.BlobStore(services.db).get(request_id, f["sha256"])
-    if data is None or store.sha256(data) != f["sha256"]:
+    data = store.BlobStore(db).get(request_id, f.sha256)
+    if data is None or store.sha256(data) != f.sha256:
         raise IntegrityError(f"{name}: the stored bytes do not match their sha256")
     return f, data
 
@@ -108,15 +111,15 @@ def sealed_name(position: int, kind: str) -> str:
     return f"file-{position}.{kind}"
 
 
-def resolve_names(services: Services, request_id: str, names: list[str]) -> list[str]:
+def resolve_names(conn: sqlite3.Connection, request_id: str, names: list[str]) -> list[str]:
     """Names as given by a requester, with the sealed view's positional names mapped to the stored ones."""
-    files = store.current_files(services.db.conn, request_id)
-    stored = {f["name"] for f in files}
-    alias = {sealed_name(i, f["kind"]): f["name"] for i, f in enumerate(files, 1)}
+    files = exports_repo.current_files(conn, request_id)
+    stored = {f.name for f in files}
+    alias = {sealed_name(i, f.kind): f.name for i, f in enumerate(files, 1)}
     return [n if n in stored else alias.get(n, n) for n in names]
 
 
-def file_view(f: dict[str, Any], privileged: bool, sealed: bool = False, position: int = 0) -> dict[str, Any]:
+def file_view(f: ExportFile, privileged: bool, sealed: bool = False, position: int = 0) -> dict[str, Any]:
     """One file: ``sha256`` and ``size`` are the canonical file's (what leaves); ``uploaded_size`` the upload's.
 
     ``sealed`` (a requester's later view of a request not yet approved) leaves out the digest, the sizes
@@ -126,65 +129,64 @@ def file_view(f: dict[str, Any], privileged: bool, sealed: bool = False, positio
     named by its position and kind (``sealed_name``).
     """
     if sealed:
-        return {"name": sealed_name(position, f["kind"]), "sha256": None, "size": None, "uploaded_size": None,
-                "kind": f["kind"], "outcome": None, "checks": [], "added_round": f["added_round"],
+        return {"name": sealed_name(position, f.kind), "sha256": None, "size": None, "uploaded_size": None,
+                "kind": f.kind, "outcome": None, "checks": [], "added_round": f.added_round,
                 "sealed": SEALED_TEXT}
-    checks = visible_checks(f["checks"], privileged)
-    sizes: dict[str, Any] = next((c for c in f["checks"] if c["rule"] == "canonical.size"), {})
-    return {"name": f["name"], "sha256": f["sha256"], "size": f["size"], "uploaded_size": sizes.get("uploaded"),
-            "kind": f["kind"], "outcome": worst(checks), "checks": checks, "added_round": f["added_round"]}
+    checks = visible_checks(f.checks, privileged)
+    sizes: dict[str, Any] = next((c for c in f.checks if c["rule"] == "canonical.size"), {})
+    return {"name": f.name, "sha256": f.sha256, "size": f.size, "uploaded_size": sizes.get("uploaded"),
+            "kind": f.kind, "outcome": worst(checks), "checks": checks, "added_round": f.added_round}
 
 
-def override_view(o: dict[str, Any]) -> dict[str, Any]:
-    return {"admin": o["admin"], "reason": o["reason"], "round": o["round"], "ts": o["ts"], "files": o["files"]}
+def override_view(o: Override) -> dict[str, Any]:
+    return {"admin": o.admin, "reason": o.reason, "round": o.round, "ts": o.ts, "files": o.files}
 
 
-def request_view(services: Services, request_id: str, user: str, uploaded: bool = False) -> dict[str, Any]:
+def request_view(db: StateDB, policies: PolicyStore, request_id: str, user: str,
+                 uploaded: bool = False) -> dict[str, Any]:
     """The request with its files, checks, visible reviews, history and what ``user`` may do.
 
     ``uploaded``: the answer to ``user``'s own upload (submit, file change), which shows them the digests
     and outcomes of what they just sent; any later read by the requester is sealed until approval."""
-    row = load(services, request_id, user)
-    conn = services.db.conn
-    complete = row["status"] not in OPEN
+    row = load(db, policies, request_id, user)
+    conn = db.conn
+    complete = row.status not in OPEN
     reviews = [
-        {"reviewer": r["reviewer"], "decision": r["decision"], "comment": r["comment"],
-         "round": r["round"], "ts": r["ts"]}
-        for r in store.reviews(conn, request_id)
-        if r["round"] < row["round"] or complete or r["reviewer"] == user
+        {"reviewer": r.reviewer, "decision": r.decision, "comment": r.comment, "round": r.round, "ts": r.ts}
+        for r in exports_repo.reviews(conn, request_id)
+        if r.round < row.round or complete or r.reviewer == user
     ]
-    votes = len(store.reviews(conn, request_id, row["round"]))
-    is_requester = row["requester"] == user
-    status = row["status"]
-    privileged = sees_all(services, row, user)
+    votes = len(exports_repo.reviews(conn, request_id, row.round))
+    is_requester = row.requester == user
+    status = row.status
+    privileged = sees_all(policies, row, user)
     # which files are blocked is shown to reviewers and admins only: a requester would learn from it,
     # for free, that the (reviewer-only) identifier check failed
-    blocked = [f["name"] for f in blocked_files(conn, row)] if privileged and status in OPEN else []
+    blocked = [f.name for f in blocked_files(conn, row)] if privileged and status in OPEN else []
     shown = shows_metadata(row, privileged)
     sealed = not shown and not uploaded
-    history = [{k: e[k] for k in ("ts", "actor", "action", "from_status", "to_status", "comment")}
-               for e in store.events(conn, request_id)]
-    if not shown:
-        for e in history:
-            if e["actor"] == row["requester"] and e["comment"]:
-                e["comment"] = HIDDEN_TEXT
+    history = [{"ts": e.ts, "actor": e.actor, "action": e.action, "from_status": e.from_status,
+                "to_status": e.to_status,
+                "comment": HIDDEN_TEXT if not shown and e.actor == row.requester and e.comment else e.comment}
+               for e in exports_repo.events(conn, request_id)]
     return {
-        "id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
-        "title": row["title"] if shown else HIDDEN_TEXT,
-        "justification": row["justification"] if shown else HIDDEN_TEXT, "status": status, "round": row["round"],
-        "count_columns": list(row["count_columns"]) if shown else [],
-        "created_at": row["created_at"], "updated_at": row["updated_at"],
-        "reviewers_required": reviewers_required(services, row["grant_id"]),
+        "id": row.id, "grant": row.grant_id, "requester": row.requester,
+        "title": row.title if shown else HIDDEN_TEXT,
+        "justification": row.justification if shown else HIDDEN_TEXT, "status": status, "round": row.round,
+        "count_columns": list(row.count_columns) if shown else [],
+        "created_at": row.created_at, "updated_at": row.updated_at,
+        "reviewers_required": reviewers_required(policies, row.grant_id),
         "votes_this_round": votes if status in OPEN else None,
-        "files": [file_view(f, privileged, sealed, i) for i, f in enumerate(store.current_files(conn, request_id), 1)],
+        "files": [file_view(f, privileged, sealed, i)
+                  for i, f in enumerate(exports_repo.current_files(conn, request_id), 1)],
         "reviews": reviews,
-        "overrides": [override_view(o) for o in store.overrides(conn, request_id)],
+        "overrides": [override_view(o) for o in exports_repo.overrides(conn, request_id)],
         "blocked": blocked,
         "history": history,
         "can": {
-            "review": can_review(services, conn, row, user),
-            "approve": can_approve(services, conn, row, user),
-            "override": can_override(services, conn, row, user),
+            "review": can_review(policies, conn, row, user),
+            "approve": can_approve(policies, conn, row, user),
+            "override": can_override(policies, conn, row, user),
             "withdraw": is_requester and can_transition(status, "withdraw"),
             "change_files": is_requester and can_transition(status, "change_files"),
             "resubmit": is_requester and can_transition(status, "resubmit"),
@@ -193,37 +195,36 @@ def request_view(services: Services, request_id: str, user: str, uploaded: bool 
     }
 
 
-def summary(conn: sqlite3.Connection, row: dict[str, Any], privileged: bool = True) -> dict[str, Any]:
-    files = store.current_files(conn, row["id"])
-    return {"id": row["id"], "grant": row["grant_id"], "requester": row["requester"],
-            "title": row["title"] if shows_metadata(row, privileged) else HIDDEN_TEXT,
-            "status": row["status"], "round": row["round"],
-            "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "files": [f["name"] if shows_metadata(row, privileged) else sealed_name(i, f["kind"])
-                      for i, f in enumerate(files, 1)],
-            "outcome": worst([c for f in files for c in visible_checks(f["checks"], privileged)])
-            if shows_metadata(row, privileged) else None}
+def summary(conn: sqlite3.Connection, row: ExportRequest, privileged: bool = True) -> dict[str, Any]:
+    files = exports_repo.current_files(conn, row.id)
+    shown = shows_metadata(row, privileged)
+    return {"id": row.id, "grant": row.grant_id, "requester": row.requester,
+            "title": row.title if shown else HIDDEN_TEXT,
+            "status": row.status, "round": row.round,
+            "created_at": row.created_at, "updated_at": row.updated_at,
+            "files": [f.name if shown else sealed_name(i, f.kind) for i, f in enumerate(files, 1)],
+            "outcome": worst([c for f in files for c in visible_checks(f.checks, privileged)]) if shown else None}
 
 
-def mine(services: Services, user: str) -> list[dict[str, Any]]:
-    conn = services.db.conn
-    return [summary(conn, r, sees_all(services, r, user)) for r in store.list_requests(conn, requester=user)]
+def mine(db: StateDB, policies: PolicyStore, user: str) -> list[dict[str, Any]]:
+    conn = db.conn
+    return [summary(conn, r, sees_all(policies, r, user)) for r in exports_repo.list_requests(conn, requester=user)]
 
 
-def queue(services: Services, user: str) -> list[dict[str, Any]]:
+def queue(db: StateDB, policies: PolicyStore, user: str) -> list[dict[str, Any]]:
     """Open requests awaiting this reviewer's vote (never their own); empty for non-reviewers."""
-    conn = services.db.conn
-    roles = services.policies.roles()
+    conn = db.conn
+    roles = policies.roles()
     if user not in roles.reviewers:
         return []
-    return [summary(conn, r) for r in reversed(store.list_requests(conn, statuses=OPEN, limit=1000))
-            if can_review(services, conn, r, user)]
+    return [summary(conn, r) for r in reversed(exports_repo.list_requests(conn, statuses=OPEN, limit=1000))
+            if can_review(policies, conn, r, user)]
 
 
-def recent(services: Services, user: str, limit: int = 50) -> list[dict[str, Any]]:
+def recent(db: StateDB, policies: PolicyStore, user: str, limit: int = 50) -> list[dict[str, Any]]:
     """Every request a reviewer or admin may see, newest first (not the queue)."""
-    roles = services.policies.roles()
+    roles = policies.roles()
     if user not in roles.reviewers and user not in roles.admins:
         return []
-    conn = services.db.conn
-    return [summary(conn, r, sees_all(services, r, user)) for r in store.list_requests(conn, limit=limit)]
+    conn = db.conn
+    return [summary(conn, r, sees_all(policies, r, user)) for r in exports_repo.list_requests(conn, limit=limit)]

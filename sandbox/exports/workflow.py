@@ -20,6 +20,7 @@ upload paths (submit, change files) are in :mod:`sandbox.exports.uploads`.
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from typing import Any
 
@@ -27,12 +28,14 @@ from sandbox.errors import BadRequest, Conflict, Forbidden, NotFound
 from sandbox.exports import store
 from sandbox.exports.checks import worst
 from sandbox.exports.checks.file_gates import NAME_RE
+from sandbox.exports.deps import ExportDeps
 from sandbox.fields import text_field
 from sandbox.policy.models import Grant, Roles
 from sandbox.policy.rules import check_grant_usable
-from sandbox.services import Services
 from sandbox.state import exports_repo
-from sandbox.state.audit import AuditEvent
+from sandbox.state.audit import AuditEvent, AuditLog
+from sandbox.state.exports_repo import ExportFile, ExportRequest
+from sandbox.state.grants_store import PolicyStore
 
 STATES = ("submitted", "partially_reviewed", "approved", "rejected", "returned", "withdrawn", "released")
 OPEN = ("submitted", "partially_reviewed")
@@ -98,20 +101,20 @@ def check_reviewer(roles: Roles, user: str) -> None:
         raise Forbidden(f"{user} is not a reviewer", code="not_reviewer")
 
 
-def check_not_own(row: dict[str, Any], user: str) -> None:
-    if row["requester"] == user:
+def check_not_own(row: ExportRequest, user: str) -> None:
+    if row.requester == user:
         raise Forbidden("reviewers never review their own request", code="self_review")
 
 
-def check_requester(row: dict[str, Any], user: str) -> None:
-    if row["requester"] != user:
+def check_requester(row: ExportRequest, user: str) -> None:
+    if row.requester != user:
         raise Forbidden("only the requester may do this", code="not_requester")
 
 
-def grant_members(services: Services, grant_id: str) -> frozenset[str] | None:
+def grant_members(policies: PolicyStore, grant_id: str) -> frozenset[str] | None:
     """The grant's members, or None when the grant cannot be read (then nobody may review it)."""
     try:
-        return frozenset(services.policies.grant(grant_id).members)
+        return frozenset(policies.grant(grant_id).members)
     except NotFound:
         return None
 
@@ -124,52 +127,52 @@ def check_not_member(members: frozenset[str] | None, user: str) -> None:
         raise Forbidden("members of a grant never review its exports", code="reviewer_is_member")
 
 
-def check_not_overrider(conn: sqlite3.Connection, row: dict[str, Any], user: str) -> None:
-    if any(o["admin"] == user for o in store.overrides(conn, row["id"])):
+def check_not_overrider(conn: sqlite3.Connection, row: ExportRequest, user: str) -> None:
+    if any(o.admin == user for o in exports_repo.overrides(conn, row.id)):
         raise Forbidden("the admin who overrode a check does not also review the request",
                         code="reviewer_is_overrider")
 
 
-def blocked_files(conn: sqlite3.Connection, row: dict[str, Any]) -> list[dict[str, Any]]:
+def blocked_files(conn: sqlite3.Connection, row: ExportRequest) -> list[ExportFile]:
     """Current files with a failed check that no admin override of this round covers."""
-    covered = {(n, sha) for o in store.overrides(conn, row["id"], row["round"]) for n, sha in o["files"].items()}
-    return [f for f in store.current_files(conn, row["id"])
-            if worst(f["checks"]) == "fail" and (f["name"], f["sha256"]) not in covered]
+    covered = {(n, sha) for o in exports_repo.overrides(conn, row.id, row.round) for n, sha in o.files.items()}
+    return [f for f in exports_repo.current_files(conn, row.id)
+            if worst(f.checks) == "fail" and (f.name, f.sha256) not in covered]
 
 
-def check_not_blocked(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
+def check_not_blocked(conn: sqlite3.Connection, row: ExportRequest) -> None:
     blocked = blocked_files(conn, row)
     if blocked:
-        names = ", ".join(f["name"] for f in blocked)
+        names = ", ".join(f.name for f in blocked)
         raise Conflict(f"a check failed on {names}: reviewers cannot approve it; return or reject it, "
                        "or ask an admin outside the grant for a written override", code="check_failed")
 
 
-def check_not_voted(conn: sqlite3.Connection, row: dict[str, Any], user: str) -> None:
-    if any(r["reviewer"] == user for r in store.reviews(conn, row["id"], row["round"])):
+def check_not_voted(conn: sqlite3.Connection, row: ExportRequest, user: str) -> None:
+    if any(r.reviewer == user for r in exports_repo.reviews(conn, row.id, row.round)):
         raise Conflict("you already reviewed this round; reviews are independent and final",
                        code="already_reviewed")
 
 
-def can_review(services: Services, conn: sqlite3.Connection, row: dict[str, Any], user: str) -> bool:
+def can_review(policies: PolicyStore, conn: sqlite3.Connection, row: ExportRequest, user: str) -> bool:
     try:
-        check_reviewer(services.policies.roles(), user)
+        check_reviewer(policies.roles(), user)
         check_not_own(row, user)
-        check_not_member(grant_members(services, row["grant_id"]), user)
+        check_not_member(grant_members(policies, row.grant_id), user)
         check_not_overrider(conn, row, user)
         check_not_voted(conn, row, user)
     except (Forbidden, Conflict):
         return False
-    return row["status"] in OPEN
+    return row.status in OPEN
 
 
-def can_approve(services: Services, conn: sqlite3.Connection, row: dict[str, Any], user: str) -> bool:
-    return can_review(services, conn, row, user) and not blocked_files(conn, row)
+def can_approve(policies: PolicyStore, conn: sqlite3.Connection, row: ExportRequest, user: str) -> bool:
+    return can_review(policies, conn, row, user) and not blocked_files(conn, row)
 
 
-def reviewers_required(services: Services, grant_id: str) -> int:
+def reviewers_required(policies: PolicyStore, grant_id: str) -> int:
     try:
-        return services.policies.grant(grant_id).exports.reviewers_required
+        return policies.grant(grant_id).exports.reviewers_required
     except NotFound:
         return 2
 
@@ -183,21 +186,21 @@ def outcome_of(decisions: list[str]) -> str:
 
 
 # -- the one place a state changes ----------------------------------------------------------------
-def transition(services: Services, conn: sqlite3.Connection, row: dict[str, Any] | None,
+def transition(audit: AuditLog, conn: sqlite3.Connection, row: ExportRequest | None,
                action: str, actor: str, *, request_id: str | None = None, grant_id: str | None = None,
                comment: str = "", detail: dict[str, Any] | None = None) -> str:
     """Apply ``action`` inside the caller's write transaction; returns the new state."""
-    status = row["status"] if row is not None else None
+    status = row.status if row is not None else None
     new = next_state(status, action)
-    rid = row["id"] if row is not None else request_id
-    gid = row["grant_id"] if row is not None else grant_id
+    rid = row.id if row is not None else request_id
+    gid = row.grant_id if row is not None else grant_id
     if rid is None:
         raise ValueError("a transition of a new request needs its request_id")
     ts = store.now()
     if row is not None:
         bump = 1 if action == "resubmit" else 0
         exports_repo.set_status(conn, rid, new, bump, ts)
-    seq = services.audit.append(conn, AuditEvent(actor, AUDIT_ACTIONS[action], gid, {
+    seq = audit.append(conn, AuditEvent(actor, AUDIT_ACTIONS[action], gid, {
         "request": rid, "from": status, "to": new, **({"comment": comment} if comment else {}),
         **(detail or {}),
     }))
@@ -208,140 +211,141 @@ def transition(services: Services, conn: sqlite3.Connection, row: dict[str, Any]
 # -- operations -------------------------------------------------------------------------------
 
 
-def _usable_grant(services: Services, grant_id: object, user: str) -> Grant:
+def _usable_grant(policies: PolicyStore, today: dt.date, grant_id: object, user: str) -> Grant:
     if not isinstance(grant_id, str) or not grant_id:
         raise BadRequest("`grant` is required", code="missing_grant")
     try:
-        grant = services.policies.grant(grant_id)
+        grant = policies.grant(grant_id)
     except NotFound:
         raise Forbidden(f"no grant {grant_id} for {user}", code="not_a_member") from None
-    check_grant_usable(grant, user, services.today())
+    check_grant_usable(grant, user, today)
     return grant
 
 
-def review(services: Services, request_id: str, reviewer: str, decision: object, comment: object) -> str:
+def review(deps: ExportDeps, request_id: str, reviewer: str, decision: object, comment: object) -> str:
     """Cast one reviewer's vote; returns the request's new state."""
     if decision not in DECISIONS:
         raise BadRequest("`decision` must be approve, reject or return", code="bad_decision")
     text = text_field(comment, "comment", MAX_TEXT, required=decision != "approve")
-    roles = services.policies.roles()
+    roles = deps.policies.roles()
     check_reviewer(roles, reviewer)
-    with services.db.work() as work:
+    with deps.db.work() as work:
         conn = work.conn
-        row = store.request_row(conn, request_id)
+        row = exports_repo.request(conn, request_id)
         check_not_own(row, reviewer)
-        check_not_member(grant_members(services, row["grant_id"]), reviewer)
+        check_not_member(grant_members(deps.policies, row.grant_id), reviewer)
         check_not_overrider(conn, row, reviewer)
-        if row["status"] not in OPEN:
-            next_state(row["status"], "vote")  # raises illegal_transition
+        if row.status not in OPEN:
+            next_state(row.status, "vote")  # raises illegal_transition
         check_not_voted(conn, row, reviewer)
-        files = store.current_files(conn, request_id)
+        files = exports_repo.current_files(conn, request_id)
         if decision == "approve":
             check_not_blocked(conn, row)
-            if not text and any(worst(f["checks"]) == "fail" for f in files):
+            if not text and any(worst(f.checks) == "fail" for f in files):
                 raise BadRequest("a check failed and an admin overrode it: approving needs a comment that says why",
                                  code="comment_required")
-        exports_repo.insert_review(conn, request_id, row["round"], reviewer, decision, text)
-        votes = store.reviews(conn, request_id, row["round"])
-        needed = reviewers_required(services, row["grant_id"])
-        detail = {"round": row["round"], "decision": decision, "votes": len(votes), "required": needed}
+        exports_repo.insert_review(conn, request_id, row.round, reviewer, str(decision), text)
+        votes = exports_repo.reviews(conn, request_id, row.round)
+        needed = reviewers_required(deps.policies, row.grant_id)
+        detail: dict[str, Any] = {"round": row.round, "decision": decision, "votes": len(votes), "required": needed}
         if len(votes) < needed:
-            new = transition(services, conn, row, "vote", reviewer, detail=detail)
+            new = transition(deps.audit, conn, row, "vote", reviewer, detail=detail)
         else:
-            action = outcome_of([v["decision"] for v in votes])
-            detail["files"] = {f["name"]: f["sha256"] for f in files}
-            detail["reviewers"] = [v["reviewer"] for v in votes]
-            new = transition(services, conn, row, action, reviewer, detail=detail)
+            action = outcome_of([v.decision for v in votes])
+            detail["files"] = {f.name: f.sha256 for f in files}
+            detail["reviewers"] = [v.reviewer for v in votes]
+            new = transition(deps.audit, conn, row, action, reviewer, detail=detail)
     return new
 
 
-def withdraw(services: Services, request_id: str, user: str, reason: str = "") -> str:
-    with services.db.work() as work:
+def withdraw(deps: ExportDeps, request_id: str, user: str, reason: str = "") -> str:
+    with deps.db.work() as work:
         conn = work.conn
-        row = store.request_row(conn, request_id)
+        row = exports_repo.request(conn, request_id)
         check_requester(row, user)
-        new = transition(services, conn, row, "withdraw", user, comment=text_field(reason, "reason", MAX_COMMENT,
-                                                                             required=False))
+        new = transition(deps.audit, conn, row, "withdraw", user,
+                         comment=text_field(reason, "reason", MAX_COMMENT, required=False))
     return new
 
 
-def withdraw_pending_for_grant(services: Services, grant_id: str, actor: str) -> int:
+def withdraw_pending_for_grant(deps: ExportDeps, grant_id: str, actor: str) -> int:
     """Withdraw every pending (open, returned or approved-not-downloaded) request of a grant."""
     count = 0
-    with services.db.work() as work:
+    with deps.db.work() as work:
         conn = work.conn
-        for row in store.list_requests(conn, grant_id=grant_id, statuses=PENDING, limit=1_000_000):
-            transition(services, conn, row, "withdraw", actor, comment="grant revoked",
+        for row in exports_repo.list_requests(conn, grant_id=grant_id, statuses=PENDING, limit=1_000_000):
+            transition(deps.audit, conn, row, "withdraw", actor, comment="grant revoked",
                        detail={"reason": "grant_revoked"})
             count += 1
     return count
 
 
-def resubmit(services: Services, request_id: str, user: str, comment: str = "") -> str:
-    with services.db.work() as work:
+def resubmit(deps: ExportDeps, request_id: str, user: str, comment: str = "") -> str:
+    with deps.db.work() as work:
         conn = work.conn
-        row = store.request_row(conn, request_id)
+        row = exports_repo.request(conn, request_id)
         check_requester(row, user)
-        next_state(row["status"], "resubmit")
-        _usable_grant(services, row["grant_id"], user)
-        files = store.current_files(conn, request_id)
-        new = transition(services, conn, row, "resubmit", user,
+        next_state(row.status, "resubmit")
+        _usable_grant(deps.policies, deps.today(), row.grant_id, user)
+        files = exports_repo.current_files(conn, request_id)
+        new = transition(deps.audit, conn, row, "resubmit", user,
                          comment=text_field(comment, "comment", MAX_COMMENT, required=False),
-                         detail={"round": row["round"] + 1, "files": {f["name"]: f["sha256"] for f in files}})
+                         detail={"round": row.round + 1, "files": {f.name: f.sha256 for f in files}})
     return new
 
 
-def _approved_digests(services: Services, conn: sqlite3.Connection, request_id: str) -> dict[str, str]:
+def _approved_digests(audit: AuditLog, conn: sqlite3.Connection, request_id: str) -> dict[str, str]:
     """The files the approving event recorded in the hash-chained audit log."""
     seq = exports_repo.approving_seq(conn, request_id)
     if seq is None:
         return {}
-    entry = services.audit.entry(seq)
-    return entry.detail.get("files", {}) if entry else {}
+    entry = audit.entry(seq)
+    files: dict[str, str] = entry.detail.get("files", {}) if entry else {}
+    return files
 
 
-def _check_grant_not_stopped(services: Services, grant_id: str) -> None:
+def _check_grant_not_stopped(policies: PolicyStore, grant_id: str) -> None:
     """Downloads stop while a grant is suspended and for good once it is revoked (expiry does not stop them)."""
     try:
-        status = services.policies.grant(grant_id).status
+        status = policies.grant(grant_id).status
     except NotFound:
         raise Forbidden(f"grant {grant_id} is not in force", code="grant_revoked") from None
     if status in ("revoked", "suspended"):
         raise Forbidden(f"grant {grant_id} is {status}: nothing leaves under it", code=f"grant_{status}")
 
 
-def download(services: Services, request_id: str, name: str, user: str) -> tuple[dict[str, Any], bytes]:
+def download(deps: ExportDeps, request_id: str, name: str, user: str) -> tuple[ExportFile, bytes]:
     """The approved bytes of one file, to the requester only, sha256-checked; first download releases."""
-    conn = services.db.conn
-    row = store.request_row(conn, request_id)
-    if row["requester"] != user:
-        roles = services.policies.roles()
+    conn = deps.db.conn
+    row = exports_repo.request(conn, request_id)
+    if row.requester != user:
+        roles = deps.policies.roles()
         if user in roles.reviewers or user in roles.admins:
             raise Forbidden("only the requester downloads released files", code="not_requester")
         raise NotFound(f"no export request {request_id}", code="unknown_export")
-    if row["status"] not in ("approved", "released"):
-        raise Conflict(f"the request is {row['status']}: files leave only once approved",
+    if row.status not in ("approved", "released"):
+        raise Conflict(f"the request is {row.status}: files leave only once approved",
                        code="not_released")
-    _check_grant_not_stopped(services, row["grant_id"])
+    _check_grant_not_stopped(deps.policies, row.grant_id)
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise NotFound("no such file", code="unknown_file")
-    f = next((f for f in store.current_files(conn, request_id) if f["name"] == name), None)
+    f = next((f for f in exports_repo.current_files(conn, request_id) if f.name == name), None)
     if f is None:
         raise NotFound(f"no file {name} on this request", code="unknown_file")
-    data = store.BlobStore(services.db).get(request_id, f["sha256"])
-    approved = _approved_digests(services, conn, request_id).get(name)
-    if data is None or store.sha256(data) != f["sha256"] or approved != f["sha256"]:
-        services.audit.record(AuditEvent(user, "export.integrity_failed", row["grant_id"], {
+    data = store.BlobStore(deps.db).get(request_id, f.sha256)
+    approved = _approved_digests(deps.audit, conn, request_id).get(name)
+    if data is None or store.sha256(data) != f.sha256 or approved != f.sha256:
+        deps.audit.record(AuditEvent(user, "export.integrity_failed", row.grant_id, {
             "request": request_id, "file": name, "expected": approved,
             "found": store.sha256(data) if data is not None else None}))
         raise IntegrityError(f"{name}: the stored bytes differ from the approved ones; nothing was sent")
-    with services.db.work() as work:
+    with deps.db.work() as work:
         conn = work.conn
-        row = store.request_row(conn, request_id)
-        if row["status"] not in ("approved", "released"):
-            raise Conflict(f"the request is {row['status']}", code="not_released")
-        if row["status"] == "approved":
-            transition(services, conn, row, "release", user, detail={"file": name})
-        services.audit.append(conn, AuditEvent(user, "export.downloaded", row["grant_id"],
-                                               {"request": request_id, "file": name, "sha256": f["sha256"]}))
+        row = exports_repo.request(conn, request_id)
+        if row.status not in ("approved", "released"):
+            raise Conflict(f"the request is {row.status}", code="not_released")
+        if row.status == "approved":
+            transition(deps.audit, conn, row, "release", user, detail={"file": name})
+        deps.audit.append(conn, AuditEvent(user, "export.downloaded", row.grant_id,
+                                           {"request": request_id, "file": name, "sha256": f.sha256}))
     return f, data

@@ -12,7 +12,16 @@ import re
 import unicodedata
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 IDENT = re.compile(r"[a-z][a-z0-9_]{0,62}\Z")
 GRANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
@@ -61,6 +70,8 @@ def operator_key(operator: str) -> str:
 
 
 Classification = Literal["L1", "L2", "L3", "L4"]
+EngineName = Literal["duckdb", "spark"]
+ENGINES: tuple[str, ...] = ("duckdb", "spark")
 
 
 class _Strict(BaseModel):
@@ -163,6 +174,24 @@ class Dataset(_Strict):
     budget: DatasetBudget | None = None  # all grants together; required for L3
     max_epsilon_per_operator: float | None = Field(default=None, gt=0, le=1000)  # each operator's grants together
     operator_caps: dict[str, float] = Field(default_factory=dict)  # per-operator overrides of the default
+    # which engine builds and answers it: DuckDB on the gateway's machine, or Apache Spark (sandbox.engine_spark)
+    engine: EngineName = "duckdb"
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _known_engine(cls, v: object) -> object:
+        if v not in ENGINES:
+            raise ValueError(f"unknown engine {v!r}: `engine` is one of {', '.join(ENGINES)} (default duckdb)")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _default_engine_unwritten(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """``engine`` is written only when it is not the default, so an entry written before the field
+        existed keeps its stored form and its digest (no rebuild, no change in the record)."""
+        data: dict[str, object] = handler(self)
+        if self.engine == "duckdb":
+            data.pop("engine", None)
+        return data
 
     def operator_cap(self, operator: str) -> float | None:
         """The cap on ``operator``'s grants together on this dataset, or None."""

@@ -3,7 +3,7 @@
 Used for HAVING (on released, noisy rows in the gateway) and for WHERE in the notebook's mock
 mode (on mock rows). Only the node types the analyser lets into WHERE and HAVING exist here;
 anything else raises, it never guesses. Numbers are DOUBLEs as in the engine
-(``sandbox.engine_sql._where_sql``): x / 0 is +-inf, 0 / 0 is NaN, NaN sorts above every number.
+(``sandbox.engine_sql.where_tree``): x / 0 is +-inf, 0 / 0 is NaN, NaN sorts above every number.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ class AuditLog:
     def check_mark(self) -> None:
         """Refuse a log behind the high-water mark kept in the keys directory (cut off or rolled back)."""
         keys = self.db.keyring.all() if self.db.keyring.available() else None
-        problems = check_mark(read_mark(self.db.keyring.dir), keys, self.hash_at, self.head()[0])
+        problems = check_mark(read_mark(self.db.keyring.mark_file), keys, self.hash_at, self.head()[0])
         if problems:
             raise SandboxError(f"refusing to start: {problems[0][1]}")
 
@@ -122,7 +122,7 @@ class AuditLog:
         rows = (dict(r) for r in self.db.conn.execute("SELECT * FROM audit ORDER BY seq"))
         problems, count, last_seq, prev = check_chain(rows, keys)
         problems.extend(self._check_head(keys, count, last_seq, prev))
-        problems.extend(check_mark(read_mark(self.db.keyring.dir), keys, self.hash_at, last_seq))
+        problems.extend(check_mark(read_mark(self.db.keyring.mark_file), keys, self.hash_at, last_seq))
         first = min((s for s, _ in problems), default=None)
         return VerifyResult(ok=not problems, entries=count, head=prev, problems=tuple(p for _, p in problems),
                             first_bad=first, macs_checked=keys is not None)

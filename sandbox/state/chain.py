@@ -107,16 +107,14 @@ def set_head(conn: sqlite3.Connection, key: MacKey, seq: int, digest: str) -> No
 
 
 # -- the high-water mark, kept in the keys directory ----------------------------------------------
-MARK_FILE = "audit-mark.json"
 
 
 def mark_message(seq: int, digest: str) -> str:
     return f"mark:{seq}:{digest}"
 
 
-def read_mark(keys_dir: Path) -> dict[str, Any] | None:
-    """The high-water mark as stored (``seq``, ``hash``, ``key_id``, ``mac``), or None when there is none."""
-    path = keys_dir / MARK_FILE
+def read_mark(path: Path) -> dict[str, Any] | None:
+    """The high-water mark in ``path`` (``seq``, ``hash``, ``key_id``, ``mac``), or None when there is none."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -126,13 +124,13 @@ def read_mark(keys_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"seq": 0, "hash": "", "key_id": "", "mac": ""}
 
 
-def advance_mark(keys_dir: Path, key: MacKey, seq: int, digest: str) -> None:
-    """Move the mark forward to (seq, digest) (never back): atomic write, MACed. Raises OSError."""
-    current = read_mark(keys_dir)
+def advance_mark(path: Path, key: MacKey, seq: int, digest: str) -> None:
+    """Move the mark in ``path`` forward to (seq, digest) (never back): atomic write, MACed. Raises OSError."""
+    current = read_mark(path)
     if current is not None and isinstance(current.get("seq"), int) and current["seq"] >= seq:
         return
     body = {"seq": seq, "hash": digest, "key_id": key.id, "mac": key.mac(mark_message(seq, digest))}
-    atomic_write(keys_dir / MARK_FILE, (json.dumps(body) + "\n").encode("ascii"))
+    atomic_write(path, (json.dumps(body) + "\n").encode("ascii"))
 
 
 def check_mark(mark: dict[str, Any] | None, keys: dict[str, MacKey] | None, hash_at: Any,

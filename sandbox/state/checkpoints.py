@@ -114,6 +114,7 @@ class Checkpoints:
     def _document(self, checkpoints: list[Checkpoint]) -> dict[str, Any]:
         keys: dict[str, str] = {}
         if self.key is not None and self.key.path.exists():
+            keys.update(self.key.retired_public())
             keys[self.key.key_id()] = self.key.public_b64()
         return {
             "kind": KIND,

@@ -275,11 +275,11 @@ class StateDB:
     def _advance_mark(self, key: MacKey, seq: int, digest: str) -> None:
         """The high-water mark outside the state directory follows every commit (see chain.check_mark)."""
         try:
-            chain.advance_mark(self.keyring.dir, key, seq, digest)
+            chain.advance_mark(self.keyring.mark_file, key, seq, digest)
         except OSError as exc:
             if not self._mark_warned:
                 self._mark_warned = True
-                log.warning("cannot write the audit high-water mark in %s: %s", self.keyring.dir, exc)
+                log.warning("cannot write the audit high-water mark %s: %s", self.keyring.mark_file, exc)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

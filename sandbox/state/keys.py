@@ -11,6 +11,9 @@ Someone who can write ``--state`` but cannot read these keys cannot forge a vali
   the public key alone.
 - The keys directory (``--keys`` / ``SANDBOX_KEYS``) defaults to ``keys`` beside the state
   directory. Default keys are created on first use; a key inside the state directory is refused.
+- The audit high-water mark (``--audit-mark-file`` / ``SANDBOX_AUDIT_MARK``; default
+  ``<keys>/audit-mark.json``) must be *writable* by the gateway and outside the state directory:
+  where the keys are a read-only secret mount (the Docker stack), it gets a small volume of its own.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 MAC_KEY_FILE = "audit-mac.key"
+MARK_FILE = "audit-mark.json"  # the audit high-water mark (see chain.check_mark)
 RETIRED_PREFIX = "audit-mac-"
 SIGNING_KEY_FILE = "checkpoint-signing.pem"
+RETIRED_SIGNING_PREFIX = "checkpoint-signing-"  # <prefix><key id>.pub: a retired public key (base64)
 ADMIN_TOKEN_FILE = "admin.token"
 
 
@@ -83,20 +88,33 @@ class MacKey:
 class MacKeyring:
     """The current MAC key (created on first write when it is the default) and every retired one."""
 
-    def __init__(self, keys_dir: Path, current_file: Path | None = None, *, create: bool = True) -> None:
+    def __init__(self, keys_dir: Path, current_file: Path | None = None, *, create: bool = True,
+                 mark_file: Path | None = None) -> None:
         self.dir = Path(keys_dir)
         self.current_file = Path(current_file) if current_file else self.dir / MAC_KEY_FILE
+        self.mark_file = Path(mark_file) if mark_file else self.dir / MARK_FILE
         self.create = create
         self._current: MacKey | None = None
 
     @classmethod
     def for_state(cls, state_dir: Path, keys_dir: Path | None = None, current_file: Path | None = None,
-                  *, create: bool = True) -> MacKeyring:
+                  *, create: bool = True, mark_file: Path | None = None) -> MacKeyring:
         keys = Path(keys_dir) if keys_dir else default_keys_dir(state_dir)
-        ring = cls(keys, current_file, create=create)
+        ring = cls(keys, current_file, create=create, mark_file=mark_file)
         check_outside(ring.dir, state_dir, "the keys directory")
         check_outside(ring.current_file, state_dir, "the audit MAC key")
+        check_outside(ring.mark_file, state_dir, "the audit high-water mark")
+        ring.check_mark_is_no_key()
         return ring
+
+    def check_mark_is_no_key(self) -> None:
+        """The mark file is rewritten on every commit: it must not be (or look like) a key file."""
+        mark = self.mark_file.resolve()
+        names = (MAC_KEY_FILE, SIGNING_KEY_FILE, ADMIN_TOKEN_FILE)
+        if (mark == self.current_file.resolve() or mark.name in names or mark.suffix in (".key", ".pem", ".pub")
+                or mark.name.startswith((RETIRED_PREFIX, RETIRED_SIGNING_PREFIX))):
+            raise SandboxError(f"{self.mark_file}: the audit high-water mark must not be a key file (it is"
+                               " rewritten on every change); give it a name of its own, e.g. audit-mark.json")
 
     def current(self) -> MacKey:
         """The key new entries are MACed with; created (0600) when missing and allowed."""
@@ -160,6 +178,7 @@ class SigningKey:
         self.path = Path(path)
         self.create = create
         self._key: Ed25519PrivateKey | None = None  # loaded lazily
+        self._stamp: tuple[int, int] | None = None  # (inode, mtime) of the file _key was read from
 
     @classmethod
     def for_state(cls, state_dir: Path, keys_dir: Path | None = None, path: Path | None = None,
@@ -176,8 +195,8 @@ class SigningKey:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        if self._key is not None:
-            return self._key
+        if self._key is not None and self._stamp == self._file_stamp():
+            return self._key  # unchanged: a rotation in another process replaces the file (new inode)
         if not self.path.exists():
             if not self.create:
                 raise KeyUnavailable(f"no checkpoint signing key at {self.path}")
@@ -194,8 +213,15 @@ class SigningKey:
             raise KeyUnavailable(f"{self.path}: not a readable Ed25519 private key ({exc})") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyUnavailable(f"{self.path}: not an Ed25519 key")
-        self._key = key
+        self._key, self._stamp = key, self._file_stamp()
         return key
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
 
     def public_raw(self) -> bytes:
         from cryptography.hazmat.primitives import serialization
@@ -210,6 +236,41 @@ class SigningKey:
 
     def sign(self, message: bytes) -> str:
         return base64.b64encode(self._load().sign(message)).decode("ascii")
+
+    def retired_public(self) -> dict[str, str]:
+        """Key id -> base64 public key of every retired signing key (beside the private key file),
+        published with the current one so checkpoints signed before a rotation keep verifying."""
+        found: dict[str, str] = {}
+        folder = self.path.parent
+        for path in sorted(folder.glob(f"{RETIRED_SIGNING_PREFIX}*.pub")) if folder.is_dir() else []:
+            try:
+                public = path.read_text(encoding="ascii").strip()
+                raw = base64.b64decode(public, validate=True)
+            except (OSError, ValueError):
+                continue
+            if len(raw) == 32:
+                found[public_key_id(raw)] = public
+        return found
+
+    def rotate(self) -> tuple[str, str]:
+        """Retire the current key (its public half kept as ``checkpoint-signing-<id>.pub``) and start a
+        new one; (old id, new id). Raises :class:`KeyUnavailable` where the keys cannot be written."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        old_id, old_public = self.key_id(), self.public_b64()
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        try:
+            retired = self.path.parent / f"{RETIRED_SIGNING_PREFIX}{old_id}.pub"
+            if not retired.exists():
+                atomic_write(retired, old_public.encode("ascii") + b"\n", exclusive=True)
+            atomic_write(self.path, pem)
+        except OSError as exc:
+            raise KeyUnavailable(f"cannot rotate the checkpoint signing key {self.path}: {exc}") from None
+        self._key = None
+        return old_id, self.key_id()
 
 
 def verify_signature(public_b64: str, message: bytes, signature_b64: str) -> bool:

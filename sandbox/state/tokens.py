@@ -3,8 +3,11 @@
 Each row carries an HMAC under the audit MAC key (kept outside the state directory) over its hash,
 user, scope and whether it is revoked; a lookup refuses a row whose MAC does not verify. Someone who
 can write the state directory but cannot read the keys can neither plant a token, move one to
-another user, nor un-revoke one. Rows from before the MAC are MACed on open only when their
-``token.created`` entry verifies under the keyring; otherwise they stay refused.
+another user, nor un-revoke one. Nor can they restore an older copy of a revoked row (its MAC was
+valid once): a lookup also refuses a token that any ``token.revoked`` entry of the log names
+(:mod:`sandbox.state.follow` reads and checks the log's new entries as it grows). Rows from before the MAC
+are MACed on open only when their ``token.created`` entry verifies under the keyring; otherwise
+they stay refused.
 
 Scope ``api`` tokens authenticate gateway calls (embedded mode); scope ``admin`` tokens are the
 admin credential the CLI's mutating commands require. Creating and revoking either writes an
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import secrets
 import sqlite3
 from dataclasses import dataclass
 
 from sandbox.state.chain import AuditEvent, entry_hash
 from sandbox.state.db import StateDB, add_column, register_keyed_migration, register_migration, register_schema
+from sandbox.state.follow import LogFollower
 from sandbox.state.keys import MacKey, MacKeyring
 
 register_schema(
@@ -60,8 +65,6 @@ def _verified_events(conn: sqlite3.Connection, keys: dict[str, MacKey], action: 
 
 @register_keyed_migration
 def _mac_legacy_rows(conn: sqlite3.Connection, keyring: MacKeyring) -> None:
-    import json
-
     legacy = conn.execute("SELECT token_hash, user, scope, revoked_at FROM tokens WHERE mac IS NULL").fetchall()
     if not legacy:
         return
@@ -110,6 +113,12 @@ class TokenStore:
     def __init__(self, db: StateDB) -> None:
         self.db = db
         self._keys: dict[str, MacKey] = {}
+        self.follower = LogFollower(db)  # the log as this process has checked it, and what it revoked
+
+    def revoked_in_log(self, digest: str) -> bool:
+        """Whether an entry of the log revoked this token hash (or the log cannot be trusted). A revoked
+        row restored from an older copy of the state still carries a valid MAC; the log remembers."""
+        return self.follower.revoked(digest)
 
     def create(self, user: str, actor: str = "gateway", scope: str = "api") -> str:
         """A new token for ``user`` (returned once; only its hash is stored), audited as ``token.created``."""
@@ -137,6 +146,8 @@ class TokenStore:
             (digest, scope),
         )
         if not rows or not self._row_ok(digest, rows[0]["user"], scope, False, rows[0]["key_id"], rows[0]["mac"]):
+            return None
+        if self.revoked_in_log(digest):
             return None
         return str(rows[0]["user"])
 
@@ -173,7 +184,8 @@ class TokenStore:
         """Whether a live admin credential the gateway wrote exists (a planted row does not count)."""
         rows = self.db.read("SELECT token_hash, user, key_id, mac FROM tokens"
                             " WHERE scope = 'admin' AND revoked_at IS NULL")
-        return any(self._row_ok(r["token_hash"], r["user"], "admin", False, r["key_id"], r["mac"]) for r in rows)
+        return any(self._row_ok(r["token_hash"], r["user"], "admin", False, r["key_id"], r["mac"])
+                   and not self.revoked_in_log(r["token_hash"]) for r in rows)
 
     def revoke_user(self, user: str, actor: str = "gateway", scope: str | None = None) -> int:
         """Revoke every live token of ``user`` (of one scope, or all), audited as ``token.revoked``."""

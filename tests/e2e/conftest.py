@@ -109,7 +109,7 @@ class Stack:
         assert resp.status_code in (200, 201), resp.text
         return resp.json()["token"]
 
-    def start_server(self, user: str, token: str, timeout: float = 60) -> float:
+    def start_server(self, user: str, token: str, timeout: float = 120) -> float:
         """Start ``user``'s server through the hub API; returns seconds until ready."""
         headers = {"Authorization": f"token {token}"}
         t0 = time.monotonic()
@@ -124,7 +124,14 @@ class Stack:
             if not model.get("pending") and not server:
                 raise AssertionError(f"spawn of {user} failed: {model}")
             time.sleep(0.25)
-        raise AssertionError(f"{user}'s server not ready in {timeout}s")
+        raise AssertionError(f"{user}'s server not ready in {timeout}s\n{self.diagnose(user)}")
+
+    def diagnose(self, user: str) -> str:
+        """What the hub logged and what the engine holds for ``user``, for a failed spawn's message."""
+        hub = run(["docker", "logs", "--tail", "60", self.container("hub")], check=False)
+        nb = run(["docker", "ps", "-a", "--filter", f"name=^{self.notebook(user)}$",
+                  "--format", "{{.Names}} {{.Status}}"], check=False).stdout.strip()
+        return f"notebook container: {nb or 'none'}\nhub log (last 60 lines):\n{hub.stdout}{hub.stderr}"
 
     def exec_nb(self, user: str, code: str, *, check: bool = True,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:

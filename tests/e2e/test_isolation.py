@@ -93,7 +93,7 @@ def _stop(stack: Stack, user: str) -> None:
     _wait_gone(stack, user)
 
 
-def _start_as_provisioner(stack: Stack, user: str, timeout: float = 90) -> None:
+def _start_as_provisioner(stack: Stack, user: str, timeout: float = 120) -> None:
     r = stack.provisioner("POST", f"/users/{user}/server")
     assert r.status_code in (201, 202), r.text
     deadline = time.monotonic() + timeout
@@ -105,7 +105,7 @@ def _start_as_provisioner(stack: Stack, user: str, timeout: float = 90) -> None:
         if not model.get("pending") and not server:
             raise AssertionError(f"spawn of {user} failed: {model}")
         time.sleep(0.25)
-    raise AssertionError(f"{user}'s server not ready in {timeout}s")
+    raise AssertionError(f"{user}'s server not ready in {timeout}s\n{stack.diagnose(user)}")
 
 
 @pytest.fixture(scope="module")

@@ -467,3 +467,7 @@ def test_the_record_is_anchored_outside_the_state_volume(stack: Stack) -> None:
     actors = {e["actor"] for e in entries if e["action"].startswith("grant.")}
     # who the admin credential says, the gateway itself, or the early-warning monitor: never free text
     assert actors <= {"admin", "gateway:startup", "monitor"}, actors
+    # the high-water mark is written beside, not inside, the read-only secrets, and follows the head
+    mark = json.loads(run(["docker", "exec", gateway, "cat", "/mark/audit-mark.json"]).stdout)
+    assert mark["seq"] >= max(e["seq"] for e in entries), (mark, len(entries))
+    assert "audit-mark.json" not in in_state

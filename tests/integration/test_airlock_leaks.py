@@ -385,12 +385,13 @@ def test_a_refused_file_change_leaves_no_bytes_behind(client, auth, services) ->
 
 def test_a_submit_that_fails_in_its_transaction_leaves_no_bytes_behind(client, auth, services,  # noqa: ANN001
                                                                       monkeypatch) -> None:
-    from sandbox.exports import store
+    from sandbox.errors import SandboxError
+    from sandbox.state import exports_repo
 
     def broken(*_a: object, **_k: object) -> None:
-        raise store.SandboxError("the disk is full", code="storage_error")
+        raise SandboxError("the disk is full", code="storage_error")
 
-    monkeypatch.setattr(store, "insert_file", broken)
+    monkeypatch.setattr(exports_repo, "insert_file", broken)
     r = submit(client, auth["alice"], [("t.csv", b"sex,n\nfemale,4180\n")])
     assert r.status_code >= 400
     assert _blobs(services) == set()

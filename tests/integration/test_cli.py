@@ -189,6 +189,7 @@ MUTATING = [
     ("tokens", "create", "mallory"),
     ("tokens", "revoke", "alice"),
     ("audit", "rotate-key"),
+    ("audit", "rotate-signing-key"),
     ("audit", "checkpoint"),
     ("admin", "init", "--user", "mallory"),
 ]
@@ -261,3 +262,16 @@ def test_an_admin_token_file_inside_the_state_is_refused(run, state: Path) -> No
     inside = state / "admin.token"
     out = run("admin", "init", "--user", "x", code=2, env={"SANDBOX_ADMIN_TOKEN_FILE": str(inside)})
     assert "inside the state directory" in out and not inside.exists()
+
+
+def test_serve_refuses_a_catalog_that_does_not_match_its_sources(run, state: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """The check `datasets register` makes also guards the policies `serve` applies at start."""
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    path = policies / "datasets" / "nhanes_2017.yaml"
+    ds = yaml.safe_load(path.read_text())
+    ds["columns"]["sex"] = {"type": "int", "bounds": [0, 1]}
+    path.write_text(yaml.safe_dump(ds))
+    out = run("serve", "--policies", str(policies), "--port", "1", code=2)
+    assert "dataset nhanes_2017: columns.sex: declared int" in out and "nothing applied" in out
+    assert "nhanes_2017" not in run("datasets", "list")

@@ -16,7 +16,7 @@ GRANT = "g-2026-001"
 ACTIONS = {"workflow.review", "workflow.withdraw", "workflow.resubmit", "uploads.change_files", "uploads.submit",
            "overrides.override", "override_checks", "workflow.download", "views.preview"}
 # what a view may call besides its one action: translating input, answering, and the app's context
-NOT_ACTIONS = re.compile(r"^(identity|services|csrf\.check|json_body|_form_or_json|uploaded_files|_back|"
+NOT_ACTIONS = re.compile(r"^(identity|services|export_deps|csrf\.check|json_body|_form_or_json|uploaded_files|_back|"
                          r"export_response|file_response|request\..*|form\..*|body\.get|uploads\.parse_count_columns|str|len|"
                          r"isinstance|BadRequest|jsonify)$")
 

@@ -14,6 +14,8 @@ from sandbox.exports import store
 from sandbox.exports.workflow import withdraw_pending_for_grant
 from sandbox.policy.models import Grant
 from sandbox.services import Services
+from sandbox.state import exports_repo
+from sandbox.wiring import export_deps
 
 GRANT = "g-2026-001"
 TABLE = b"sex,n\nfemale,4180\nmale,4016\n"
@@ -270,7 +272,7 @@ def test_revoked_grant_withdraws_pending_requests(client, auth, services) -> Non
     done = approved(client, auth)
     client.get(f"/v1/exports/{done}/files/table.csv", headers=auth["alice"])
     services.policies.set_status(GRANT, "revoked", "admin")
-    assert withdraw_pending_for_grant(services, GRANT, "admin") == 2
+    assert withdraw_pending_for_grant(export_deps(services), GRANT, "admin") == 2
     for rid, status in ((pending, "withdrawn"), (ready, "withdrawn"), (done, "released")):
         assert client.get(f"/v1/exports/{rid}", headers=auth["alice"]).json["status"] == status
     r = client.get(f"/v1/exports/{done}/files/table.csv", headers=auth["alice"])
@@ -326,12 +328,13 @@ def test_provenance_and_differencing_use_released_answers(client, auth, services
 def test_every_transition_is_in_the_audit_chain(client, auth, services) -> None:  # noqa: ANN001
     rid = approved(client, auth)
     client.get(f"/v1/exports/{rid}/files/table.csv", headers=auth["alice"])
-    events = store.events(services.db.conn, rid)
+    events = exports_repo.events(services.db.conn, rid)
     audited = {e["seq"]: e for e in services.audit.entries()}
     for ev in events:
-        entry = audited[ev["audit_seq"]]
+        assert ev.audit_seq is not None
+        entry = audited[ev.audit_seq]
         assert entry["detail"]["request"] == rid
-        assert (entry["detail"]["from"], entry["detail"]["to"]) == (ev["from_status"], ev["to_status"])
+        assert (entry["detail"]["from"], entry["detail"]["to"]) == (ev.from_status, ev.to_status)
     assert services.audit.verify().ok
     assert json.dumps(audited)  # plain data
 

@@ -11,6 +11,7 @@ import pytest
 
 from sandbox.disclosure import released_products
 from sandbox.services import Services
+from sandbox.wiring import export_deps
 
 DEMO = "g-2026-001"
 GRANT_FIELDS = {"id", "operator", "use", "mode", "purpose", "datasets", "valid_from", "valid_until", "status",
@@ -170,12 +171,13 @@ def test_released_products_appear_once_downloaded(client, services: Services) ->
     workflow = pytest.importorskip("sandbox.exports.workflow")
     table = b"sex,n\nfemale,4180\nmale,4016\n"
     uploads = pytest.importorskip("sandbox.exports.uploads")
-    rid = uploads.submit(services, "alice", grant_id=DEMO, title="Respondents by sex",
+    deps = export_deps(services)
+    rid = uploads.submit(deps, "alice", grant_id=DEMO, title="Respondents by sex",
                          justification="for the health plan", files=[("by_sex.csv", table)])
     for reviewer in ("carol", "dave"):
-        workflow.review(services, rid, reviewer, "approve", "checked by hand")
+        workflow.review(deps, rid, reviewer, "approve", "checked by hand")
     assert released_products(services.db) == []  # approved is not yet released
-    workflow.download(services, rid, "by_sex.csv", "alice")
+    workflow.download(deps, rid, "by_sex.csv", "alice")
     today = dt.datetime.now(dt.UTC).date().isoformat()
     assert released_products(services.db) == [{"title": "Respondents by sex", "date": today, "grant": DEMO}]
     body = client.get("/public/grants.json").get_json()

@@ -240,6 +240,26 @@ def test_rollback_of_the_whole_state_directory_is_detected(services: Services, c
     assert code == 1 and "rewritten at or before entry" in out
 
 
+def test_signing_key_rotation_keeps_old_checkpoints_verifiable(services: Services, client) -> None:  # noqa: ANN001
+    from sandbox.state.chain import AuditEvent
+
+    key = services.checkpoints.key
+    assert key is not None
+    services.checkpoints.sign("test")
+    old_id, old_public = key.key_id(), key.public_b64()
+    assert key.rotate()[0] == old_id and key.key_id() != old_id
+    services.db.record(AuditEvent("admin", "test.after_rotation"))
+    services.checkpoints.sign("test")
+    doc = client.get("/public/checkpoints.json").json
+    assert doc["public_keys"][old_id] == old_public and key.key_id() in doc["public_keys"]
+    assert {c["key_id"] for c in doc["checkpoints"]} == {old_id, key.key_id()}
+    report = verify_against(services.audit, doc)
+    assert not report.problems and report.checked == len(doc["checkpoints"]) == 2
+    # pinned to the old key alone, the new key's checkpoint is not taken on trust
+    pinned = verify_against(services.audit, doc, {old_id: old_public})
+    assert pinned.checked == 1 and pinned.problems
+
+
 def test_truncation_is_detected_by_checkpoints(services: Services, client, tmp_path: Path) -> None:  # noqa: ANN001
     services.checkpoints.sign("test")
     services.tokens.create("bob", actor="admin")

@@ -52,6 +52,23 @@ def test_an_unrevoked_row_is_refused(services: Services, client) -> None:  # noq
     assert client.get("/v1/catalog", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
+def test_a_revoked_row_restored_from_an_older_copy_is_refused(services: Services, client) -> None:  # noqa: ANN001
+    """The old row's MAC was valid once (it said 'live'): the log's revocation entry still refuses it."""
+    token = services.tokens.create("alice")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/v1/catalog", headers=headers).status_code == 200
+    with attacker(services) as conn:
+        before = dict(conn.execute("SELECT * FROM tokens WHERE user = 'alice'").fetchone())
+    services.tokens.revoke_user("alice", actor="admin")
+    assert client.get("/v1/catalog", headers=headers).status_code == 401
+    with attacker(services) as conn:
+        conn.execute("UPDATE tokens SET revoked_at = NULL, key_id = ?, mac = ? WHERE token_hash = ?",
+                     (before["key_id"], before["mac"], before["token_hash"]))
+    assert client.get("/v1/catalog", headers=headers).status_code == 401
+    # a fresh process reads the revocation from the log too (nothing held in memory decides it)
+    assert type(services.tokens)(services.db).user_for(token) is None
+
+
 def test_genuine_tokens_still_work(services: Services, client, alice) -> None:  # noqa: ANN001
     assert client.get("/v1/catalog", headers=alice).status_code == 200
 

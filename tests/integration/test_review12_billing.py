@@ -10,12 +10,13 @@ from contextlib import closing
 from sandbox import offerings
 from sandbox.services import Services
 from sandbox.usage import usage_report
+from sandbox.wiring import usage_sources
 
 GRANT = "g-2026-001"
 
 
 def _statement(services: Services, period: str) -> tuple[int, dict, str]:
-    st = next(s for s in usage_report(services, period) if s["grant"] == GRANT)
+    st = next(s for s in usage_report(usage_sources(services), period) if s["grant"] == GRANT)
     return st["billable_days"], st["not_billed_days"], st["total"]
 
 

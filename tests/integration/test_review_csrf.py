@@ -6,10 +6,17 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from gateway.app import create_app
+from sandbox.errors import SandboxError
 from sandbox.services import Services, Settings
+from sandbox.state.chain import head_message
+from sandbox.state.keys import MacKey
 
 GRANT = "g-2026-001"
 
@@ -46,6 +53,10 @@ def test_tokens_are_keyed_outside_the_state_and_bound_to_the_session(services: S
     state = tmp_path / "copy" / "state"
     shutil.copytree(services.db.dir, state, ignore=shutil.ignore_patterns("engine"))
     other_services = Services(Settings(state_dir=state, data_root=demo_data_root, keys_dir=tmp_path / "other-keys"))
+    with pytest.raises(SandboxError, match="cannot be trusted"):  # the copied log's MACs are not its keys'
+        create_app(services=other_services)
+    _remac(state, other_services.db.keyring.current())  # what its owner would do: MAC the copy anew
+    other_services = Services(Settings(state_dir=state, data_root=demo_data_root, keys_dir=tmp_path / "other-keys"))
     other = create_app(services=other_services)
     foreign = other.test_client()
     # carol's token rows are MACed under the real key: the copy with other keys refuses them, so the
@@ -75,3 +86,12 @@ def test_the_json_api_needs_no_csrf_token(services: Services, client) -> None:  
     rid = _submit(client, alice)
     r = client.post(f"/v1/exports/{rid}/reviews", headers=carol, json={"decision": "return", "comment": "fix it"})
     assert r.status_code in (200, 201), r.json
+
+
+def _remac(state: Path, key: MacKey) -> None:
+    """MAC every entry and the head of a copied state under ``key`` (the copy's own gateway's key)."""
+    with closing(sqlite3.connect(state / "sandbox.db", isolation_level=None)) as conn:
+        for seq, digest in conn.execute("SELECT seq, hash FROM audit").fetchall():
+            conn.execute("UPDATE audit SET key_id = ?, mac = ? WHERE seq = ?", (key.id, key.mac(digest), seq))
+        seq, digest = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        conn.execute("UPDATE audit_head SET key_id = ?, mac = ?", (key.id, key.mac(head_message(seq, digest))))

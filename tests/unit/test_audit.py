@@ -6,6 +6,7 @@ connection of their own (the gateway's connections refuse writes outside a unit 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -199,3 +200,24 @@ def test_search_filters_pages_and_takes_prefixes_literally(tmp_path: Path) -> No
     assert log.search(action_prefix="a%")[0] == 1
     assert log.search(actor="bob")[0] == 1 and log.search(action="aXb.y", grant_id="g-1")[0] == 1
     assert [e.action for e in log.iter_entries(action_prefix="a_b")] == ["a_b.x", "a_b.z"]
+
+
+def test_the_mark_can_live_apart_from_read_only_keys(tmp_path: Path) -> None:
+    """As in the Docker stack: the keys are a read-only secret mount, the mark a small volume of its own.
+    The mark follows every commit there, and a rolled-back state is caught by it."""
+    import shutil
+
+    keys, mark = tmp_path / "keys", tmp_path / "mark" / "audit-mark.json"
+    ring = MacKeyring.for_state(tmp_path / "state", keys, mark_file=mark)
+    log = AuditLog(StateDB(tmp_path / "state", ring))
+    log.record(AuditEvent("alice", "query.charged", "g-1", {"i": 1}))
+    shutil.copytree(tmp_path / "state", tmp_path / "old")
+    log.record(AuditEvent("alice", "query.charged", "g-1", {"i": 2}))
+    assert not (keys / "audit-mark.json").exists()
+    assert json.loads(mark.read_text())["seq"] == log.head()[0] == 2
+    assert log.verify().ok
+    old = AuditLog(StateDB(tmp_path / "old", MacKeyring.for_state(tmp_path / "old", keys, mark_file=mark)))
+    result = old.verify()
+    assert not result.ok and any("high-water mark" in p for p in result.problems), result.problems
+    with pytest.raises(SandboxError, match="inside the state directory"):
+        MacKeyring.for_state(tmp_path / "state", keys, mark_file=tmp_path / "state" / "audit-mark.json")

@@ -20,6 +20,7 @@ from sandbox.policy.prices import PriceSchedule, load_prices
 from sandbox.services import Services, Settings
 from sandbox.state.grants_store import apply_policies
 from sandbox.usage import format_csv, usage_report
+from sandbox.wiring import usage_sources
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 DEMO = "g-2026-001"
@@ -134,17 +135,19 @@ def svc(tmp_path: Path) -> Services:
 
 def test_exports_withdrawn_by_the_authority_are_never_billed(svc: Services) -> None:
     from sandbox.exports import uploads, workflow
+    from sandbox.wiring import export_deps
 
     period = dt.datetime.now(dt.UTC).strftime("%Y-%m")
     files = [("t.csv", b"sex,n\nfemale,30\nmale,40\n")]
-    kept = uploads.submit(svc, "dave", grant_id="g-com", title="kept", justification="j", files=files,
+    deps = export_deps(svc)
+    kept = uploads.submit(deps, "dave", grant_id="g-com", title="kept", justification="j", files=files,
                           count_columns=[])
-    gone = uploads.submit(svc, "dave", grant_id="g-com", title="gone", justification="j", files=files,
+    gone = uploads.submit(deps, "dave", grant_id="g-com", title="gone", justification="j", files=files,
                           count_columns=[])
-    workflow.withdraw(svc, kept, "dave", "changed my mind")  # the requester's own withdrawal is billed
+    workflow.withdraw(deps, kept, "dave", "changed my mind")  # the requester's own withdrawal is billed
     # the authority withdraws the pending request (what `grants revoke` does), the grant stays active here
-    assert workflow.withdraw_pending_for_grant(svc, "g-com", "admin") == 1
-    st = next(s for s in usage_report(svc, period, PRICES) if s["grant"] == "g-com")
+    assert workflow.withdraw_pending_for_grant(deps, "g-com", "admin") == 1
+    st = next(s for s in usage_report(usage_sources(svc), period, PRICES) if s["grant"] == "g-com")
     assert st["exports"] == 2  # metered
     line = next(x for x in st["lines"] if x["item"] == "exports")
     assert (line["quantity"], line["amount"]) == ("1", "5.00")  # billed: only the requester's own
@@ -155,7 +158,8 @@ def test_suspension_now_stops_billing_from_today(svc: Services) -> None:
     now = dt.datetime.now(dt.UTC)
     period = now.strftime("%Y-%m")
     svc.policies.set_status("g-com", "suspended", "admin", "check")
-    st = {s["grant"]: s for s in usage_report(svc, period, PRICES)}["g-com"]  # listed even if nothing is billed
+    report = usage_report(usage_sources(svc), period, PRICES)
+    st = {s["grant"]: s for s in report}["g-com"]  # listed even if nothing is billed
     assert st["billable_days"] == now.day - 1 and st["not_billed_days"] == {"suspended": st["days"] - now.day + 1}
     rows = list(csv.DictReader(io.StringIO(format_csv([st]))))
     assert [r["item"] for r in rows][-2:] == ["days_not_billed", "total"]

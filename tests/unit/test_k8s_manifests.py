@@ -48,7 +48,7 @@ def values() -> dict[str, Any]:
 def test_every_manifest_is_valid_kubernetes(version: str) -> None:
     docs = manifests()
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["Deployment", *["NetworkPolicy"] * 5, *["PersistentVolumeClaim"] * 2,
+    assert kinds == ["Deployment", *["NetworkPolicy"] * 5, *["PersistentVolumeClaim"] * 3,
                      "Secret", "Service", "ServiceAccount"]
     for doc in docs:
         kv.validate(doc, version, strict=True)
@@ -93,6 +93,10 @@ def test_gateway_deployment_state_on_a_claim_and_key_from_a_secret() -> None:
     assert env["SANDBOX_INTERNAL_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "sandbox-gateway"
     # the audit key is not on the state volume
     assert not env["SANDBOX_AUDIT_KEY"]["value"].startswith(mounts["/state"]["mountPath"])
+    # the high-water mark is writable, and on a claim of its own (not the state's, not the keys')
+    assert env["SANDBOX_AUDIT_MARK"]["value"] == "/mark/audit-mark.json"
+    assert vols[mounts["/mark"]["name"]]["persistentVolumeClaim"]["claimName"] == "sandbox-gateway-mark"
+    assert not mounts["/mark"].get("readOnly")
     sc = ctr["securityContext"]
     assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
     assert sc["allowPrivilegeEscalation"] is False and pod["automountServiceAccountToken"] is False

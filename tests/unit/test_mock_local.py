@@ -16,7 +16,7 @@ import duckdb
 import pytest
 from sqlglot import exp
 
-from sandbox.engine_sql import _key_sql, _where_sql
+from sandbox.engine_sql import key_tree, where_tree
 from sandbox.mock import mock_frame
 from sandbox.sql._eval import evaluate
 from sandbox.sql.analyze import analyze
@@ -66,12 +66,14 @@ def test_local_where_and_keys_match_the_engine(tables) -> None:  # noqa: ANN001
         plan = _counts_plan(analyze(sql_text, golden.CATALOG, golden.GRANTED))
         ds = golden.CATALOG[plan.dataset]
         _, local = answer_locally(rows[plan.dataset], plan, ds)
-        select = [f"{_key_sql(k)} AS k{i}" for i, k in enumerate(plan.group_keys)] + ["COUNT(*)"]
-        sql = f'SELECT {", ".join(select)} FROM "{ds.id}"'
+        keys = [key_tree(k) for k in plan.group_keys]
+        table = exp.Table(this=exp.to_identifier(ds.id, quoted=True))
+        select = exp.select(*keys, exp.Count(this=exp.Star())).from_(table)
         if plan.where is not None:
-            sql += " WHERE " + _where_sql(plan.where, ds)
-        if plan.group_keys:
-            sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(plan.group_keys)))
+            select = select.where(where_tree(plan.where, ds))
+        if keys:
+            select = select.group_by(*(k.copy() for k in keys))
+        sql = select.sql(dialect="duckdb")
         engine = {tuple(r[:-1]): r[-1] for r in con.execute(sql).fetchall()}
         for line in local:
             key = tuple(line[:-1])

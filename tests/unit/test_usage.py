@@ -20,6 +20,7 @@ from sandbox.services import Services, Settings
 from sandbox.state.audit import AuditEvent
 from sandbox.state.grants_store import apply_policies
 from sandbox.usage import format_csv, parse_period, usage_report
+from sandbox.wiring import usage_sources
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 DEMO = "g-2026-001"  # public welfare, members alice and bob
@@ -110,7 +111,7 @@ def _amounts(statement: dict) -> dict[str, str]:
 
 def test_commercial_statement_is_hand_computed(svc: Services, now: dt.datetime, period: str) -> None:
     _usage(svc, now)
-    st = _by_grant(usage_report(svc, period, PRICES))[COMMERCIAL]
+    st = _by_grant(usage_report(usage_sources(svc), period, PRICES))[COMMERCIAL]
     assert st["operator"] == "Beta Insights GmbH"
     assert st["use"] == "commercial"
     assert st["currency"] == "EUR"
@@ -134,7 +135,7 @@ def test_commercial_statement_is_hand_computed(svc: Services, now: dt.datetime, 
 
 def test_public_welfare_grant_is_metered_but_charged_zero(svc: Services, now: dt.datetime, period: str) -> None:
     _usage(svc, now)
-    st = _by_grant(usage_report(svc, period, PRICES))[DEMO]
+    st = _by_grant(usage_report(usage_sources(svc), period, PRICES))[DEMO]
     assert st["use"] == "public_welfare"
     assert (st["queries"], st["epsilon"], st["exports"], st["notebook_hours"]) == (1, 0.3, 0, 0.0)
     amounts = _amounts(st)
@@ -148,7 +149,7 @@ def test_public_welfare_grant_is_metered_but_charged_zero(svc: Services, now: dt
 def test_public_welfare_standard_pricing_charges_it(svc: Services, now: dt.datetime, period: str) -> None:
     _usage(svc, now)
     prices = PRICES.model_copy(update={"public_welfare": "standard"})
-    st = _by_grant(usage_report(svc, period, prices))[DEMO]
+    st = _by_grant(usage_report(usage_sources(svc), period, prices))[DEMO]
     assert "public_welfare_waiver" not in _amounts(st)
     assert st["total"] == "103.40"
 
@@ -156,7 +157,7 @@ def test_public_welfare_standard_pricing_charges_it(svc: Services, now: dt.datet
 def test_epsilon_sums_exactly(svc: Services, period: str) -> None:
     for i in range(3):
         _query(svc, COMMERCIAL, "dave", 0.1, f"tenth-{i}")
-    st = _by_grant(usage_report(svc, period, PRICES))[COMMERCIAL]
+    st = _by_grant(usage_report(usage_sources(svc), period, PRICES))[COMMERCIAL]
     assert st["epsilon"] == 0.3
     epsilon_line = next(line for line in st["lines"] if line["item"] == "epsilon")
     assert (epsilon_line["quantity"], epsilon_line["amount"]) == ("0.3", "3.00")
@@ -164,13 +165,13 @@ def test_epsilon_sums_exactly(svc: Services, period: str) -> None:
 
 
 def test_grants_out_of_force_without_usage_are_left_out(svc: Services) -> None:
-    assert usage_report(svc, "2019-07", PRICES) == []
+    assert usage_report(usage_sources(svc), "2019-07", PRICES) == []
 
 
 def test_grant_revoked_before_the_period_pays_no_base(svc: Services, now: dt.datetime, period: str) -> None:
     svc.policies.set_status(COMMERCIAL, "revoked", "admin", reason="test")
     # revoked during this period: billed for the days before the revocation only
-    report = _by_grant(usage_report(svc, period, PRICES))
+    report = _by_grant(usage_report(usage_sources(svc), period, PRICES))
     before = now.day - 1
     if before == 0:  # revoked on the first day: nothing billable and no usage, so no statement
         assert COMMERCIAL not in report
@@ -180,13 +181,13 @@ def test_grant_revoked_before_the_period_pays_no_base(svc: Services, now: dt.dat
     expected = (Decimal("100.00") * before / st["days"]).quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
     assert _amounts(st)["monthly_base"] == str(expected)
     next_month = (_month_start(now) + dt.timedelta(days=40)).strftime("%Y-%m")
-    assert COMMERCIAL not in _by_grant(usage_report(svc, next_month, PRICES))
+    assert COMMERCIAL not in _by_grant(usage_report(usage_sources(svc), next_month, PRICES))
 
 
 @pytest.mark.parametrize("bad", ["2026-13", "2026-00", "2026-1", "26-01", "", "2026-12-01", "december"])
 def test_bad_period_is_refused_clearly(svc: Services, bad: str) -> None:
     with pytest.raises(BadRequest) as info:
-        usage_report(svc, bad, PRICES)
+        usage_report(usage_sources(svc), bad, PRICES)
     assert info.value.code == "bad_period"
     assert "YYYY-MM" in info.value.message
 
@@ -199,7 +200,7 @@ def test_period_is_a_half_open_utc_month() -> None:
 
 def test_format_csv_has_a_row_per_line_and_a_total(svc: Services, now: dt.datetime, period: str) -> None:
     _usage(svc, now)
-    rows = list(csv.DictReader(io.StringIO(format_csv(usage_report(svc, period, PRICES)))))
+    rows = list(csv.DictReader(io.StringIO(format_csv(usage_report(usage_sources(svc), period, PRICES)))))
     commercial = [r for r in rows if r["grant"] == COMMERCIAL]
     assert [r["item"] for r in commercial] == ["monthly_base", "queries", "epsilon", "exports", "notebook_hours",
                                               "total"]
@@ -219,7 +220,7 @@ def test_repository_price_schedule_loads_and_is_the_default(
     monkeypatch.delenv("SANDBOX_POLICIES", raising=False)
     prices = load_prices(POLICIES / "prices.yaml")
     assert prices.public_welfare == "free"
-    report = usage_report(svc, period)
+    report = usage_report(usage_sources(svc), period)
     assert {st["currency"] for st in report} == {prices.currency}
 
 
