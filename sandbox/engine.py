@@ -359,27 +359,7 @@ class Engine:
         """Exact bounded aggregates per public key present in the data (for a quantile: the
         per-candidate counts its scores are computed from, :class:`QuantileCounts`), from the data
         versions ``pin`` only when given (:class:`EngineError` ``data_refreshed`` if others are in force)."""
-        scalar = tuple(p for p in plan.primitives if p.kind != "quantile")
-        n_keys = len(plan.query.group_keys)
-        domains = [_OPEN if k.open else {v: v for v in k.values} for k in plan.query.group_keys]
-        out: dict[tuple[Any, ...], dict[Primitive, int]] = {}
-        for row in self._run(aggregate_sql(plan, scalar), pin) if scalar else []:
-            key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
-            if any(k is _MISSING for k in key):
-                continue
-            out[key] = {p: int(row[n_keys + j] or 0) for j, p in enumerate(scalar)}
-        for prim in plan.primitives:
-            if prim.kind != "quantile" or prim.column is None:
-                continue
-            grid = quantile_grid(plan.dataset.columns[prim.column])
-            cells: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
-            for row in self._run(quantile_counts_sql(plan, prim, grid), pin):
-                key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
-                if not any(k is _MISSING for k in key):
-                    cells.setdefault(key, []).append(tuple(row[n_keys:]))
-            for key, rows in cells.items():
-                out.setdefault(key, {})[prim] = counts_from_rows(rows, grid)  # type: ignore[assignment]
-        return out
+        return exact_aggregates(plan, lambda sql: self._run(sql, pin))
 
     def lookup_key_unique(self, lookup: str, key: str) -> bool:
         """Whether a public lookup's key column holds each value at most once (public data only)."""
@@ -393,6 +373,34 @@ class Engine:
             return cursor.execute(sql).fetchall()
         except duckdb.Error as exc:
             raise EngineError(f"the engine could not run the query: {type(exc).__name__}") from None
+
+
+def exact_aggregates(plan: DPPlan, run: Callable[[str], list[tuple[Any, ...]]]
+                     ) -> dict[tuple[Any, ...], dict[Primitive, int]]:
+    """The exact bounded aggregates of ``plan`` per public key present in the data, and each quantile's
+    per-candidate counts, for any engine: ``run`` takes the engine's queries as DuckDB SQL (an engine
+    renders them in its own dialect) and returns their rows."""
+    scalar = tuple(p for p in plan.primitives if p.kind != "quantile")
+    n_keys = len(plan.query.group_keys)
+    domains = [_OPEN if k.open else {v: v for v in k.values} for k in plan.query.group_keys]
+    out: dict[tuple[Any, ...], dict[Primitive, int]] = {}
+    for row in run(aggregate_sql(plan, scalar)) if scalar else []:
+        key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
+        if any(k is _MISSING for k in key):
+            continue
+        out[key] = {p: int(row[n_keys + j] or 0) for j, p in enumerate(scalar)}
+    for prim in plan.primitives:
+        if prim.kind != "quantile" or prim.column is None:
+            continue
+        grid = quantile_grid(plan.dataset.columns[prim.column])
+        cells: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        for row in run(quantile_counts_sql(plan, prim, grid)):
+            key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
+            if not any(k is _MISSING for k in key):
+                cells.setdefault(key, []).append(tuple(row[n_keys:]))
+        for key, rows in cells.items():
+            out.setdefault(key, {})[prim] = counts_from_rows(rows, grid)  # type: ignore[assignment]
+    return out
 
 
 def _changes(previous: Generation | None, versions: Mapping[str, str]) -> dict[str, list[str]]:

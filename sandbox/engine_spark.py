@@ -36,8 +36,7 @@ from typing import Any
 
 from sandbox.bounding import KEY_BYTES, load_or_create_key, reserved_names_in
 from sandbox.dp.planner import DPPlan, Primitive
-from sandbox.dp.quantiles import counts_from_rows
-from sandbox.engine import _MISSING, _OPEN, _match, _normalize_id
+from sandbox.engine import _normalize_id, exact_aggregates
 from sandbox.engine_build import (
     ID_TABLE_PREFIX,
     KEY_CHECK,
@@ -48,7 +47,6 @@ from sandbox.engine_build import (
     keyed_id,
     redact,
 )
-from sandbox.engine_sql import aggregate_sql, quantile_counts_sql
 from sandbox.policy.models import Dataset
 from sandbox.spark_sql import (
     PADS_VIEW,
@@ -58,7 +56,6 @@ from sandbox.spark_sql import (
     to_spark,
     unit_ids_spark,
 )
-from sandbox.sql.plan import quantile_grid
 
 log = logging.getLogger("sandbox.engine.spark")
 SPARK_FORMAT = 1  # bumped when the Spark engine's files change, so that old ones are rebuilt
@@ -274,27 +271,7 @@ class SparkEngine:
 
     def exact(self, plan: DPPlan, pin: Mapping[str, str] | None = None) -> dict[tuple[Any, ...], dict[Primitive, int]]:
         """As :meth:`sandbox.engine.Engine.exact`, from the same SQL transpiled to Spark."""
-        scalar = tuple(p for p in plan.primitives if p.kind != "quantile")
-        n_keys = len(plan.query.group_keys)
-        domains = [_OPEN if k.open else {v: v for v in k.values} for k in plan.query.group_keys]
-        out: dict[tuple[Any, ...], dict[Primitive, int]] = {}
-        for row in self._run(to_spark(aggregate_sql(plan, scalar)), pin) if scalar else []:
-            key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
-            if any(k is _MISSING for k in key):
-                continue
-            out[key] = {p: int(row[n_keys + j] or 0) for j, p in enumerate(scalar)}
-        for prim in plan.primitives:
-            if prim.kind != "quantile" or prim.column is None:
-                continue
-            grid = quantile_grid(plan.dataset.columns[prim.column])
-            cells: dict[tuple[Any, ...], list[Any]] = {}
-            for row in self._run(to_spark(quantile_counts_sql(plan, prim, grid)), pin):
-                key = tuple(_match(row[i], domains[i]) for i in range(n_keys))
-                if not any(k is _MISSING for k in key):
-                    cells.setdefault(key, []).append(tuple(row[n_keys:]))
-            for key, rows in cells.items():
-                out.setdefault(key, {})[prim] = counts_from_rows(rows, grid)  # type: ignore[assignment]
-        return out
+        return exact_aggregates(plan, lambda sql: self._run(to_spark(sql), pin))
 
     def lookup_key_unique(self, lookup: str, key: str) -> bool:
         return bool(self._run(lookup_unique_spark(lookup, key))[0][0])
