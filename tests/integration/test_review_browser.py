@@ -45,6 +45,7 @@ def _approve(browser, base: str, token: str, title: str, comment: str) -> str:  
     context, page = _login(browser, base, token, javascript=False)
     try:
         page.get_by_role("link", name=title).first.click()
+        page.wait_for_load_state("load")  # the click returns at navigation; the picture may still be loading
         # the table is rendered and the image is shown
         assert page.locator("table.preview td", has_text="4180").count() == 1
         assert page.locator("img.preview").evaluate("img => img.naturalWidth") == 4
