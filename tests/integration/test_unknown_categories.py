@@ -107,7 +107,10 @@ def test_a_key_held_by_one_unit_is_never_released(visits_client) -> None:  # noq
 
 
 def test_the_threshold_mechanism_never_releases_a_unique_key() -> None:
-    """The mechanism alone, 3,000 times: a key of 1 unit (or of a few) stays out, big keys stay in."""
+    """The mechanism alone, 3,000 times: a key of 1 unit stays out, big keys stay in, and a key of a third
+    of the threshold is released about as rarely as its tail says (P = e^-(t - few) / (1 + e^-1), about
+    1.6e-6 per run: 0.005 expected in 3,000, so more than 2 means the threshold or the noise is wrong;
+    exactly 0 would fail about once in 200 runs, and CI saw that once)."""
     scale, threshold = calibrate(1.0, 1e-8)
     few = max(1, threshold // 3)
     released = {"unique": 0, "few": 0, "big": 0}
@@ -115,7 +118,8 @@ def test_the_threshold_mechanism_never_releases_a_unique_key() -> None:
         keys = select_keys({("unique",): 1, ("few",): few, ("big",): threshold + 40}, 1.0, 1e-8).keys
         for (name,) in keys:
             released[name] += 1
-    assert released == {"unique": 0, "few": 0, "big": 3000}
+    assert released["unique"] == 0 and released["big"] == 3000, released
+    assert released["few"] <= 2, released
 
 
 def test_delta_is_charged_and_runs_out(visits_client) -> None:  # noqa: ANN001
