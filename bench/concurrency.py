@@ -36,7 +36,7 @@ import requests
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_bench import DATA, REPO, free_port, generate, peak_rss_mb, synthetic_dataset  # noqa: E402
+from run_bench import DATA, REPO, free_port, generate, peak_rss_mb, synthetic_dataset, wait_ready  # noqa: E402
 
 EPSILON = 0.01  # x (clients x per-client + 36) queries must fit the 100-epsilon budget
 
@@ -210,14 +210,7 @@ def main() -> None:
         gw = Gateway(url, token)
         try:
             session = gw.open()
-            while True:
-                try:
-                    session.get(url + "/v1/budget", timeout=1)
-                    break
-                except requests.ConnectionError:
-                    if proc.poll() is not None:
-                        raise SystemExit((tmp / "serve.log").read_text()) from None
-                    time.sleep(0.2)
+            wait_ready(lambda: session.get(url + "/v1/budget", timeout=1), proc, tmp / "serve.log")
             print(f"{cores} cores; {args.rows:,} rows; gateway ready in {time.perf_counter() - t0:.1f} s "
                   f"(engine build included)")
             raw_con = duckdb.connect(config={"threads": cores})

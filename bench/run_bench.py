@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -48,6 +49,18 @@ QUERIES = [
      "SELECT education, income, COUNT(*) FROM {src} GROUP BY education, income"),
 ]
 
+
+
+def wait_ready(probe: Callable[[], object], proc: subprocess.Popen, log: Path, pause: float = 0.2) -> None:
+    """Until ``probe`` (a request to the gateway) connects; the serve log as the exit message if it died."""
+    while True:
+        try:
+            probe()
+            return
+        except requests.ConnectionError:
+            if proc.poll() is not None:
+                raise SystemExit(log.read_text()) from None
+            time.sleep(pause)
 
 def synthetic_dataset() -> dict:
     return {
@@ -166,14 +179,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {token}"}
         try:
-            while True:
-                try:
-                    requests.get(url + "/v1/budget", headers=headers, timeout=1)
-                    break
-                except requests.ConnectionError:
-                    if proc.poll() is not None:
-                        raise SystemExit((Path(tmp) / "serve.log").read_text()) from None
-                    time.sleep(0.2)
+            wait_ready(lambda: requests.get(url + "/v1/budget", headers=headers, timeout=1), proc,
+                       Path(tmp) / "serve.log")
             ready = time.perf_counter() - t0
             print(f"gateway ready (engine import incl. contribution bound) in {ready:.1f} s")
             raw = duckdb.connect(config={"threads": os.cpu_count() or 2})

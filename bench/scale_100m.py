@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from run_bench import free_port, generate, synthetic_dataset  # noqa: E402
+from run_bench import free_port, generate, synthetic_dataset, wait_ready  # noqa: E402
 
 QUERIES = [
     ("COUNT(*) GROUP BY district",
@@ -118,14 +118,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL, stderr=log, text=True, env=env,
         )
         url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
-        while True:
-            try:
-                requests.get(url + "/v1/budget", headers=headers, timeout=1)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None:
-                    raise SystemExit(log_path.read_text()) from None
-                time.sleep(1)
+        wait_ready(lambda: requests.get(url + "/v1/budget", headers=headers, timeout=1), proc, log_path, pause=1)
         ready = time.perf_counter() - t0
         served = log_path.read_text()
         built = re.search(r"built in ([0-9.]+) s \(import process peak memory ([0-9]+) MB\)", served)
