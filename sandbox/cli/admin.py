@@ -12,7 +12,15 @@ from pathlib import Path
 
 import click
 
-from sandbox.cli.common import POLICIES, STATE, cli, fail, require_admin, services_for, translate_errors
+from sandbox.cli.common import (
+    POLICIES,
+    STATE,
+    cli,
+    refuse_mismatched_sources,
+    require_admin,
+    services_for,
+    translate_errors,
+)
 from sandbox.cli.tables import print_table
 
 
@@ -61,17 +69,12 @@ def datasets_validate(paths, data_root):  # noqa: ANN001, ANN201
 @translate_errors
 def datasets_register(paths, data_root, state_dir):  # noqa: ANN001, ANN201
     """Register (or update) catalog entries from YAML files, once each source matches its declared schema."""
-    from sandbox.catalog_check import check_dataset_against_parquet
     from sandbox.policy.loader import load_dataset
 
     s = services_for(state_dir)
     actor = require_admin(s)
     entries = [(path, load_dataset(path)) for path in paths]
-    problems = [f"{path}: {p}" for path, ds in entries for p in check_dataset_against_parquet(ds, data_root)]
-    if problems:
-        for line in problems:
-            click.echo(line, err=True)
-        fail(f"{len(problems)} problem(s); nothing registered", 1)
+    refuse_mismatched_sources([(str(p), ds) for p, ds in entries], data_root, refusal="; nothing registered", code=1)
     store = s.policies
     for _path, ds in entries:
         result = store.apply_dataset(ds, actor)
@@ -90,17 +93,12 @@ def datasets_import(paths, data_root, state_dir):  # noqa: ANN001, ANN201
     A running gateway swaps the new engine file in when its next query notices the change (until
     then, and while it opens the file, the file in force keeps answering).
     """
-    from sandbox.catalog_check import check_dataset_against_parquet
     from sandbox.policy.loader import load_dataset
 
     s = services_for(state_dir, data_root)
     actor = require_admin(s)
     entries = [(path, load_dataset(path)) for path in paths]
-    problems = [f"{path}: {p}" for path, ds in entries for p in check_dataset_against_parquet(ds, data_root)]
-    if problems:
-        for line in problems:
-            click.echo(line, err=True)
-        fail(f"{len(problems)} problem(s); nothing registered", 1)
+    refuse_mismatched_sources([(str(p), ds) for p, ds in entries], data_root, refusal="; nothing registered", code=1)
     for _path, ds in entries:
         click.echo(f"{ds.id}: {s.policies.apply_dataset(ds, actor).outcome}")
     s.engine.ensure(s.policies.datasets(), progress=lambda m: click.echo(f"engine: {m}", err=True))

@@ -157,3 +157,23 @@ def require_admin(services: Services) -> str:
         fail(f"this command changes state and needs an admin credential: set {ADMIN_TOKEN_ENV} or put the admin "
              f"token in {where} (`sandbox admin init` creates the first one)", 1)
     return user
+
+
+def refuse_mismatched_sources(entries: list[tuple[str, Any]], data_root: Path, *, refusal: str, code: int,
+                              missing_ok: bool = False) -> None:
+    """Each catalog entry (label, Dataset) against its source's schema (:mod:`sandbox.catalog_check`):
+    the problems on stderr, then the command refused with ``refusal`` before anything is applied. With
+    ``missing_ok`` a source not under the data root yet is only reported (the engine skips it)."""
+    from sandbox.catalog_check import check_dataset_against_parquet
+
+    problems = []
+    for label, ds in entries:
+        if missing_ok and not (data_root / ds.source).is_file():
+            click.echo(f"warning: {label}: source {ds.source} not under the data root yet", err=True)
+            continue
+        problems += [f"{label}: {p}" for p in check_dataset_against_parquet(ds, data_root)]
+    if problems:
+        for line in problems:
+            click.echo(line, err=True)
+        fail(f"{len(problems)} problem(s){refusal}", code)
+

@@ -16,8 +16,8 @@ from sandbox.cli.common import (
     STATE,
     admin_token_path,
     cli,
-    fail,
     presented_admin_token,
+    refuse_mismatched_sources,
     settings_for,
     translate_errors,
 )
@@ -81,31 +81,15 @@ def _start_checkpoints(services) -> None:  # noqa: ANN001
         Checkpointer(services.checkpoints, services.settings.checkpoint_interval_s).start()
 
 
-def _check_sources(services, policies) -> None:  # noqa: ANN001
-    """Each catalog entry against its source's schema, as `datasets register` checks it: a source that
-    is there but does not match is refused (nothing is applied); one not there yet is only reported
-    (the engine skips it, and its queries say the data is unavailable, until it is imported)."""
-    from sandbox.catalog_check import check_dataset_against_parquet
-
-    data_root = services.settings.data_root
-    problems = []
-    for ds in policies.datasets.values():
-        if not (data_root / ds.source).is_file():
-            click.echo(f"warning: dataset {ds.id}: source {ds.source} not under the data root yet", err=True)
-            continue
-        problems += [f"dataset {ds.id}: {p}" for p in check_dataset_against_parquet(ds, data_root)]
-    if problems:
-        for line in problems:
-            click.echo(line, err=True)
-        fail(f"{len(problems)} problem(s) between the catalog and its source files; nothing applied", 2)
-
-
 def _apply_and_warm(services, policies_dir: Path, actor: str) -> None:  # noqa: ANN001
     from sandbox.policy.loader import load_policies
     from sandbox.state.grants_store import apply_policies
 
     policies = load_policies(policies_dir)
-    _check_sources(services, policies)
+    # as `datasets register` checks them; a source not there yet is only reported (its queries say so)
+    refuse_mismatched_sources([(f"dataset {ds.id}", ds) for ds in policies.datasets.values()],
+                              services.settings.data_root, missing_ok=True, code=2,
+                              refusal=" between the catalog and its source files; nothing applied")
     for result in apply_policies(services.policies, policies, actor):
         if result.outcome != "unchanged":
             click.echo(f"policy {result.grant_id}: {result.outcome}", err=True)
