@@ -172,20 +172,30 @@ def check_chain(rows: Iterable[Mapping[str, Any]], keys: dict[str, MacKey] | Non
     count = 0
     for row in rows:
         count += 1
-        seq = int(row["seq"])
-        if seq != expected_seq:
-            problems.append((expected_seq, f"entry {expected_seq}: missing (next entry is {seq})"))
-        if row["prev_hash"] != prev:
-            problems.append((seq, f"entry {seq}: does not follow the entry before it (deleted or reordered)"))
-        detail = row["detail"] if isinstance(row["detail"], str) else canonical(row["detail"])
-        digest = entry_hash(row["prev_hash"], seq, row["ts"], row["actor"], row["action"], row["grant_id"], detail)
-        if digest != row["hash"]:
-            problems.append((seq, f"entry {seq}: content does not match its hash (edited)"))
-        if keys is not None:
-            problems.extend(_check_mac(keys, seq, row.get("key_id"), row["hash"], row.get("mac")))
+        problems.extend(entry_problems(row, expected_seq, prev, keys))
         prev = row["hash"]
-        expected_seq = seq + 1
+        expected_seq = int(row["seq"]) + 1
     return problems, count, expected_seq - 1, prev
+
+
+def entry_problems(row: Mapping[str, Any], expected_seq: int, prev: str, keys: dict[str, MacKey] | None,
+                   *, unkeyed_ok: bool = False) -> list[tuple[int, str]]:
+    """One entry after (``expected_seq`` - 1, ``prev``): its number, link, hash and (with ``keys``) MAC.
+    ``unkeyed_ok``: an entry without any MAC is accepted (the start of a log from before the keyed chain)."""
+    problems: list[tuple[int, str]] = []
+    seq = int(row["seq"])
+    if seq != expected_seq:
+        problems.append((expected_seq, f"entry {expected_seq}: missing (next entry is {seq})"))
+    if row["prev_hash"] != prev:
+        problems.append((seq, f"entry {seq}: does not follow the entry before it (deleted or reordered)"))
+    detail = row["detail"] if isinstance(row["detail"], str) else canonical(row["detail"])
+    digest = entry_hash(row["prev_hash"], seq, row["ts"], row["actor"], row["action"], row["grant_id"], detail)
+    if digest != row["hash"]:
+        problems.append((seq, f"entry {seq}: content does not match its hash (edited)"))
+    key_id, mac = row.get("key_id"), row.get("mac")
+    if keys is not None and not (unkeyed_ok and not key_id and not mac):
+        problems.extend(_check_mac(keys, seq, key_id, row["hash"], mac))
+    return problems
 
 
 class ExportedLog:

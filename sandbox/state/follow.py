@@ -23,7 +23,8 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 
-from sandbox.state.chain import GENESIS, entry_hash
+from sandbox.state.audit import entry_problems
+from sandbox.state.chain import GENESIS
 from sandbox.state.db import StateDB
 from sandbox.state.keys import MacKey
 
@@ -85,30 +86,15 @@ class LogFollower:
             return None
 
     def _check(self, pos: _Position, row: sqlite3.Row) -> str | None:
-        seq = row["seq"]
-        if seq != pos.seq + 1:
-            return f"entry {pos.seq + 1} is missing (the next one is {seq})"
-        if row["prev_hash"] != pos.hash:
-            return f"entry {seq} does not follow the entry before it"
-        digest = entry_hash(row["prev_hash"], seq, row["ts"], row["actor"], row["action"], row["grant_id"],
-                            row["detail"])
-        if digest != row["hash"]:
-            return f"entry {seq}: content does not match its hash (edited)"
-        key_id, mac = row["key_id"], row["mac"]
-        if not key_id and not mac and not pos.keyed:
-            return None  # the un-MACed start of a log from before the keyed chain
-        key = self._key(key_id)
-        if key is None or not key.check(digest, mac):
-            return f"entry {seq}: its MAC does not verify"
-        pos.keyed = True
+        """The rules of ``audit verify`` (:func:`sandbox.state.audit.entry_problems`), first problem only."""
+        entry = dict(row)
+        if entry["key_id"] and entry["key_id"] not in self._keys and self.db.keyring.available():
+            self._keys = self.db.keyring.all()  # a key rotated in since: reload the keyring once
+        problems = entry_problems(entry, pos.seq + 1, pos.hash, self._keys, unkeyed_ok=not pos.keyed)
+        if problems:
+            return problems[0][1]
+        pos.keyed = pos.keyed or bool(entry["mac"])
         return None
-
-    def _key(self, key_id: str | None) -> MacKey | None:
-        if not key_id:
-            return None
-        if key_id not in self._keys and self.db.keyring.available():
-            self._keys = self.db.keyring.all()
-        return self._keys.get(key_id)
 
     def _break(self, reason: str) -> str:
         self._pos.broken = reason
