@@ -46,6 +46,18 @@ def services(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path) -> Ser
 
 
 @pytest.fixture
+def own_data(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path) -> tuple[Services, Path]:
+    """A data root of this test's own (it rewrites a source file), with the demo policies; engine not built."""
+    root = tmp_path / "data"
+    shutil.copytree(demo_data_root, root)
+    state = tmp_path / "state"
+    shutil.copytree(warm_engine_dir, state / "engine")
+    svc = Services(Settings(state_dir=state, data_root=root))
+    apply_policies(svc.policies, load_policies(POLICIES), "test")
+    return svc, root
+
+
+@pytest.fixture
 def app(services: Services):  # noqa: ANN201
     from gateway.app import create_app
 

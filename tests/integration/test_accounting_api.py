@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from sandbox.policy.loader import load_policies
 from sandbox.policy.models import Grant
-from sandbox.services import Services, Settings
-from sandbox.state.grants_store import apply_policies
+from sandbox.services import Services
 
 REPO = Path(__file__).resolve().parents[2]
 GRANT = "g-2026-001"
@@ -25,18 +22,6 @@ def _app(services: Services):  # noqa: ANN202
     app = create_app(services=services)
     app.config["TESTING"] = True
     return app.test_client()
-
-
-@pytest.fixture
-def own_data(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path) -> tuple[Services, Path]:
-    """A data root of this test's own (it rewrites a source file), with the demo policies."""
-    root = tmp_path / "data"
-    shutil.copytree(demo_data_root, root)
-    state = tmp_path / "state"
-    shutil.copytree(warm_engine_dir, state / "engine")
-    svc = Services(Settings(state_dir=state, data_root=root))
-    apply_policies(svc.policies, load_policies(REPO / "policies"), "test")
-    return svc, root
 
 
 def test_a_data_refresh_invalidates_the_cache_and_is_charged_again(own_data, alice_of) -> None:  # noqa: ANN001

@@ -21,10 +21,8 @@ import pytest
 from click.testing import CliRunner
 
 import sandbox.engine
-from sandbox.policy.loader import load_policies
 from sandbox.policy.models import Grant
-from sandbox.services import Services, Settings
-from sandbox.state.grants_store import apply_policies
+from sandbox.services import Services
 
 REPO = Path(__file__).resolve().parents[2]
 GRANT = "g-2026-001"
@@ -49,13 +47,8 @@ class Gate:
 
 
 @pytest.fixture
-def world(tmp_path: Path, demo_data_root: Path, warm_engine_dir: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    root = tmp_path / "data"
-    shutil.copytree(demo_data_root, root)
-    state = tmp_path / "state"
-    shutil.copytree(warm_engine_dir, state / "engine")
-    svc = Services(Settings(state_dir=state, data_root=root))
-    apply_policies(svc.policies, load_policies(REPO / "policies"), "test")
+def world(own_data: tuple[Services, Path], monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    svc, root = own_data
     svc.engine.ensure(svc.policies.datasets())
     from gateway.app import create_app
 
